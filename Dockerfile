@@ -1,0 +1,15 @@
+# The router with its embedded defaults; mount a config and data volume to run it for real:
+#   docker run -p 11112:11112 -v $PWD/site:/site -e ROUTER_CONFIG=/site/router.yaml dicom-hl7-router
+FROM python:3.11-slim-bookworm
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY router ./router
+COPY plugins ./plugins
+COPY config ./config
+COPY rules ./rules
+RUN python3 -m pip install --no-cache-dir -e . && useradd --system --home /app router && mkdir var \
+    && chown router var
+USER router
+EXPOSE 11112 2575 8080
+VOLUME ["/app/var"]
+CMD ["router", "serve"]

@@ -1,0 +1,429 @@
+"""C-STORE throughput benchmark: the router vs DCMTK storescp vs Orthanc, all on 127.0.0.1.
+
+Usage: python bench/bench_store.py [--tiny N] [--ct N] [--out results.json] [--skip-orthanc]
+See bench/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from functools import cache, partial
+from pathlib import Path
+from subprocess import DEVNULL, STDOUT, Popen
+
+from dicom_corpus import Corpus, make_ct, make_tiny  # bench/dicom_corpus.py
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+ENV = {**os.environ, "TCP_NODELAY": "1"}  # DCMTK stalls on Nagle without it
+READY_TIMEOUT = 30.0  # s, for a server to start answering
+STOP_TIMEOUT = 10.0  # s, for a server to exit after SIGTERM
+POLL = 0.05  # s
+STALL_TIMEOUT = 60.0  # s, forward runs: give up when DEST gets no new file for this long
+LOOP = "host: 127.0.0.1"
+PROCS: list[Popen] = []  # every process started; all stopped in main()'s finally
+ORTHANC_FORWARD_LUA = """\
+function OnStoredInstance(instanceId, tags, metadata, origin)
+  SendToModality(instanceId, 'DEST')
+end
+"""
+ROUTER_FORWARD_RULE = """\
+- name: all-to-dest
+  when: {kind: dicom}
+  then:
+    - forward: DEST
+"""
+
+
+class StartError(RuntimeError):
+    """A server exited or did not become ready in time."""
+
+
+class RouterUnavailable(Exception):
+    """`router serve` could not be started."""
+
+
+@dataclass
+class Result:
+    corpus: str
+    mode: str  # "receive" or "forward"
+    target: str
+    instances: int
+    seconds: float | None = None
+    check: str = ""
+    error: str | None = None
+
+    @property
+    def inst_s(self) -> float | None:
+        return self.instances / self.seconds if self.seconds else None
+
+
+# ---------------------------------------------------------------- processes
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@cache
+def dcmtk(tool: str) -> str:
+    """Path of a DCMTK tool. pynetdicom installs same-named console scripts that may shadow it."""
+    dirs = ["/usr/bin", *os.environ.get("PATH", "").split(os.pathsep)]
+    for exe in (os.path.join(d, tool) for d in dirs if d):
+        if os.access(exe, os.X_OK):
+            out = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=10)
+            if "dcmtk" in out.stdout.lower():
+                return exe
+    raise SystemExit(f"DCMTK {tool} not found")
+
+
+def orthanc_exe() -> str | None:
+    return shutil.which("Orthanc") or shutil.which("Orthanc", path="/usr/sbin:/usr/local/sbin")
+
+
+def version(cmd: list[str]) -> str:
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=10, env=ENV)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"unknown ({exc})"
+    first = (out.stdout.strip() or out.stderr.strip() or "?").splitlines()[0].strip(" $")
+    return first.removeprefix("dcmtk: ").removeprefix(os.path.dirname(cmd[0]) + "/")
+
+
+def echo_ok(aet: str, port: int) -> bool:
+    cmd = [dcmtk("echoscu"), "-aec", aet, "-to", "2", "-ta", "2", "127.0.0.1", str(port)]
+    try:
+        return subprocess.run(cmd, capture_output=True, env=ENV, timeout=5).returncode == 0
+    except subprocess.TimeoutExpired:
+        return False
+
+
+def http_get(port: int, path: str) -> dict | None:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as resp:
+            return json.load(resp)
+    except (OSError, ValueError):
+        return None
+
+
+def spawn(cmd: list[str], log_path: Path, env: dict[str, str] = ENV) -> Popen:
+    """Start cmd in a new process group, stdout and stderr to log_path."""
+    with open(log_path, "wb") as log:
+        proc = Popen(cmd, stdin=DEVNULL, stdout=log, stderr=STDOUT, env=env, start_new_session=True)
+    PROCS.append(proc)
+    return proc
+
+
+def start_process(
+    name: str, cmd: list[str], ready: Callable[[], bool], logdir: Path, env: dict[str, str] = ENV
+) -> Popen:
+    """spawn() cmd, logging to logdir/name.log, and wait until ready() (READY_TIMEOUT)."""
+    log_path = logdir / f"{name}.log"
+    proc = spawn(cmd, log_path, env)
+    deadline = time.monotonic() + READY_TIMEOUT
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            stop(proc)
+            raise StartError(f"{name} exited with code {proc.returncode}: {log_tail(log_path)}")
+        if ready():
+            return proc
+        time.sleep(0.1)
+    stop(proc)
+    raise StartError(f"{name} not ready after {READY_TIMEOUT:.0f} s")
+
+
+def log_tail(path: Path) -> str:
+    """The most telling line of a log: the last exception line, else the last line."""
+    lines = path.read_text(errors="replace").strip().splitlines() if path.exists() else []
+    errors = [ln for ln in lines if re.match(r"[\w.]*(Error|Exception)\b", ln)]
+    return (errors or lines or ["(empty log)"])[-1][:300]
+
+
+def stop(proc: Popen) -> None:
+    """SIGTERM the process's group, SIGKILL what is left of it after STOP_TIMEOUT. Once only."""
+    if proc not in PROCS:
+        return
+    for sig in (signal.SIGTERM, signal.SIGKILL):  # SIGKILL also gets storescp --fork children
+        if sig == signal.SIGTERM and proc.poll() is not None:
+            continue
+        try:
+            os.killpg(proc.pid, sig)
+            proc.wait(STOP_TIMEOUT)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            pass
+    PROCS.remove(proc)
+
+
+# ---------------------------------------------------------------- targets
+
+
+def start_storescp(
+    workdir: Path,
+    dicom_port: int,
+    forward_dest: int | None = None,  # unused: storescp only receives
+    aet: str = "STORESCP",
+) -> Popen:
+    """storescp writing into workdir/out. As DEST it gets --fork: a router may open several
+    associations at once, which a single-process storescp would serve one after the other."""
+    (workdir / "out").mkdir(parents=True, exist_ok=True)
+    cmd = [dcmtk("storescp"), "-aet", aet, "-od", str(workdir / "out"), str(dicom_port)]
+    if aet == "DEST":
+        cmd.insert(1, "--fork")
+    return start_process(aet.lower(), cmd, partial(echo_ok, aet, dicom_port), workdir)
+
+
+def start_orthanc(workdir: Path, dicom_port: int, forward_dest: int | None = None) -> Popen:
+    exe = orthanc_exe()
+    if exe is None:
+        raise StartError("Orthanc executable not found")
+    http_port = free_port()
+    config: dict = {
+        "Name": "bench",
+        "DicomAet": "ORTHANC",
+        "DicomPort": dicom_port,
+        "HttpPort": http_port,
+        "StorageDirectory": str(workdir / "storage"),
+        "IndexDirectory": str(workdir / "index"),
+        "RemoteAccessAllowed": False,
+        "AuthenticationEnabled": False,
+        "DicomCheckCalledAet": False,
+    }  # no "Plugins" key: Debian's Orthanc then loads no plugin
+    if forward_dest is not None:
+        lua = workdir / "forward.lua"
+        lua.write_text(ORTHANC_FORWARD_LUA)
+        config["DicomModalities"] = {"DEST": ["DEST", "127.0.0.1", forward_dest]}
+        config["LuaScripts"] = [str(lua)]
+    (workdir / "orthanc.json").write_text(json.dumps(config, indent=2))
+
+    def ready() -> bool:
+        return http_get(http_port, "/system") is not None and echo_ok("ORTHANC", dicom_port)
+
+    return start_process("orthanc", [exe, str(workdir / "orthanc.json")], ready, workdir)
+
+
+def start_router(workdir: Path, dicom_port: int, forward_dest: int | None = None) -> Popen:
+    """Write workdir/router.yaml (+ rules/) and start `router serve` on it; wait for C-ECHO."""
+    (workdir / "rules").mkdir(parents=True, exist_ok=True)
+    peers = " {}"
+    if forward_dest is not None:
+        peers = f"\n  DEST: {{ae_title: DEST, host: 127.0.0.1, port: {forward_dest}}}"
+        (workdir / "rules" / "10-forward.yaml").write_text(ROUTER_FORWARD_RULE)
+    config = workdir / "router.yaml"
+    config.write_text(
+        "ae_title: ROUTER\ndata_dir: var\nrules_dir: rules\n"
+        f"dicom: {{port: {dicom_port}, max_associations: 16, allowed_calling_aets: [], {LOOP}}}\n"
+        f"peers:{peers}\n"
+        # beyond the contract: keep the router's other listeners off fixed ports and 0.0.0.0
+        f"hl7: {{port: {free_port()}, {LOOP}}}\nhttp: {{port: {free_port()}, {LOOP}}}\n"
+    )
+    exe = shutil.which("router")
+    cmd = [exe] if exe else [sys.executable, "-m", "router"]
+    pythonpath = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
+    env = {**ENV, "PYTHONPATH": pythonpath}
+    ready = partial(echo_ok, "ROUTER", dicom_port)
+    return start_process("router", [*cmd, "serve", "--config", str(config)], ready, workdir, env)
+
+
+# name -> (AE title, start function with start_router's signature)
+TARGETS: dict[str, tuple[str, Callable[[Path, int, int | None], Popen]]] = {
+    "storescp": ("STORESCP", start_storescp),
+    "orthanc": ("ORTHANC", start_orthanc),
+    "router": ("ROUTER", start_router),
+}
+
+
+def count_files(folder: Path) -> int:
+    return sum(1 for e in os.scandir(folder) if e.is_file())
+
+
+def received(target: str, workdir: Path) -> int | None:
+    """Instances the receive target holds, where we know how to tell."""
+    if target == "storescp":
+        return count_files(workdir / "out")
+    if target == "orthanc":
+        port = json.loads((workdir / "orthanc.json").read_text())["HttpPort"]
+        return (http_get(port, "/statistics") or {}).get("CountInstances")
+    return None
+
+
+def time_storescu(
+    corpus: Corpus,
+    aet: str,
+    port: int,
+    logdir: Path,
+    timeout: float,
+    dest: Path | None = None,
+) -> float:
+    """Send the corpus over one association. Seconds until storescu exits or, with dest, until
+    dest holds as many files as the corpus (polled every POLL s; given up after timeout, or
+    after STALL_TIMEOUT without a new file once storescu has ended)."""
+    cmd = [dcmtk("storescu"), "-aet", "BENCH", "-aec", aet, "--scan-directories", "--recurse"]
+    cmd += ["127.0.0.1", str(port), str(corpus.path)]
+    log_path = logdir / "storescu.log"
+    t0 = time.perf_counter()
+    proc = spawn(cmd, log_path)
+    try:
+        if dest is None:
+            proc.wait(timeout)
+        else:
+            seen, idle_since = -1, t0
+            while (n := count_files(dest)) < corpus.count and not proc.poll():
+                now = time.perf_counter()
+                if n != seen or proc.returncode is None:  # storescu still sending: not idle
+                    seen, idle_since = n, now
+                if now - t0 > timeout or now - idle_since > STALL_TIMEOUT:
+                    break
+                time.sleep(POLL)
+        elapsed = time.perf_counter() - t0
+        proc.wait(timeout)  # forward: storescu must still end cleanly
+        if proc.returncode:
+            raise RuntimeError(f"storescu exited with code {proc.returncode}: {log_tail(log_path)}")
+        if dest is not None and (n := count_files(dest)) < corpus.count:
+            raise RuntimeError(f"DEST got {n}/{corpus.count} instances in {elapsed:.0f} s")
+        return elapsed
+    finally:
+        stop(proc)
+
+
+def bench(corpus: Corpus, mode: str, target: str, root: Path, timeout: float) -> Result:
+    """Start target (and DEST for mode 'forward') fresh, push the corpus, time it, stop all."""
+    aet, start = TARGETS[target]
+    res = Result(corpus.name, mode, target, corpus.count)
+    workdir = root / f"{corpus.name}-{mode}-{target}"
+    workdir.mkdir()
+    procs: list[Popen] = []
+    try:
+        dest_dir, dest_out, dest_port = workdir / "dest", None, None
+        if mode == "forward":
+            dest_dir.mkdir()
+            dest_port = free_port()
+            procs.append(start_storescp(dest_dir, dest_port, aet="DEST"))
+            dest_out = dest_dir / "out"
+        port = free_port()
+        try:
+            procs.append(start(workdir, port, dest_port))
+        except StartError as exc:
+            if target == "router":
+                raise RouterUnavailable(str(exc)) from exc
+            raise
+        res.seconds = time_storescu(corpus, aet, port, workdir, timeout, dest_out)
+        got = corpus.count if mode == "forward" else received(target, workdir)
+        res.check = "n/a" if got is None else "ok" if got == corpus.count else f"got {got}"
+    except (StartError, RuntimeError, OSError, subprocess.SubprocessError) as exc:
+        res.error = f"{type(exc).__name__}: {exc}"
+    finally:
+        for proc in reversed(procs):
+            stop(proc)
+        shutil.rmtree(workdir, ignore_errors=True)
+    return res
+
+
+# ---------------------------------------------------------------- report
+
+
+def fmt(x: float | None, spec: str = ".2f") -> str:
+    return "-" if x is None else format(x, spec)
+
+
+def print_table(results: list[Result], corpora: dict[str, Corpus]) -> None:
+    head = f"{'corpus':<7}{'mode':<9}{'target':<10}{'instances':>10}{'seconds':>9}"
+    print(f"\n{head}{'inst/s':>10}{'MB/s':>9}  check")
+    for r in results:
+        mb_s = corpora[r.corpus].nbytes / 1e6 / r.seconds if r.seconds else None
+        print(
+            f"{r.corpus:<7}{r.mode:<9}{r.target:<10}{r.instances:>10}{fmt(r.seconds):>9}"
+            f"{fmt(r.inst_s, '.1f'):>10}{fmt(mb_s):>9}  {r.error or r.check}"
+        )
+
+
+RATIOS = [("receive", "orthanc"), ("receive", "storescp"), ("forward", "orthanc")]
+
+
+def ratios(results: list[Result]) -> dict[str, float | None]:
+    rate = {(r.corpus, r.mode, r.target): r.inst_s for r in results}
+    out: dict[str, float | None] = {}
+    for corpus in dict.fromkeys(r.corpus for r in results):
+        for mode, other in RATIOS:
+            a, b = rate.get((corpus, mode, "router")), rate.get((corpus, mode, other))
+            out[f"{corpus} {mode} router/{other}"] = a / b if a and b else None
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--tiny", type=int, default=2000, help="tiny SC instances (default 2000)")
+    ap.add_argument("--ct", type=int, default=300, help="512x512 CT slices (default 300)")
+    ap.add_argument("--out", type=Path, help="write results to this JSON file")
+    ap.add_argument("--skip-orthanc", action="store_true", help="do not benchmark Orthanc")
+    ap.add_argument("--timeout", type=float, default=600, help="per-run bound in s (default 600)")
+    args = ap.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the finally blocks
+
+    versions = {"DCMTK": version([dcmtk("storescu"), "--version"])}
+    orthanc = orthanc_exe()
+    if not args.skip_orthanc:
+        versions["Orthanc"] = version([orthanc, "--version"]) if orthanc else "not found"
+    print("\n".join(f"{k}: {v}" for k, v in versions.items()))
+    targets = ["storescp", "router"] + ([] if args.skip_orthanc else ["orthanc"])
+    tmp = Path(tempfile.mkdtemp(prefix="bench-store-"))
+    results: list[Result] = []
+    try:
+        t0 = time.perf_counter()
+        made = [make_tiny(tmp / "tiny", args.tiny), make_ct(tmp / "ct", args.ct)]
+        corpora = {c.name: c for c in made}
+        for c in corpora.values():
+            print(f"corpus {c.name}: {c.count} files, {c.nbytes / 1e6:.1f} MB")
+        print(f"corpora generated in {time.perf_counter() - t0:.1f} s")
+        plan = [(c, "receive", t) for c in corpora.values() for t in targets]
+        plan += [(c, "forward", t) for c in corpora.values() for t in targets if t != "storescp"]
+        router_down: str | None = None
+        for corpus, mode, target in plan:
+            if target == "router" and router_down:
+                continue
+            try:
+                res = bench(corpus, mode, target, tmp, args.timeout)
+            except RouterUnavailable as exc:
+                router_down = str(exc)
+                print(f"router: not available ({exc})")
+                continue
+            results.append(res)
+            print(f"{corpus.name} {mode} {target}: {fmt(res.seconds)} s {res.error or res.check}")
+        print_table(results, corpora)
+        rat = ratios(results)
+        print("\nratios of inst/s:")
+        for key, val in rat.items():
+            print(f"  {key:<34}{fmt(val) if val else 'n/a'}")
+        if args.out:
+            rows = [{**asdict(r), "inst_s": r.inst_s} for r in results]
+            sizes = [{**asdict(c), "path": None} for c in corpora.values()]
+            doc: dict[str, object] = {"versions": versions, "ratios": rat}
+            doc |= {"router": router_down or "available", "corpora": sizes, "results": rows}
+            args.out.write_text(json.dumps(doc, indent=2) + "\n")
+            print(f"results written to {args.out}")
+        return 0 if all(r.error is None for r in results) else 1
+    finally:
+        while PROCS:
+            stop(PROCS[-1])
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)

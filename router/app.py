@@ -1,0 +1,97 @@
+"""Wiring: one Router object owns the plugin manager, database, rules, ingest path, listener and workers."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from types import FrameType
+
+from apscheduler.schedulers.background import BackgroundScheduler
+
+from router.config import RouterConfig
+from router.dimse.scp import DicomListener
+from router.forwarder import Forwarder
+from router.outbox import Outbox
+from router.plugins import build_plugin_manager, collect_stages, notify
+from router.rules.live import LiveRules
+from router.store.db import make_engine
+from router.store.ingest import Ingestor
+
+log = logging.getLogger(__name__)
+
+
+class StartupError(Exception):
+    pass
+
+
+class Router:
+    def __init__(self, config: RouterConfig) -> None:
+        self.config = config
+        self.pm = build_plugin_manager(config.plugins)
+        self.stages = collect_stages(self.pm)
+        for sub in ("objects", "tmp", "quarantine", "derived"):
+            (config.data_dir / sub).mkdir(parents=True, exist_ok=True)
+        self.engine = make_engine(config.effective_database_url)
+        self.rules = LiveRules(config.rules_dir, self.stages, config)
+        self.outbox = Outbox(self.engine, config.forward, config.data_dir)
+        self.forwarder = Forwarder(config, self.engine, self.outbox, self.pm)
+        self.ingestor = Ingestor(config, self.engine, lambda: self.rules.current, self.stages, self.pm)
+        self.ingestor.on_jobs_committed = self.forwarder.wake
+        self.listener = DicomListener(config, self.ingestor, self.pm)
+        self.scheduler = BackgroundScheduler(daemon=True)
+        self.dicom_port: int | None = None
+        self._stopped = threading.Event()
+
+    def start(self) -> None:
+        self.rules.reload_if_changed()
+        if self.rules.last_problems:
+            raise StartupError("rules are invalid:\n" + "\n".join(self.rules.last_problems))
+        self._clear_partial_writes()
+        notify(self.pm, "router_startup", config=self.config)
+        self.forwarder.start()
+        self.scheduler.add_job(
+            self.rules.reload_if_changed,
+            "interval",
+            seconds=self.config.rules_reload_interval,
+            id="rules-reload",
+            max_instances=1,
+            coalesce=True,
+        )
+        self.scheduler.start()
+        self.dicom_port = self.listener.start()
+
+    def _clear_partial_writes(self) -> None:
+        """Temp files left by a crash were never acknowledged: they can go."""
+        tmp = self.config.data_dir / "tmp"
+        leftovers = list(tmp.glob("*.part"))
+        for path in leftovers:
+            path.unlink(missing_ok=True)
+        if leftovers:
+            log.info("removed %d partial write(s) left by an earlier run", len(leftovers))
+
+    def stop(self) -> None:
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        self.listener.stop()
+        if self.scheduler.running:
+            self.scheduler.shutdown(wait=False)
+        self.forwarder.stop()
+        self.engine.dispose()
+        log.info("router stopped")
+
+    def serve_forever(self) -> None:
+        done = threading.Event()
+
+        def _on_signal(signum: int, _frame: FrameType | None) -> None:
+            log.info("signal %d: stopping", signum)
+            done.set()
+
+        signal.signal(signal.SIGTERM, _on_signal)
+        signal.signal(signal.SIGINT, _on_signal)
+        self.start()
+        try:
+            done.wait()
+        finally:
+            self.stop()

@@ -1,0 +1,153 @@
+"""Router configuration: one YAML file, validated before anything starts.
+
+``config/router.yaml`` is the embedded default. Relative paths in a file are resolved against the folder that
+holds that file. Unknown keys and bad values are errors that name the key and say what is expected.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config" / "router.yaml"
+CONFIG_ENV = "ROUTER_CONFIG"
+
+AETitle = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=16, pattern=r"^[\x20-\x5b\x5d-\x7e]*[^ ][\x20-\x5b\x5d-\x7e]*$"),
+]
+Port = Annotated[int, Field(ge=0, le=65535)]
+PeerName = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^\S+$")]
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message names every offending key."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Timeouts(_Strict):
+    acse: float = Field(30.0, gt=0, description="ARTIM / association negotiation timeout, seconds")
+    dimse: float = Field(60.0, gt=0, description="wait for a DIMSE message, seconds")
+    network: float = Field(60.0, gt=0, description="idle connection timeout, seconds")
+    connect: float = Field(10.0, gt=0, description="TCP connect timeout for outgoing associations")
+
+
+class DicomListener(_Strict):
+    host: str = "0.0.0.0"
+    port: Port = 11112
+    max_associations: int = Field(16, ge=1)
+    allowed_calling_aets: list[AETitle] = Field(default_factory=list)
+    check_called_aet: bool = True
+    max_pdu: int = Field(262144, ge=65536, description="largest PDU we accept, bytes (0 is not allowed)")
+    timeouts: Timeouts = Timeouts()
+    duplicates: Literal["reject", "ignore", "overwrite"] = "reject"
+
+
+class Hl7Listener(_Strict):
+    host: str = "0.0.0.0"
+    port: Port = 2575
+
+
+class HttpListener(_Strict):
+    host: str = "0.0.0.0"
+    port: Port = 8080
+
+
+class ForwardSettings(_Strict):
+    batch_size: int = Field(64, ge=1, le=1000)
+    max_attempts: int = Field(30, ge=1, description="with the default backoff: about 2 h of outage")
+    backoff_initial: float = Field(5.0, gt=0, description="seconds before the first retry")
+    backoff_max: float = Field(300.0, gt=0, description="cap on the delay between retries, seconds")
+    idle_release: float = Field(2.0, ge=0, description="keep an idle association this long, seconds")
+    poll_interval: float = Field(1.0, gt=0, description="how often the queue is scanned, seconds")
+
+    @model_validator(mode="after")
+    def _cap_not_below_initial(self) -> ForwardSettings:
+        if self.backoff_max < self.backoff_initial:
+            raise ValueError("backoff_max must be >= backoff_initial")
+        return self
+
+
+class Peer(_Strict):
+    ae_title: AETitle
+    host: str
+    port: Port
+    max_associations: int = Field(2, ge=1, le=32, description="parallel associations when a backlog builds")
+
+
+class RouterConfig(_Strict):
+    ae_title: AETitle = "ROUTER"
+    data_dir: Path = Path("var")
+    database_url: str | None = None
+    rules_dir: Path = Path("rules")
+    rules_reload_interval: float = Field(2.0, gt=0)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    plugins: list[str] = Field(default_factory=list, description="extra plugin modules or .py files")
+    dicom: DicomListener = DicomListener()
+    hl7: Hl7Listener = Hl7Listener()
+    http: HttpListener = HttpListener()
+    forward: ForwardSettings = ForwardSettings()
+    peers: dict[PeerName, Peer] = Field(default_factory=dict)
+    source: Path | None = Field(None, exclude=True)
+
+    @property
+    def effective_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{self.data_dir / 'router.db'}"
+
+
+def _format_errors(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        if err["type"] == "extra_forbidden":
+            lines.append(f"{key}: unknown key")
+        else:
+            got = err.get("input")
+            shown = "" if isinstance(got, dict | list) else f" (got {got!r})"
+            lines.append(f"{key}: {err['msg']}{shown}")
+    return "\n".join(lines)
+
+
+def parse_config(data: Any, base_dir: Path, source: Path | None = None) -> RouterConfig:
+    """Validate a decoded YAML document; relative paths are resolved against ``base_dir``."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError("the configuration must be a mapping of settings")
+    try:
+        cfg = RouterConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(exc)) from None
+    resolved = {
+        "data_dir": (base_dir / cfg.data_dir).resolve(),
+        "rules_dir": (base_dir / cfg.rules_dir).resolve(),
+        "plugins": [str((base_dir / p).resolve()) if p.endswith(".py") else p for p in cfg.plugins],
+        "source": source,
+    }
+    return cfg.model_copy(update=resolved)
+
+
+def load_config(path: str | os.PathLike[str] | None = None) -> RouterConfig:
+    """Load the config named by ``path``, else ``$ROUTER_CONFIG``, else the embedded default."""
+    chosen = Path(path or os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG).resolve()
+    try:
+        text = chosen.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{chosen}: cannot read ({exc.strerror})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{chosen}: not valid YAML: {exc}") from None
+    try:
+        return parse_config(data, chosen.parent, chosen)
+    except ConfigError as exc:
+        raise ConfigError(f"{chosen}: invalid configuration\n{exc}") from None

@@ -1,0 +1,1 @@
+"""DICOM networking (DIMSE): the SCP that receives and the SCU that forwards."""

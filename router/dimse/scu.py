@@ -1,0 +1,169 @@
+"""C-STORE SCU: one association to a peer, reused for a batch of objects.
+
+Objects are sent from their files without being decoded (byte-identical forwarding). For each SOP class we
+propose the object's own transfer syntax and, as separate contexts, Explicit and Implicit VR Little Endian, so
+the peer can accept each independently.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydicom import dcmread
+from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pynetdicom import AE, _config, evt
+from pynetdicom.association import Association
+from pynetdicom.presentation import PresentationContext, build_context
+
+from router.config import Peer, RouterConfig
+
+log = logging.getLogger(__name__)
+
+# Send datasets straight from their files: no decode, no re-encode (byte-identical forwarding).
+_config.STORE_SEND_CHUNKED_DATASET = True
+# Forwarding must be transparent: never "fix" what we pass on.
+_config.ENFORCE_UID_CONFORMANCE = False
+
+MAX_CONTEXTS = 128
+UNCOMPRESSED = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
+
+
+# pynetdicom's DUL thread sleeps this long between polls when idle (its default is 1 ms). Every C-STORE
+# round trip waits for it; 0.2 ms took a no-op pynetdicom SCP from 335 to 455 objects/s with storescu.
+DUL_POLL_DELAY = 0.0002
+
+
+def set_nodelay(event: evt.Event) -> None:
+    """Tune a new DICOM connection: no Nagle (DIMSE is request/response; Nagle adds 40 ms stalls) and a short
+    DUL poll delay."""
+    dul = event.assoc.dul
+    if hasattr(dul, "_run_loop_delay"):
+        dul._run_loop_delay = DUL_POLL_DELAY
+    sock = getattr(getattr(dul, "socket", None), "socket", None)
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+class AssociationFailed(Exception):
+    """The peer could not be reached or refused the association."""
+
+
+class NoContext(Exception):
+    """The peer accepted no presentation context able to carry this object."""
+
+
+@dataclass(frozen=True)
+class Item:
+    path: Path
+    sop_class_uid: str
+    transfer_syntax: str
+
+
+def contexts_for(items: Iterable[Item]) -> list[PresentationContext]:
+    """One single-syntax context per (SOP class, transfer syntax) needed, uncompressed fallbacks included."""
+    wanted: dict[tuple[str, str], None] = {}
+    for item in items:
+        for ts in (item.transfer_syntax, *UNCOMPRESSED):
+            wanted[(item.sop_class_uid, ts)] = None
+    return [build_context(sop, [ts]) for sop, ts in wanted]
+
+
+def context_count(items: Iterable[Item]) -> int:
+    return len(contexts_for(items))
+
+
+def make_requestor(config: RouterConfig) -> AE:
+    ae = AE(ae_title=config.ae_title)
+    t = config.dicom.timeouts
+    ae.acse_timeout = t.acse
+    ae.dimse_timeout = t.dimse
+    ae.network_timeout = t.network
+    ae.connection_timeout = t.connect
+    ae.maximum_pdu_size = config.dicom.max_pdu
+    return ae
+
+
+class StoreAssociation:
+    """``with StoreAssociation(ae, peer, items) as a: a.send(item)`` -> status."""
+
+    def __init__(self, ae: AE, peer: Peer, items: Iterable[Item]) -> None:
+        self.ae = ae
+        self.peer = peer
+        self.contexts = contexts_for(items)
+        self.assoc: Association | None = None
+
+    def __enter__(self) -> StoreAssociation:
+        return self.open()
+
+    def open(self) -> StoreAssociation:
+        assoc = self.ae.associate(
+            self.peer.host,
+            self.peer.port,
+            contexts=self.contexts,
+            ae_title=self.peer.ae_title,
+            evt_handlers=[(evt.EVT_CONN_OPEN, set_nodelay)],
+        )
+        if not assoc.is_established:
+            reason = "rejected" if assoc.is_rejected else "aborted" if assoc.is_aborted else "not established"
+            raise AssociationFailed(f"association to {self.peer.ae_title}@{self.peer.host}:{self.peer.port} {reason}")
+        self.assoc = assoc
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self.assoc is not None and self.assoc.is_established:
+            self.assoc.release()
+        self.assoc = None
+
+    def proposes(self, items: Iterable[Item]) -> bool:
+        """Whether this association was negotiated with every context ``items`` need."""
+        have = {(cx.abstract_syntax, cx.transfer_syntax[0]) for cx in self.contexts}
+        return {(cx.abstract_syntax, cx.transfer_syntax[0]) for cx in contexts_for(items)} <= have
+
+    @property
+    def alive(self) -> bool:
+        return self.assoc is not None and self.assoc.is_established
+
+    def _accepted(self, sop_class: str) -> list[str]:
+        assert self.assoc is not None
+        return [
+            str(cx.transfer_syntax[0])
+            for cx in self.assoc.accepted_contexts
+            if cx.abstract_syntax == sop_class and cx.transfer_syntax
+        ]
+
+    def can_carry(self, item: Item) -> bool:
+        accepted = self._accepted(item.sop_class_uid)
+        if item.transfer_syntax in accepted:
+            return True
+        return UID(item.transfer_syntax) in UNCOMPRESSED and bool(set(accepted) & set(UNCOMPRESSED))
+
+    def send(self, item: Item, msg_id: int) -> int:
+        """Send one object; returns the peer's status. Raises NoContext or AssociationFailed."""
+        if not self.alive:
+            raise AssociationFailed("association lost")
+        assert self.assoc is not None
+        accepted = self._accepted(item.sop_class_uid)
+        if item.transfer_syntax in accepted:
+            rsp = self.assoc.send_c_store(item.path, msg_id=msg_id)
+        elif UID(item.transfer_syntax) in UNCOMPRESSED and set(accepted) & set(UNCOMPRESSED):
+            # the peer took the other little endian syntax: pynetdicom re-encodes the decoded dataset
+            rsp = self.assoc.send_c_store(dcmread(item.path), msg_id=msg_id)
+        else:
+            offered = ", ".join(accepted) or "none"
+            raise NoContext(
+                f"{self.peer.ae_title} accepts no context for SOP class {item.sop_class_uid} "
+                f"in {item.transfer_syntax} (accepted: {offered})"
+            )
+        if "Status" not in rsp:
+            raise AssociationFailed("no valid C-STORE response (timeout, abort or invalid response)")
+        return int(rsp.Status)

@@ -1,0 +1,116 @@
+"""The Envelope: one inbound object on its way through the router.
+
+It carries the bytes exactly as received, where they came from, and a lazily decoded view. A stage that changes
+the object (coerce) works on ``dataset`` and marks the envelope modified; ``payload()`` then re-encodes it once.
+Stages that only read use ``header`` (decoded without pixel data).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from io import BytesIO
+from typing import Literal
+
+from pydicom import dcmread
+from pydicom.dataelem import RawDataElement
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+from pydicom.filewriter import dcmwrite
+
+Kind = Literal["dicom", "hl7"]
+UNDEFINED_LENGTH = 0xFFFFFFFF
+
+
+@dataclass(frozen=True)
+class Source:
+    """Who sent the object and how."""
+
+    protocol: Literal["dimse", "stow", "file"]
+    calling_ae: str = ""
+    called_ae: str = ""
+    address: str = ""
+
+
+@dataclass
+class Envelope:
+    kind: Kind
+    raw: bytes
+    source: Source
+    _header: Dataset | None = field(default=None, repr=False)
+    _dataset: Dataset | None = field(default=None, repr=False)
+    _payload: bytes | None = field(default=None, repr=False)
+    modified: bool = False
+    notes: list[str] = field(default_factory=list)
+
+    @classmethod
+    def from_p10(cls, raw: bytes, source: Source) -> Envelope:
+        """Decode the header; raises InvalidDicomError for bytes that are not a complete dataset."""
+        env = cls(kind="dicom", raw=raw, source=source)
+        env._header = dcmread(BytesIO(raw), stop_before_pixels=True, force=False)
+        _check_complete(env._header)
+        return env
+
+    @property
+    def header(self) -> Dataset:
+        """The dataset without pixel data, as received (or as modified, once a stage changed it)."""
+        if self._dataset is not None:
+            return self._dataset
+        if self._header is None:
+            self._header = dcmread(BytesIO(self.raw), stop_before_pixels=True)
+        return self._header
+
+    @property
+    def dataset(self) -> Dataset:
+        """The full, mutable dataset. Call ``mark_modified()`` after changing it."""
+        if self._dataset is None:
+            self._dataset = dcmread(BytesIO(self.raw))
+        return self._dataset
+
+    def mark_modified(self, note: str) -> None:
+        self.modified = True
+        self._payload = None
+        self.notes.append(note)
+
+    def payload(self) -> bytes:
+        """The bytes to forward at this point of the pipeline: the original unless a stage changed it."""
+        if not self.modified:
+            return self.raw
+        if self._payload is None:
+            out = BytesIO()
+            dcmwrite(out, self.dataset, enforce_file_format=True)
+            self._payload = out.getvalue()
+        return self._payload
+
+    @property
+    def sop_instance_uid(self) -> str:
+        return _uid(self.header.get("SOPInstanceUID", ""))
+
+    @property
+    def sop_class_uid(self) -> str:
+        return _uid(self.header.get("SOPClassUID", ""))
+
+    @property
+    def transfer_syntax(self) -> str:
+        return _uid(self.header.file_meta.get("TransferSyntaxUID", ""))
+
+
+def _check_complete(ds: Dataset) -> None:
+    """pydicom reads a value cut short by the end of the stream without complaint; we do not."""
+    for elem in ds._dict.values():
+        if (
+            isinstance(elem, RawDataElement)
+            and elem.length != UNDEFINED_LENGTH
+            and elem.value is not None
+            and len(elem.value) != elem.length
+        ):
+            raise InvalidDicomError(f"element {elem.tag} is truncated: {len(elem.value)} of {elem.length} bytes")
+
+
+def _uid(value: object) -> str:
+    """A UID as text without its padding (UIDs are padded with NUL to an even length)."""
+    return str(value).rstrip("\x00 ")
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()

@@ -1,0 +1,249 @@
+"""Forward workers: drain the outbox to the peers.
+
+A dispatcher thread looks at the due jobs per peer (woken at once when new jobs are committed, and every
+``forward.poll_interval`` seconds). It runs one sender per peer, and more, up to the peer's
+``max_associations``, while the backlog is larger than a batch. A sender claims a batch, sends it over one
+association, records each outcome as it goes, and keeps the association for the next batch until it has been
+idle for ``forward.idle_release`` seconds. When a peer cannot be reached, the peer is left alone until the
+earliest retry time of the jobs that failed (so a dead peer costs one connection attempt per backoff step).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+
+import pluggy
+from sqlalchemy.engine import Engine
+
+from router.config import RouterConfig
+from router.dimse.scu import (
+    MAX_CONTEXTS,
+    AssociationFailed,
+    Item,
+    NoContext,
+    StoreAssociation,
+    context_count,
+    make_requestor,
+)
+from router.outbox import Outbox, backoff_delay, drop_if_orphaned
+from router.plugins import notify
+from router.statuses import SendVerdict, classify_peer_status
+from router.store.models import Job
+
+log = logging.getLogger(__name__)
+
+
+class Forwarder:
+    def __init__(self, config: RouterConfig, engine: Engine, outbox: Outbox, pm: pluggy.PluginManager):
+        self.config = config
+        self.engine = engine
+        self.outbox = outbox
+        self.pm = pm
+        self.ae = make_requestor(config)
+        self._lock = threading.Lock()
+        self._active: dict[str, int] = {}
+        self._blocked_until: dict[str, float] = {}
+        self._wake = threading.Event()
+        self._work = threading.Condition()
+        self._stop = threading.Event()
+        self._dispatcher: threading.Thread | None = None
+        self._senders: set[threading.Thread] = set()
+
+    # -- lifecycle ----------------------------------------------------------------------------------------
+    def start(self) -> None:
+        recovered = self.outbox.recover_inflight()
+        if recovered:
+            log.info("requeued %d job(s) that were in flight when the router stopped", recovered)
+        self._dispatcher = threading.Thread(target=self._dispatch_loop, name="forward-dispatch", daemon=True)
+        self._dispatcher.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        self._wake.set()
+        with self._work:
+            self._work.notify_all()
+        deadline = time.monotonic() + timeout
+        for thread in [self._dispatcher, *list(self._senders)]:
+            if thread is not None:
+                thread.join(max(0.0, deadline - time.monotonic()))
+
+    def wake(self, peers: set[str] | None = None) -> None:
+        """New jobs are committed: start senders now and wake idle ones."""
+        self._wake.set()
+        with self._work:
+            self._work.notify_all()
+
+    # -- dispatcher ---------------------------------------------------------------------------------------
+    def _dispatch_loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self._dispatch_once()
+            except Exception:
+                log.exception("forward dispatcher error (will retry)")
+            self._wake.wait(self.config.forward.poll_interval)
+            self._wake.clear()
+
+    def _dispatch_once(self) -> None:
+        batch = self.config.forward.batch_size
+        now = time.monotonic()
+        for peer_name, due in self.outbox.due_counts().items():
+            peer = self.config.peers.get(peer_name)
+            if peer is None:
+                self._dead_letter_unknown_peer(peer_name)
+                continue
+            if self._blocked_until.get(peer_name, 0.0) > now:
+                continue
+            wanted = min(peer.max_associations, max(1, math.ceil(due / batch)))
+            with self._lock:
+                running = self._active.get(peer_name, 0)
+                for _ in range(wanted - running):
+                    self._active[peer_name] = self._active.get(peer_name, 0) + 1
+                    thread = threading.Thread(
+                        target=self._sender, args=(peer_name,), name=f"forward-{peer_name}", daemon=True
+                    )
+                    self._senders.add(thread)
+                    thread.start()
+
+    def _dead_letter_unknown_peer(self, peer_name: str) -> None:
+        jobs = self.outbox.claim(peer_name, 1000)
+        self._fail_many(jobs, f"peer {peer_name!r} is not configured", permanent=True)
+
+    # -- sender -------------------------------------------------------------------------------------------
+    def _claim(self, peer: str) -> list[Job]:
+        if self._stop.is_set() or self._blocked_until.get(peer, 0.0) > time.monotonic():
+            return []
+        return self.outbox.claim(peer, self.config.forward.batch_size)
+
+    def _next_batch(self, peer: str, keep_open: bool) -> list[Job]:
+        jobs = self._claim(peer)
+        if jobs or not keep_open:
+            return jobs
+        deadline = time.monotonic() + self.config.forward.idle_release
+        while not self._stop.is_set() and time.monotonic() < deadline:
+            with self._work:
+                self._work.wait(min(0.2, max(0.0, deadline - time.monotonic())))
+            jobs = self._claim(peer)
+            if jobs:
+                return jobs
+        return []
+
+    def _sender(self, peer_name: str) -> None:
+        assoc: StoreAssociation | None = None
+        try:
+            while not self._stop.is_set():
+                jobs = self._next_batch(peer_name, keep_open=assoc is not None and assoc.alive)
+                if not jobs:
+                    return
+                assoc = self._send_batch(peer_name, jobs, assoc)
+        except Exception:
+            log.exception("forward sender for %s crashed", peer_name)
+        finally:
+            if assoc is not None:
+                assoc.close()
+            with self._lock:
+                self._active[peer_name] -= 1
+                self._senders.discard(threading.current_thread())
+            self._wake.set()  # let the dispatcher re-evaluate the backlog
+
+    def _items(self, jobs: list[Job]) -> dict[int, Item]:
+        return {
+            job.id or 0: Item(self.config.data_dir / job.path, job.sop_class_uid, job.transfer_syntax) for job in jobs
+        }
+
+    def _send_batch(self, peer_name: str, jobs: list[Job], assoc: StoreAssociation | None) -> StoreAssociation | None:
+        peer = self.config.peers[peer_name]
+        items = self._items(jobs)
+        if context_count(items.values()) > MAX_CONTEXTS:  # too many kinds for one association: halve
+            half = len(jobs) // 2
+            self.outbox.release(jobs[half:])
+            jobs, items = jobs[:half], {j.id or 0: items[j.id or 0] for j in jobs[:half]}
+        if assoc is not None and not assoc.proposes(items.values()):
+            assoc.close()
+            assoc = None
+        if assoc is None or not assoc.alive:
+            try:
+                assoc = StoreAssociation(self.ae, peer, items.values()).open()
+            except AssociationFailed as exc:
+                self._peer_unreachable(peer_name, jobs, str(exc))
+                return None
+            notify(
+                self.pm,
+                "router_association_accepted",
+                calling_ae=self.config.ae_title,
+                called_ae=peer.ae_title,
+                address=f"{peer.host}:{peer.port}",
+                direction="outbound",
+            )
+        for index, job in enumerate(jobs):
+            if self._stop.is_set():
+                self.outbox.release(jobs[index:])
+                return assoc
+            try:
+                self._send_one(assoc, job, items[job.id or 0])
+            except AssociationFailed as exc:
+                self._fail(job, str(exc), permanent=False)
+                self.outbox.release(jobs[index + 1 :])
+                assoc.close()
+                return None
+        return assoc
+
+    def _send_one(self, assoc: StoreAssociation, job: Job, item: Item) -> None:
+        try:
+            status = assoc.send(item, msg_id=(job.id or 1) % 65536)
+        except NoContext as exc:
+            self._fail(job, str(exc), permanent=True)
+            return
+        except FileNotFoundError:
+            self._fail(job, f"stored file {job.path} is missing", permanent=True)
+            return
+        verdict = classify_peer_status(status)
+        if verdict is SendVerdict.DONE:
+            self.outbox.mark_done([job], {job.id or 0: status})
+            log.info("forwarded %s to %s (0x%04X)", job.sop_uid, job.peer, status)
+            notify(self.pm, "router_forwarded", job=job, status=status)
+            drop_if_orphaned(self.engine, self.config.data_dir, job.path)
+        else:
+            self._fail(job, f"peer answered 0x{status:04X}", verdict is SendVerdict.PERMANENT, status)
+
+    def _fail(self, job: Job, error: str, permanent: bool, status: int | None = None) -> None:
+        [dead] = self._fail_many([job], error, permanent, status)
+        log.warning(
+            "forward of %s to %s failed (attempt %d%s): %s",
+            job.sop_uid,
+            job.peer,
+            job.attempts,
+            ", dead-lettered" if dead else "",
+            error,
+        )
+
+    def _fail_many(self, jobs: list[Job], error: str, permanent: bool, status: int | None = None) -> list[bool]:
+        """Record a failed attempt for each job (one transaction) and tell the plugins; which are now dead."""
+        verdicts = self.outbox.mark_failed_many(jobs, error, permanent, status)
+        for job, dead in zip(jobs, verdicts, strict=True):
+            notify(self.pm, "router_forward_failed", job=job, error=error, dead=dead)
+        return verdicts
+
+    def _peer_unreachable(self, peer_name: str, jobs: list[Job], error: str) -> None:
+        """The first failure of a round charges every pending job of the peer, not just this batch: jobs age
+        together, so an outage dead-letters none or all of them, never just the head of the queue. A sender
+        failing in the same round (the peer already blocked) charges only its own batch."""
+        with self._lock:
+            first = self._blocked_until.get(peer_name, 0.0) <= time.monotonic()
+            if first:
+                self._blocked_until[peer_name] = math.inf  # until this round is recorded
+        if first:
+            jobs = jobs + self.outbox.claim(peer_name, 1_000_000, due_only=False)
+        verdicts = self._fail_many(jobs, error, permanent=False)
+        log.warning(
+            "%s unreachable (%s): %d job(s) wait, %d dead-lettered",
+            peer_name,
+            error,
+            verdicts.count(False),
+            verdicts.count(True),
+        )
+        if first:
+            attempts = max(j.attempts for j in jobs)  # how long the outage has lasted, not the newest arrival
+            self._blocked_until[peer_name] = time.monotonic() + backoff_delay(attempts, self.config.forward)

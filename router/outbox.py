@@ -1,0 +1,220 @@
+"""The outbox: durable forward jobs, their states and the operations on them.
+
+pending --claim--> inflight --delivered--> done
+                      |--failed, attempts left--> pending (next_attempt_at = now + backoff)
+                      |--permanent refusal or attempts used up--> dead   (router queue retry: -> pending)
+inflight jobs left by a crash are put back to pending at start-up (at-least-once delivery).
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+from collections.abc import Iterable, Sequence
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from sqlalchemy import delete, func, update
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import aliased
+from sqlmodel import Session, col, select
+
+from router.config import ForwardSettings
+from router.store import files
+from router.store.models import Instance, Job, JobState, utcnow
+
+
+def backoff_delay(attempts: int, settings: ForwardSettings, rng: random.Random | None = None) -> float:
+    """Exponential backoff with a cap and +-10 % jitter (so a recovered peer is not hit all at once)."""
+    base = min(settings.backoff_initial * (2 ** max(attempts - 1, 0)), settings.backoff_max)
+    jitter = (rng or random).uniform(-0.1, 0.1) * base
+    return max(0.0, min(base + jitter, settings.backoff_max))
+
+
+def drop_if_orphaned(engine: Engine, data_dir: Path, relpath: str) -> bool:
+    """Remove a file that neither the index nor any job that may still be sent refers to.
+
+    That is a changed payload whose jobs are done, or an object version replaced under the overwrite policy
+    once its last job is done. Returns whether the file was removed."""
+    with Session(engine) as session:
+        # the usual case first: the index still points at it (one query)
+        if session.exec(select(Instance.id).where(Instance.path == relpath)).first() is not None:
+            return False
+        retryable = [JobState.PENDING, JobState.INFLIGHT, JobState.DEAD]  # dead jobs can be requeued
+        if session.exec(select(Job.id).where(Job.path == relpath, col(Job.state).in_(retryable))).first():
+            return False
+    files.remove_quietly(data_dir / relpath)
+    return True
+
+
+class Outbox:
+    def __init__(self, engine: Engine, settings: ForwardSettings, data_dir: Path) -> None:
+        self.engine = engine
+        self.settings = settings
+        self.data_dir = data_dir
+        self._claim_lock = threading.Lock()  # one claimer at a time: a job is never handed out twice
+
+    def recover_inflight(self) -> int:
+        """Put back jobs a previous process was sending when it died."""
+        with Session(self.engine) as session:
+            result = session.execute(
+                update(Job)
+                .where(col(Job.state) == JobState.INFLIGHT)
+                .values(state=JobState.PENDING, updated_at=utcnow())
+            )
+            session.commit()
+            return int(getattr(result, "rowcount", 0) or 0)
+
+    def due_counts(self, now: datetime | None = None) -> dict[str, int]:
+        """Pending jobs that are due, per peer."""
+        now = now or utcnow()
+        with Session(self.engine) as session:
+            rows = session.exec(
+                select(Job.peer, func.count())
+                .where(col(Job.state) == JobState.PENDING, col(Job.next_attempt_at) <= now)
+                .group_by(Job.peer)
+            ).all()
+        return {peer: int(n) for peer, n in rows}
+
+    def claim(self, peer: str, limit: int, due_only: bool = True) -> list[Job]:
+        """Atomically take up to ``limit`` due (or, with ``due_only=False``, all) pending jobs for ``peer``,
+        oldest first, and mark them inflight.
+
+        Jobs for one SOP Instance go to a peer in the order they were queued: a job waits while an older one
+        for the same instance and peer is pending or inflight (two versions under the overwrite policy must
+        not arrive newest first because the older one was backing off)."""
+        now = utcnow()
+        earlier = aliased(Job)
+        blocked = (
+            select(earlier.id)
+            .where(
+                earlier.peer == Job.peer,
+                earlier.sop_uid == Job.sop_uid,
+                col(earlier.id) < col(Job.id),
+                col(earlier.state).in_([JobState.PENDING, JobState.INFLIGHT]),
+            )
+            .exists()
+        )
+        with self._claim_lock, Session(self.engine) as session:
+            query = select(Job.id).where(col(Job.state) == JobState.PENDING, Job.peer == peer, ~blocked)
+            if due_only:
+                query = query.where(col(Job.next_attempt_at) <= now)
+            ids = list(session.exec(query.order_by(col(Job.id)).limit(limit)).all())
+            if not ids:
+                return []
+            session.execute(
+                update(Job)
+                .where(col(Job.id).in_(ids), col(Job.state) == JobState.PENDING)
+                .values(state=JobState.INFLIGHT, updated_at=now)
+            )
+            session.commit()
+            jobs = list(session.exec(select(Job).where(col(Job.id).in_(ids)).order_by(col(Job.id))).all())
+            for job in jobs:
+                session.expunge(job)
+            return jobs
+
+    def mark_done(self, jobs: Sequence[Job], statuses: dict[int, int]) -> None:
+        if not jobs:
+            return
+        now = utcnow()
+        with Session(self.engine) as session:
+            for job in jobs:
+                assert job.id is not None
+                session.execute(
+                    update(Job)
+                    .where(col(Job.id) == job.id)
+                    .values(
+                        state=JobState.DONE,
+                        attempts=job.attempts + 1,
+                        last_error="",
+                        last_status=statuses.get(job.id),
+                        updated_at=now,
+                    )
+                )
+            session.commit()
+
+    def mark_failed_many(
+        self, jobs: Sequence[Job], error: str, permanent: bool, status: int | None = None
+    ) -> list[bool]:
+        """Record one failed attempt for each job, in one transaction; which of them are now dead."""
+        now = utcnow()
+        verdicts = []
+        with Session(self.engine) as session:
+            for job in jobs:
+                attempts = job.attempts + 1
+                dead = permanent or attempts >= self.settings.max_attempts
+                values: dict[str, object] = {
+                    "attempts": attempts,
+                    "last_error": error[:1024],
+                    "last_status": status,
+                    "updated_at": now,
+                    "state": JobState.DEAD if dead else JobState.PENDING,
+                }
+                if not dead:
+                    values["next_attempt_at"] = now + timedelta(seconds=backoff_delay(attempts, self.settings))
+                session.execute(update(Job).where(col(Job.id) == job.id).values(**values))
+                job.attempts = attempts
+                verdicts.append(dead)
+            session.commit()
+        return verdicts
+
+    def release(self, jobs: Iterable[Job]) -> None:
+        """Give unattempted claimed jobs back (shutdown in the middle of a batch)."""
+        ids = [j.id for j in jobs]
+        if not ids:
+            return
+        with Session(self.engine) as session:
+            session.execute(
+                update(Job)
+                .where(col(Job.id).in_(ids), col(Job.state) == JobState.INFLIGHT)
+                .values(state=JobState.PENDING, updated_at=utcnow())
+            )
+            session.commit()
+
+    # -- operator commands (router queue ...) --------------------------------------------------------------
+    def list(self, state: str | None = None, peer: str | None = None, limit: int = 100) -> list[Job]:
+        with Session(self.engine) as session:
+            query = select(Job).order_by(col(Job.id).desc()).limit(limit)
+            if state:
+                query = query.where(Job.state == state)
+            if peer:
+                query = query.where(col(Job.peer) == peer)
+            return list(session.exec(query).all())
+
+    def counts(self) -> dict[tuple[str, str], int]:
+        with Session(self.engine) as session:
+            rows = session.exec(select(Job.peer, Job.state, func.count()).group_by(Job.peer, Job.state)).all()
+        return {(peer, state): int(n) for peer, state, n in rows}
+
+    def retry(self, ids: Sequence[int] = (), peer: str | None = None, all_dead: bool = False) -> int:
+        """Requeue jobs, attempts from zero: the named ones (dead, or pending to retry now), or every dead one."""
+        if ids:
+            query = update(Job).where(col(Job.state).in_([JobState.DEAD, JobState.PENDING]), col(Job.id).in_(list(ids)))
+        elif all_dead:
+            query = update(Job).where(col(Job.state) == JobState.DEAD)
+        else:
+            return 0
+        if peer:
+            query = query.where(col(Job.peer) == peer)
+        with Session(self.engine) as session:
+            result = session.execute(
+                query.values(state=JobState.PENDING, attempts=0, next_attempt_at=utcnow(), updated_at=utcnow())
+            )
+            session.commit()
+            return int(getattr(result, "rowcount", 0) or 0)
+
+    def purge(self, states: Sequence[str], peer: str | None = None) -> int:
+        """Delete jobs in the given states (done and/or dead; never pending or inflight)."""
+        allowed = [s for s in states if s in (JobState.DONE, JobState.DEAD)]
+        if not allowed:
+            return 0
+        query = delete(Job).where(col(Job.state).in_(allowed))
+        if peer:
+            query = query.where(col(Job.peer) == peer)
+        with Session(self.engine) as session:
+            paths = set(session.exec(select(Job.path).where(query.whereclause)).all())  # type: ignore[arg-type]
+            result = session.execute(query)
+            session.commit()
+        for relpath in paths:  # changed payloads of dead jobs are needed by nothing else
+            drop_if_orphaned(self.engine, self.data_dir, relpath)
+        return int(getattr(result, "rowcount", 0) or 0)

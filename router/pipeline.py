@@ -1,0 +1,68 @@
+"""Running the matching rules' stages over an envelope, in rule-file order.
+
+Stage order is decided here and by the rule files, never by plugin registration order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from router.config import RouterConfig
+from router.envelope import Envelope
+from router.rules.matching import Subject, dataset_values, matching_rules
+from router.rules.model import Rule, RuleSet
+from router.stage import PlannedForward, Stage, StageContext, StageError
+
+
+@dataclass(frozen=True)
+class Step:
+    rule: str
+    stage: str
+    where: str
+    text: str
+
+
+@dataclass
+class PipelineResult:
+    rules: list[Rule] = field(default_factory=list)
+    steps: list[Step] = field(default_factory=list)
+    forwards: list[PlannedForward] = field(default_factory=list)
+
+
+def subject_for(env: Envelope) -> Subject:
+    header = env.header
+    return Subject(
+        kind=env.kind,
+        calling_ae=env.source.calling_ae,
+        called_ae=env.source.called_ae,
+        sop_class=str(header.get("SOPClassUID", "")),
+        values=dataset_values(header),
+    )
+
+
+def run_pipeline(
+    env: Envelope,
+    ruleset: RuleSet,
+    stages: Mapping[str, Stage],
+    config: RouterConfig,
+    dry_run: bool = False,
+) -> PipelineResult:
+    """Match ``env`` and run every stage of every matching rule. Raises StageError if a stage fails."""
+    result = PipelineResult(rules=matching_rules(ruleset, subject_for(env)))
+    ctx = StageContext(config=config, dry_run=dry_run)
+    for rule in result.rules:
+        ctx.rule = rule.name
+        for call in rule.then:
+            stage = stages.get(call.stage)
+            if stage is None:  # the plugin went away after the rules were loaded
+                raise StageError(f"{call.where}: stage {call.stage!r} is not available")
+            try:
+                text = stage.run(env, call.args, ctx)
+            except StageError as exc:
+                raise StageError(f"rule {rule.name!r} ({call.where}) stage {call.stage}: {exc}") from exc
+            except Exception as exc:
+                raise StageError(f"rule {rule.name!r} ({call.where}) stage {call.stage} crashed: {exc!r}") from exc
+            result.steps.append(Step(rule=rule.name, stage=call.stage, where=call.where, text=text))
+    result.forwards = ctx.forwards
+    return result

@@ -1,0 +1,1 @@
+"""The rule language: loading, matching and live reloading of ``rules/*.yaml``."""

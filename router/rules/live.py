@@ -1,0 +1,52 @@
+"""The rules in force, re-read when the files change. A broken edit keeps the previous rules running."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Mapping
+from pathlib import Path
+
+from router.config import RouterConfig
+from router.rules.loader import directory_signature, load_rules
+from router.rules.model import RuleSet
+from router.stage import Stage
+
+log = logging.getLogger(__name__)
+
+
+class LiveRules:
+    def __init__(self, rules_dir: Path, stages: Mapping[str, Stage], config: RouterConfig) -> None:
+        self._dir = rules_dir
+        self._stages = stages
+        self._config = config
+        self._lock = threading.Lock()
+        self._current = RuleSet()
+        self._seen_signature: tuple[tuple[str, float, int], ...] | None = None
+        self.last_problems: list[str] = []
+
+    @property
+    def current(self) -> RuleSet:
+        return self._current
+
+    def reload_if_changed(self) -> bool:
+        """Re-read the rule files if any changed; True when new rules took effect."""
+        with self._lock:
+            signature = directory_signature(self._dir)
+            if signature == self._seen_signature:
+                return False
+            self._seen_signature = signature
+            result = load_rules(self._dir, self._stages, self._config)
+            self.last_problems = result.problems
+            if not result.ok:
+                for problem in result.problems:
+                    log.error("rules not reloaded: %s", problem)
+                log.error("keeping the %d rules loaded before", len(self._current.rules))
+                return False
+            self._current = result.ruleset
+            log.info(
+                "rules loaded: %d rules from %s",
+                len(result.ruleset.rules),
+                ", ".join(result.ruleset.files) or "no files",
+            )
+            return True

@@ -1,0 +1,65 @@
+"""The contract between the pipeline and a stage plugin.
+
+A stage is named in a rule's ``then`` list (``- forward: PACS``). Its plugin returns a ``Stage`` object from the
+``router_stages`` hook. The pipeline calls ``check`` when rules are loaded (so ``router rules check`` reports a
+bad argument before any object arrives) and ``run`` for every matching object. ``run`` returns a one-line
+description of what it did; in a dry run (``ctx.dry_run``) it must change nothing durable and the same text
+tells the analyst what *would* happen.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from router.config import RouterConfig
+    from router.envelope import Envelope
+
+
+@dataclass(frozen=True)
+class PlannedForward:
+    """A forward the pipeline will put in the outbox together with the stored object."""
+
+    peer: str
+    payload: bytes
+    modified: bool
+    transfer_syntax: str
+    rule: str
+
+
+@dataclass
+class StageContext:
+    """What a running stage may use. Stages add their durable effects here; the store commits them."""
+
+    config: RouterConfig
+    dry_run: bool = False
+    rule: str = ""  # the rule whose stage is running, set by the pipeline
+    forwards: list[PlannedForward] = field(default_factory=list)
+
+    def plan_forward(self, peer: str, env: Envelope) -> None:
+        self.forwards.append(
+            PlannedForward(
+                peer=peer,
+                payload=env.payload(),
+                modified=env.modified,
+                transfer_syntax=env.transfer_syntax,
+                rule=self.rule,
+            )
+        )
+
+
+class Stage(Protocol):
+    name: str
+
+    def check(self, args: Any, config: RouterConfig) -> list[str]:
+        """Problems with ``args`` (empty when fine). Called when rule files are loaded."""
+        ...
+
+    def run(self, env: Envelope, args: Any, ctx: StageContext) -> str:
+        """Apply the stage to ``env``; return what was done, one line."""
+        ...
+
+
+class StageError(Exception):
+    """A stage could not do its job for this object; the object is refused with a failure status."""

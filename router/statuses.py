@@ -1,0 +1,73 @@
+"""The one place where pipeline outcomes become protocol statuses.
+
+DIMSE statuses come from PS3.4 Annex B.2.3 (Storage) and PS3.7 Annex C. Later services (HL7 ACK codes, STOW-RS
+failure reasons) map their outcomes here too, so an analyst reading a refusal finds the reason in one table.
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class StoreOutcome(enum.Enum):
+    """What happened to one inbound object."""
+
+    STORED = "stored"  # durable, index and outbox committed
+    DUPLICATE_IDENTICAL = "duplicate-identical"  # same bytes already stored: accepted, nothing done
+    DUPLICATE_IGNORED = "duplicate-ignored"  # different bytes, policy 'ignore': first copy kept
+    DUPLICATE_REJECTED = "duplicate-rejected"  # different bytes, policy 'reject'
+    OVERWRITTEN = "overwritten"  # different bytes, policy 'overwrite'
+    UNPARSEABLE = "unparseable"  # cannot be decoded: quarantined
+    INVALID = "invalid"  # decodes, but lacks what identifies it (UIDs): quarantined
+    OUT_OF_RESOURCES = "out-of-resources"  # disk full, database unavailable
+    PROCESSING_FAILED = "processing-failed"  # a stage or the router itself failed on this object
+
+
+# C-STORE response statuses (PS3.4 B.2.3, PS3.7 C.4.2)
+SUCCESS = 0x0000
+FAILURE_OUT_OF_RESOURCES = 0xA700
+FAILURE_DATASET_MISMATCH = 0xA900
+FAILURE_CANNOT_UNDERSTAND = 0xC000
+FAILURE_DUPLICATE_SOP_INSTANCE = 0x0111  # PS3.7 C.5: duplicate SOP instance
+FAILURE_PROCESSING = 0x0110  # PS3.7 C.4: processing failure
+
+_C_STORE_STATUS = {
+    StoreOutcome.STORED: SUCCESS,
+    StoreOutcome.DUPLICATE_IDENTICAL: SUCCESS,
+    StoreOutcome.DUPLICATE_IGNORED: SUCCESS,
+    StoreOutcome.OVERWRITTEN: SUCCESS,
+    StoreOutcome.DUPLICATE_REJECTED: FAILURE_DUPLICATE_SOP_INSTANCE,
+    StoreOutcome.UNPARSEABLE: FAILURE_CANNOT_UNDERSTAND,
+    StoreOutcome.INVALID: FAILURE_DATASET_MISMATCH,
+    StoreOutcome.OUT_OF_RESOURCES: FAILURE_OUT_OF_RESOURCES,
+    StoreOutcome.PROCESSING_FAILED: FAILURE_PROCESSING,
+}
+
+
+def c_store_status(outcome: StoreOutcome) -> int:
+    return _C_STORE_STATUS[outcome]
+
+
+class SendVerdict(enum.Enum):
+    """How the forward queue treats a status a peer answered."""
+
+    DONE = "done"
+    RETRY = "retry"
+    PERMANENT = "permanent"
+
+
+def classify_peer_status(status: int) -> SendVerdict:
+    """Classify a C-STORE response status from a downstream peer.
+
+    Success and warnings (0x0001, 0xBxxx) mean the peer has the object. Out-of-resources (0xA7xx) and statuses
+    we do not know are worth retrying. 'Data set does not match SOP class' (0xA9xx), 'cannot understand'
+    (0xCxxx), 'SOP class not supported', 'not authorised', 'invalid SOP instance' and 'duplicate' refusals will
+    not change by retrying.
+    """
+    if status == SUCCESS or status == 0x0001 or 0xB000 <= status <= 0xBFFF:
+        return SendVerdict.DONE
+    if 0xA900 <= status <= 0xA9FF or 0xC000 <= status <= 0xCFFF:
+        return SendVerdict.PERMANENT
+    if status in (0x0117, 0x0122, 0x0124, 0x0111, 0x0212):
+        return SendVerdict.PERMANENT
+    return SendVerdict.RETRY

@@ -1,0 +1,1 @@
+"""Durable storage: object files, the SQLModel index and the outbox."""

@@ -1,0 +1,151 @@
+"""Writing the index: one object's patient, study, series and instance rows.
+
+This is the hot path of every C-STORE, so it uses SQLAlchemy Core statements and remembers the ids of
+patients, studies and series it has seen (``IdCache``). The cache is filled only after a commit succeeded, so a
+rolled-back insert never leaves a stale id behind.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+from pydicom.dataset import Dataset
+from sqlalchemy import Connection, insert, select, update
+
+from router.store.models import Instance, Patient, Series, Study, utcnow
+
+PATIENT = Patient.__table__  # type: ignore[attr-defined]
+STUDY = Study.__table__  # type: ignore[attr-defined]
+SERIES = Series.__table__  # type: ignore[attr-defined]
+INSTANCE = Instance.__table__  # type: ignore[attr-defined]
+
+
+def text(ds: Dataset, keyword: str, limit: int = 324) -> str:
+    """An attribute as text, multi-values joined with a backslash, trimmed to the column size.
+
+    NUL characters (UID padding, sloppy modalities) are dropped: PostgreSQL text cannot hold them."""
+    elem = ds.data_element(keyword) if keyword in ds else None
+    if elem is None or elem.value is None:
+        return ""
+    value = elem.value
+    if isinstance(value, list | tuple) or type(value).__name__ == "MultiValue":
+        value = "\\".join(str(v) for v in value)
+    return str(value).replace("\x00", "").strip()[:limit]
+
+
+@dataclass(frozen=True)
+class StoredInstance:
+    id: int
+    sha256: str
+    path: str
+
+
+class IdCache:
+    """Ids of rows known to be committed, keyed by their natural keys; bounded (least recently used out)."""
+
+    def __init__(self, size: int = 20000) -> None:
+        self._size = size
+        self._ids: OrderedDict[tuple[str, ...], int] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple[str, ...]) -> int | None:
+        with self._lock:
+            found = self._ids.get(key)
+            if found is not None:
+                self._ids.move_to_end(key)
+            return found
+
+    def remember(self, entries: dict[tuple[str, ...], int]) -> None:
+        with self._lock:
+            self._ids.update(entries)
+            while len(self._ids) > self._size:
+                self._ids.popitem(last=False)
+
+
+NewIds = dict[tuple[str, ...], int]  # ids one write created: for ``IdCache.remember`` once it committed
+
+
+def find_instance(conn: Connection, sop_uid: str) -> StoredInstance | None:
+    row = conn.execute(
+        select(INSTANCE.c.id, INSTANCE.c.sha256, INSTANCE.c.path).where(INSTANCE.c.sop_uid == sop_uid)
+    ).first()
+    return StoredInstance(*row) if row is not None else None
+
+
+def _get_or_insert(
+    conn: Connection,
+    cache: IdCache,
+    new_ids: NewIds,
+    key: tuple[str, ...],
+    table: Any,
+    where: Any,
+    values: dict[str, Any],
+) -> int:
+    cached = cache.get(key)
+    if cached is not None:
+        return cached
+    found = conn.execute(select(table.c.id).where(where)).scalar()
+    if found is None:
+        found = conn.execute(insert(table).values(**values).returning(table.c.id)).scalar_one()
+    new_ids[key] = int(found)
+    return int(found)
+
+
+def index_instance(
+    conn: Connection,
+    cache: IdCache,
+    ds: Dataset,
+    *,
+    relpath: str,
+    size: int,
+    digest: str,
+    transfer_syntax: str,
+    calling_ae: str,
+    existing: StoredInstance | None,
+) -> NewIds:
+    """Add (or, for an overwrite, update) the rows for one object. The caller commits."""
+    new_ids: NewIds = {}
+    pid, issuer = text(ds, "PatientID", 64), text(ds, "IssuerOfPatientID", 64)
+    patient_id = _get_or_insert(
+        conn, cache, new_ids, ("patient", pid, issuer), PATIENT,
+        (PATIENT.c.patient_id == pid) & (PATIENT.c.issuer == issuer),
+        {"patient_id": pid, "issuer": issuer, "name": text(ds, "PatientName"),
+         "birth_date": text(ds, "PatientBirthDate", 8), "sex": text(ds, "PatientSex", 16),
+         "updated_at": utcnow()},
+    )  # fmt: skip
+    study_uid = text(ds, "StudyInstanceUID", 64)
+    study_id = _get_or_insert(
+        conn, cache, new_ids, ("study", study_uid), STUDY, STUDY.c.study_uid == study_uid,
+        {"study_uid": study_uid, "patient_fk": patient_id, "study_date": text(ds, "StudyDate", 8),
+         "study_time": text(ds, "StudyTime", 16), "accession_number": text(ds, "AccessionNumber", 16),
+         "study_id": text(ds, "StudyID", 16), "description": text(ds, "StudyDescription", 64),
+         "referring_physician": text(ds, "ReferringPhysicianName"), "updated_at": utcnow()},
+    )  # fmt: skip
+    series_uid = text(ds, "SeriesInstanceUID", 64)
+    series_id = _get_or_insert(
+        conn, cache, new_ids, ("series", series_uid), SERIES, SERIES.c.series_uid == series_uid,
+        {"series_uid": series_uid, "study_fk": study_id, "modality": text(ds, "Modality", 16),
+         "series_number": text(ds, "SeriesNumber", 12), "description": text(ds, "SeriesDescription", 64),
+         "body_part": text(ds, "BodyPartExamined", 16),
+         "pps_start_date": text(ds, "PerformedProcedureStepStartDate", 8),
+         "pps_start_time": text(ds, "PerformedProcedureStepStartTime", 16)},
+    )  # fmt: skip
+    values = {
+        "sop_class_uid": text(ds, "SOPClassUID", 64),
+        "series_fk": series_id,
+        "instance_number": text(ds, "InstanceNumber", 12),
+        "transfer_syntax": transfer_syntax,
+        "path": relpath,
+        "size": size,
+        "sha256": digest,
+        "calling_ae": calling_ae,
+        "received_at": utcnow(),
+    }
+    if existing is None:
+        conn.execute(insert(INSTANCE).values(sop_uid=text(ds, "SOPInstanceUID", 64), **values))
+    else:
+        conn.execute(update(INSTANCE).where(INSTANCE.c.id == existing.id).values(**values))
+    return new_ids

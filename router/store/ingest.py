@@ -1,0 +1,304 @@
+"""Taking one inbound object from bytes to durable: the path every C-STORE and STOW part goes through.
+
+Order of work (the acknowledgement comes only after the last step):
+1. decode the header; an object that cannot be decoded or identified goes to quarantine;
+2. an instance already stored with the same bytes is accepted and nothing else happens;
+3. rules and stages run (coerce changes what is forwarded, forward plans outbox jobs);
+4. the object (and any changed payload) is written to a temp file and fsynced;
+5. under the write lock: rename into place, fsync the folder, insert index and outbox rows, commit.
+Any failure on the way removes what this object wrote and is answered with a failure status.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import pluggy
+from pydicom.errors import InvalidDicomError
+from sqlalchemy import insert
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import SQLAlchemyError
+
+from router.config import RouterConfig
+from router.envelope import Envelope, Source, sha256
+from router.outbox import drop_if_orphaned
+from router.pipeline import PipelineResult, run_pipeline
+from router.plugins import notify
+from router.rules.model import RuleSet
+from router.stage import Stage, StageError
+from router.statuses import StoreOutcome, c_store_status
+from router.store import files
+from router.store.index import IdCache, find_instance, index_instance
+from router.store.models import Job, JobState, utcnow
+
+JOB = Job.__table__  # type: ignore[attr-defined]
+
+log = logging.getLogger(__name__)
+
+REQUIRED_UIDS = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    outcome: StoreOutcome
+    sop_instance_uid: str = ""
+    reason: str = ""
+    jobs: int = 0
+
+    @property
+    def status(self) -> int:
+        return c_store_status(self.outcome)
+
+
+class Ingestor:
+    def __init__(
+        self,
+        config: RouterConfig,
+        engine: Engine,
+        rules: Callable[[], RuleSet],
+        stages: Mapping[str, Stage],
+        pm: pluggy.PluginManager,
+    ) -> None:
+        self.config = config
+        self.engine = engine
+        self.rules = rules
+        self.stages = stages
+        self.pm = pm
+        self.data_dir = config.data_dir
+        self.tmp_dir = config.data_dir / "tmp"
+        self.quarantine_dir = config.data_dir / "quarantine"
+        self._write_lock = threading.Lock()
+        self.ids = IdCache()
+        self.on_jobs_committed: Callable[[set[str]], None] = lambda peers: None
+
+    # -- public -------------------------------------------------------------------------------------------
+    def ingest(self, raw: bytes, source: Source) -> IngestResult:
+        try:
+            env = Envelope.from_p10(raw, source)
+            missing = [k for k in REQUIRED_UIDS if not str(env.header.get(k, "")).strip()]
+            if "TransferSyntaxUID" not in env.header.file_meta:
+                missing.append("TransferSyntaxUID (file meta)")
+        except (InvalidDicomError, ValueError, KeyError, EOFError, OSError, TypeError) as exc:
+            return self._refuse_quarantined(raw, source, StoreOutcome.UNPARSEABLE, f"cannot decode: {exc}")
+        except Exception as exc:  # pydicom raises a wide variety on corrupt input
+            return self._refuse_quarantined(raw, source, StoreOutcome.UNPARSEABLE, f"cannot decode: {exc!r}")
+        if missing:
+            return self._refuse_quarantined(raw, source, StoreOutcome.INVALID, f"missing {', '.join(missing)}", env=env)
+        notify(self.pm, "router_instance_received", envelope=env)
+        return self._ingest_envelope(env)
+
+    # -- steps --------------------------------------------------------------------------------------------
+    def _ingest_envelope(self, env: Envelope) -> IngestResult:
+        sop_uid = env.sop_instance_uid
+        digest = sha256(env.raw)
+        try:
+            with self.engine.connect() as conn:
+                existing = find_instance(conn, sop_uid)
+        except SQLAlchemyError as exc:
+            return self._refuse(env, StoreOutcome.OUT_OF_RESOURCES, f"database unavailable: {exc}")
+        early = self._duplicate_verdict(existing.sha256 if existing else None, digest)
+        if early is not None:
+            return self._finish_duplicate(env, early)
+
+        try:
+            plan = run_pipeline(env, self.rules(), self.stages, self.config)
+        except StageError as exc:
+            return self._refuse(env, StoreOutcome.PROCESSING_FAILED, str(exc))
+
+        written: list[Path] = []
+        try:
+            tmp_object = files.write_temp(self.tmp_dir, env.raw)
+            written.append(tmp_object)
+            derived = self._write_derived(plan, written)
+            with self._write_lock:
+                return self._commit(env, digest, tmp_object, derived, plan, written)
+        except OSError as exc:
+            self._cleanup(written)
+            return self._refuse(env, StoreOutcome.OUT_OF_RESOURCES, f"cannot write: {exc}")
+        except SQLAlchemyError as exc:
+            self._cleanup(written)
+            return self._refuse(env, StoreOutcome.OUT_OF_RESOURCES, f"database failure: {exc}")
+        except Exception as exc:
+            self._cleanup(written)
+            log.exception("storing %s failed", env.sop_instance_uid)
+            return self._refuse(env, StoreOutcome.PROCESSING_FAILED, f"internal error: {exc!r}")
+
+    def _duplicate_verdict(self, stored_digest: str | None, digest: str) -> StoreOutcome | None:
+        """None when the object is new or must be (over)written; otherwise the duplicate outcome."""
+        if stored_digest is None:
+            return None
+        if stored_digest == digest:
+            return StoreOutcome.DUPLICATE_IDENTICAL
+        policy = self.config.dicom.duplicates
+        if policy == "overwrite":
+            return None
+        return StoreOutcome.DUPLICATE_IGNORED if policy == "ignore" else StoreOutcome.DUPLICATE_REJECTED
+
+    def _write_derived(self, plan: PipelineResult, written: list[Path]) -> dict[int, str]:
+        """Write each changed payload once (content-addressed); map id(payload) -> relpath."""
+        derived: dict[int, str] = {}
+        for fwd in plan.forwards:
+            if fwd.modified and id(fwd.payload) not in derived:
+                tmp = files.write_temp(self.tmp_dir, fwd.payload)
+                written.append(tmp)
+                derived[id(fwd.payload)] = files.derived_relpath(sha256(fwd.payload))
+        return derived
+
+    def _commit(
+        self,
+        env: Envelope,
+        digest: str,
+        tmp_object: Path,
+        derived: dict[int, str],
+        plan: PipelineResult,
+        written: list[Path],
+    ) -> IngestResult:
+        header = env.header
+        sop_uid = env.sop_instance_uid
+        with self.engine.begin() as conn:  # commits when the block ends, rolls back on any exception
+            existing = find_instance(conn, sop_uid)  # again: another association may have won the race
+            verdict = self._duplicate_verdict(existing.sha256 if existing else None, digest)
+            if verdict is not None:
+                self._cleanup(written)
+                return self._finish_duplicate(env, verdict)
+            relpath = files.object_relpath(str(header.StudyInstanceUID), str(header.SeriesInstanceUID), sop_uid)
+            if existing is not None:  # overwrite policy: a new file name, the old file goes after commit
+                relpath = relpath[: -len(".dcm")] + f".{digest[:12]}.dcm"
+            tmp_paths = iter(written[1:])
+            renames = [(tmp_object, relpath)]
+            renames += [(next(tmp_paths), rel) for rel in derived.values()]
+            for tmp, rel in renames:
+                written.append(self.data_dir / rel)  # before the rename: a failed folder fsync must clean it too
+                files.commit_file(tmp, self.data_dir / rel)
+            old_path = existing.path if existing is not None else None
+            new_ids = index_instance(
+                conn,
+                self.ids,
+                header,
+                relpath=relpath,
+                size=len(env.raw),
+                digest=digest,
+                transfer_syntax=env.transfer_syntax,
+                calling_ae=env.source.calling_ae,
+                existing=existing,
+            )
+            if plan.forwards:
+                now = utcnow()
+                conn.execute(
+                    insert(JOB),
+                    [
+                        {
+                            "kind": "dicom-store", "peer": fwd.peer, "sop_uid": sop_uid,
+                            "sop_class_uid": env.sop_class_uid, "transfer_syntax": fwd.transfer_syntax,
+                            "path": derived[id(fwd.payload)] if fwd.modified else relpath, "rule": fwd.rule,
+                            "state": JobState.PENDING, "attempts": 0, "next_attempt_at": now,
+                            "last_error": "", "created_at": now, "updated_at": now,
+                        }
+                        for fwd in plan.forwards
+                    ],
+                )  # fmt: skip
+        self.ids.remember(new_ids)
+        if old_path is not None and old_path != relpath:
+            self._drop_if_unreferenced(old_path)
+        outcome = StoreOutcome.OVERWRITTEN if existing is not None else StoreOutcome.STORED
+        log.info(
+            "stored %s from %s (%s), %d forward job(s)",
+            sop_uid,
+            env.source.calling_ae or env.source.protocol,
+            outcome.value,
+            len(plan.forwards),
+        )
+        notify(
+            self.pm,
+            "router_instance_stored",
+            envelope=env,
+            outcome=outcome.value,
+            path=relpath,
+            jobs=len(plan.forwards),
+        )
+        if plan.forwards:
+            self.on_jobs_committed({f.peer for f in plan.forwards})
+        return IngestResult(outcome, sop_uid, jobs=len(plan.forwards))
+
+    def _drop_if_unreferenced(self, relpath: str) -> None:
+        drop_if_orphaned(self.engine, self.data_dir, relpath)
+
+    # -- outcomes -----------------------------------------------------------------------------------------
+    def _finish_duplicate(self, env: Envelope, outcome: StoreOutcome) -> IngestResult:
+        sop_uid = env.sop_instance_uid
+        if outcome == StoreOutcome.DUPLICATE_REJECTED:
+            return self._refuse(
+                env, outcome, "a different object with this SOP Instance UID is stored (policy: reject)"
+            )
+        log.info("duplicate %s from %s: %s", sop_uid, env.source.calling_ae, outcome.value)
+        notify(self.pm, "router_instance_stored", envelope=env, outcome=outcome.value, path="", jobs=0)
+        return IngestResult(outcome, sop_uid)
+
+    def _refuse(self, env: Envelope, outcome: StoreOutcome, reason: str) -> IngestResult:
+        result = IngestResult(outcome, env.sop_instance_uid, reason)
+        log.warning(
+            "refused %s from %s: %s (0x%04X)",
+            result.sop_instance_uid,
+            env.source.calling_ae,
+            reason,
+            result.status,
+        )
+        notify(
+            self.pm,
+            "router_instance_refused",
+            source=env.source,
+            sop_instance_uid=result.sop_instance_uid,
+            outcome=outcome.value,
+            status=result.status,
+            reason=reason,
+        )
+        return result
+
+    def _refuse_quarantined(
+        self, raw: bytes, source: Source, outcome: StoreOutcome, reason: str, env: Envelope | None = None
+    ) -> IngestResult:
+        sop_uid = ""
+        if env is not None:
+            sop_uid = str(env.header.get("SOPInstanceUID", ""))
+        name = (
+            f"{utcnow():%Y%m%dT%H%M%S}-{files.safe_component(source.calling_ae or source.protocol)}-"
+            f"{uuid.uuid4().hex[:8]}"
+        )
+        try:
+            tmp = files.write_temp(self.tmp_dir, raw)
+            files.commit_file(tmp, self.quarantine_dir / f"{name}.dcm")
+            (self.quarantine_dir / f"{name}.txt").write_text(
+                f"reason: {reason}\ncalling_ae: {source.calling_ae}\ncalled_ae: {source.called_ae}\n"
+                f"address: {source.address}\nprotocol: {source.protocol}\nsop_instance_uid: {sop_uid}\n",
+                encoding="utf-8",
+            )
+        except OSError as exc:
+            outcome, reason = StoreOutcome.OUT_OF_RESOURCES, f"{reason}; quarantine failed: {exc}"
+        result = IngestResult(outcome, sop_uid, reason)
+        log.warning(
+            "refused object from %s into quarantine %s: %s (0x%04X)",
+            source.calling_ae,
+            name,
+            reason,
+            result.status,
+        )
+        notify(
+            self.pm,
+            "router_instance_refused",
+            source=source,
+            sop_instance_uid=sop_uid,
+            outcome=outcome.value,
+            status=result.status,
+            reason=reason,
+        )
+        return result
+
+    @staticmethod
+    def _cleanup(paths: list[Path]) -> None:
+        for path in paths:
+            files.remove_quietly(path)

@@ -1,0 +1,72 @@
+"""Configuration: defaults, relative paths, and errors that name the key."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from router.config import DEFAULT_CONFIG, ConfigError, load_config, parse_config
+
+
+def test_embedded_default_is_valid_and_points_at_the_repository() -> None:
+    cfg = load_config(DEFAULT_CONFIG)
+    root = DEFAULT_CONFIG.parent.parent
+    assert cfg.ae_title == "ROUTER"
+    assert cfg.data_dir == root / "var"
+    assert cfg.rules_dir == root / "rules"
+    assert cfg.dicom.port == 11112 and cfg.dicom.max_associations == 16
+    assert cfg.dicom.allowed_calling_aets == []
+    assert cfg.hl7.port == 2575 and cfg.http.port == 8080
+    assert cfg.peers["PACS"].port == 11113
+    assert cfg.effective_database_url == f"sqlite:///{root / 'var' / 'router.db'}"
+
+
+def test_paths_are_relative_to_the_file(tmp_path: Path) -> None:
+    (tmp_path / "etc").mkdir()
+    path = tmp_path / "etc" / "r.yaml"
+    path.write_text("data_dir: ../data\nrules_dir: my-rules\n")
+    cfg = load_config(path)
+    assert cfg.data_dir == tmp_path / "data"
+    assert cfg.rules_dir == tmp_path / "etc" / "my-rules"
+
+
+def test_environment_variable_names_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "env.yaml"
+    path.write_text("ae_title: FROMENV\n")
+    monkeypatch.setenv("ROUTER_CONFIG", str(path))
+    assert load_config().ae_title == "FROMENV"
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        ({"dicom": {"prot": 104}}, "dicom.prot: unknown key"),
+        ({"colour": "blue"}, "colour: unknown key"),
+        ({"dicom": {"port": 70000}}, "dicom.port: Input should be less than or equal to 65535"),
+        ({"dicom": {"port": "eleven"}}, "dicom.port: Input should be a valid integer"),
+        ({"ae_title": "A_TITLE_THAT_IS_TOO_LONG"}, "ae_title: String should have at most 16 characters"),
+        ({"dicom": {"max_pdu": 16384}}, "dicom.max_pdu: Input should be greater than or equal to 65536"),
+        ({"dicom": {"duplicates": "replace"}}, "dicom.duplicates: Input should be 'reject', 'ignore' or 'overwrite'"),
+        ({"peers": {"PACS": {"ae_title": "PACS", "host": "h"}}}, "peers.PACS.port: Field required"),
+        ({"forward": {"backoff_initial": 10, "backoff_max": 1}}, "backoff_max must be >= backoff_initial"),
+        ({"peers": {"P" * 65: {"ae_title": "P", "host": "h", "port": 1}}}, "String should have at most 64 characters"),
+    ],
+)
+def test_bad_settings_name_the_key(data: dict[str, object], expected: str, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config(data, tmp_path)
+    assert expected in str(caught.value)
+
+
+def test_router_refuses_to_start_on_invalid_config(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("dicom:\n  port: 11112\n  max_assocs: 3\n")
+    done = subprocess.run(
+        [sys.executable, "-m", "router", "serve", "--config", str(path)], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode != 0
+    assert "dicom.max_assocs: unknown key" in done.stderr
+    assert not (tmp_path / "var").exists(), "nothing is created before the config is valid"

@@ -1,0 +1,56 @@
+"""Outbox ordering rules (pure database logic on a throwaway SQLite file, no network)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+from sqlmodel import Session
+
+from router.config import ForwardSettings
+from router.outbox import Outbox
+from router.store.db import make_engine
+from router.store.models import Job, JobState, utcnow
+
+
+def add_job(outbox: Outbox, sop_uid: str, peer: str = "PACS", delay: float = 0.0) -> int:
+    with Session(outbox.engine) as session:
+        job = Job(
+            peer=peer,
+            sop_uid=sop_uid,
+            sop_class_uid="1.2.840.10008.5.1.4.1.1.7",
+            transfer_syntax="1.2.840.10008.1.2.1",
+            path=f"objects/{sop_uid}.dcm",
+            next_attempt_at=utcnow() + timedelta(seconds=delay),
+        )
+        session.add(job)
+        session.commit()
+        assert job.id is not None
+        return job.id
+
+
+def test_a_newer_job_for_the_same_instance_waits_for_the_older_one(tmp_path: Path) -> None:
+    outbox = Outbox(make_engine(f"sqlite:///{tmp_path / 'index.db'}"), ForwardSettings(), tmp_path)
+    old = add_job(outbox, "1.2.3", delay=3600)  # first version, backing off after failed attempts
+    new = add_job(outbox, "1.2.3")  # second version (overwrite policy), due now
+    other_peer = add_job(outbox, "1.2.3", peer="ARCHIVE")
+    unrelated = add_job(outbox, "1.2.4")
+
+    assert [j.id for j in outbox.claim("PACS", 10)] == [unrelated], "the newer version must not overtake"
+    assert [j.id for j in outbox.claim("ARCHIVE", 10)] == [other_peer], "other peers keep their own order"
+
+    claimed = outbox.claim("PACS", 10, due_only=False)
+    assert [j.id for j in claimed] == [old], "while the old version is inflight the new one still waits"
+    assert outbox.claim("PACS", 10) == []
+    outbox.mark_done(claimed, {})
+    assert [j.id for j in outbox.claim("PACS", 10)] == [new]
+
+
+def test_a_dead_older_job_does_not_block_the_newer_one(tmp_path: Path) -> None:
+    outbox = Outbox(make_engine(f"sqlite:///{tmp_path / 'index.db'}"), ForwardSettings(), tmp_path)
+    add_job(outbox, "1.2.3")
+    new = add_job(outbox, "1.2.3")
+    dead = outbox.claim("PACS", 10)
+    assert outbox.mark_failed_many(dead, "refused", permanent=True) == [True]
+    assert [j.id for j in outbox.claim("PACS", 10)] == [new]
+    assert {j.state for j in outbox.list()} == {JobState.DEAD, JobState.INFLIGHT}
