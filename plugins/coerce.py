@@ -8,6 +8,13 @@
 Operations run in the order written. Keys are DICOM keywords or tags of the public dictionary; a value
 is text, a number or a list (multi-valued). ``set`` with an empty value sets a zero-length attribute.
 Later stages of the same rule (``forward``) see the changed object.
+
+    - coerce: {demographics: true}
+
+makes the object agree with the hospital system: when its Accession Number (or Study Instance UID) is a known
+HL7 order, or its Patient ID a known HL7 patient, the patient and order attributes take the HL7 values and the
+replaced ones are kept in Original Attributes Sequence. Unlike the other operations this one also changes the
+**stored** object (the index and query services then show what the hospital system knows).
 """
 
 from __future__ import annotations
@@ -20,11 +27,12 @@ from pydicom.multival import MultiValue
 
 from router.config import RouterConfig
 from router.envelope import Envelope
+from router.hl7.demographics import apply_demographics, known_demographics
 from router.hookspecs import hookimpl
 from router.rules.loader import parse_tag
-from router.stage import Stage, StageContext
+from router.stage import Stage, StageContext, StageError
 
-OPS = ("set", "remove", "copy")
+OPS = ("set", "remove", "copy", "demographics")
 NUMERIC_VRS = {"US", "SS", "UL", "SL", "FL", "FD", "UV", "SV"}
 
 
@@ -44,6 +52,10 @@ def _problems(args: Any) -> list[str]:
         return ["expects a mapping with set, remove and/or copy"]
     problems = [f"unknown operation {op!r} (expected {', '.join(OPS)})" for op in args if op not in OPS]
     for op, value in args.items():
+        if op == "demographics":
+            if not isinstance(value, bool):
+                problems.append("demographics: expects true or false")
+            continue
         if op == "remove":
             keys = value if isinstance(value, list) else [value]
             problems += [f"remove: unknown DICOM keyword or tag {k!r}" for k in keys if _tag(k) is None]
@@ -104,10 +116,29 @@ class CoerceStage:
         return _problems(args)
 
     def run(self, env: Envelope, args: Any, ctx: StageContext) -> str:
-        changes = apply(env.dataset, args)
+        if env.kind != "dicom":
+            raise StageError("coerce works on DICOM objects only")
+        changes: list[str] = []
+        if args.get("demographics") is True:
+            changes += _demographics(env, ctx)
+        changes += apply(env.dataset, {op: v for op, v in args.items() if op != "demographics"})
         if changes:
             env.mark_modified("coerce: " + ", ".join(changes))
-        return ("coerce: " + ", ".join(changes)) if changes else "coerce: nothing to change"
+        if args.get("demographics") is True and not ctx.dry_run:
+            env.keep_as_stored()
+        verb = "would " if ctx.dry_run else ""
+        return (f"coerce: {verb}" + ", ".join(changes)) if changes else "coerce: nothing to change"
+
+
+def _demographics(env: Envelope, ctx: StageContext) -> list[str]:
+    if ctx.engine is None:
+        return ["demographics: no index to look in"] if ctx.dry_run else []
+    with ctx.engine.connect() as conn:
+        known = known_demographics(conn, env.header)
+    if known is None:
+        return []
+    changed = apply_demographics(env.dataset, known)
+    return [f"demographics from {known.matched_by} ({', '.join(changed)})"] if changed else []
 
 
 @hookimpl

@@ -5,17 +5,24 @@
     - forward: {to: PACS}
 
 Each peer gets a durable outbox job committed together with the stored object; delivery, retries and dead
-letters are the forward queue's business (``router queue``).
+letters are the forward queue's business (``router queue``). DICOM objects go to DICOM peers, HL7 messages to
+MLLP peers. A peer with ``patient_id: bsn`` gets the patient's BSN in Patient ID (see
+``router.hl7.demographics.apply_bsn_mode``) when the hospital system gave the patient one.
 """
 
 from __future__ import annotations
 
+import copy
+from io import BytesIO
 from typing import Any
+
+from pydicom.filewriter import dcmwrite
 
 from router.config import RouterConfig
 from router.envelope import Envelope
+from router.hl7.demographics import apply_bsn_mode, known_demographics
 from router.hookspecs import hookimpl
-from router.stage import Stage, StageContext
+from router.stage import Stage, StageContext, StageError
 
 ARG_KEYS = {"to"}
 
@@ -52,11 +59,35 @@ class ForwardStage:
     def run(self, env: Envelope, args: Any, ctx: StageContext) -> str:
         peers = _peers(args)
         assert isinstance(peers, list), "rules are checked before they run"
-        for peer in peers:
-            ctx.plan_forward(peer, env)
+        notes = []
+        for name in peers:
+            peer = ctx.config.peers[name]
+            if peer.is_mllp != (env.kind == "hl7"):
+                wanted = "an HL7 (mllp)" if env.kind == "hl7" else "a DICOM"
+                raise StageError(f"peer {name!r} is not {wanted} peer: cannot forward {env.kind} there")
+            if peer.patient_id == "bsn" and env.kind == "dicom":
+                payload = _bsn_payload(env, ctx)
+                notes.append(f"{name}: BSN as Patient ID" if payload else f"{name}: no BSN known, MRN sent")
+                ctx.plan_forward(name, env, payload)
+            else:
+                ctx.plan_forward(name, env)
         what = "as changed by earlier stages" if env.modified else "as received"
         verb = "would forward" if ctx.dry_run else "forward"
-        return f"{verb} to {', '.join(peers)} ({what})"
+        return f"{verb} to {', '.join(peers)} ({what}{'; ' if notes else ''}{'; '.join(notes)})"
+
+
+def _bsn_payload(env: Envelope, ctx: StageContext) -> bytes | None:
+    """The object as it is now, with the BSN mode applied; None when the patient has no known BSN."""
+    if ctx.engine is None:
+        return None
+    with ctx.engine.connect() as conn:
+        known = known_demographics(conn, env.header)
+    ds = copy.deepcopy(env.dataset)
+    if not apply_bsn_mode(ds, known, ctx.config):
+        return None
+    out = BytesIO()
+    dcmwrite(out, ds, enforce_file_format=True)
+    return out.getvalue()
 
 
 @hookimpl

@@ -11,14 +11,18 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, TypeAdapter, ValidationError, model_validator
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config" / "router.yaml"
 CONFIG_ENV = "ROUTER_CONFIG"
 
 AETitle = Annotated[
     str,
-    StringConstraints(min_length=1, max_length=16, pattern=r"^[\x20-\x5b\x5d-\x7e]*[^ ][\x20-\x5b\x5d-\x7e]*$"),
+    StringConstraints(
+        min_length=1,
+        max_length=16,
+        pattern=r"^[\x20-\x5b\x5d-\x7e]*[\x21-\x5b\x5d-\x7e][\x20-\x5b\x5d-\x7e]*$",  # not all spaces, no backslash
+    ),
 ]
 Port = Annotated[int, Field(ge=0, le=65535)]
 PeerName = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^\S+$")]
@@ -50,9 +54,29 @@ class DicomListener(_Strict):
     duplicates: Literal["reject", "ignore", "overwrite"] = "reject"
 
 
+class AssigningAuthority(_Strict):
+    """The universal id of an HL7 assigning authority known only by its namespace (HD.1)."""
+
+    universal_id: str = Field(min_length=1, max_length=64)
+    universal_id_type: str = Field("ISO", max_length=16)
+
+
+class Worklist(_Strict):
+    station_ae_by_modality: dict[str, list[AETitle]] = Field(
+        default_factory=dict, description="Scheduled Station AE Title(s) for orders that name none, per modality"
+    )
+    utc_offset: str | None = Field(
+        None,
+        pattern=r"^[+-](0\d|1[0-4])[0-5]\d$",
+        description="the time zone scheduled times are in (+HHMM); null = this server's local zone",
+    )
+
+
 class Hl7Listener(_Strict):
     host: str = "0.0.0.0"
     port: Port = 2575
+    assigning_authorities: dict[str, AssigningAuthority] = Field(default_factory=dict)
+    worklist: Worklist = Worklist()
 
 
 class HttpListener(_Strict):
@@ -75,11 +99,48 @@ class ForwardSettings(_Strict):
         return self
 
 
+HostPort = Annotated[str, StringConstraints(pattern=r"^(\[[0-9a-fA-F:.]+\]|[^\s:\[\]]+):[0-9]{1,5}$")]
+
+
 class Peer(_Strict):
-    ae_title: AETitle
-    host: str
-    port: Port
+    """A DICOM peer (``ae_title``, ``host``, ``port``) or an HL7 peer (``mllp: host:port``)."""
+
+    ae_title: str = Field("", description="AE title of a DICOM peer")
+    host: str = ""
+    port: Port = 0
+    mllp: HostPort | None = Field(None, description="host:port of an HL7 MLLP receiver")
     max_associations: int = Field(2, ge=1, le=32, description="parallel associations when a backlog builds")
+    patient_id: Literal["mrn", "bsn"] = Field(
+        "mrn", description="what goes into Patient ID of objects sent there: the MRN or the Dutch BSN"
+    )
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> Peer:
+        given = [k for k in ("ae_title", "host", "port") if k in self.model_fields_set]
+        if self.mllp is not None:
+            if given:
+                raise ValueError("a peer is either DICOM (ae_title, host, port) or HL7 (mllp), not both")
+            return self
+        missing = [k for k in ("ae_title", "host", "port") if k not in given]
+        if missing:
+            raise ValueError(
+                f"a DICOM peer needs ae_title, host and port (missing {', '.join(missing)}); "
+                "an HL7 peer needs mllp: host:port"
+            )
+        TypeAdapter(AETitle).validate_python(self.ae_title)
+        if not self.host:
+            raise ValueError("host must not be empty")
+        return self
+
+    @property
+    def is_mllp(self) -> bool:
+        return self.mllp is not None
+
+    @property
+    def mllp_address(self) -> tuple[str, int]:
+        assert self.mllp is not None
+        host, _, port = self.mllp.rpartition(":")
+        return host.strip("[]"), int(port)
 
 
 class RouterConfig(_Strict):

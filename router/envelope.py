@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 from io import BytesIO
-from typing import Literal
+from typing import Any, Literal
 
 from pydicom import dcmread
 from pydicom.dataelem import RawDataElement
@@ -26,7 +26,7 @@ UNDEFINED_LENGTH = 0xFFFFFFFF
 class Source:
     """Who sent the object and how."""
 
-    protocol: Literal["dimse", "stow", "file"]
+    protocol: Literal["dimse", "stow", "file", "mllp"]
     calling_ae: str = ""
     called_ae: str = ""
     address: str = ""
@@ -42,6 +42,12 @@ class Envelope:
     _payload: bytes | None = field(default=None, repr=False)
     modified: bool = False
     notes: list[str] = field(default_factory=list)
+    message: Any = field(default=None, repr=False)  # the parsed HL7 message (router.hl7.message.Hl7Message)
+    stored: bytes | None = field(default=None, repr=False)  # what to store when not the bytes received
+
+    @classmethod
+    def from_hl7(cls, raw: bytes, message: Any, source: Source) -> Envelope:
+        return cls(kind="hl7", raw=raw, source=source, message=message)
 
     @classmethod
     def from_p10(cls, raw: bytes, source: Source) -> Envelope:
@@ -66,6 +72,20 @@ class Envelope:
         if self._dataset is None:
             self._dataset = dcmread(BytesIO(self.raw))
         return self._dataset
+
+    @property
+    def stored_header(self) -> Dataset:
+        """The header of what is stored: as received, or as ``keep_as_stored`` fixed it."""
+        if self.stored is not None:
+            return dcmread(BytesIO(self.stored), stop_before_pixels=True)
+        if self._header is None:
+            self._header = dcmread(BytesIO(self.raw), stop_before_pixels=True)
+        return self._header
+
+    def keep_as_stored(self) -> None:
+        """Store the object as it is now rather than as received (demographics coercion). Later stages may
+        change it further for their forwards; the stored version stays this one."""
+        self.stored = self.payload()
 
     def mark_modified(self, note: str) -> None:
         self.modified = True

@@ -8,6 +8,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from sqlalchemy.engine import Engine
+
 from router.config import RouterConfig
 from router.envelope import Envelope
 from router.rules.matching import Subject, dataset_values, matching_rules
@@ -31,6 +33,14 @@ class PipelineResult:
 
 
 def subject_for(env: Envelope) -> Subject:
+    if env.kind == "hl7":
+        msg = env.message
+        return Subject(
+            kind="hl7",
+            calling_ae=msg.sending_application,
+            called_ae=msg.receiving_application,
+            message=msg.message_type,
+        )
     header = env.header
     return Subject(
         kind=env.kind,
@@ -47,10 +57,11 @@ def run_pipeline(
     stages: Mapping[str, Stage],
     config: RouterConfig,
     dry_run: bool = False,
+    engine: Engine | None = None,
 ) -> PipelineResult:
     """Match ``env`` and run every stage of every matching rule. Raises StageError if a stage fails."""
     result = PipelineResult(rules=matching_rules(ruleset, subject_for(env)))
-    ctx = StageContext(config=config, dry_run=dry_run)
+    ctx = StageContext(config=config, engine=engine, dry_run=dry_run)
     for rule in result.rules:
         ctx.rule = rule.name
         for call in rule.then:

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
+    from sqlalchemy.engine import Engine
+
     from router.config import RouterConfig
     from router.envelope import Envelope
 
@@ -33,17 +35,19 @@ class StageContext:
     """What a running stage may use. Stages add their durable effects here; the store commits them."""
 
     config: RouterConfig
+    engine: Engine | None = None  # the index, for stages that look things up (coerce demographics); read only
     dry_run: bool = False
     rule: str = ""  # the rule whose stage is running, set by the pipeline
     forwards: list[PlannedForward] = field(default_factory=list)
 
-    def plan_forward(self, peer: str, env: Envelope) -> None:
+    def plan_forward(self, peer: str, env: Envelope, payload: bytes | None = None) -> None:
+        """Queue ``env`` as it is now for ``peer`` (or ``payload``, a version of it made for that peer)."""
         self.forwards.append(
             PlannedForward(
                 peer=peer,
-                payload=env.payload(),
-                modified=env.modified,
-                transfer_syntax=env.transfer_syntax,
+                payload=env.payload() if payload is None else payload,
+                modified=env.modified or payload is not None,
+                transfer_syntax=env.transfer_syntax if env.kind == "dicom" else "",
                 rule=self.rule,
             )
         )

@@ -17,7 +17,7 @@ from router.rules.patterns import PatternError, compile_any_of
 from router.stage import Stage
 
 RULE_KEYS = {"name", "when", "then", "stop", "description"}
-WHEN_KEYS = {"kind", "calling_ae", "called_ae", "sop_class", "tags"}
+WHEN_KEYS = {"kind", "calling_ae", "called_ae", "sop_class", "message", "tags"}
 KINDS = {"dicom", "hl7"}
 MAX_NAME = 128  # the outbox records the rule that made each job
 _TAG_RE = re.compile(r"^\(?([0-9A-Fa-f]{4}),?([0-9A-Fa-f]{4})\)?$")

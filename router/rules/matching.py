@@ -21,6 +21,7 @@ class Subject:
     calling_ae: str = ""
     called_ae: str = ""
     sop_class: str = ""
+    message: str = ""
     values: Callable[[int], list[str]] = lambda tag: []
 
 
@@ -49,6 +50,8 @@ def condition_matches(cond: Condition, subject: Subject) -> bool:
     if cond.called_ae and not any_matches(cond.called_ae, [subject.called_ae]):
         return False
     if cond.sop_class and not any_matches(cond.sop_class, [subject.sop_class]):
+        return False
+    if cond.message and not any_matches(cond.message, [subject.message]):
         return False
     return all(any_matches(patterns, subject.values(tag)) for tag, _kw, patterns in cond.tags)
 

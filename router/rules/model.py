@@ -23,6 +23,7 @@ class Condition:
     calling_ae: tuple[Pattern, ...] = ()
     called_ae: tuple[Pattern, ...] = ()
     sop_class: tuple[Pattern, ...] = ()
+    message: tuple[Pattern, ...] = ()  # HL7 message type, e.g. ADT^A08
     tags: tuple[tuple[int, str, tuple[Pattern, ...]], ...] = ()  # (tag, keyword, any-of patterns)
 
 

@@ -30,7 +30,7 @@ from router.outbox import drop_if_orphaned
 from router.pipeline import PipelineResult, run_pipeline
 from router.plugins import notify
 from router.rules.model import RuleSet
-from router.stage import Stage, StageError
+from router.stage import PlannedForward, Stage, StageError
 from router.statuses import StoreOutcome, c_store_status
 from router.store import files
 from router.store.index import IdCache, find_instance, index_instance
@@ -53,6 +53,12 @@ class IngestResult:
     @property
     def status(self) -> int:
         return c_store_status(self.outcome)
+
+
+def _own_file(fwd: PlannedForward, env: Envelope) -> bool:
+    """A forward whose bytes are not the stored object's needs a file of its own."""
+    stored = env.stored if env.stored is not None else env.raw
+    return fwd.payload is not stored
 
 
 class Ingestor:
@@ -106,15 +112,15 @@ class Ingestor:
             return self._finish_duplicate(env, early)
 
         try:
-            plan = run_pipeline(env, self.rules(), self.stages, self.config)
+            plan = run_pipeline(env, self.rules(), self.stages, self.config, engine=self.engine)
         except StageError as exc:
             return self._refuse(env, StoreOutcome.PROCESSING_FAILED, str(exc))
 
         written: list[Path] = []
         try:
-            tmp_object = files.write_temp(self.tmp_dir, env.raw)
+            tmp_object = files.write_temp(self.tmp_dir, env.stored if env.stored is not None else env.raw)
             written.append(tmp_object)
-            derived = self._write_derived(plan, written)
+            derived = self._write_derived(env, plan, written)
             with self._write_lock:
                 return self._commit(env, digest, tmp_object, derived, plan, written)
         except OSError as exc:
@@ -139,11 +145,11 @@ class Ingestor:
             return None
         return StoreOutcome.DUPLICATE_IGNORED if policy == "ignore" else StoreOutcome.DUPLICATE_REJECTED
 
-    def _write_derived(self, plan: PipelineResult, written: list[Path]) -> dict[int, str]:
+    def _write_derived(self, env: Envelope, plan: PipelineResult, written: list[Path]) -> dict[int, str]:
         """Write each changed payload once (content-addressed); map id(payload) -> relpath."""
         derived: dict[int, str] = {}
         for fwd in plan.forwards:
-            if fwd.modified and id(fwd.payload) not in derived:
+            if _own_file(fwd, env) and id(fwd.payload) not in derived:
                 tmp = files.write_temp(self.tmp_dir, fwd.payload)
                 written.append(tmp)
                 derived[id(fwd.payload)] = files.derived_relpath(sha256(fwd.payload))
@@ -158,7 +164,7 @@ class Ingestor:
         plan: PipelineResult,
         written: list[Path],
     ) -> IngestResult:
-        header = env.header
+        header = env.stored_header
         sop_uid = env.sop_instance_uid
         with self.engine.begin() as conn:  # commits when the block ends, rolls back on any exception
             existing = find_instance(conn, sop_uid)  # again: another association may have won the race
@@ -181,7 +187,7 @@ class Ingestor:
                 self.ids,
                 header,
                 relpath=relpath,
-                size=len(env.raw),
+                size=len(env.stored if env.stored is not None else env.raw),
                 digest=digest,
                 transfer_syntax=env.transfer_syntax,
                 calling_ae=env.source.calling_ae,
@@ -195,7 +201,7 @@ class Ingestor:
                         {
                             "kind": "dicom-store", "peer": fwd.peer, "sop_uid": sop_uid,
                             "sop_class_uid": env.sop_class_uid, "transfer_syntax": fwd.transfer_syntax,
-                            "path": derived[id(fwd.payload)] if fwd.modified else relpath, "rule": fwd.rule,
+                            "path": derived[id(fwd.payload)] if _own_file(fwd, env) else relpath, "rule": fwd.rule,
                             "state": JobState.PENDING, "attempts": 0, "next_attempt_at": now,
                             "last_error": "", "created_at": now, "updated_at": now,
                         }

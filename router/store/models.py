@@ -96,3 +96,101 @@ class Job(SQLModel, table=True):
     last_status: int | None = None
     created_at: datetime = Field(default_factory=utcnow)
     updated_at: datetime = Field(default_factory=utcnow)
+
+
+# -- HL7: patient identities, the worklist, the message log ------------------------------------------------------
+BSN_OID = "2.16.840.1.113883.2.4.6.3"  # Dutch citizen service number (BSN), issuer of the identifier
+
+
+class PatientIdentifier(SQLModel, table=True):
+    """Every identifier an HL7 feed gave a patient (PID-3 repetitions), with its assigning authority.
+
+    A merge (A40/A34) moves the old patient's identifiers here onto the surviving patient with ``merged``
+    set, so an object that still carries an old identifier is recognised as the surviving patient."""
+
+    __table_args__ = (UniqueConstraint("value", "authority", name="uq_identifier_value_authority"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    patient_fk: int = Field(foreign_key="patient.id", index=True)
+    value: str = Field(max_length=64, index=True)
+    authority: str = Field(default="", max_length=64, description="HD.1 namespace id (BSN_OID for a BSN)")
+    authority_uid: str = Field(default="", max_length=64, description="HD.2 universal id")
+    authority_uid_type: str = Field(default="", max_length=16, description="HD.3 universal id type")
+    id_type: str = Field(default="", max_length=16, description="CX.5, e.g. MR, PI, NNNLD")
+    is_bsn: bool = False
+    merged: bool = False
+
+
+class PatientDetails(SQLModel, table=True):
+    """What an ADT feed says about a patient beyond the index's columns (returned by the worklist)."""
+
+    patient_fk: int = Field(foreign_key="patient.id", primary_key=True)
+    weight: str = Field(default="", max_length=16)
+    medical_alerts: str = Field(default="", max_length=1024)
+    allergies: str = Field(default="", max_length=1024)
+    pregnancy_status: int | None = None
+    admission_id: str = Field(default="", max_length=64)
+    current_location: str = Field(default="", max_length=64)
+    comments: str = Field(default="", max_length=10240)
+
+
+class SpsStatus:
+    SCHEDULED = "SCHEDULED"
+    ARRIVED = "ARRIVED"
+    READY = "READY"
+    IN_PROGRESS = "IN PROGRESS"
+    COMPLETED = "COMPLETED"
+    DISCONTINUED = "DISCONTINUED"
+    CANCELED = "CANCELED"  # order cancelled by the RIS: off the worklist
+    ACTIVE = (SCHEDULED, ARRIVED, READY, IN_PROGRESS)
+
+
+class WorklistItem(SQLModel, table=True):
+    """One Scheduled Procedure Step of one Requested Procedure, made from an HL7 order (IHE SWF)."""
+
+    __table_args__ = (
+        UniqueConstraint("placer_order", "filler_order", "sps_id", name="uq_worklist_order_step"),
+        Index("ix_worklist_start", "sps_start_date", "sps_start_time"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    patient_fk: int = Field(foreign_key="patient.id", index=True)
+    placer_order: str = Field(default="", max_length=64, index=True)
+    filler_order: str = Field(default="", max_length=64, index=True)
+    accession_number: str = Field(default="", max_length=16, index=True)
+    requested_procedure_id: str = Field(default="", max_length=16, index=True)
+    requested_procedure_description: str = Field(default="", max_length=64)
+    procedure_code_value: str = Field(default="", max_length=16)
+    procedure_code_scheme: str = Field(default="", max_length=16)
+    procedure_code_meaning: str = Field(default="", max_length=64)
+    sps_id: str = Field(default="", max_length=16)
+    sps_description: str = Field(default="", max_length=64)
+    sps_start_date: str = Field(default="", max_length=8, description="YYYYMMDD in utc_offset's zone")
+    sps_start_time: str = Field(default="", max_length=16)
+    modality: str = Field(default="", max_length=16, index=True)
+    station_ae: str = Field(default="", max_length=16, index=True)
+    station_name: str = Field(default="", max_length=16)
+    location: str = Field(default="", max_length=16)
+    performing_physician: str = Field(default="", max_length=324)
+    referring_physician: str = Field(default="", max_length=324)
+    requesting_physician: str = Field(default="", max_length=324)
+    study_uid: str = Field(default="", max_length=64, index=True)
+    priority: str = Field(default="", max_length=16)
+    reason: str = Field(default="", max_length=64)
+    comments: str = Field(default="", max_length=10240)
+    status: str = Field(default=SpsStatus.SCHEDULED, max_length=16, index=True)
+    updated_at: datetime = Field(default_factory=utcnow)
+
+
+class Hl7Log(SQLModel, table=True):
+    """Messages applied, by sender and control id: a re-sent message is acknowledged again, not applied twice."""
+
+    __table_args__ = (UniqueConstraint("sender", "control_id", name="uq_hl7_sender_control_id"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    sender: str = Field(max_length=256, description="MSH-3^MSH-4")
+    control_id: str = Field(max_length=64)
+    message_type: str = Field(max_length=32)
+    ack_code: str = Field(default="AA", max_length=2, description="what was answered; a re-send gets it again")
+    summary: str = Field(default="", max_length=1024)
+    received_at: datetime = Field(default_factory=utcnow)
