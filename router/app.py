@@ -12,11 +12,14 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from router.config import RouterConfig
 from router.dimse.scp import DicomListener
 from router.forwarder import Forwarder
+from router.hl7.intake import Hl7Intake
+from router.hl7.mllp import MllpServer
 from router.outbox import Outbox
 from router.plugins import build_plugin_manager, collect_stages, notify
 from router.rules.live import LiveRules
 from router.store.db import make_engine
 from router.store.ingest import Ingestor
+from router.worklist.service import WorklistService
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +41,22 @@ class Router:
         self.forwarder = Forwarder(config, self.engine, self.outbox, self.pm)
         self.ingestor = Ingestor(config, self.engine, lambda: self.rules.current, self.stages, self.pm)
         self.ingestor.on_jobs_committed = self.forwarder.wake
-        self.listener = DicomListener(config, self.ingestor, self.pm)
+        self.hl7 = Hl7Intake(
+            config, self.engine, lambda: self.rules.current, self.stages, self.pm, self.ingestor.write_lock
+        )
+        self.hl7.on_jobs_committed = self.forwarder.wake
+        self.hl7.on_patients_merged = self.ingestor.ids.clear
+        self.worklist = WorklistService(config, self.engine)
+        self.listener = DicomListener(config, self.ingestor, self.pm, self.worklist)
+        self.mllp = MllpServer(
+            config.hl7.host,
+            config.hl7.port,
+            self.hl7.handle,
+            max_message_bytes=config.hl7.max_message_bytes,
+            idle_timeout=config.hl7.idle_timeout,
+            max_connections=config.hl7.max_connections,
+        )
+        self.hl7_port: int | None = None
         self.scheduler = BackgroundScheduler(daemon=True)
         self.dicom_port: int | None = None
         self._stopped = threading.Event()
@@ -60,6 +78,8 @@ class Router:
         )
         self.scheduler.start()
         self.dicom_port = self.listener.start()
+        self.hl7_port = self.mllp.start()
+        log.info("HL7 MLLP listener on %s:%d", self.config.hl7.host, self.hl7_port)
 
     def _clear_partial_writes(self) -> None:
         """Temp files left by a crash were never acknowledged: they can go."""
@@ -75,6 +95,7 @@ class Router:
             return
         self._stopped.set()
         self.listener.stop()
+        self.mllp.stop()
         if self.scheduler.running:
             self.scheduler.shutdown(wait=False)
         self.forwarder.stop()

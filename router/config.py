@@ -75,6 +75,12 @@ class Worklist(_Strict):
 class Hl7Listener(_Strict):
     host: str = "0.0.0.0"
     port: Port = 2575
+    max_message_bytes: int = Field(1_048_576, ge=1024, description="a longer message closes its connection")
+    idle_timeout: float = Field(300.0, gt=0, description="seconds before an idle connection is closed")
+    max_connections: int = Field(64, ge=1, description="simultaneous MLLP connections")
+    accepted_processing_ids: tuple[Literal["P", "T", "D"], ...] = Field(
+        default=("P",), description="MSH-11 values accepted (production, training, debugging)"
+    )
     assigning_authorities: dict[str, AssigningAuthority] = Field(default_factory=dict)
     worklist: Worklist = Worklist()
 

@@ -28,6 +28,7 @@ from router.dimse.scu import (
     context_count,
     make_requestor,
 )
+from router.forward_mllp import HL7Verdict, MllpLink
 from router.outbox import Outbox, backoff_delay, drop_if_orphaned
 from router.plugins import notify
 from router.statuses import SendVerdict, classify_peer_status
@@ -96,7 +97,7 @@ class Forwarder:
                 continue
             if self._blocked_until.get(peer_name, 0.0) > now:
                 continue
-            wanted = min(peer.max_associations, max(1, math.ceil(due / batch)))
+            wanted = 1 if peer.is_mllp else min(peer.max_associations, max(1, math.ceil(due / batch)))
             with self._lock:
                 running = self._active.get(peer_name, 0)
                 for _ in range(wanted - running):
@@ -115,7 +116,9 @@ class Forwarder:
     def _claim(self, peer: str) -> list[Job]:
         if self._stop.is_set() or self._blocked_until.get(peer, 0.0) > time.monotonic():
             return []
-        return self.outbox.claim(peer, self.config.forward.batch_size)
+        # HL7 goes one message at a time, in order (the outbox keeps one stream per MLLP peer)
+        limit = 1 if self.config.peers[peer].is_mllp else self.config.forward.batch_size
+        return self.outbox.claim(peer, limit)
 
     def _next_batch(self, peer: str, keep_open: bool) -> list[Job]:
         jobs = self._claim(peer)
@@ -131,13 +134,16 @@ class Forwarder:
         return []
 
     def _sender(self, peer_name: str) -> None:
-        assoc: StoreAssociation | None = None
+        assoc: StoreAssociation | MllpLink | None = None
         try:
             while not self._stop.is_set():
                 jobs = self._next_batch(peer_name, keep_open=assoc is not None and assoc.alive)
                 if not jobs:
                     return
-                assoc = self._send_batch(peer_name, jobs, assoc)
+                if isinstance(assoc, MllpLink) or self.config.peers[peer_name].is_mllp:
+                    assoc = self._send_hl7(peer_name, jobs, assoc if isinstance(assoc, MllpLink) else None)
+                else:
+                    assoc = self._send_batch(peer_name, jobs, assoc)
         except Exception:
             log.exception("forward sender for %s crashed", peer_name)
         finally:
@@ -189,6 +195,37 @@ class Forwarder:
                 assoc.close()
                 return None
         return assoc
+
+    def _send_hl7(self, peer_name: str, jobs: list[Job], link: MllpLink | None) -> MllpLink | None:
+        peer = self.config.peers[peer_name]
+        try:
+            if link is None or not link.alive:
+                link = MllpLink(peer, self.config.dicom.timeouts.dimse).open()
+        except ConnectionError as exc:
+            self._peer_unreachable(peer_name, jobs, str(exc))
+            return None
+        for index, job in enumerate(jobs):
+            if self._stop.is_set():
+                self.outbox.release(jobs[index:])
+                return link
+            try:
+                verdict, reason = link.send(self.config.data_dir / job.path)
+            except FileNotFoundError:
+                self._fail(job, f"stored message {job.path} is missing", permanent=True)
+                continue
+            except ConnectionError as exc:
+                self._fail(job, str(exc), permanent=False)
+                self.outbox.release(jobs[index + 1 :])
+                link.close()
+                return None
+            if verdict is HL7Verdict.DONE:
+                self.outbox.mark_done([job], {})
+                log.info("forwarded HL7 %s to %s (%s)", job.sop_class_uid, job.peer, reason)
+                notify(self.pm, "router_forwarded", job=job, status=0)
+                drop_if_orphaned(self.engine, self.config.data_dir, job.path)
+            else:
+                self._fail(job, reason, permanent=verdict is HL7Verdict.PERMANENT)
+        return link
 
     def _send_one(self, assoc: StoreAssociation, job: Job, item: Item) -> None:
         try:

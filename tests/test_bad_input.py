@@ -41,7 +41,13 @@ def start_router(workdir: Path) -> Iterator[Callable[..., Router]]:
 
     def start(**settings: Any) -> Router:
         (workdir / "rules").mkdir(exist_ok=True)
-        config = {"data_dir": "var", "rules_dir": "rules", **settings, "dicom": {"host": "127.0.0.1", "port": 0}}
+        config = {
+            "data_dir": "var",
+            "rules_dir": "rules",
+            **settings,
+            "dicom": {"host": "127.0.0.1", "port": 0},
+            "hl7": {"host": "127.0.0.1", "port": 0},
+        }
         router = Router(parse_config(config, workdir))
         started.append(router)
         router.start()

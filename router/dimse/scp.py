@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Iterator
 from typing import Any
 
 import pluggy
+from pydicom.dataset import Dataset
 from pydicom.uid import UID
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt, register_uid, sop_class
 from pynetdicom.presentation import build_context
@@ -32,6 +34,7 @@ from router.envelope import Source
 from router.plugins import notify
 from router.statuses import FAILURE_PROCESSING
 from router.store.ingest import Ingestor
+from router.worklist.service import MWL_FIND, UNABLE_TO_PROCESS, WorklistService
 
 log = logging.getLogger(__name__)
 
@@ -125,10 +128,13 @@ def _source(event: evt.Event) -> Source:
 
 
 class DicomListener:
-    def __init__(self, config: RouterConfig, ingestor: Ingestor, pm: pluggy.PluginManager) -> None:
+    def __init__(
+        self, config: RouterConfig, ingestor: Ingestor, pm: pluggy.PluginManager, worklist: WorklistService
+    ) -> None:
         self.config = config
         self.ingestor = ingestor
         self.pm = pm
+        self.worklist = worklist
         self.ae = self._make_ae()
         self.server: ThreadedAssociationServer | None = None
 
@@ -143,6 +149,7 @@ class DicomListener:
         ae.require_called_aet = cfg.check_called_aet
         ae.require_calling_aet = list(cfg.allowed_calling_aets)
         ae.add_supported_context(VERIFICATION, _UNCOMPRESSED_ORDER)
+        ae.add_supported_context(MWL_FIND, _UNCOMPRESSED_ORDER)
         for cx in AllStoragePresentationContexts:
             ae.add_supported_context(str(cx.abstract_syntax), PREFERRED_SYNTAXES)
         for uid in PRIVATE_STORAGE:
@@ -157,6 +164,7 @@ class DicomListener:
             (evt.EVT_REJECTED, self._on_rejected),
             (evt.EVT_C_ECHO, lambda event: 0x0000),
             (evt.EVT_C_STORE, self._on_store),
+            (evt.EVT_C_FIND, self._on_find),
         ]
 
     def start(self) -> int:
@@ -216,3 +224,21 @@ class DicomListener:
         except Exception:
             log.exception("C-STORE from %s failed unexpectedly", event.assoc.requestor.ae_title)
             return FAILURE_PROCESSING
+
+    def _on_find(self, event: evt.Event) -> Iterator[tuple[int, Dataset | None]]:
+        """C-FIND, dispatched on the SOP class of the request (the worklist; query/retrieve models)."""
+        sop_class = str(event.request.AffectedSOPClassUID)
+        try:
+            identifier = event.identifier
+        except Exception as exc:
+            log.warning("C-FIND from %s: cannot decode the identifier: %s", event.assoc.requestor.ae_title, exc)
+            yield UNABLE_TO_PROCESS, None
+            return
+        if sop_class == MWL_FIND:
+            try:
+                yield from self.worklist.find(identifier, lambda: bool(event.is_cancelled))
+            except Exception:
+                log.exception("worklist C-FIND failed")
+                yield UNABLE_TO_PROCESS + 1, None
+            return
+        yield UNABLE_TO_PROCESS, None

@@ -35,20 +35,17 @@ def bsn_ok(value: str) -> bool:
     return total % 11 == 0 and any(digits)
 
 
-def identifier_from_cx(components: list[str], subcomponent_separator: str) -> Identifier:
-    """A CX value (components already split, subcomponents of CX.4 not yet) as an Identifier."""
-
-    def comp(i: int) -> str:
-        return components[i].strip() if i < len(components) else ""
-
-    hd = comp(3).split(subcomponent_separator) if comp(3) else []
-    hd += [""] * (3 - len(hd))
-    namespace, uid, uid_type = (part.strip() for part in hd[:3])
-    id_type = comp(4).upper()
-    value = comp(0)
+def identifier_from_cx(value: str, namespace: str, uid: str, uid_type: str, id_type: str) -> Identifier:
+    """A CX value (CX.1, CX.4 as its three HD subcomponents, CX.5) as an Identifier."""
+    id_type = id_type.upper()
     is_bsn = namespace.upper() in BSN_AUTHORITIES or uid == BSN_OID or id_type == BSN_ID_TYPE
     if is_bsn:
-        return Identifier(value=value.zfill(9) if value.isdigit() else value, authority=BSN_OID,
-                          authority_uid=BSN_OID, authority_uid_type="ISO", id_type=id_type or BSN_ID_TYPE,
-                          is_bsn=True)  # fmt: skip
+        return Identifier(
+            value=value.zfill(9) if value.isdigit() else value,
+            authority=BSN_OID,
+            authority_uid=BSN_OID,
+            authority_uid_type="ISO",
+            id_type=id_type or BSN_ID_TYPE,
+            is_bsn=True,
+        )
     return Identifier(value, namespace or uid, uid, uid_type, id_type)

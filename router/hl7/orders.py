@@ -93,7 +93,7 @@ def _start(group: OrderGroup) -> tuple[str, str]:
             continue
         value = seg.get(fld, comp)
         if value and value != HL7_NULL:
-            date = hl7_date(Segment(seg.name, (seg.name, *([""] * (fld - 1)), value), seg.sep), fld)
+            date = hl7_date(seg, fld, comp)
             time = value[8:].split("+")[0].split("-")[0].split(".")[0]
             return date, time.ljust(6, "0") if time else ""  # HHMMSS: date + time sorts as one date-time
     return "", ""

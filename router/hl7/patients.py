@@ -21,7 +21,7 @@ from router.hl7.codes import (
 )
 from router.hl7.errors import Hl7Error
 from router.hl7.identifiers import Identifier, bsn_ok, identifier_from_cx
-from router.hl7.segments import HL7_NULL, Segment, component
+from router.hl7.segments import HL7_NULL, Segment
 from router.store.models import Patient, PatientDetails, PatientIdentifier, Study, WorklistItem, utcnow
 
 PATIENT = Patient.__table__  # type: ignore[attr-defined]
@@ -45,18 +45,17 @@ class PatientFacts:
 def identifiers(seg: Segment, field: int) -> tuple[Identifier, ...]:
     """The identifiers of a CX list field (PID-3, MRG-1); a BSN that fails the eleven-test is an error."""
     found = []
-    for rep_no, rep in enumerate(seg.repetitions(field), start=1):
-        comps = [component(rep, seg.sep, c) for c in (1, 2, 3)]
-        hd = seg.sep.subcomponent.join(component(rep, seg.sep, 4, s) for s in (1, 2, 3)).rstrip(seg.sep.subcomponent)
-        ident = identifier_from_cx([*comps, hd, component(rep, seg.sep, 5)], seg.sep.subcomponent)
+    for rep in range(1, seg.repetitions(field) + 1):
+        namespace, uid, uid_type = (seg.get(field, 4, rep, sub) for sub in (1, 2, 3))
+        ident = identifier_from_cx(seg.get(field, 1, rep), namespace, uid, uid_type, seg.get(field, 5, rep))
         if not ident.value:
             continue
         if ident.is_bsn and not bsn_ok(ident.value):
             raise Hl7Error(
                 "AE",
                 DATA_TYPE_ERROR,
-                f"repetition {rep_no}: {ident.value!r} is not a valid BSN (fails the eleven-test)",
-                location=(seg.name, 1, field, 1),
+                "not a valid BSN (fails the eleven-test)",
+                location=(seg.name, 1, field, 1, rep),
             )
         found.append(ident)
     bsns = {i.value for i in found if i.is_bsn}
@@ -73,14 +72,15 @@ def person_name(seg: Segment, field: int) -> str:
     return "^".join(parts).rstrip("^")
 
 
-def hl7_date(seg: Segment, field: int) -> str:
-    value = seg.get(field)
+def hl7_date(seg: Segment, field: int, comp: int = 1) -> str:
+    """A TS/DT/DTM field's date as DICOM DA; the HL7 null passes through."""
+    value = seg.get(field, comp)
     if value in ("", HL7_NULL):
         return value
     date = value[:8]
     if not (date.isdigit() and len(date) == 8 and 1 <= int(date[4:6]) <= 12 and 1 <= int(date[6:8]) <= 31):
         raise Hl7Error(
-            "AE", DATA_TYPE_ERROR, f"{value!r} is not a date (YYYYMMDD...)", location=(seg.name, 1, field, 1)
+            "AE", DATA_TYPE_ERROR, "not a date (YYYYMMDD...)", location=(seg.name, 1, field, comp)
         )
     return date
 

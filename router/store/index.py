@@ -58,6 +58,11 @@ class IdCache:
                 self._ids.move_to_end(key)
             return found
 
+    def clear(self) -> None:
+        """Forget everything (rows were merged or deleted behind the cache's back)."""
+        with self._lock:
+            self._ids.clear()
+
     def remember(self, entries: dict[tuple[str, ...], int]) -> None:
         with self._lock:
             self._ids.update(entries)

@@ -78,7 +78,7 @@ class Ingestor:
         self.data_dir = config.data_dir
         self.tmp_dir = config.data_dir / "tmp"
         self.quarantine_dir = config.data_dir / "quarantine"
-        self._write_lock = threading.Lock()
+        self.write_lock = threading.Lock()  # one writer at a time (SQLite); shared with the HL7 intake
         self.ids = IdCache()
         self.on_jobs_committed: Callable[[set[str]], None] = lambda peers: None
 
@@ -121,7 +121,7 @@ class Ingestor:
             tmp_object = files.write_temp(self.tmp_dir, env.stored if env.stored is not None else env.raw)
             written.append(tmp_object)
             derived = self._write_derived(env, plan, written)
-            with self._write_lock:
+            with self.write_lock:
                 return self._commit(env, digest, tmp_object, derived, plan, written)
         except OSError as exc:
             self._cleanup(written)
