@@ -126,8 +126,7 @@ class CoerceStage:
             env.mark_modified("coerce: " + ", ".join(changes))
         if args.get("demographics") is True and not ctx.dry_run:
             env.keep_as_stored()
-        verb = "would " if ctx.dry_run else ""
-        return (f"coerce: {verb}" + ", ".join(changes)) if changes else "coerce: nothing to change"
+        return ("coerce: " + ", ".join(changes)) if changes else "coerce: nothing to change"
 
 
 def _demographics(env: Envelope, ctx: StageContext) -> list[str]:

@@ -11,19 +11,33 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, TypeAdapter, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    model_validator,
+)
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config" / "router.yaml"
 CONFIG_ENV = "ROUTER_CONFIG"
 
-AETitle = Annotated[
-    str,
-    StringConstraints(
-        min_length=1,
-        max_length=16,
-        pattern=r"^[\x20-\x5b\x5d-\x7e]*[\x21-\x5b\x5d-\x7e][\x20-\x5b\x5d-\x7e]*$",  # not all spaces, no backslash
-    ),
-]
+
+def _ae_title(value: str) -> str:
+    if (
+        not 1 <= len(value) <= 16
+        or not value.strip()
+        or "\\" in value
+        or not value.isprintable()
+        or not value.isascii()
+    ):
+        raise ValueError("an AE title is 1-16 printable ASCII characters, not all spaces, without a backslash")
+    return value
+
+
+AETitle = Annotated[str, AfterValidator(_ae_title)]
 Port = Annotated[int, Field(ge=0, le=65535)]
 PeerName = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^\S+$")]
 
@@ -133,7 +147,7 @@ class Peer(_Strict):
                 f"a DICOM peer needs ae_title, host and port (missing {', '.join(missing)}); "
                 "an HL7 peer needs mllp: host:port"
             )
-        TypeAdapter(AETitle).validate_python(self.ae_title)
+        _ae_title(self.ae_title)
         if not self.host:
             raise ValueError("host must not be empty")
         return self

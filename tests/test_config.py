@@ -47,10 +47,31 @@ def test_environment_variable_names_the_file(tmp_path: Path, monkeypatch: pytest
         ({"colour": "blue"}, "colour: unknown key"),
         ({"dicom": {"port": 70000}}, "dicom.port: Input should be less than or equal to 65535"),
         ({"dicom": {"port": "eleven"}}, "dicom.port: Input should be a valid integer"),
-        ({"ae_title": "A_TITLE_THAT_IS_TOO_LONG"}, "ae_title: String should have at most 16 characters"),
+        (
+            {"ae_title": "A_TITLE_THAT_IS_TOO_LONG"},
+            "ae_title: Value error, an AE title is 1-16",
+        ),
         ({"dicom": {"max_pdu": 16384}}, "dicom.max_pdu: Input should be greater than or equal to 65536"),
         ({"dicom": {"duplicates": "replace"}}, "dicom.duplicates: Input should be 'reject', 'ignore' or 'overwrite'"),
-        ({"peers": {"PACS": {"ae_title": "PACS", "host": "h"}}}, "peers.PACS.port: Field required"),
+        (
+            {"peers": {"PACS": {"ae_title": "PACS", "host": "h"}}},
+            "peers.PACS: Value error, a DICOM peer needs ae_title, host and port (missing port)",
+        ),
+        ({"peers": {"RIS": {"mllp": "ris.local"}}}, "peers.RIS.mllp: String should match pattern"),
+        (
+            {"peers": {"RIS": {"mllp": "h:2575", "port": 1}}},
+            "a peer is either DICOM (ae_title, host, port) or HL7 (mllp)",
+        ),
+        (
+            {"peers": {"PACS": {"ae_title": "BAD\\AE", "host": "h", "port": 1}}},
+            "peers.PACS: Value error, an AE title is",
+        ),
+        (
+            {"peers": {"PACS": {"ae_title": "P", "host": "h", "port": 1, "patient_id": "ssn"}}},
+            "Input should be 'mrn' or 'bsn'",
+        ),
+        ({"hl7": {"worklist": {"utc_offset": "+25:00"}}}, "hl7.worklist.utc_offset: String should match pattern"),
+        ({"hl7": {"accepted_processing_ids": ["X"]}}, "hl7.accepted_processing_ids.0: Input should be 'P', 'T' or 'D'"),
         ({"forward": {"backoff_initial": 10, "backoff_max": 1}}, "backoff_max must be >= backoff_initial"),
         ({"peers": {"P" * 65: {"ae_title": "P", "host": "h", "port": 1}}}, "String should have at most 64 characters"),
     ],

@@ -10,6 +10,7 @@ SCU BSN mode).
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -159,7 +160,7 @@ def apply_demographics(ds: Dataset, known: Demographics, reason: str = "COERCE")
     original = Dataset()
     for keyword in changed:
         if keyword in ds:
-            original[keyword] = ds[keyword]
+            original[keyword] = copy.deepcopy(ds[keyword])  # setattr below changes the element in place
         else:  # it was absent: recorded as zero-length
             original.add_new(keyword, _vr(keyword), None)
     for keyword in changed:

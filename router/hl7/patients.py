@@ -79,9 +79,7 @@ def hl7_date(seg: Segment, field: int, comp: int = 1) -> str:
         return value
     date = value[:8]
     if not (date.isdigit() and len(date) == 8 and 1 <= int(date[4:6]) <= 12 and 1 <= int(date[6:8]) <= 31):
-        raise Hl7Error(
-            "AE", DATA_TYPE_ERROR, "not a date (YYYYMMDD...)", location=(seg.name, 1, field, comp)
-        )
+        raise Hl7Error("AE", DATA_TYPE_ERROR, "not a date (YYYYMMDD...)", location=(seg.name, 1, field, comp))
     return date
 
 
