@@ -27,7 +27,7 @@ from router.stage import Stage, StageContext, StageError
 ARG_KEYS = {"to"}
 
 
-def _peers(args: Any) -> list[str] | str:
+def peer_names(args: Any) -> list[str] | str:
     """The peer names, or an error message."""
     if isinstance(args, dict):
         unknown = set(args) - ARG_KEYS
@@ -46,7 +46,7 @@ class ForwardStage:
     name = "forward"
 
     def check(self, args: Any, config: RouterConfig) -> list[str]:
-        peers = _peers(args)
+        peers = peer_names(args)
         if isinstance(peers, str):
             return [peers]
         known = sorted(config.peers)
@@ -57,7 +57,7 @@ class ForwardStage:
         ]
 
     def run(self, env: Envelope, args: Any, ctx: StageContext) -> str:
-        peers = _peers(args)
+        peers = peer_names(args)
         assert isinstance(peers, list), "rules are checked before they run"
         notes = []
         for name in peers:

@@ -14,11 +14,14 @@ import logging
 import math
 import threading
 import time
+from pathlib import Path
 
 import pluggy
 from sqlalchemy.engine import Engine
 
 from router.config import RouterConfig
+from router.corrections import CORRECTED, corrected_copy
+from router.corrections import remove as remove_copy
 from router.dimse.scu import (
     MAX_CONTEXTS,
     AssociationFailed,
@@ -228,7 +231,11 @@ class Forwarder:
         return link
 
     def _send_one(self, assoc: StoreAssociation, job: Job, item: Item) -> None:
+        corrected: Path | None = None
         try:
+            if job.kind == CORRECTED:
+                corrected = corrected_copy(self.engine, self.config, job)
+                item = Item(corrected, item.sop_class_uid, item.transfer_syntax)
             status = assoc.send(item, msg_id=(job.id or 1) % 65536)
         except NoContext as exc:
             self._fail(job, str(exc), permanent=True)
@@ -236,6 +243,8 @@ class Forwarder:
         except FileNotFoundError:
             self._fail(job, f"stored file {job.path} is missing", permanent=True)
             return
+        finally:
+            remove_copy(corrected)
         verdict = classify_peer_status(status)
         if verdict is SendVerdict.DONE:
             self.outbox.mark_done([job], {job.id or 0: status})

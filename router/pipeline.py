@@ -30,6 +30,7 @@ class PipelineResult:
     rules: list[Rule] = field(default_factory=list)
     steps: list[Step] = field(default_factory=list)
     forwards: list[PlannedForward] = field(default_factory=list)
+    resends: list[tuple[str, str]] = field(default_factory=list)
 
 
 def subject_for(env: Envelope) -> Subject:
@@ -76,4 +77,5 @@ def run_pipeline(
                 raise StageError(f"rule {rule.name!r} ({call.where}) stage {call.stage} crashed: {exc!r}") from exc
             result.steps.append(Step(rule=rule.name, stage=call.stage, where=call.where, text=text))
     result.forwards = ctx.forwards
+    result.resends = ctx.resends
     return result

@@ -39,6 +39,11 @@ class StageContext:
     dry_run: bool = False
     rule: str = ""  # the rule whose stage is running, set by the pipeline
     forwards: list[PlannedForward] = field(default_factory=list)
+    resends: list[tuple[str, str]] = field(default_factory=list)  # (peer, rule): stored objects, corrected
+
+    def plan_resend(self, peer: str) -> None:
+        """After an HL7 message changed a patient: send that patient's stored objects, corrected, to ``peer``."""
+        self.resends.append((peer, self.rule))
 
     def plan_forward(self, peer: str, env: Envelope, payload: bytes | None = None) -> None:
         """Queue ``env`` as it is now for ``peer`` (or ``payload``, a version of it made for that peer)."""

@@ -137,3 +137,37 @@ def test_other_encoding_characters_and_latin1(router: RouterProcess) -> None:
     assert ack.startswith("MSH#@$!%#ROUTER#RAD#HIS#HOSP#")
     assert ack.split("\r")[1] == "MSA#AA#ENC-1"
     assert query(db(router), "SELECT name FROM patient WHERE patient_id='MRN400'") == [("Garc%a Peña^José",)]
+
+
+def test_database_down_answers_ar_and_the_retry_is_applied(workdir: Path) -> None:
+    """AR (application internal error) while the index cannot be written: the sender keeps the message."""
+    from router.app import Router
+    from router.config import parse_config
+
+    (workdir / "rules").mkdir()
+    config = {"data_dir": "var", "rules_dir": "rules", "dicom": {"host": "127.0.0.1", "port": 0},
+              "hl7": {"host": "127.0.0.1", "port": 0}}  # fmt: skip
+    router = Router(parse_config(config, workdir))
+    router.start()
+    try:
+        assert router.hl7_port is not None
+        database = workdir / "var" / "router.db"
+        text = adt("A08", {3: "MRN900^^^HOSP^MR", 5: "Later^Applied"}, control_id="DB-DOWN")
+        router.engine.dispose()  # (the last connection closing checkpoints and removes the WAL files)
+        moved = [p for p in database.parent.iterdir() if p.name.startswith("router.db")]
+        for path in moved:
+            path.rename(path.with_name(path.name + ".away"))
+        database.mkdir()  # the database file cannot be opened now
+        try:
+            ack = send(router.hl7_port, text)
+        finally:
+            database.rmdir()
+            for path in moved:
+                path.with_name(path.name + ".away").rename(path)
+            router.engine.dispose()
+        assert msa(ack) == ("AR", "DB-DOWN")
+        assert err(ack)[3] == "207^Application internal error^HL70357"
+        assert msa(send(router.hl7_port, text)) == ("AA", "DB-DOWN")
+        assert query(database, "SELECT name FROM patient WHERE patient_id='MRN900'") == [("Later^Applied",)]
+    finally:
+        router.stop()

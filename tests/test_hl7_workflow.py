@@ -69,6 +69,13 @@ def setup(workdir: Path) -> Iterator[tuple[RouterProcess, StoreSCP, StoreSCP, Ri
                     "then": [{"coerce": {"demographics": True}}, {"forward": ["DEST", "BSNDEST"]}],
                 },
             ],
+            "30-corrections.yaml": [
+                {
+                    "name": "corrections",
+                    "when": {"kind": "hl7", "message": ["ADT^A08", "ADT^A40"]},
+                    "then": [{"resend": "DEST"}],
+                }
+            ],
             "20-adt.yaml": [
                 {"name": "adt-to-ris2", "when": {"kind": "hl7", "message": "ADT^A0*"}, "then": [{"forward": "RIS2"}]}
             ],
@@ -195,6 +202,17 @@ def test_merge_relinks_stored_studies_and_old_id_maps_to_survivor(
     assert query(db, "SELECT p.patient_id FROM patient p JOIN study s ON s.patient_fk = p.id WHERE s.study_uid=?",
                  first.StudyInstanceUID) == [("MRN601",)]  # fmt: skip
     assert query(db, "SELECT merged FROM patientidentifier WHERE value='MRN600'") == [(1,)]
+
+    # the rule "corrections" re-sends the stored image, corrected to the surviving patient
+    def copies() -> list[Dataset]:
+        found = [pydicom.dcmread(p) for p in dest.received()]
+        return [d for d in found if d.SOPInstanceUID == first.SOPInstanceUID]
+
+    wait_for(lambda: len(copies()) == 2, 30, what="the corrected copy at DEST")
+    corrected = copies()[-1] if copies()[-1].PatientID == "MRN601" else copies()[0]
+    assert (corrected.PatientID, str(corrected.PatientName)) == ("MRN601", "New^Record")
+    assert corrected.OriginalAttributesSequence[-1].ReasonForTheAttributeModification == "CORRECT"
+    assert corrected.OriginalAttributesSequence[-1].ModifiedAttributesSequence[0].PatientID == "MRN600"
 
     late = make_instance(PatientName="Old^Record", PatientID="MRN600", IssuerOfPatientID="HOSP")
     store(router, workdir, late)

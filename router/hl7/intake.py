@@ -27,6 +27,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from router.config import RouterConfig
+from router.corrections import queue_patient_resends
 from router.envelope import Envelope, Source
 from router.hl7.ack import build_ack
 from router.hl7.codes import INTERNAL_ERROR, UNSUPPORTED_EVENT, UNSUPPORTED_MESSAGE_TYPE
@@ -60,6 +61,7 @@ HL7_STREAM = "hl7"  # the Job.sop_uid of every HL7 job: one ordered stream per p
 class Applied:
     summary: list[str] = field(default_factory=list)
     merged: bool = False
+    patient_fk: int | None = None  # the patient the message changed
 
 
 def _first(segments: list[Segment], name: str) -> Segment | None:
@@ -139,6 +141,9 @@ class Hl7Intake:
             with self.write_lock, self.engine.begin() as conn:
                 applied = self._apply(conn, msg, segments) if applies else Applied(["routed only"])
                 self._queue(conn, msg, plan.forwards, relpath)
+                if plan.resends and applied.patient_fk is not None:
+                    count = queue_patient_resends(conn, applied.patient_fk, plan.resends)
+                    applied.summary.append(f"{count} corrected object(s) queued")
                 conn.execute(
                     insert(LOG).values(
                         sender=sender, control_id=msg.control_id, message_type=msg.message_type, ack_code="AA",
@@ -155,8 +160,8 @@ class Hl7Intake:
             raise self._cleanup(written, exc) from exc
         if applied.merged:
             self.on_patients_merged()
-        if plan.forwards:
-            self.on_jobs_committed({f.peer for f in plan.forwards})
+        if plan.forwards or plan.resends:
+            self.on_jobs_committed({f.peer for f in plan.forwards} | {peer for peer, _ in plan.resends})
         log.info("HL7 %s %s from %s: %s", msg.message_type, msg.control_id, sender, "; ".join(applied.summary))
         return build_ack(msg, "AA")
 
@@ -183,10 +188,10 @@ class Hl7Intake:
                 raise Hl7Error("AE", 101, "no prior patient identifier", location=("MRG", 1, 1, 1))
             survivor = upsert_patient(conn, facts)
             removed = merge_patients(conn, survivor, prior)
-            return Applied([f"merged {len(removed)} patient(s) into patient {survivor}"], merged=True)
+            return Applied([f"merged {len(removed)} patient(s) into patient {survivor}"], True, survivor)
         patient_fk = upsert_patient(conn, facts)
         if msg.message_code == "ADT":
-            return Applied([f"patient {patient_fk} updated"])
+            return Applied([f"patient {patient_fk} updated"], patient_fk=patient_fk)
         groups = order_groups(segments)
         if not groups:
             raise Hl7Error("AE", 100, "required segment ORC missing", location=("ORC", 1))
