@@ -53,6 +53,10 @@ class DicomListener(_Strict):
 class Hl7Listener(_Strict):
     host: str = "0.0.0.0"
     port: Port = 2575
+    max_message_bytes: int = Field(1_048_576, ge=1024, description="a larger message closes its connection")
+    idle_timeout: float = Field(300.0, gt=0, description="close a connection idle this long, seconds")
+    max_connections: int = Field(64, ge=1, description="simultaneous MLLP connections; more are closed at once")
+    accepted_processing_ids: list[Literal["P", "T", "D"]] = Field(["P"], min_length=1, description="MSH-11 accepted")
 
 
 class HttpListener(_Strict):
