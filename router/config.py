@@ -89,12 +89,10 @@ class Worklist(_Strict):
 class Hl7Listener(_Strict):
     host: str = "0.0.0.0"
     port: Port = 2575
-    max_message_bytes: int = Field(1_048_576, ge=1024, description="a longer message closes its connection")
-    idle_timeout: float = Field(300.0, gt=0, description="seconds before an idle connection is closed")
-    max_connections: int = Field(64, ge=1, description="simultaneous MLLP connections")
-    accepted_processing_ids: tuple[Literal["P", "T", "D"], ...] = Field(
-        default=("P",), description="MSH-11 values accepted (production, training, debugging)"
-    )
+    max_message_bytes: int = Field(1_048_576, ge=1024, description="a larger message closes its connection")
+    idle_timeout: float = Field(300.0, gt=0, description="close a connection idle this long, seconds")
+    max_connections: int = Field(64, ge=1, description="simultaneous MLLP connections; more are closed at once")
+    accepted_processing_ids: list[Literal["P", "T", "D"]] = Field(["P"], min_length=1, description="MSH-11 accepted")
     assigning_authorities: dict[str, AssigningAuthority] = Field(default_factory=dict)
     worklist: Worklist = Worklist()
 

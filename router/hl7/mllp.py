@@ -82,7 +82,7 @@ class MllpServer:
         self._server: asyncio.Server | None = None
         self._thread: threading.Thread | None = None
         self._executor: ThreadPoolExecutor | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._connections: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
 
     def start(self) -> int:
         if self._thread is not None:
@@ -121,9 +121,10 @@ class MllpServer:
     async def _shutdown(self) -> None:
         assert self._server is not None
         self._server.close()
-        for task in list(self._tasks):
+        for task, writer in list(self._connections.items()):
+            writer.transport.abort()
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*self._connections, return_exceptions=True)
         await self._server.wait_closed()
         asyncio.get_running_loop().stop()
 
@@ -152,23 +153,25 @@ class MllpServer:
         if sock is not None:
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        if len(self._tasks) >= self.max_connections:
+        if len(self._connections) >= self.max_connections:
             self.stats.refused += 1
-            log.warning("MLLP connection from %s refused: %d connections open", peer, len(self._tasks))
+            log.warning("MLLP connection from %s refused: %d connections open", peer, len(self._connections))
             writer.close()
             return
         task = asyncio.current_task()
         assert task is not None
-        self._tasks.add(task)
+        self._connections[task] = writer
         self.stats.connections += 1
         try:
             await self._converse(reader, writer, peer)
         except (ConnectionError, TimeoutError) as exc:
             log.info("MLLP connection from %s ended: %s", peer, exc or type(exc).__name__)
+        except asyncio.CancelledError:  # stop(): end quietly (the stream's done-callback would log it)
+            log.info("MLLP connection from %s closed: the listener stops", peer)
         except Exception:
             log.exception("MLLP connection from %s failed", peer)
         finally:
-            self._tasks.discard(task)
+            self._connections.pop(task, None)
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
@@ -178,7 +181,8 @@ class MllpServer:
         inside = skip_cr = False
         while True:
             try:
-                chunk = await asyncio.wait_for(reader.read(READ_CHUNK), self.idle_timeout)
+                async with asyncio.timeout(self.idle_timeout):  # not wait_for: it can swallow a cancellation
+                    chunk = await reader.read(READ_CHUNK)
             except TimeoutError:
                 self.stats.idle_closed += 1
                 log.info("MLLP connection from %s idle for %ss: closed", peer, self.idle_timeout)
@@ -228,7 +232,8 @@ class MllpServer:
                 if reply is None:
                     return
                 writer.write(frame(reply))
-                await asyncio.wait_for(writer.drain(), self.idle_timeout)
+                async with asyncio.timeout(self.idle_timeout):
+                    await writer.drain()
             if discarded:
                 self._discarded(peer, discarded)
 
