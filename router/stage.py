@@ -43,7 +43,7 @@ class StageContext:
                 peer=peer,
                 payload=env.payload(),
                 modified=env.modified,
-                transfer_syntax=env.transfer_syntax,
+                transfer_syntax=env.payload_transfer_syntax,
                 rule=self.rule,
             )
         )
