@@ -24,6 +24,7 @@ pixel data change only their encoding (for an encapsulated target that is Explic
 from __future__ import annotations
 
 import math
+import re
 from io import BytesIO
 from typing import Any
 
@@ -89,6 +90,7 @@ LOSSY_METHOD = {  # Defined Terms of Lossy Image Compression Method (0028,2114)
 }
 DEFAULT_RATIO = 10.0
 J2K_MIN_SIZE = 32
+_UID_RE = re.compile(r"[0-9]+(\.[0-9]+)+")
 PIXEL_DATA = 0x7FE00010
 FLOAT_PIXEL_DATA = (0x7FE00008, 0x7FE00009)
 SWAP_SIZES = {"OW": 2, "OL": 4, "OF": 4, "OD": 8, "OV": 8}  # values byte-swapped between big and little endian
@@ -100,9 +102,8 @@ def syntax_uid(name_or_uid: str) -> UID:
     key = str(name_or_uid).strip()
     if key.lower() in SYNTAXES:
         return SYNTAXES[key.lower()]
-    uid = UID(key)
-    if uid.is_valid and uid.is_transfer_syntax:
-        return uid
+    if _UID_RE.fullmatch(key) and UID(key).is_transfer_syntax:
+        return UID(key)
     raise TranscodeError(f"unknown transfer syntax {key!r} (names: {', '.join(SYNTAXES)}, or a transfer syntax UID)")
 
 
