@@ -38,8 +38,10 @@ from router.stage import StageContext, StageError
 from router.transcode import (
     SYNTAXES,
     TranscodeError,
+    can_decode,
     can_encode,
     encodable,
+    is_lossy,
     syntax_name,
     syntax_uid,
     target_problems,
@@ -128,6 +130,14 @@ def test_encodable_syntaxes_include_what_the_issue_requires() -> None:
     assert {"explicit-le", "implicit-le", "deflated", "rle", "jpeg2000-lossless", "jpeg2000"} <= set(encodable())
     assert not can_encode(ExplicitVRBigEndian), "big endian is read, never written"
     assert not can_encode("1.2.840.10008.1.2.4.100"), "no MPEG-2 encoder"
+    assert all(can_decode(uid) for uid in SYNTAXES.values()), "every named syntax is read"
+    assert not can_decode("1.2.840.10008.1.2.4.100"), "video is not"
+    assert [name for name, uid in SYNTAXES.items() if is_lossy(uid)] == [
+        "jpeg-baseline",
+        "jpeg-extended",
+        "jpeg-ls-near-lossless",
+        "jpeg2000",
+    ]
     problems = target_problems("jpeg-baseline", allow_lossy=True)
     assert problems and "cannot write jpeg-baseline here" in problems[0] and "jpeg2000-lossless" in problems[0]
     assert "big-endian is read but never written" in target_problems("big-endian")[0]
