@@ -2,7 +2,8 @@
 
 It carries the bytes exactly as received, where they came from, and a lazily decoded view. A stage that changes
 the object (coerce) works on ``dataset`` and marks the envelope modified; ``payload()`` then re-encodes it once.
-Stages that only read use ``header`` (decoded without pixel data).
+A stage that re-encodes the whole object (transcode) hands the new bytes to ``replace_payload``; later stages see
+them. Stages that only read use ``header`` (decoded without pixel data). ``raw`` always stays as received.
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ class Envelope:
     _header: Dataset | None = field(default=None, repr=False)
     _dataset: Dataset | None = field(default=None, repr=False)
     _payload: bytes | None = field(default=None, repr=False)
+    _current: bytes | None = field(default=None, repr=False)  # the object as a stage re-encoded it
+    _current_syntax: str = ""
     modified: bool = False
     notes: list[str] = field(default_factory=list)
     message: Any = field(default=None, repr=False)  # the parsed HL7 message (router.hl7.message.Hl7Message)
@@ -62,15 +65,18 @@ class Envelope:
         """The dataset without pixel data, as received (or as modified, once a stage changed it)."""
         if self._dataset is not None:
             return self._dataset
+        return self._received_header()
+
+    def _received_header(self) -> Dataset:
         if self._header is None:
             self._header = dcmread(BytesIO(self.raw), stop_before_pixels=True)
         return self._header
 
     @property
     def dataset(self) -> Dataset:
-        """The full, mutable dataset. Call ``mark_modified()`` after changing it."""
+        """The full, mutable dataset (as earlier stages left it). Call ``mark_modified()`` after changing it."""
         if self._dataset is None:
-            self._dataset = dcmread(BytesIO(self.raw))
+            self._dataset = dcmread(BytesIO(self._current if self._current is not None else self.raw))
         return self._dataset
 
     @property
@@ -92,6 +98,16 @@ class Envelope:
         self._payload = None
         self.notes.append(note)
 
+    def replace_payload(self, data: bytes, transfer_syntax: str, note: str) -> None:
+        """A stage re-encoded the whole object into ``data`` (a complete Part 10 file in ``transfer_syntax``): later
+        stages and ``payload()`` work on it; ``raw``, ``transfer_syntax`` and the store keep what was received."""
+        self.modified = True
+        self._current = data
+        self._current_syntax = clean_uid(transfer_syntax)
+        self._payload = data
+        self._dataset = None
+        self.notes.append(note)
+
     def payload(self) -> bytes:
         """The bytes to forward at this point of the pipeline: the original unless a stage changed it."""
         if not self.modified:
@@ -104,15 +120,23 @@ class Envelope:
 
     @property
     def sop_instance_uid(self) -> str:
-        return _uid(self.header.get("SOPInstanceUID", ""))
+        return clean_uid(self.header.get("SOPInstanceUID", ""))
 
     @property
     def sop_class_uid(self) -> str:
-        return _uid(self.header.get("SOPClassUID", ""))
+        return clean_uid(self.header.get("SOPClassUID", ""))
 
     @property
     def transfer_syntax(self) -> str:
-        return _uid(self.header.file_meta.get("TransferSyntaxUID", ""))
+        """The transfer syntax the object was received (and is stored) in."""
+        return clean_uid(self._received_header().file_meta.get("TransferSyntaxUID", ""))
+
+    @property
+    def payload_transfer_syntax(self) -> str:
+        """The transfer syntax of ``payload()``: as received unless a stage re-encoded the object."""
+        if self._dataset is not None:
+            return clean_uid(self._dataset.file_meta.get("TransferSyntaxUID", ""))
+        return self._current_syntax or self.transfer_syntax
 
 
 def _check_complete(ds: Dataset) -> None:
@@ -127,7 +151,7 @@ def _check_complete(ds: Dataset) -> None:
             raise InvalidDicomError(f"element {elem.tag} is truncated: {len(elem.value)} of {elem.length} bytes")
 
 
-def _uid(value: object) -> str:
+def clean_uid(value: object) -> str:
     """A UID as text without its padding (UIDs are padded with NUL to an even length)."""
     return str(value).rstrip("\x00 ")
 

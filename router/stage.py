@@ -52,7 +52,7 @@ class StageContext:
                 peer=peer,
                 payload=env.payload() if payload is None else payload,
                 modified=env.modified or payload is not None,
-                transfer_syntax=env.transfer_syntax if env.kind == "dicom" else "",
+                transfer_syntax=env.payload_transfer_syntax if env.kind == "dicom" else "",
                 rule=self.rule,
             )
         )

@@ -2,7 +2,8 @@
 
 Objects are sent from their files without being decoded (byte-identical forwarding). For each SOP class we
 propose the object's own transfer syntax and, as separate contexts, Explicit and Implicit VR Little Endian, so
-the peer can accept each independently.
+the peer can accept each independently. When the peer takes only an uncompressed syntax for a compressed object,
+the object is transcoded (losslessly) to it rather than not delivered.
 """
 
 from __future__ import annotations
@@ -12,16 +13,19 @@ import logging
 import socket
 from collections.abc import Iterable
 from dataclasses import dataclass
+from io import BytesIO
 from pathlib import Path
 from typing import Any
 
 from pydicom import dcmread
+from pydicom.dataset import Dataset
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, _config, evt
 from pynetdicom.association import Association
 from pynetdicom.presentation import PresentationContext, build_context
 
 from router.config import Peer, RouterConfig
+from router.transcode import TranscodeError, syntax_name, transcode
 
 log = logging.getLogger(__name__)
 
@@ -141,23 +145,37 @@ class StoreAssociation:
             if cx.abstract_syntax == sop_class and cx.transfer_syntax
         ]
 
+    def _fallback(self, item: Item, accepted: list[str]) -> str | None:
+        """The uncompressed syntax to transcode ``item`` to when the peer took none for its own (Explicit VR Little
+        Endian preferred); None when the peer accepted the object's syntax or no uncompressed one."""
+        if item.transfer_syntax in accepted or UID(item.transfer_syntax) in UNCOMPRESSED:
+            return None
+        return next((ts for ts in UNCOMPRESSED if ts in accepted), None)
+
     def can_carry(self, item: Item) -> bool:
         accepted = self._accepted(item.sop_class_uid)
-        if item.transfer_syntax in accepted:
+        if item.transfer_syntax in accepted or self._fallback(item, accepted):
             return True
         return UID(item.transfer_syntax) in UNCOMPRESSED and bool(set(accepted) & set(UNCOMPRESSED))
 
     def send(self, item: Item, msg_id: int) -> int:
-        """Send one object; returns the peer's status. Raises NoContext or AssociationFailed."""
+        """Send one object; returns the peer's status. Raises NoContext or AssociationFailed.
+
+        The file is sent as stored whenever the peer accepted its transfer syntax. Otherwise an uncompressed object
+        goes in the other little endian syntax, and any other object is transcoded (losslessly) to the uncompressed
+        syntax the peer accepted."""
         if not self.alive:
             raise AssociationFailed("association lost")
         assert self.assoc is not None
         accepted = self._accepted(item.sop_class_uid)
+        fallback = self._fallback(item, accepted)
         if item.transfer_syntax in accepted:
             rsp = self.assoc.send_c_store(item.path, msg_id=msg_id)
         elif UID(item.transfer_syntax) in UNCOMPRESSED and set(accepted) & set(UNCOMPRESSED):
             # the peer took the other little endian syntax: pynetdicom re-encodes the decoded dataset
             rsp = self.assoc.send_c_store(dcmread(item.path), msg_id=msg_id)
+        elif fallback is not None:
+            rsp = self.assoc.send_c_store(self._transcoded(item, fallback), msg_id=msg_id)
         else:
             offered = ", ".join(accepted) or "none"
             raise NoContext(
@@ -167,3 +185,20 @@ class StoreAssociation:
         if "Status" not in rsp:
             raise AssociationFailed("no valid C-STORE response (timeout, abort or invalid response)")
         return int(rsp.Status)
+
+    def _transcoded(self, item: Item, target: str) -> Dataset:
+        try:
+            data = transcode(item.path.read_bytes(), target)
+        except TranscodeError as exc:
+            raise NoContext(
+                f"{self.peer.ae_title} accepts SOP class {item.sop_class_uid} only in {syntax_name(target)}, "
+                f"not in {syntax_name(item.transfer_syntax)}, and transcoding failed: {exc}"
+            ) from exc
+        log.info(
+            "sending %s to %s in %s: it did not accept %s",
+            item.path.name,
+            self.peer.ae_title,
+            syntax_name(target),
+            syntax_name(item.transfer_syntax),
+        )
+        return dcmread(BytesIO(data))

@@ -25,7 +25,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from router.config import RouterConfig
-from router.envelope import Envelope, Source, sha256
+from router.envelope import Envelope, Source, clean_uid, sha256
 from router.outbox import drop_if_orphaned
 from router.pipeline import PipelineResult, run_pipeline
 from router.plugins import notify
@@ -189,7 +189,7 @@ class Ingestor:
                 relpath=relpath,
                 size=len(env.stored if env.stored is not None else env.raw),
                 digest=digest,
-                transfer_syntax=env.transfer_syntax,
+                transfer_syntax=clean_uid(header.file_meta.get("TransferSyntaxUID", "")),
                 calling_ae=env.source.calling_ae,
                 existing=existing,
             )

@@ -1,0 +1,177 @@
+"""Transcoding in a running router, against DCMTK's storescp: the transcode stage, the forward fallback to a peer
+that accepts only uncompressed syntaxes, and the rules CLI. Loopback only; every server is stopped."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pydicom
+import pytest
+import yaml
+from pydicom.data import get_testdata_file
+from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless
+
+from peers import RouterProcess, StoreSCP, dataset_bytes, query, same_content, send_datasets, wait_for
+
+SUCCESS = 0
+
+
+def sample(name: str) -> Path:
+    return Path(get_testdata_file(name))  # type: ignore[arg-type]
+
+
+def by_sop(paths: list[Path]) -> dict[str, Path]:
+    return {str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID): p for p in paths}
+
+
+def stored_paths(router: RouterProcess) -> dict[str, Path]:
+    rows = query(router.data_dir / "router.db", "select sop_uid, path from instance")
+    return {uid: router.data_dir / path for uid, path in rows}
+
+
+def peer(scp: StoreSCP) -> dict[str, Any]:
+    return {"ae_title": scp.aet, "host": "127.0.0.1", "port": scp.port}
+
+
+@pytest.fixture
+def uncompressed_only(workdir: Path) -> Iterator[StoreSCP]:
+    """DCMTK storescp with its default negotiation: uncompressed transfer syntaxes only."""
+    scp = StoreSCP(workdir, "PLAIN")
+    scp.args.remove("--accept-all")
+    scp.start()
+    try:
+        yield scp
+    finally:
+        scp.stop()
+
+
+def test_transcode_stage_forwards_the_transcoded_object_and_stores_the_original(workdir: Path, dest: StoreSCP) -> None:
+    rules = [
+        {
+            "name": "j2k-to-dest",
+            "when": {"kind": "dicom"},
+            "then": [{"transcode": {"to": "jpeg2000-lossless"}}, {"forward": "DEST"}],
+        }
+    ]
+    sent = [
+        sample("CT_small.dcm"),  # Explicit VR LE
+        sample("SC_rgb_rle_2frame.dcm"),  # RLE, 2 frames
+        sample("examples_ybr_color.dcm"),  # JPEG baseline YBR_FULL_422, 30 frames
+        sample("JPEG-lossy.dcm"),  # damaged JPEG: cannot be decoded, goes on as received
+    ]
+    router = RouterProcess(workdir, peers={"DEST": peer(dest)}, rules={"10.yaml": rules})
+    try:
+        router.start()
+        assert send_datasets(router.port, sent) == [SUCCESS] * len(sent)
+        wait_for(lambda: len(dest.received()) == len(sent), 60, what="every object at the destination")
+    finally:
+        router.stop()
+    originals, received, stored = by_sop(sent), by_sop(dest.received()), stored_paths(router)
+    assert set(received) == set(originals) == set(stored)
+    damaged = str(pydicom.dcmread(sample("JPEG-lossy.dcm"), stop_before_pixels=True).SOPInstanceUID)
+    for uid, original in originals.items():
+        assert dataset_bytes(stored[uid]) == dataset_bytes(original), f"{original.name}: stored as received"
+        got = pydicom.dcmread(received[uid])
+        if uid == damaged:
+            assert got.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.4.51"
+            # storescp writes sequences with defined lengths: compare after parsing
+            assert same_content(received[uid], original), "forwarded as received"
+            continue
+        assert got.file_meta.TransferSyntaxUID == JPEG2000Lossless, original.name
+        assert np.array_equal(got.pixel_array, pydicom.dcmread(original).pixel_array), original.name
+    db = router.data_dir / "router.db"
+    indexed = dict(query(db, "select sop_uid, transfer_syntax from instance"))
+    assert indexed == {u: str(pydicom.dcmread(p).file_meta.TransferSyntaxUID) for u, p in originals.items()}
+    jobs = dict(query(db, "select sop_uid, transfer_syntax from job where state = 'done'"))
+    assert jobs == {u: JPEG2000Lossless if u != damaged else "1.2.840.10008.1.2.4.51" for u in originals}
+    assert f"transcode of {damaged} from jpeg-extended to jpeg2000-lossless failed" in router.output()
+
+
+def test_peer_accepting_only_uncompressed_gets_a_lossless_transcode(workdir: Path, uncompressed_only: StoreSCP) -> None:
+    plain = sample("CT_small.dcm")
+    compressed = [
+        sample("MR_small_jp2klossless.dcm"),  # JPEG 2000 lossless
+        sample("examples_jpeg2k.dcm"),  # JPEG 2000 lossless, YBR_RCT
+        sample("SC_rgb_rle_2frame.dcm"),  # RLE, 2 frames
+        sample("SC_rgb_dcmtk_+eb+cy+s2.dcm"),  # JPEG baseline
+    ]
+    damaged = sample("JPEG-lossy.dcm")
+    router = RouterProcess(
+        workdir,
+        peers={"PLAIN": peer(uncompressed_only)},
+        rules={"10.yaml": [{"name": "all", "when": {"kind": "dicom"}, "then": [{"forward": "PLAIN"}]}]},
+    )
+    sent = [plain, *compressed, damaged]
+    db = router.data_dir / "router.db"
+    try:
+        router.start()
+        assert send_datasets(router.port, sent) == [SUCCESS] * len(sent)
+        wait_for(lambda: len(uncompressed_only.received()) == len(sent) - 1, 60, what="the decodable objects")
+        wait_for(
+            lambda: query(db, "select count(*) from job where state in ('done', 'dead')")[0][0] == len(sent),
+            30,
+            what="every job to finish",
+        )
+    finally:
+        router.stop()
+    originals, received, stored = by_sop(sent), by_sop(uncompressed_only.received()), stored_paths(router)
+    plain_uid, damaged_uid = (str(pydicom.dcmread(p).SOPInstanceUID) for p in (plain, damaged))
+    # sent from its file as stored (storescp drops the trailing padding when it writes its copy)
+    assert same_content(received[plain_uid], stored[plain_uid])
+    assert f"sending {stored[plain_uid].name}" not in router.output(), "an accepted syntax is never transcoded"
+    for path in compressed:
+        uid = str(pydicom.dcmread(path).SOPInstanceUID)
+        got = pydicom.dcmread(received[uid])
+        assert got.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian, path.name
+        assert np.array_equal(got.pixel_array, pydicom.dcmread(stored[uid]).pixel_array), path.name
+        assert dataset_bytes(stored[uid]) == dataset_bytes(originals[uid]), "the store keeps the compressed original"
+    assert damaged_uid not in received
+    states = {uid: (state, error) for uid, state, error in query(db, "select sop_uid, state, last_error from job")}
+    assert {uid for uid, (state, _) in states.items() if state == "done"} == set(received)
+    state, error = states[damaged_uid]
+    assert state == "dead" and "only in explicit-le, not in jpeg-extended, and transcoding failed" in error
+    assert "in explicit-le: it did not accept jpeg2000-lossless" in router.output()
+
+
+def cli(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "router", "--config", str(config), *args], capture_output=True, text=True, timeout=60
+    )
+
+
+def test_rules_check_and_dry_run_with_transcode(workdir: Path) -> None:
+    (workdir / "rules").mkdir()
+    config = workdir / "router.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "rules_dir": "rules",
+                "data_dir": "var",
+                "peers": {"PACS": {"ae_title": "PACS", "host": "127.0.0.1", "port": 104}},
+            }
+        )
+    )
+    rules = workdir / "rules" / "10.yaml"
+    rules.write_text("- name: squeeze\n  then:\n    - transcode: {to: jpeg2000}\n    - transcode: jpg\n")
+    done = cli(config, "rules", "check")
+    assert done.returncode == 1
+    lossy = "jpeg2000 is lossy: it must be asked for explicitly (add 'lossy: true')"
+    assert f"{rules}:3: transcode: {lossy}" in done.stdout
+    assert f"{rules}:4: transcode: unknown transfer syntax 'jpg' (names: explicit-le," in done.stdout
+
+    rules.write_text("- name: squeeze\n  then:\n    - transcode: {to: jpeg2000-lossless}\n    - forward: PACS\n")
+    assert cli(config, "rules", "check").returncode == 0
+    source = sample("MR_small_RLE.dcm")
+    before = source.read_bytes()
+    done = cli(config, "rules", "test", str(source))
+    assert done.returncode == 0, done.stderr
+    assert "[10.yaml:3] would transcode rle to jpeg2000-lossless (" in done.stdout
+    assert "[10.yaml:4] would forward to PACS (as changed by earlier stages)" in done.stdout
+    assert "dry run: nothing was stored, changed or sent" in done.stdout
+    assert source.read_bytes() == before
+    assert not (workdir / "var").exists(), "a dry run creates no store"
