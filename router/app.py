@@ -19,6 +19,8 @@ from router.plugins import build_plugin_manager, collect_stages, notify
 from router.rules.live import LiveRules
 from router.store.db import make_engine
 from router.store.ingest import Ingestor
+from router.web.app import make_app
+from router.web.server import WebServer
 from router.worklist.service import WorklistService
 
 log = logging.getLogger(__name__)
@@ -57,6 +59,8 @@ class Router:
             max_connections=config.hl7.max_connections,
         )
         self.hl7_port: int | None = None
+        self.web = WebServer(config.http, make_app(config, self.ingestor))
+        self.http_port: int | None = None
         self.scheduler = BackgroundScheduler(daemon=True)
         self.dicom_port: int | None = None
         self._stopped = threading.Event()
@@ -80,6 +84,7 @@ class Router:
         self.dicom_port = self.listener.start()
         self.hl7_port = self.mllp.start()
         log.info("HL7 MLLP listener on %s:%d", self.config.hl7.host, self.hl7_port)
+        self.http_port = self.web.start()
 
     def _clear_partial_writes(self) -> None:
         """Temp files left by a crash were never acknowledged: they can go."""
@@ -96,6 +101,7 @@ class Router:
         self._stopped.set()
         self.listener.stop()
         self.mllp.stop()
+        self.web.stop()
         if self.scheduler.running:
             self.scheduler.shutdown(wait=False)
         self.forwarder.stop()

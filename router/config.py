@@ -97,9 +97,45 @@ class Hl7Listener(_Strict):
     worklist: Worklist = Worklist()
 
 
+class HttpAuth(_Strict):
+    bearer_token: str | None = Field(None, min_length=16, description="clients send Authorization: Bearer TOKEN")
+    username: str | None = Field(None, min_length=1)
+    password: str | None = Field(None, min_length=8)
+
+    @model_validator(mode="after")
+    def _pairs(self) -> HttpAuth:
+        if (self.username is None) != (self.password is None):
+            raise ValueError("username and password go together")
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        return self.bearer_token is not None or self.username is not None
+
+
+class HttpTls(_Strict):
+    cert: Path
+    key: Path
+
+
 class HttpListener(_Strict):
-    host: str = "0.0.0.0"
+    host: str = "127.0.0.1"
     port: Port = 8080
+    auth: HttpAuth = HttpAuth()
+    tls: HttpTls | None = None
+    max_upload_bytes: int = Field(4 * 1024**3, ge=1024, description="a larger STOW-RS request is answered 413")
+
+    @model_validator(mode="after")
+    def _protected_off_loopback(self) -> HttpListener:
+        loopback = self.host in ("localhost", "::1") or self.host.startswith("127.")
+        if not loopback and not self.auth.enabled:
+            raise ValueError(
+                f"host {self.host} is not a loopback address: set http.auth (bearer_token, or username and "
+                "password) so patient data is not served to anyone who asks"
+            )
+        if not loopback and self.auth.username is not None and self.tls is None:
+            raise ValueError("basic credentials off loopback need http.tls (cert, key)")
+        return self
 
 
 class ForwardSettings(_Strict):
@@ -212,6 +248,11 @@ def parse_config(data: Any, base_dir: Path, source: Path | None = None) -> Route
         "plugins": [str((base_dir / p).resolve()) if p.endswith(".py") else p for p in cfg.plugins],
         "source": source,
     }
+    if cfg.http.tls is not None:
+        tls = cfg.http.tls.model_copy(
+            update={"cert": (base_dir / cfg.http.tls.cert).resolve(), "key": (base_dir / cfg.http.tls.key).resolve()}
+        )
+        resolved["http"] = cfg.http.model_copy(update={"tls": tls})
     return cfg.model_copy(update=resolved)
 
 

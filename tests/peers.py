@@ -327,6 +327,8 @@ class RouterProcess(Process):
         config["dicom"] = {**config.get("dicom", {}), "port": self.port}
         self.hl7_port = config.get("hl7", {}).get("port") or free_port()
         config["hl7"] = {"host": "127.0.0.1", **config.get("hl7", {}), "port": self.hl7_port}
+        self.http_port = config.get("http", {}).get("port") or free_port()
+        config["http"] = {"host": "127.0.0.1", **config.get("http", {}), "port": self.http_port}
         (workdir / "rules").mkdir(parents=True, exist_ok=True)
         for name, content in (rules or {}).items():
             self.write_rules(name, content)

@@ -47,6 +47,7 @@ def start_router(workdir: Path) -> Iterator[Callable[..., Router]]:
             **settings,
             "dicom": {"host": "127.0.0.1", "port": 0},
             "hl7": {"host": "127.0.0.1", "port": 0},
+            "http": {"host": "127.0.0.1", "port": 0},
         }
         router = Router(parse_config(config, workdir))
         started.append(router)

@@ -146,7 +146,7 @@ def test_database_down_answers_ar_and_the_retry_is_applied(workdir: Path) -> Non
 
     (workdir / "rules").mkdir()
     config = {"data_dir": "var", "rules_dir": "rules", "dicom": {"host": "127.0.0.1", "port": 0},
-              "hl7": {"host": "127.0.0.1", "port": 0}}  # fmt: skip
+              "hl7": {"host": "127.0.0.1", "port": 0}, "http": {"host": "127.0.0.1", "port": 0}}  # fmt: skip
     router = Router(parse_config(config, workdir))
     router.start()
     try:

@@ -197,6 +197,7 @@ def pg_router(workdir: Path, dest: StoreSCP, pg_cluster: PgCluster, pg_database:
             "database_url": pg_cluster.url(pg_database),
             "dicom": {"host": "127.0.0.1", "port": 0},
             "hl7": {"host": "127.0.0.1", "port": 0},
+            "http": {"host": "127.0.0.1", "port": 0},
             "forward": {"backoff_initial": 0.2, "backoff_max": 1.0, "poll_interval": 0.2, "idle_release": 0.5},
             "peers": {"DEST": {"ae_title": "DEST", "host": "127.0.0.1", "port": dest.port}},
         },
