@@ -6,6 +6,7 @@ import base64
 import hmac
 import logging
 
+from sqlalchemy.engine import Engine
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -17,6 +18,7 @@ from router.config import HttpAuth, RouterConfig
 from router.store.ingest import Ingestor
 from router.web.openapi import openapi
 from router.web.stow import Stow
+from router.web.wado import Wado
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +60,12 @@ class Authentication:
         await self.app(scope, receive, send)
 
 
-def make_app(config: RouterConfig, ingestor: Ingestor) -> Starlette:
+def make_app(config: RouterConfig, ingestor: Ingestor, engine: Engine) -> Starlette:
     stow = Stow(ingestor, config.http.max_upload_bytes)
+    wado = Wado(engine, config.data_dir)
+    study = f"{BASE}/studies/{{study}}"
+    series = f"{study}/series/{{series}}"
+    instance = f"{series}/instances/{{instance}}"
 
     async def openapi_json(request: Request) -> Response:
         return JSONResponse(openapi())
@@ -67,6 +73,12 @@ def make_app(config: RouterConfig, ingestor: Ingestor) -> Starlette:
     routes = [
         Route(f"{BASE}/openapi.json", openapi_json, methods=["GET"]),
         Route(f"{BASE}/studies", stow.handle, methods=["POST"]),
-        Route(f"{BASE}/studies/{{study}}", stow.handle, methods=["POST"]),
+        Route(study, stow.handle, methods=["POST"]),
+        *(Route(path, wado.retrieve, methods=["GET"]) for path in (study, series, instance)),
+        *(Route(f"{path}/metadata", wado.metadata, methods=["GET"]) for path in (study, series, instance)),
+        Route(f"{instance}/frames/{{frames}}", wado.frames, methods=["GET"]),
+        Route(f"{instance}/bulkdata/{{tag}}", wado.bulkdata, methods=["GET"]),
+        Route(f"{instance}/rendered", wado.rendered, methods=["GET"]),
+        Route(f"{instance}/frames/{{frame}}/rendered", wado.rendered, methods=["GET"]),
     ]
     return Starlette(routes=routes, middleware=[Middleware(Authentication, auth=config.http.auth)])

@@ -62,13 +62,18 @@ class Part:
 
 
 def _view(body: IO[bytes]) -> bytes | mmap.mmap:
-    rolled = getattr(body, "_rolled", True)
-    if not rolled:
+    """The body's bytes: mapped from its file when it has one (not read into memory), else read."""
+    try:
+        if getattr(body, "_rolled", True) is False:
+            raise OSError("still in memory")
+        fileno = body.fileno()
+    except (OSError, ValueError):
+        body.seek(0)
         return body.read()
     body.seek(0, 2)
     if body.tell() == 0:
         return b""
-    return mmap.mmap(body.fileno(), 0, access=mmap.ACCESS_READ)
+    return mmap.mmap(fileno, 0, access=mmap.ACCESS_READ)
 
 
 def parts(body: IO[bytes], boundary: str) -> Iterator[Part]:
@@ -114,3 +119,15 @@ def build(parts_: list[tuple[str, bytes]], boundary: str) -> bytes:
         out += b"\r\n"
     out += f"--{boundary}--\r\n".encode("latin-1")
     return bytes(out)
+
+
+def public_base(scope_server: tuple[str, int | None] | None, host_header: str, scheme: str) -> str:
+    """The URL prefix of this service as the client reached it (for RetrieveURL and BulkDataURI)."""
+    host = host_header.strip()
+    if not host and scope_server is not None:
+        host = scope_server[0]
+    if ":" not in host.rsplit("]", 1)[-1] and scope_server is not None and scope_server[1]:
+        default = 443 if scheme == "https" else 80
+        if scope_server[1] != default:
+            host = f"{host}:{scope_server[1]}"
+    return f"{scheme}://{host}/dicomweb"

@@ -28,6 +28,52 @@ def _stow(params: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def _get(summary: str, media: list[str], params: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "get": {
+            "summary": summary,
+            "parameters": params,
+            "responses": {
+                "200": {"description": "found", "content": {m: {"schema": {"type": "string"}} for m in media}},
+                "400": {"description": "a path value is not a UID"},
+                "401": {"description": "authentication required"},
+                "404": {"description": "not stored"},
+                "406": {"description": "the Accept header cannot be satisfied"},
+            },
+        }
+    }
+
+
+def _param(name: str, description: str) -> dict[str, Any]:
+    return {"name": name, "in": "path", "required": True, "schema": {"type": "string"}, "description": description}
+
+
+def _wado_paths() -> dict[str, Any]:
+    study, series, instance = "/dicomweb/studies/{study}", "/dicomweb/studies/{study}/series/{series}", ""
+    instance = series + "/instances/{instance}"
+    levels = [(study, [STUDY]), (series, [STUDY, _param("series", "Series UID")])]
+    levels.append((instance, [*levels[1][1], _param("instance", "SOP Instance UID")]))
+    dicom = ['multipart/related; type="application/dicom"']
+    paths: dict[str, Any] = {}
+    for path, params in levels:
+        paths[path] = {**_stow(params), **_get("WADO-RS: instances (transfer-syntax in Accept)", dicom, params)}
+        paths[path + "/metadata"] = _get("WADO-RS: metadata, bulk data as BulkDataURI", ["application/dicom+json"],
+                                         params)  # fmt: skip
+    inst = levels[2][1]
+    frames = ['multipart/related; type="application/octet-stream"', 'multipart/related; type="image/jp2"']
+    paths[instance + "/frames/{frames}"] = _get("WADO-RS: frames in the order asked", frames,
+                                                [*inst, _param("frames", "1,3,2")])  # fmt: skip
+    paths[instance + "/bulkdata/{tag}"] = _get("WADO-RS: one bulk data value",
+                                               ['multipart/related; type="application/octet-stream"'],
+                                               [*inst, _param("tag", "ggggeeee")])  # fmt: skip
+    paths[instance + "/rendered"] = _get("WADO-RS: the first frame rendered", ["image/jpeg", "image/png"], inst)
+    paths[instance + "/frames/{frame}/rendered"] = _get("WADO-RS: one frame rendered", ["image/jpeg", "image/png"],
+                                                        [*inst, _param("frame", "frame number")])  # fmt: skip
+    del paths[study]["post"], paths[series]["post"], paths[instance]["post"]
+    paths[study]["post"] = _stow([STUDY])["post"]
+    return paths
+
+
 def openapi() -> dict[str, Any]:
     return {
         "openapi": "3.1.0",
@@ -40,6 +86,6 @@ def openapi() -> dict[str, Any]:
         },
         "paths": {
             "/dicomweb/studies": _stow([]),
-            "/dicomweb/studies/{study}": _stow([STUDY]),
+            **_wado_paths(),
         },
     }

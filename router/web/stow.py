@@ -22,7 +22,7 @@ from starlette.responses import JSONResponse, Response
 from router.envelope import Source
 from router.statuses import FAILURE_CANNOT_UNDERSTAND, FAILURE_PROCESSING, SUCCESS
 from router.store.ingest import Ingestor
-from router.web.multipart import MultipartError, TooLarge, media_type_params, parts, spool
+from router.web.multipart import MultipartError, TooLarge, media_type_params, parts, public_base, spool
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ class Stow:
             body.close()
 
     def _store_all(self, body: object, boundary: str, study: str | None, request: Request) -> Response:
-        base = str(request.base_url).rstrip("/") + "/dicomweb"
+        base = public_base(request.scope.get("server"), request.headers.get("host", ""), request.url.scheme)
         client = request.client
         source = Source("stow", calling_ae=request.scope.get("router.user", ""),
                         address=f"{client.host}:{client.port}" if client else "")  # fmt: skip
