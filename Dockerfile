@@ -1,5 +1,6 @@
 # The router with its embedded defaults; mount a config and data volume to run it for real:
 #   docker run -p 11112:11112 -v $PWD/site:/site -e ROUTER_CONFIG=/site/router.yaml dicom-hl7-router
+# DICOMweb listens on loopback unless the config sets http.host (which then needs http.auth).
 FROM python:3.11-slim-bookworm
 WORKDIR /app
 COPY pyproject.toml README.md ./
