@@ -157,12 +157,17 @@ HostPort = Annotated[str, StringConstraints(pattern=r"^(\[[0-9a-fA-F:.]+\]|[^\s:
 
 
 class Peer(_Strict):
-    """A DICOM peer (``ae_title``, ``host``, ``port``) or an HL7 peer (``mllp: host:port``)."""
+    """A DICOM peer (``ae_title``, ``host``, ``port``), an HL7 peer (``mllp: host:port``) or a DICOMweb peer
+    (``stow_url``)."""
 
     ae_title: str = Field("", description="AE title of a DICOM peer")
     host: str = ""
     port: Port = 0
     mllp: HostPort | None = Field(None, description="host:port of an HL7 MLLP receiver")
+    stow_url: Annotated[str, StringConstraints(pattern=r"^https?://\S+$")] | None = Field(
+        None, description="STOW-RS endpoint of a DICOMweb peer, e.g. http://pacs/dicom-web/studies"
+    )
+    auth: HttpAuth | None = Field(None, description="credentials for a DICOMweb peer")
     max_associations: int = Field(2, ge=1, le=32, description="parallel associations when a backlog builds")
     patient_id: Literal["mrn", "bsn"] = Field(
         "mrn", description="what goes into Patient ID of objects sent there: the MRN or the Dutch BSN"
@@ -171,15 +176,18 @@ class Peer(_Strict):
     @model_validator(mode="after")
     def _one_kind(self) -> Peer:
         given = [k for k in ("ae_title", "host", "port") if k in self.model_fields_set]
-        if self.mllp is not None:
-            if given:
-                raise ValueError("a peer is either DICOM (ae_title, host, port) or HL7 (mllp), not both")
+        other = [k for k in ("mllp", "stow_url") if getattr(self, k) is not None]
+        if len(other) > 1 or (other and given):
+            raise ValueError("a peer is one of DICOM (ae_title, host, port), HL7 (mllp) or DICOMweb (stow_url)")
+        if self.auth is not None and self.stow_url is None:
+            raise ValueError("auth is for DICOMweb peers (stow_url)")
+        if other:
             return self
         missing = [k for k in ("ae_title", "host", "port") if k not in given]
         if missing:
             raise ValueError(
                 f"a DICOM peer needs ae_title, host and port (missing {', '.join(missing)}); "
-                "an HL7 peer needs mllp: host:port"
+                "an HL7 peer needs mllp: host:port; a DICOMweb peer stow_url"
             )
         _ae_title(self.ae_title)
         if not self.host:
@@ -189,6 +197,10 @@ class Peer(_Strict):
     @property
     def is_mllp(self) -> bool:
         return self.mllp is not None
+
+    @property
+    def is_stow(self) -> bool:
+        return self.stow_url is not None
 
     @property
     def mllp_address(self) -> tuple[str, int]:

@@ -32,6 +32,7 @@ from router.dimse.scu import (
     make_requestor,
 )
 from router.forward_mllp import HL7Verdict, MllpLink
+from router.forward_stow import StowLink, StowUnreachable, StowVerdict
 from router.outbox import Outbox, backoff_delay, drop_if_orphaned
 from router.plugins import notify
 from router.statuses import SendVerdict, classify_peer_status
@@ -137,16 +138,18 @@ class Forwarder:
         return []
 
     def _sender(self, peer_name: str) -> None:
-        assoc: StoreAssociation | MllpLink | None = None
+        assoc: StoreAssociation | MllpLink | StowLink | None = None
         try:
             while not self._stop.is_set():
                 jobs = self._next_batch(peer_name, keep_open=assoc is not None and assoc.alive)
                 if not jobs:
                     return
-                if isinstance(assoc, MllpLink) or self.config.peers[peer_name].is_mllp:
+                if self.config.peers[peer_name].is_stow:
+                    assoc = self._send_stow(peer_name, jobs, assoc if isinstance(assoc, StowLink) else None)
+                elif self.config.peers[peer_name].is_mllp:
                     assoc = self._send_hl7(peer_name, jobs, assoc if isinstance(assoc, MllpLink) else None)
                 else:
-                    assoc = self._send_batch(peer_name, jobs, assoc)
+                    assoc = self._send_batch(peer_name, jobs, assoc if isinstance(assoc, StoreAssociation) else None)
         except Exception:
             log.exception("forward sender for %s crashed", peer_name)
         finally:
@@ -228,6 +231,42 @@ class Forwarder:
                 drop_if_orphaned(self.engine, self.config.data_dir, job.path)
             else:
                 self._fail(job, reason, permanent=verdict is HL7Verdict.PERMANENT)
+        return link
+
+    def _send_stow(self, peer_name: str, jobs: list[Job], link: StowLink | None) -> StowLink | None:
+        peer = self.config.peers[peer_name]
+        if link is None or not link.alive:
+            link = StowLink(peer, self.config.dicom.timeouts.dimse)
+        copies: list[Path] = []
+        try:
+            items = []
+            for job in jobs:
+                path = self.config.data_dir / job.path
+                if job.kind == CORRECTED:
+                    path = corrected_copy(self.engine, self.config, job)
+                    copies.append(path)
+                items.append((job.sop_uid, path))
+            try:
+                verdicts = link.send(items)
+            except FileNotFoundError as exc:
+                self._fail_many(jobs, f"a stored file is missing: {exc.filename}", permanent=True)
+                return link
+            except StowUnreachable as exc:
+                self._peer_unreachable(peer_name, jobs, str(exc))
+                link.close()
+                return None
+        finally:
+            for copy in copies:
+                remove_copy(copy)
+        for job, (verdict, reason) in zip(jobs, verdicts, strict=True):
+            if verdict is StowVerdict.DONE:
+                self.outbox.mark_done([job], {})
+                notify(self.pm, "router_forwarded", job=job, status=0)
+                drop_if_orphaned(self.engine, self.config.data_dir, job.path)
+            else:
+                self._fail(job, reason, permanent=verdict is StowVerdict.PERMANENT)
+        log.info("STOW-RS to %s: %d of %d delivered", peer_name,
+                 sum(v is StowVerdict.DONE for v, _ in verdicts), len(jobs))  # fmt: skip
         return link
 
     def _send_one(self, assoc: StoreAssociation, job: Job, item: Item) -> None:
