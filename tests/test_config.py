@@ -60,7 +60,7 @@ def test_environment_variable_names_the_file(tmp_path: Path, monkeypatch: pytest
         ({"peers": {"RIS": {"mllp": "ris.local"}}}, "peers.RIS.mllp: String should match pattern"),
         (
             {"peers": {"RIS": {"mllp": "h:2575", "port": 1}}},
-            "a peer is either DICOM (ae_title, host, port) or HL7 (mllp)",
+            "a peer is one of DICOM (ae_title, host, port), HL7 (mllp) or DICOMweb (stow_url)",
         ),
         (
             {"peers": {"PACS": {"ae_title": "BAD\\AE", "host": "h", "port": 1}}},
