@@ -118,12 +118,19 @@ def cmd_queue_list(args: argparse.Namespace) -> int:
     jobs = outbox.list(state=args.state, peer=args.peer, limit=args.limit)
     if args.state or args.peer:
         print()
-        print(f"{'id':>8}  {'state':<8} {'peer':<12} {'tries':>5}  {'next attempt':<19}  sop instance / last error")
+        print(
+            f"{'id':>8}  {'state':<8} {'peer':<12} {'kind':<15} {'tries':>5}  {'next attempt':<19}  object / last error"
+        )
         for j in jobs:
+            what = j.sop_class_uid if j.kind == "hl7" else j.sop_uid  # an HL7 job: its message type
             print(
-                f"{j.id:>8}  {j.state:<8} {j.peer:<12} {j.attempts:>5}  "
-                f"{j.next_attempt_at:%Y-%m-%d %H:%M:%S}  {j.sop_uid}  {j.last_error}"
+                f"{j.id:>8}  {j.state:<8} {j.peer:<12} {j.kind:<15} {j.attempts:>5}  "
+                f"{j.next_attempt_at:%Y-%m-%d %H:%M:%S}  {what}  {j.last_error}"
             )
+        total = sum(n for (peer, state), n in counts.items()
+                    if (not args.peer or peer == args.peer) and (not args.state or state == args.state))  # fmt: skip
+        if total > len(jobs):
+            print(f"(the newest {len(jobs)} of {total}; --limit N shows more)")
     return EXIT_OK
 
 

@@ -96,6 +96,10 @@ def test_queue_list_retry_purge(workdir: Path) -> None:
         for job_id in dead_ids(router, "GONE"):
             assert f"association to GONE@127.0.0.1:{gone_port}" in listed[job_id], listed[job_id]
         assert set(listed_jobs(router, "--state", "dead", "--peer", "DEST")) == dead_ids(router, "DEST")
+        newest = queue(router, "list", "--state", "dead", "--limit", "1")
+        total = len(dead_ids(router, "DEST") | dead_ids(router, "GONE"))
+        assert len(listed_jobs(router, "--state", "dead", "--limit", "1")) == 1
+        assert f"(the newest 1 of {total}; --limit N shows more)" in newest, "a cut list says so"
 
         # retry needs ids or --all
         bare = router.cli("queue", "retry", check=False)
