@@ -181,7 +181,7 @@ def _existing(conn: Connection, placer: str, filler: str) -> list[Any]:
         conds.append(WORKLIST.c.placer_order == placer)
     if filler:
         conds.append(WORKLIST.c.filler_order == filler)
-    query = select(WORKLIST.c.id, WORKLIST.c.sps_id, WORKLIST.c.study_uid).where(
+    query = select(WORKLIST.c.id, WORKLIST.c.sps_id, WORKLIST.c.study_uid, WORKLIST.c.status).where(
         conds[0] if len(conds) == 1 else conds[0] | conds[1]
     )
     return list(conn.execute(query).all())
@@ -198,7 +198,7 @@ def apply_order(conn: Connection, group: OrderGroup, patient_fk: int, config: Ro
             location=("ORC", 1, 1, 1),
         )
     placer, filler = _order_numbers(group)
-    existing = _existing(conn, placer, filler)
+    existing = _existing(conn, placer, filler)  # whatever their status
     now = utcnow()
     if control in CANCEL_CONTROLS or control == "SC":
         if not existing:
@@ -219,6 +219,13 @@ def apply_order(conn: Connection, group: OrderGroup, patient_fk: int, config: Ro
         ids = [row.id for row in existing]
         conn.execute(update(WORKLIST).where(WORKLIST.c.id.in_(ids)).values(status=status, updated_at=now))
         return f"{control} order {placer or filler}: {len(ids)} step(s) {status}"
+    if control == "XO" and existing and all(row.status not in SpsStatus.ACTIVE for row in existing):
+        raise Hl7Error(
+            "AE",
+            UNKNOWN_KEY,
+            f"order {placer or filler!r} is {existing[0].status.lower()}: send NW to schedule it again",
+            location=("ORC", 1, 1, 1),
+        )
     if control == "XO" and not existing:
         raise Hl7Error(
             "AE", UNKNOWN_KEY, f"unknown order {placer or filler!r}", location=("ORC", 1, 2 if placer else 3, 1)
@@ -239,6 +246,8 @@ def apply_order(conn: Connection, group: OrderGroup, patient_fk: int, config: Ro
         if match is None:
             conn.execute(insert(WORKLIST).values(status=SpsStatus.SCHEDULED, **values))
         else:
+            if control == "NW" and match.status not in SpsStatus.ACTIVE:  # the number of a cancelled/done order
+                values["status"] = SpsStatus.SCHEDULED
             conn.execute(update(WORKLIST).where(WORKLIST.c.id == match.id).values(**values))
         written += 1
     verb = "new" if control == "NW" and not existing else "updated"

@@ -103,9 +103,14 @@ STEP: dict[str, Callable[[Any], Any]] = {
     "ScheduledProcedureStepID": lambda r: r.sps_id,
     "ScheduledStationName": lambda r: r.station_name,
     "ScheduledProcedureStepLocation": lambda r: r.location,
-    "ScheduledProcedureStepStatus": lambda r: r.status.replace(" ", ""),  # CS: INPROGRESS, as in PS3.3
+    "ScheduledProcedureStepStatus": lambda r: sps_status(r.status),
     "ScheduledProtocolCodeSequence": lambda r: Sequence(),
 }
+
+
+def sps_status(status: str) -> str:
+    """The router's step status as a PS3.3 C.4-10 defined term (SCHEDULED, ARRIVED, READY, STARTED)."""
+    return "STARTED" if status == SpsStatus.IN_PROGRESS else status
 
 
 def _text(ds: Dataset, keyword: str) -> str:
@@ -192,7 +197,7 @@ class Query:
             (_text(ident, "RequestedProcedureID"), row.requested_procedure_id),
             (_text(step, "Modality"), row.modality),
             (_text(step, "ScheduledStationAETitle"), row.station_ae),
-            (_text(step, "ScheduledProcedureStepStatus"), row.status.replace(" ", "")),
+            (_text(step, "ScheduledProcedureStepStatus"), sps_status(row.status)),
         ):
             if is_universal(value) or (value == _text(ident, "PatientID") and not has_wildcard(value)):
                 continue  # Patient ID single values were matched in SQL against every identifier
