@@ -26,7 +26,9 @@ class WebServer:
         """Bind (port 0 = any free port), serve in a thread; returns the bound port."""
         s = self.settings
         family = socket.AF_INET6 if ":" in s.host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
+        # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY on accepted connections only for such a socket; without
+        # it a response written as headers + body waits ~40 ms for the client's delayed ACK
+        sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((s.host, s.port))
         sock.listen(128)

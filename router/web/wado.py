@@ -66,10 +66,9 @@ def _boundary() -> str:
 
 
 def _multipart(parts: Iterator[tuple[str, bytes]], boundary: str) -> Iterator[bytes]:
+    """One chunk per part (headers, payload and delimiter together: one socket write, not three)."""
     for content_type, payload in parts:
-        yield f"--{boundary}\r\nContent-Type: {content_type}\r\n\r\n".encode("latin-1")
-        yield payload
-        yield b"\r\n"
+        yield b"".join((f"--{boundary}\r\nContent-Type: {content_type}\r\n\r\n".encode("latin-1"), payload, b"\r\n"))
     yield f"--{boundary}--\r\n".encode("latin-1")
 
 
