@@ -1,4 +1,4 @@
-"""The DICOM listener: C-ECHO and C-STORE SCP.
+"""The DICOM listener: C-ECHO, C-STORE and Query/Retrieve (C-FIND, C-MOVE, C-GET) SCP.
 
 Accepts every standard storage SOP class pynetdicom knows, the private classes named in the conformance
 statements, and any other private (non-``1.2.840.10008``) or newer standard storage class a caller proposes,
@@ -10,12 +10,16 @@ each with every transfer syntax (objects are stored as received). Association po
   called-AE-title-not-recognized;
 - more than ``dicom.max_associations`` at once: rejected-transient, service-provider (presentation),
   local-limit-exceeded.
+
+Storage contexts also accept the SCP role a C-GET requestor proposes for them (SCP/SCU role selection), so the
+C-GET sub-operations can come back on its association. Query/Retrieve lives in ``router.dimse.qr*``.
 """
 
 from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pluggy
@@ -27,6 +31,8 @@ from pynetdicom.sop_class import uid_to_service_class
 from pynetdicom.transport import ThreadedAssociationServer
 
 from router.config import RouterConfig
+from router.dimse.qr import FIND_SOP_CLASSES, QR_SOP_CLASSES, FindResult, QueryRetrieveSCP, on_extended
+from router.dimse.qr_retrieve import RETRIEVER_ATTR, Retriever, install
 from router.dimse.scu import set_nodelay
 from router.envelope import Source
 from router.plugins import notify
@@ -103,7 +109,9 @@ def _accept_proposed_storage(event: evt.Event) -> None:
         uid = str(cx.abstract_syntax)
         if uid not in supported and treat_as_storage(uid):
             ensure_storage_uid(uid)
-            extra.append(build_context(uid, PREFERRED_SYNTAXES))
+            cx = build_context(uid, PREFERRED_SYNTAXES)
+            cx.scu_role = cx.scp_role = True  # a C-GET requestor may take the SCP role
+            extra.append(cx)
             supported.add(uid)
     if extra:
         log.info(
@@ -129,7 +137,13 @@ class DicomListener:
         self.config = config
         self.ingestor = ingestor
         self.pm = pm
+        install()
+        self.qr = QueryRetrieveSCP(config, ingestor.engine)
+        self.c_find: dict[str, Callable[[evt.Event], Iterator[FindResult]]] = {
+            uid: self.qr.on_find for uid in FIND_SOP_CLASSES
+        }
         self.ae = self._make_ae()
+        setattr(self.ae, RETRIEVER_ATTR, Retriever(config, ingestor.engine))
         self.server: ThreadedAssociationServer | None = None
 
     def _make_ae(self) -> AE:
@@ -144,9 +158,11 @@ class DicomListener:
         ae.require_calling_aet = list(cfg.allowed_calling_aets)
         ae.add_supported_context(VERIFICATION, _UNCOMPRESSED_ORDER)
         for cx in AllStoragePresentationContexts:
-            ae.add_supported_context(str(cx.abstract_syntax), PREFERRED_SYNTAXES)
+            ae.add_supported_context(str(cx.abstract_syntax), PREFERRED_SYNTAXES, scu_role=True, scp_role=True)
         for uid in PRIVATE_STORAGE:
-            ae.add_supported_context(uid, PREFERRED_SYNTAXES)
+            ae.add_supported_context(uid, PREFERRED_SYNTAXES, scu_role=True, scp_role=True)
+        for uid in QR_SOP_CLASSES:
+            ae.add_supported_context(uid, _UNCOMPRESSED_ORDER)
         return ae
 
     def handlers(self) -> list[Any]:
@@ -157,6 +173,8 @@ class DicomListener:
             (evt.EVT_REJECTED, self._on_rejected),
             (evt.EVT_C_ECHO, lambda event: 0x0000),
             (evt.EVT_C_STORE, self._on_store),
+            (evt.EVT_C_FIND, self._on_find),
+            (evt.EVT_SOP_EXTENDED, on_extended),
         ]
 
     def start(self) -> int:
@@ -204,6 +222,14 @@ class DicomListener:
             address=src.address,
             reason=reason,
         )
+
+    def _on_find(self, event: evt.Event) -> Iterator[FindResult]:
+        """C-FIND, by SOP class (the Q/R information models; other services add theirs to ``c_find``)."""
+        handler = self.c_find.get(str(event.context.abstract_syntax))
+        if handler is None:
+            yield 0x0122, None  # SOP class not supported
+            return
+        yield from handler(event)
 
     def _on_store(self, event: evt.Event) -> int:
         try:
