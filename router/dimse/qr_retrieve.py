@@ -188,7 +188,7 @@ def store_over(assoc: Association, item: Item, msg_id: int, originator: tuple[st
         ds = dcmread(item.path)
         if UID(item.transfer_syntax).is_compressed:
             try:
-                ds.decompress()
+                ds.decompress(generate_instance_uid=False)  # the same object, only re-encoded
             except Exception as exc:
                 raise NoContext(f"{item.transfer_syntax} is not accepted and cannot be decompressed: {exc}") from exc
         rsp = assoc.send_c_store(ds, msg_id=msg_id, originator_aet=aet, originator_id=orig_id)
