@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+import time
 import unicodedata
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -18,8 +19,10 @@ from typing import Any
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
+from pynetdicom.transport import ThreadedAssociationServer
 
-from peers import CT_IMAGE, DCMTK_ENV, dcmtk, make_instance
+from peers import CT_IMAGE, DCMTK_ENV, dcmtk, free_port, make_instance
 
 MR_IMAGE = "1.2.840.10008.5.1.4.1.1.4"
 PATIENT_FIELDS = ("PatientID", "IssuerOfPatientID", "PatientName", "PatientBirthDate", "PatientSex")
@@ -191,6 +194,40 @@ def generated_corpus(bulk: int = 0) -> list[Dataset]:
     series(p3, s[4], "MR", 1, BodyPartExamined="SPINE")
     series(p3, s[5], "CT", bulk or 1, BodyPartExamined="ABDOMEN")
     return out
+
+
+class PynetdicomSCP:
+    """A storage SCP in this process; ``delay`` seconds per object; refuses objects ``refuse(ds)`` says."""
+
+    def __init__(self, aet: str, delay: float = 0.0, refuse: Any = None) -> None:
+        self.aet, self.delay, self.refuse = aet, delay, refuse
+        self.port = free_port()
+        self.received: list[str] = []
+        self.raw: dict[str, bytes] = {}  # the dataset bytes as they came over the network
+        self.server: ThreadedAssociationServer | None = None
+
+    def _on_store(self, event: evt.Event) -> int:
+        time.sleep(self.delay)
+        ds = event.dataset
+        if self.refuse is not None and self.refuse(ds):
+            return 0xA700
+        self.received.append(str(ds.SOPInstanceUID))
+        self.raw[str(ds.SOPInstanceUID)] = event.request.DataSet.getvalue()  # type: ignore[union-attr]
+        return 0x0000
+
+    def start(self) -> PynetdicomSCP:
+        ae = AE(ae_title=self.aet)
+        for cx in AllStoragePresentationContexts:  # every transfer syntax: nothing needs converting
+            ae.add_supported_context(cx.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+        ae.add_supported_context("1.2.840.10008.1.1")
+        self.server = ae.start_server(
+            ("127.0.0.1", self.port), block=False, evt_handlers=[(evt.EVT_C_STORE, self._on_store)]
+        )
+        return self
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.shutdown()
 
 
 # -- DCMTK findscu ------------------------------------------------------------------------------------------------

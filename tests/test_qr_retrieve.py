@@ -17,9 +17,8 @@ from typing import Any
 import pydicom
 import pytest
 from pydicom.dataset import Dataset
-from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
+from pynetdicom import AE, evt
 from pynetdicom.pdu_primitives import SOPClassExtendedNegotiation
-from pynetdicom.transport import ThreadedAssociationServer
 
 from peers import (
     DCMTK_ENV,
@@ -28,7 +27,6 @@ from peers import (
     dataset_bytes,
     dcmtk,
     echo,
-    free_port,
     make_instance,
     pydicom_corpus,
     query,
@@ -37,46 +35,12 @@ from peers import (
     wait_for,
     write_instances,
 )
-from qr_peers import MR_IMAGE, Corpus, consistent, findscu, generated_corpus, record_of, text
+from qr_peers import MR_IMAGE, Corpus, PynetdicomSCP, consistent, findscu, generated_corpus, record_of, text
 
 STUDY_FIND, STUDY_MOVE, STUDY_GET = (f"1.2.840.10008.5.1.4.1.2.2.{n}" for n in (1, 2, 3))
 PATIENT_MOVE = "1.2.840.10008.5.1.4.1.2.1.2"
 BULK = 20
 LESTRADE = "Lestrade^G"  # a pydicom study of 12 objects in many transfer syntaxes
-
-
-class PynetdicomSCP:
-    """A storage SCP in this process; ``delay`` seconds per object; refuses objects ``refuse(ds)`` says."""
-
-    def __init__(self, aet: str, delay: float = 0.0, refuse: Any = None) -> None:
-        self.aet, self.delay, self.refuse = aet, delay, refuse
-        self.port = free_port()
-        self.received: list[str] = []
-        self.raw: dict[str, bytes] = {}  # the dataset bytes as they came over the network
-        self.server: ThreadedAssociationServer | None = None
-
-    def _on_store(self, event: evt.Event) -> int:
-        time.sleep(self.delay)
-        ds = event.dataset
-        if self.refuse is not None and self.refuse(ds):
-            return 0xA700
-        self.received.append(str(ds.SOPInstanceUID))
-        self.raw[str(ds.SOPInstanceUID)] = event.request.DataSet.getvalue()  # type: ignore[union-attr]
-        return 0x0000
-
-    def start(self) -> PynetdicomSCP:
-        ae = AE(ae_title=self.aet)
-        for cx in AllStoragePresentationContexts:  # every transfer syntax: nothing needs converting
-            ae.add_supported_context(cx.abstract_syntax, ALL_TRANSFER_SYNTAXES)
-        ae.add_supported_context("1.2.840.10008.1.1")
-        self.server = ae.start_server(
-            ("127.0.0.1", self.port), block=False, evt_handlers=[(evt.EVT_C_STORE, self._on_store)]
-        )
-        return self
-
-    def stop(self) -> None:
-        if self.server is not None:
-            self.server.shutdown()
 
 
 @dataclass
