@@ -64,9 +64,12 @@ class Attr:
     column: Any = None  # the stored value; None for derived attributes
     match_column: Any = None  # matched on this column instead (PN: the normalized name)
     derived: str = ""  # how ``find`` computes it: "count-studies", "modalities" ...
+    return_only: bool = False  # returned, never matched (treated as universal)
 
     @property
     def matchable(self) -> bool:
+        if self.return_only:
+            return False
         return self.column is not None or self.derived in MATCHABLE_DERIVED
 
 
@@ -110,7 +113,7 @@ ATTRS: dict[str, Attr] = {
         Attr("SOPInstanceUID", IMAGE, "UI", INSTANCE_T.c.sop_uid),
         Attr("SOPClassUID", IMAGE, "UI", INSTANCE_T.c.sop_class_uid),
         Attr("InstanceNumber", IMAGE, "IS", INSTANCE_T.c.instance_number),
-        Attr("ImageType", IMAGE, "CS", INSTANCE_T.c.image_type),
+        Attr("ImageType", IMAGE, "CS", INSTANCE_T.c.image_type, return_only=True),  # multi-valued: no sense in matching
         Attr("NumberOfFrames", IMAGE, "IS", INSTANCE_T.c.number_of_frames),
     )
 }
