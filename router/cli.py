@@ -1,4 +1,4 @@
-"""The ``router`` command: serve, rules check|test, queue list|retry|purge."""
+"""The ``router`` command: serve, rules check|test, queue list|retry|purge, echo|find|move|get|send."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from router.config import ConfigError, RouterConfig, load_config
 
 if TYPE_CHECKING:
     from router.outbox import Outbox
+    from router.query.model import InfoModel
     from router.stage import Stage
 
 EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE = 0, 1, 2
@@ -153,6 +154,139 @@ def cmd_queue_purge(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# -- DICOM SCU commands: thin layers over router.dimse.qr_scu ------------------------------------------------------
+MODELS = {"patient": "PATIENT_ROOT", "study": "STUDY_ROOT", "psonly": "PATIENT_STUDY_ONLY"}
+
+
+def _scu_failure(exc: Exception) -> int:
+    print(f"router: {exc}", file=sys.stderr)
+    return EXIT_PROBLEMS
+
+
+def cmd_echo(args: argparse.Namespace) -> int:
+    import time
+
+    from router.dimse import qr_scu
+    from router.dimse.scu import AssociationFailed
+
+    cfg = _config(args)
+    try:
+        peer = qr_scu.peer_named(cfg, args.peer)
+        started = time.monotonic()
+        status = qr_scu.echo(cfg, peer)
+    except AssociationFailed as exc:
+        return _scu_failure(exc)
+    ms = (time.monotonic() - started) * 1000
+    print(f"{args.peer} ({peer.ae_title}@{peer.host}:{peer.port}): C-ECHO status 0x{status:04X} in {ms:.0f} ms")
+    return EXIT_OK if status == 0 else EXIT_PROBLEMS
+
+
+def _model(args: argparse.Namespace) -> InfoModel:
+    from router.query import model
+
+    chosen: InfoModel = getattr(model, MODELS[args.model])
+    return chosen
+
+
+def cmd_find(args: argparse.Namespace) -> int:
+    import json
+
+    from router.dimse import qr_scu
+    from router.dimse.scu import AssociationFailed
+
+    cfg = _config(args)
+    level = args.level.upper()
+    try:
+        defaults = [] if args.no_defaults else qr_scu.DEFAULT_KEYS.get(level, [])
+        identifier = qr_scu.build_identifier(level, args.key or [], defaults)
+        peer = qr_scu.peer_named(cfg, args.peer)
+        outcome = qr_scu.FindOutcome()
+        matches = list(qr_scu.find(cfg, peer, _model(args), identifier, outcome))
+    except (qr_scu.BadKey, AssociationFailed) as exc:
+        return _scu_failure(exc)
+    if args.json:
+        print(json.dumps([m.to_json_dict() for m in matches], indent=1, ensure_ascii=False))
+    else:
+        tags = [int(e.tag) for e in identifier if e.keyword not in ("QueryRetrieveLevel", "SpecificCharacterSet")]
+        if matches:
+            print(qr_scu.table(matches, tags))
+    print(f"{outcome.matches} match(es), final status 0x{outcome.status:04X}", file=sys.stderr)
+    return EXIT_OK if outcome.status == 0 else EXIT_PROBLEMS
+
+
+def _retrieve_report(what: str, outcome: object) -> int:
+    from router.dimse.qr_scu import RetrieveOutcome
+
+    assert isinstance(outcome, RetrieveOutcome)
+    print(
+        f"{what}: {outcome.completed} completed, {outcome.failed} failed, {outcome.warning} warning; "
+        f"final status 0x{outcome.status:04X}"
+    )
+    for uid in outcome.failed_uids:
+        print(f"failed: {uid}")
+    return EXIT_OK if outcome.status == 0 else EXIT_PROBLEMS
+
+
+def cmd_move(args: argparse.Namespace) -> int:
+    from router.dimse import qr_scu
+    from router.dimse.scu import AssociationFailed
+
+    cfg = _config(args)
+    try:
+        identifier = qr_scu.build_identifier(args.level.upper(), args.key or [])
+        peer = qr_scu.peer_named(cfg, args.peer)
+        progress = qr_scu.Progress(f"C-MOVE to {args.to}", enabled=not args.quiet)
+        outcome = qr_scu.move(cfg, peer, args.to, _model(args), identifier, progress)
+    except (qr_scu.BadKey, AssociationFailed) as exc:
+        return _scu_failure(exc)
+    return _retrieve_report(f"C-MOVE from {args.peer} to {args.to}", outcome)
+
+
+def cmd_get(args: argparse.Namespace) -> int:
+    from router.dimse import qr_scu
+    from router.dimse.scu import AssociationFailed
+
+    cfg = _config(args)
+    try:
+        identifier = qr_scu.build_identifier(args.level.upper(), args.key or [])
+        peer = qr_scu.peer_named(cfg, args.peer)
+        progress = qr_scu.Progress("C-GET", enabled=not args.quiet)
+        out = Path(args.out)
+        outcome = qr_scu.get(cfg, peer, _model(args), identifier, out, progress)
+    except (qr_scu.BadKey, AssociationFailed) as exc:
+        return _scu_failure(exc)
+    return _retrieve_report(f"C-GET from {args.peer} into {args.out}", outcome)
+
+
+def cmd_send(args: argparse.Namespace) -> int:
+    from router.dimse import qr_scu
+    from router.dimse.scu import AssociationFailed
+
+    cfg = _config(args)
+    files = list(qr_scu.dicom_files(Path(p) for p in args.files))
+    if not files:
+        print("no files to send", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        peer = qr_scu.peer_named(cfg, args.peer)
+        progress = qr_scu.Progress(f"C-STORE to {args.peer}", enabled=not args.quiet)
+        outcome = qr_scu.send(cfg, peer, files, progress, report=lambda p, m: print(f"{p}: {m}", file=sys.stderr))
+    except AssociationFailed as exc:
+        return _scu_failure(exc)
+    print(f"sent {outcome.sent} of {len(files)} file(s) to {args.peer}, {len(outcome.failed)} failed")
+    return EXIT_OK if not outcome.failed else EXIT_PROBLEMS
+
+
+def _add_qr_options(p: argparse.ArgumentParser, level: str) -> None:
+    p.add_argument("peer", help="a peer name from the configuration (or its AE title)")
+    p.add_argument("--model", choices=sorted(MODELS), default="study", help="information model (default: study root)")
+    p.add_argument("--level", default=level, type=str.upper, choices=["PATIENT", "STUDY", "SERIES", "IMAGE"])
+    p.add_argument(
+        "-k", "--key", action="append", metavar="KEY[=VALUE]",
+        help="Keyword=value, Keyword (a return key), gggg,eeee=value or Sequence.Keyword=value; repeatable",
+    )  # fmt: skip
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="router", description="HL7 + DICOM routing engine")
     parser.add_argument("--config", help="configuration file (default: $ROUTER_CONFIG, else the embedded one)")
@@ -189,8 +323,32 @@ def build_parser() -> argparse.ArgumentParser:
     purge.add_argument("--peer")
     purge.set_defaults(func=cmd_queue_purge)
 
+    echo = sub.add_parser("echo", help="C-ECHO a peer")
+    echo.add_argument("peer", help="a peer name from the configuration (or its AE title)")
+    echo.set_defaults(func=cmd_echo)
+    find = sub.add_parser("find", help="C-FIND on a peer; a table, or DICOM JSON with --json")
+    _add_qr_options(find, "STUDY")
+    find.add_argument("--json", action="store_true", help="print the matches as a DICOM JSON array")
+    find.add_argument("--no-defaults", action="store_true", help="only the -k keys, no default return keys")
+    find.set_defaults(func=cmd_find)
+    move = sub.add_parser("move", help="C-MOVE from a peer to an AE title")
+    _add_qr_options(move, "STUDY")
+    move.add_argument("--to", required=True, metavar="AE", help="move destination AE title (known to the peer)")
+    move.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    move.set_defaults(func=cmd_move)
+    get = sub.add_parser("get", help="C-GET from a peer into a folder")
+    _add_qr_options(get, "STUDY")
+    get.add_argument("--out", required=True, help="folder for the received files (<SOP Instance UID>.dcm)")
+    get.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    get.set_defaults(func=cmd_get)
+    send = sub.add_parser("send", help="C-STORE files (folders recursively) to a peer, as they are")
+    send.add_argument("peer", help="a peer name from the configuration (or its AE title)")
+    send.add_argument("files", nargs="+")
+    send.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    send.set_defaults(func=cmd_send)
+
     # `router serve --config X` reads naturally too: accept --config after the sub-command
-    for p in (serve, check, test, ls, retry, purge):
+    for p in (serve, check, test, ls, retry, purge, echo, find, move, get, send):
         p.add_argument("--config", dest="config", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     return parser
 

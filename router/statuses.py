@@ -71,3 +71,17 @@ def classify_peer_status(status: int) -> SendVerdict:
     if status in (0x0117, 0x0122, 0x0124, 0x0111, 0x0212):
         return SendVerdict.PERMANENT
     return SendVerdict.RETRY
+
+
+# Query/Retrieve responses: C-FIND, C-MOVE, C-GET (PS3.4 C.4.1.1.4, C.4.2.1.5, C.4.3.1.4; docs/query.md)
+QR_PENDING = 0xFF00  # C-FIND: a match follows; C-MOVE/C-GET: sub-operations are continuing
+QR_CANCELLED = 0xFE00  # stopped by a C-CANCEL
+QR_OUT_OF_RESOURCES = 0xA700  # the database cannot be reached or the router is out of memory
+QR_TOO_MANY_MATCHES = 0xA701  # C-MOVE/C-GET: more sub-operations than a response can count (65535)
+QR_SUBOPS_ALL_FAILED = 0xA702  # C-MOVE/C-GET: every sub-operation failed
+QR_MOVE_DESTINATION_UNKNOWN = 0xA801  # C-MOVE: the destination AE title is not a configured peer
+QR_IDENTIFIER_MISMATCH = 0xA900  # the identifier does not fit the information model (level, unique keys)
+QR_CANNOT_DECODE = 0xC000  # the identifier cannot be decoded
+QR_INVALID_KEY = 0xC001  # a key value is not valid for its VR (e.g. a malformed date range)
+QR_INTERNAL_ERROR = 0xC002  # an unexpected error while matching: logged with its traceback
+QR_SUBOPS_WARNING = 0xB000  # C-MOVE/C-GET: done, one or more sub-operations failed

@@ -1,4 +1,4 @@
-"""The DICOM listener: C-ECHO and C-STORE SCP.
+"""The DICOM listener: C-ECHO, C-STORE and Query/Retrieve (C-FIND, C-MOVE, C-GET) SCP.
 
 Accepts every standard storage SOP class pynetdicom knows, the private classes named in the conformance
 statements, and any other private (non-``1.2.840.10008``) or newer standard storage class a caller proposes,
@@ -10,17 +10,20 @@ each with every transfer syntax (objects are stored as received). Association po
   called-AE-title-not-recognized;
 - more than ``dicom.max_associations`` at once: rejected-transient, service-provider (presentation),
   local-limit-exceeded.
+
+Storage contexts also accept the SCP role a C-GET requestor proposes for them (SCP/SCU role selection), so the
+C-GET sub-operations can come back on its association. Query/Retrieve lives in ``router.dimse.qr*``.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pluggy
-from pydicom.dataset import Dataset
 from pydicom.uid import UID
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt, register_uid, sop_class
 from pynetdicom.presentation import build_context
@@ -29,6 +32,8 @@ from pynetdicom.sop_class import uid_to_service_class
 from pynetdicom.transport import ThreadedAssociationServer
 
 from router.config import RouterConfig
+from router.dimse.qr import FIND_SOP_CLASSES, QR_SOP_CLASSES, FindResult, QueryRetrieveSCP, on_extended
+from router.dimse.qr_retrieve import RETRIEVER_ATTR, Retriever, install
 from router.dimse.scu import set_nodelay
 from router.envelope import Source
 from router.plugins import notify
@@ -70,6 +75,20 @@ PREFERRED_SYNTAXES = [ts for ts in ALL_TRANSFER_SYNTAXES if ts not in _UNCOMPRES
 VERIFICATION = "1.2.840.10008.1.1"
 
 
+class _ContextList(list[Any]):
+    """The listener's supported contexts. pynetdicom deep-copies them for every association it accepts: with ~190
+    contexts of ~35 transfer syntaxes each that took about 40 ms per association. UIDs are immutable strings, so a
+    copy of each context with its own list of the same UIDs is as good and takes well under a millisecond."""
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> list[Any]:
+        out = []
+        for cx in self:
+            dup = copy.copy(cx)
+            dup._transfer_syntax = list(cx._transfer_syntax)
+            out.append(dup)
+        return out
+
+
 def _keyword(uid: str) -> str:
     return "RouterStorage_" + re.sub(r"\W", "_", uid)
 
@@ -106,7 +125,9 @@ def _accept_proposed_storage(event: evt.Event) -> None:
         uid = str(cx.abstract_syntax)
         if uid not in supported and treat_as_storage(uid):
             ensure_storage_uid(uid)
-            extra.append(build_context(uid, PREFERRED_SYNTAXES))
+            cx = build_context(uid, PREFERRED_SYNTAXES)
+            cx.scu_role = cx.scp_role = True  # a C-GET requestor may take the SCP role
+            extra.append(cx)
             supported.add(uid)
     if extra:
         log.info(
@@ -134,8 +155,15 @@ class DicomListener:
         self.config = config
         self.ingestor = ingestor
         self.pm = pm
+        install()
+        self.qr = QueryRetrieveSCP(config, ingestor.engine)
+        self.c_find: dict[str, Callable[[evt.Event], Iterator[FindResult]]] = {
+            uid: self.qr.on_find for uid in FIND_SOP_CLASSES
+        }
         self.worklist = worklist
+        self.c_find[MWL_FIND] = self._on_worklist_find
         self.ae = self._make_ae()
+        setattr(self.ae, RETRIEVER_ATTR, Retriever(config, ingestor.engine))
         self.server: ThreadedAssociationServer | None = None
 
     def _make_ae(self) -> AE:
@@ -151,9 +179,11 @@ class DicomListener:
         ae.add_supported_context(VERIFICATION, _UNCOMPRESSED_ORDER)
         ae.add_supported_context(MWL_FIND, _UNCOMPRESSED_ORDER)
         for cx in AllStoragePresentationContexts:
-            ae.add_supported_context(str(cx.abstract_syntax), PREFERRED_SYNTAXES)
+            ae.add_supported_context(str(cx.abstract_syntax), PREFERRED_SYNTAXES, scu_role=True, scp_role=True)
         for uid in PRIVATE_STORAGE:
-            ae.add_supported_context(uid, PREFERRED_SYNTAXES)
+            ae.add_supported_context(uid, PREFERRED_SYNTAXES, scu_role=True, scp_role=True)
+        for uid in QR_SOP_CLASSES:
+            ae.add_supported_context(uid, _UNCOMPRESSED_ORDER)
         return ae
 
     def handlers(self) -> list[Any]:
@@ -165,6 +195,7 @@ class DicomListener:
             (evt.EVT_C_ECHO, lambda event: 0x0000),
             (evt.EVT_C_STORE, self._on_store),
             (evt.EVT_C_FIND, self._on_find),
+            (evt.EVT_SOP_EXTENDED, on_extended),
         ]
 
     def start(self) -> int:
@@ -172,6 +203,7 @@ class DicomListener:
         cfg = self.config.dicom
         server = self.ae.start_server((cfg.host, cfg.port), block=False, evt_handlers=self.handlers())
         assert server is not None
+        server.contexts = _ContextList(server.contexts)
         self.server = server
         port = int(server.server_address[1])
         log.info("DICOM listener %s on %s:%d", self.config.ae_title, cfg.host, port)
@@ -213,6 +245,14 @@ class DicomListener:
             reason=reason,
         )
 
+    def _on_find(self, event: evt.Event) -> Iterator[FindResult]:
+        """C-FIND, by SOP class (the Q/R information models; other services add theirs to ``c_find``)."""
+        handler = self.c_find.get(str(event.context.abstract_syntax))
+        if handler is None:
+            yield 0x0122, None  # SOP class not supported
+            return
+        yield from handler(event)
+
     def _on_store(self, event: evt.Event) -> int:
         try:
             raw = event.encoded_dataset(include_meta=True)
@@ -225,20 +265,16 @@ class DicomListener:
             log.exception("C-STORE from %s failed unexpectedly", event.assoc.requestor.ae_title)
             return FAILURE_PROCESSING
 
-    def _on_find(self, event: evt.Event) -> Iterator[tuple[int, Dataset | None]]:
-        """C-FIND, dispatched on the SOP class of the request (the worklist; query/retrieve models)."""
-        sop_class = str(event.request.AffectedSOPClassUID)
+    def _on_worklist_find(self, event: evt.Event) -> Iterator[FindResult]:
+        """Modality Worklist C-FIND (router.worklist.service)."""
         try:
             identifier = event.identifier
         except Exception as exc:
             log.warning("C-FIND from %s: cannot decode the identifier: %s", event.assoc.requestor.ae_title, exc)
             yield UNABLE_TO_PROCESS, None
             return
-        if sop_class == MWL_FIND:
-            try:
-                yield from self.worklist.find(identifier, lambda: bool(event.is_cancelled))
-            except Exception:
-                log.exception("worklist C-FIND failed")
-                yield UNABLE_TO_PROCESS + 1, None
-            return
-        yield UNABLE_TO_PROCESS, None
+        try:
+            yield from self.worklist.find(identifier, lambda: bool(event.is_cancelled))
+        except Exception:
+            log.exception("worklist C-FIND failed")
+            yield UNABLE_TO_PROCESS + 1, None

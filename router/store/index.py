@@ -15,11 +15,13 @@ from typing import Any
 from pydicom.dataset import Dataset
 from sqlalchemy import Connection, insert, select, update
 
-from router.store.models import Instance, Patient, Series, Study, utcnow
+from router.query.matching import normalize_name
+from router.store.models import Instance, Patient, Series, SeriesRequest, Study, utcnow
 
 PATIENT = Patient.__table__  # type: ignore[attr-defined]
 STUDY = Study.__table__  # type: ignore[attr-defined]
 SERIES = Series.__table__  # type: ignore[attr-defined]
+SERIES_REQUEST = SeriesRequest.__table__  # type: ignore[attr-defined]
 INSTANCE = Instance.__table__  # type: ignore[attr-defined]
 
 
@@ -34,6 +36,33 @@ def text(ds: Dataset, keyword: str, limit: int = 324) -> str:
     if isinstance(value, list | tuple) or type(value).__name__ == "MultiValue":
         value = "\\".join(str(v) for v in value)
     return str(value).replace("\x00", "").strip()[:limit]
+
+
+def date_text(ds: Dataset, keyword: str) -> str:
+    """A DA value as ``YYYYMMDD`` (ACR-NEMA ``YYYY.MM.DD`` without its dots), so range matching compares strings."""
+    return text(ds, keyword, 64).replace(".", "")[:8]
+
+
+def time_text(ds: Dataset, keyword: str) -> str:
+    """A TM value without ACR-NEMA ``hh:mm:ss`` colons, so range matching compares strings."""
+    return text(ds, keyword, 64).replace(":", "")[:16]
+
+
+def request_items(ds: Dataset) -> list[dict[str, str]]:
+    """The Request Attributes Sequence items, as ``SeriesRequest`` values (without the series)."""
+    elem = ds.data_element("RequestAttributesSequence") if "RequestAttributesSequence" in ds else None
+    if elem is None or elem.VR != "SQ" or not elem.value:
+        return []
+    return [
+        {
+            "requested_procedure_id": text(item, "RequestedProcedureID", 16),
+            "scheduled_procedure_step_id": text(item, "ScheduledProcedureStepID", 16),
+            "accession_number": text(item, "AccessionNumber", 16),
+            "requested_procedure_description": text(item, "RequestedProcedureDescription", 64),
+            "scheduled_procedure_step_description": text(item, "ScheduledProcedureStepDescription", 64),
+        }
+        for item in elem.value
+    ]
 
 
 @dataclass(frozen=True)
@@ -88,15 +117,17 @@ def _get_or_insert(
     table: Any,
     where: Any,
     values: dict[str, Any],
-) -> int:
+) -> tuple[int, bool]:
+    """The row's id, and whether this call inserted it."""
     cached = cache.get(key)
     if cached is not None:
-        return cached
+        return cached, False
     found = conn.execute(select(table.c.id).where(where)).scalar()
+    inserted = found is None
     if found is None:
         found = conn.execute(insert(table).values(**values).returning(table.c.id)).scalar_one()
     new_ids[key] = int(found)
-    return int(found)
+    return int(found), inserted
 
 
 def index_instance(
@@ -114,34 +145,40 @@ def index_instance(
     """Add (or, for an overwrite, update) the rows for one object. The caller commits."""
     new_ids: NewIds = {}
     pid, issuer = text(ds, "PatientID", 64), text(ds, "IssuerOfPatientID", 64)
-    patient_id = _get_or_insert(
+    name, referring = text(ds, "PatientName"), text(ds, "ReferringPhysicianName")
+    patient_id, _ = _get_or_insert(
         conn, cache, new_ids, ("patient", pid, issuer), PATIENT,
         (PATIENT.c.patient_id == pid) & (PATIENT.c.issuer == issuer),
-        {"patient_id": pid, "issuer": issuer, "name": text(ds, "PatientName"),
-         "birth_date": text(ds, "PatientBirthDate", 8), "sex": text(ds, "PatientSex", 16),
+        {"patient_id": pid, "issuer": issuer, "name": name, "name_norm": normalize_name(name)[:324],
+         "birth_date": date_text(ds, "PatientBirthDate"), "sex": text(ds, "PatientSex", 16),
          "updated_at": utcnow()},
     )  # fmt: skip
     study_uid = text(ds, "StudyInstanceUID", 64)
-    study_id = _get_or_insert(
+    study_id, _ = _get_or_insert(
         conn, cache, new_ids, ("study", study_uid), STUDY, STUDY.c.study_uid == study_uid,
-        {"study_uid": study_uid, "patient_fk": patient_id, "study_date": text(ds, "StudyDate", 8),
-         "study_time": text(ds, "StudyTime", 16), "accession_number": text(ds, "AccessionNumber", 16),
+        {"study_uid": study_uid, "patient_fk": patient_id, "study_date": date_text(ds, "StudyDate"),
+         "study_time": time_text(ds, "StudyTime"), "accession_number": text(ds, "AccessionNumber", 16),
          "study_id": text(ds, "StudyID", 16), "description": text(ds, "StudyDescription", 64),
-         "referring_physician": text(ds, "ReferringPhysicianName"), "updated_at": utcnow()},
+         "referring_physician": referring, "referring_physician_norm": normalize_name(referring)[:324],
+         "updated_at": utcnow()},
     )  # fmt: skip
     series_uid = text(ds, "SeriesInstanceUID", 64)
-    series_id = _get_or_insert(
+    series_id, new_series = _get_or_insert(
         conn, cache, new_ids, ("series", series_uid), SERIES, SERIES.c.series_uid == series_uid,
         {"series_uid": series_uid, "study_fk": study_id, "modality": text(ds, "Modality", 16),
          "series_number": text(ds, "SeriesNumber", 12), "description": text(ds, "SeriesDescription", 64),
          "body_part": text(ds, "BodyPartExamined", 16),
-         "pps_start_date": text(ds, "PerformedProcedureStepStartDate", 8),
-         "pps_start_time": text(ds, "PerformedProcedureStepStartTime", 16)},
+         "pps_start_date": date_text(ds, "PerformedProcedureStepStartDate"),
+         "pps_start_time": time_text(ds, "PerformedProcedureStepStartTime")},
     )  # fmt: skip
+    if new_series and (requests := request_items(ds)):
+        conn.execute(insert(SERIES_REQUEST), [{"series_fk": series_id, **item} for item in requests])
     values = {
         "sop_class_uid": text(ds, "SOPClassUID", 64),
         "series_fk": series_id,
         "instance_number": text(ds, "InstanceNumber", 12),
+        "image_type": text(ds, "ImageType", 128),
+        "number_of_frames": text(ds, "NumberOfFrames", 12),
         "transfer_syntax": transfer_syntax,
         "path": relpath,
         "size": size,

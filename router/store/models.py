@@ -24,6 +24,7 @@ class Patient(SQLModel, table=True):
     patient_id: str = Field(default="", index=True, max_length=64)
     issuer: str = Field(default="", max_length=64)
     name: str = Field(default="", index=True, max_length=324)
+    name_norm: str = Field(default="", max_length=324, description="normalize_name(name): for C-FIND matching")
     birth_date: str = Field(default="", max_length=8)
     sex: str = Field(default="", max_length=16)
     updated_at: datetime = Field(default_factory=utcnow)
@@ -39,6 +40,7 @@ class Study(SQLModel, table=True):
     study_id: str = Field(default="", max_length=16)
     description: str = Field(default="", max_length=64)
     referring_physician: str = Field(default="", max_length=324)
+    referring_physician_norm: str = Field(default="", max_length=324, description="normalize_name(...)")
     updated_at: datetime = Field(default_factory=utcnow)
 
 
@@ -54,18 +56,40 @@ class Series(SQLModel, table=True):
     pps_start_time: str = Field(default="", max_length=16)
 
 
+class SeriesRequest(SQLModel, table=True):
+    """One item of a series' Request Attributes Sequence (0040,0275): C-FIND sequence matching on it."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    series_fk: int = Field(foreign_key="series.id", index=True)
+    requested_procedure_id: str = Field(default="", max_length=16)
+    scheduled_procedure_step_id: str = Field(default="", max_length=16)
+    accession_number: str = Field(default="", max_length=16)
+    requested_procedure_description: str = Field(default="", max_length=64)
+    scheduled_procedure_step_description: str = Field(default="", max_length=64)
+
+
 class Instance(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     sop_uid: str = Field(unique=True, max_length=64)
     sop_class_uid: str = Field(max_length=64, index=True)
     series_fk: int = Field(foreign_key="series.id", index=True)
     instance_number: str = Field(default="", max_length=12)
+    image_type: str = Field(default="", max_length=128)
+    number_of_frames: str = Field(default="", max_length=12)
     transfer_syntax: str = Field(max_length=64)
     path: str = Field(max_length=1024, description="relative to data_dir")
     size: int
     sha256: str = Field(max_length=64)
     calling_ae: str = Field(default="", max_length=16)
     received_at: datetime = Field(default_factory=utcnow)
+
+
+# Name wildcards ("SMITH*") are the most common C-FIND; on PostgreSQL a LIKE prefix uses a text_pattern_ops index.
+Index(
+    "ix_patient_name_norm",
+    Patient.__table__.c.name_norm,  # type: ignore[attr-defined]
+    postgresql_ops={"name_norm": "text_pattern_ops"},
+)
 
 
 class JobState:

@@ -1,0 +1,1 @@
+"""Query services on the index: DICOM C-FIND matching, query plans, retrieve selection."""
