@@ -17,6 +17,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from router.config import HttpAuth, RouterConfig
 from router.store.ingest import Ingestor
 from router.web.openapi import openapi
+from router.web.qido import Qido
 from router.web.stow import Stow
 from router.web.wado import Wado
 
@@ -63,6 +64,7 @@ class Authentication:
 def make_app(config: RouterConfig, ingestor: Ingestor, engine: Engine) -> Starlette:
     stow = Stow(ingestor, config.http.max_upload_bytes)
     wado = Wado(engine, config.data_dir)
+    qido = Qido(engine)
     study = f"{BASE}/studies/{{study}}"
     series = f"{study}/series/{{series}}"
     instance = f"{series}/instances/{{instance}}"
@@ -74,6 +76,12 @@ def make_app(config: RouterConfig, ingestor: Ingestor, engine: Engine) -> Starle
         Route(f"{BASE}/openapi.json", openapi_json, methods=["GET"]),
         Route(f"{BASE}/studies", stow.handle, methods=["POST"]),
         Route(study, stow.handle, methods=["POST"]),
+        Route(f"{BASE}/studies", qido.handler("STUDY"), methods=["GET"]),
+        Route(f"{BASE}/series", qido.handler("SERIES"), methods=["GET"]),
+        Route(f"{study}/series", qido.handler("SERIES"), methods=["GET"]),
+        Route(f"{BASE}/instances", qido.handler("IMAGE"), methods=["GET"]),
+        Route(f"{study}/instances", qido.handler("IMAGE"), methods=["GET"]),
+        Route(f"{series}/instances", qido.handler("IMAGE"), methods=["GET"]),
         *(Route(path, wado.retrieve, methods=["GET"]) for path in (study, series, instance)),
         *(Route(f"{path}/metadata", wado.metadata, methods=["GET"]) for path in (study, series, instance)),
         Route(f"{instance}/frames/{{frames}}", wado.frames, methods=["GET"]),

@@ -74,6 +74,34 @@ def _wado_paths() -> dict[str, Any]:
     return paths
 
 
+QIDO_PARAMS: list[dict[str, Any]] = [
+    {"name": "{attribute}", "in": "query", "schema": {"type": "string"},
+     "description": "keyword or ggggeeee = value: single value, * ? wildcards, UID list, DA/TM/DT range"},
+    {"name": "includefield", "in": "query", "schema": {"type": "string"}, "description": "keywords/tags or all"},
+    {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 0}},
+    {"name": "offset", "in": "query", "schema": {"type": "integer", "minimum": 0}},
+    {"name": "fuzzymatching", "in": "query", "schema": {"type": "boolean"}},
+]  # fmt: skip
+
+
+def _qido(path_params: list[dict[str, Any]]) -> dict[str, Any]:
+    media = ["application/dicom+json", 'multipart/related; type="application/dicom+xml"']
+    answer = _get("QIDO-RS: search", media, [*path_params, *QIDO_PARAMS])
+    answer["get"]["responses"]["204"] = {"description": "no match"}
+    return answer
+
+
+def _qido_paths() -> dict[str, Any]:
+    series = _param("series", "Series UID")
+    return {
+        "/dicomweb/series": _qido([]),
+        "/dicomweb/instances": _qido([]),
+        "/dicomweb/studies/{study}/series": _qido([STUDY]),
+        "/dicomweb/studies/{study}/instances": _qido([STUDY]),
+        "/dicomweb/studies/{study}/series/{series}/instances": _qido([STUDY, series]),
+    }
+
+
 def openapi() -> dict[str, Any]:
     return {
         "openapi": "3.1.0",
@@ -85,7 +113,8 @@ def openapi() -> dict[str, Any]:
             }
         },
         "paths": {
-            "/dicomweb/studies": _stow([]),
+            "/dicomweb/studies": {**_stow([]), **_qido([])},
             **_wado_paths(),
+            **_qido_paths(),
         },
     }
