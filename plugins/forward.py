@@ -13,9 +13,11 @@ MLLP peers. A peer with ``patient_id: bsn`` gets the patient's BSN in Patient ID
 from __future__ import annotations
 
 import copy
+import logging
 from io import BytesIO
 from typing import Any
 
+from pydicom import dcmread
 from pydicom.filewriter import dcmwrite
 
 from router.config import RouterConfig
@@ -23,6 +25,9 @@ from router.envelope import Envelope
 from router.hl7.demographics import apply_bsn_mode, known_demographics
 from router.hookspecs import hookimpl
 from router.stage import Stage, StageContext, StageError
+from router.transcode import TranscodeError, syntax_name, syntax_uid, transcode
+
+log = logging.getLogger(__name__)
 
 ARG_KEYS = {"to"}
 
@@ -65,15 +70,36 @@ class ForwardStage:
             if peer.is_mllp != (env.kind == "hl7"):
                 wanted = "an HL7 (mllp)" if env.kind == "hl7" else "a DICOM"
                 raise StageError(f"peer {name!r} is not {wanted} peer: cannot forward {env.kind} there")
+            payload: bytes | None = None
             if peer.patient_id == "bsn" and env.kind == "dicom":
                 payload = _bsn_payload(env, ctx)
                 notes.append(f"{name}: BSN as Patient ID" if payload else f"{name}: no BSN known, MRN sent")
-                ctx.plan_forward(name, env, payload)
-            else:
-                ctx.plan_forward(name, env)
+            if peer.transfer_syntaxes and env.kind == "dicom":
+                payload, note = _in_peer_syntax(
+                    payload if payload is not None else env.payload(), peer.transfer_syntaxes
+                )
+                if note:
+                    notes.append(f"{name}: {note}")
+            ctx.plan_forward(name, env, payload)
         what = "as changed by earlier stages" if env.modified else "as received"
         verb = "would forward" if ctx.dry_run else "forward"
         return f"{verb} to {', '.join(peers)} ({what}{'; ' if notes else ''}{'; '.join(notes)})"
+
+
+def _in_peer_syntax(data: bytes, syntaxes: list[str]) -> tuple[bytes, str]:
+    """``data`` in the first of the peer's syntaxes that can be produced (as is when it already is in one)."""
+    current = str(dcmread(BytesIO(data), stop_before_pixels=True).file_meta.TransferSyntaxUID)
+    wanted = [str(syntax_uid(s)) for s in syntaxes]
+    if current in wanted:
+        return data, ""
+    errors = []
+    for target in wanted:
+        try:
+            return transcode(data, target), f"transcoded to {syntax_name(target)}"
+        except TranscodeError as exc:
+            errors.append(str(exc))
+    log.warning("cannot transcode to any of the peer's syntaxes, sending as is: %s", "; ".join(errors))
+    return data, "sent as is: " + "; ".join(errors)
 
 
 def _bsn_payload(env: Envelope, ctx: StageContext) -> bytes | None:

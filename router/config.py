@@ -168,6 +168,11 @@ class Peer(_Strict):
         None, description="STOW-RS endpoint of a DICOMweb peer, e.g. http://pacs/dicom-web/studies"
     )
     auth: HttpAuth | None = Field(None, description="credentials for a DICOMweb peer")
+    transfer_syntaxes: list[str] = Field(
+        default_factory=list,
+        description="syntaxes the peer takes (names like jpeg2000-lossless, or UIDs), preferred first; an object in "
+        "another syntax is transcoded to the first one that can be produced; empty = as stored",
+    )
     max_associations: int = Field(2, ge=1, le=32, description="parallel associations when a backlog builds")
     patient_id: Literal["mrn", "bsn"] = Field(
         "mrn", description="what goes into Patient ID of objects sent there: the MRN or the Dutch BSN"
@@ -179,6 +184,12 @@ class Peer(_Strict):
         other = [k for k in ("mllp", "stow_url") if getattr(self, k) is not None]
         if len(other) > 1 or (other and given):
             raise ValueError("a peer is one of DICOM (ae_title, host, port), HL7 (mllp) or DICOMweb (stow_url)")
+        if self.transfer_syntaxes:
+            from router.transcode import target_problems  # late: the transcoder imports pydicom's encoders
+
+            problems = [p for ts in self.transfer_syntaxes for p in target_problems(ts, allow_lossy=False)]
+            if problems:
+                raise ValueError("transfer_syntaxes: " + "; ".join(problems))
         if self.auth is not None and self.stow_url is None:
             raise ValueError("auth is for DICOMweb peers (stow_url)")
         if other:

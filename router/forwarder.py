@@ -139,6 +139,7 @@ class Forwarder:
 
     def _sender(self, peer_name: str) -> None:
         assoc: StoreAssociation | MllpLink | StowLink | None = None
+        jobs: list[Job] = []
         try:
             while not self._stop.is_set():
                 jobs = self._next_batch(peer_name, keep_open=assoc is not None and assoc.alive)
@@ -152,6 +153,7 @@ class Forwarder:
                     assoc = self._send_batch(peer_name, jobs, assoc if isinstance(assoc, StoreAssociation) else None)
         except Exception:
             log.exception("forward sender for %s crashed", peer_name)
+            self.outbox.release(jobs)  # what this batch had not finished goes back to pending (inflight only)
         finally:
             if assoc is not None:
                 assoc.close()

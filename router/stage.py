@@ -52,10 +52,24 @@ class StageContext:
                 peer=peer,
                 payload=env.payload() if payload is None else payload,
                 modified=env.modified or payload is not None,
-                transfer_syntax=env.payload_transfer_syntax if env.kind == "dicom" else "",
+                transfer_syntax=_syntax(env, payload),
                 rule=self.rule,
             )
         )
+
+
+def _syntax(env: Envelope, payload: bytes | None) -> str:
+    """The transfer syntax of what a forward sends: the payload made for the peer, or the envelope as it is."""
+    if env.kind != "dicom":
+        return ""
+    if payload is None:
+        return env.payload_transfer_syntax
+    from io import BytesIO
+
+    from pydicom import dcmread
+
+    meta = dcmread(BytesIO(payload), stop_before_pixels=True, specific_tags=["SOPInstanceUID"]).file_meta
+    return str(meta.get("TransferSyntaxUID", "")).rstrip("\x00 ")
 
 
 class Stage(Protocol):

@@ -175,3 +175,28 @@ def test_rules_check_and_dry_run_with_transcode(workdir: Path) -> None:
     assert "dry run: nothing was stored, changed or sent" in done.stdout
     assert source.read_bytes() == before
     assert not (workdir / "var").exists(), "a dry run creates no store"
+
+
+def test_peer_transfer_syntaxes_setting(workdir: Path, dest: StoreSCP) -> None:
+    """`transfer_syntaxes: [rle]` on the peer: what is not RLE is sent as RLE (a derived file), RLE as stored."""
+    router = RouterProcess(
+        workdir,
+        peers={"DEST": {**peer(dest), "transfer_syntaxes": ["rle"]}},
+        rules={"10.yaml": [{"name": "all", "when": {"kind": "dicom"}, "then": [{"forward": "DEST"}]}]},
+    )
+    sent = [sample("CT_small.dcm"), sample("SC_rgb_rle_2frame.dcm")]
+    try:
+        router.start()
+        assert send_datasets(router.port, sent) == [SUCCESS] * len(sent)
+        wait_for(lambda: len(dest.received()) == len(sent), 60, what="both objects at the destination")
+    finally:
+        router.stop()
+    received = by_sop(dest.received())
+    for original in sent:
+        uid = str(pydicom.dcmread(original, stop_before_pixels=True).SOPInstanceUID)
+        got = pydicom.dcmread(received[uid])
+        assert got.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.5", original.name
+        assert np.array_equal(got.pixel_array, pydicom.dcmread(original).pixel_array), original.name
+    bad = RouterProcess(workdir / "bad", peers={"DEST": {**peer(dest), "transfer_syntaxes": ["jpeg2000"]}})
+    check = bad.cli("rules", "check", check=False)
+    assert check.returncode != 0 and "transfer_syntaxes" in check.stderr + check.stdout

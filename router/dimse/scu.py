@@ -168,6 +168,16 @@ class StoreAssociation:
             raise AssociationFailed("association lost")
         assert self.assoc is not None
         accepted = self._accepted(item.sop_class_uid)
+        try:
+            rsp = self._send_c_store(item, msg_id, accepted)
+        except ValueError as exc:  # pynetdicom: the file is not in the syntax the job said (no context for it)
+            raise NoContext(f"{self.peer.ae_title}: {exc}") from exc
+        if "Status" not in rsp:
+            raise AssociationFailed("no valid C-STORE response (timeout, abort or invalid response)")
+        return int(rsp.Status)
+
+    def _send_c_store(self, item: Item, msg_id: int, accepted: list[str]) -> Dataset:
+        assert self.assoc is not None
         fallback = self._fallback(item, accepted)
         if item.transfer_syntax in accepted:
             rsp = self.assoc.send_c_store(item.path, msg_id=msg_id)
@@ -182,9 +192,7 @@ class StoreAssociation:
                 f"{self.peer.ae_title} accepts no context for SOP class {item.sop_class_uid} "
                 f"in {item.transfer_syntax} (accepted: {offered})"
             )
-        if "Status" not in rsp:
-            raise AssociationFailed("no valid C-STORE response (timeout, abort or invalid response)")
-        return int(rsp.Status)
+        return rsp
 
     def _transcoded(self, item: Item, target: str) -> Dataset:
         try:
