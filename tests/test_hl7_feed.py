@@ -66,9 +66,9 @@ def test_admit_creates_patient_with_bsn_and_resend_is_acknowledged_not_applied_t
     # an update (A08) changes the name; empty fields keep what is known, "" clears
     update = adt("A08", {3: "MRN100^^^HOSP^MR", 5: "Müller-Schmidt^Hans", 8: '""'}, control_id="UPD-1")
     assert msa(send(router.hl7_port, update)) == ("AA", "UPD-1")
-    assert query(db(router), "SELECT name, birth_date, sex FROM patient WHERE patient_id='MRN100'") == [
-        ("Müller-Schmidt^Hans", "19600102", "")
-    ]
+    assert query(db(router), "SELECT name, name_norm, birth_date, sex FROM patient WHERE patient_id='MRN100'") == [
+        ("Müller-Schmidt^Hans", "MULLER-SCHMIDT^HANS", "19600102", "")
+    ], "the search form (C-FIND, QIDO) follows the name"
 
 
 def test_invalid_bsn_is_refused_with_an_err_naming_the_repetition(router: RouterProcess) -> None:

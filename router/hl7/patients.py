@@ -22,6 +22,7 @@ from router.hl7.codes import (
 from router.hl7.errors import Hl7Error
 from router.hl7.identifiers import Identifier, bsn_ok, identifier_from_cx
 from router.hl7.segments import HL7_NULL, Segment
+from router.query.matching import normalize_name
 from router.store.models import Patient, PatientDetails, PatientIdentifier, Study, WorklistItem, utcnow
 
 PATIENT = Patient.__table__  # type: ignore[attr-defined]
@@ -161,7 +162,10 @@ def _add_identifiers(conn: Connection, patient_fk: int, idents: Sequence[Identif
 
 
 def _changes(values: dict[str, str]) -> dict[str, str]:
-    return {k: ("" if v == HL7_NULL else v) for k, v in values.items() if v != ""}
+    changes = {k: ("" if v == HL7_NULL else v) for k, v in values.items() if v != ""}
+    if "name" in changes:  # the search form C-FIND (and QIDO) match names on
+        changes["name_norm"] = normalize_name(changes["name"])[:324]
+    return changes
 
 
 def upsert_patient(conn: Connection, facts: PatientFacts) -> int:
