@@ -12,6 +12,8 @@ from typing import Any
 import pydicom
 import pytest
 from pydicom.dataset import Dataset
+from pynetdicom import AE
+from pynetdicom.sop_class import PatientRootQueryRetrieveInformationModelFind  # type: ignore[attr-defined]
 
 from router.hl7.ack import build_ack
 from router.hl7.message import parse_message
@@ -112,6 +114,22 @@ def arrived(scp: StoreSCP, sop_uid: str, timeout: float = 30) -> Dataset:
     return found
 
 
+def patient_level_ids(router: RouterProcess, pattern: str) -> list[str]:
+    """Patient IDs a Patient Root C-FIND at PATIENT level returns."""
+    ae = AE(ae_title="FINDSCU")
+    ae.add_requested_context(PatientRootQueryRetrieveInformationModelFind)
+    assoc = ae.associate("127.0.0.1", router.port, ae_title="ROUTER")
+    assert assoc.is_established
+    try:
+        identifier = Dataset()
+        identifier.QueryRetrieveLevel = "PATIENT"
+        identifier.PatientID = pattern
+        found = assoc.send_c_find(identifier, PatientRootQueryRetrieveInformationModelFind)
+        return sorted(str(ds.PatientID) for status, ds in found if status.Status == 0xFF00 and ds is not None)
+    finally:
+        assoc.release()
+
+
 def ok(port: int, text: str) -> None:
     ack = send(port, text)
     assert "MSA|AA|" in ack, ack
@@ -202,6 +220,7 @@ def test_merge_relinks_stored_studies_and_old_id_maps_to_survivor(
     assert query(db, "SELECT p.patient_id FROM patient p JOIN study s ON s.patient_fk = p.id WHERE s.study_uid=?",
                  first.StudyInstanceUID) == [("MRN601",)]  # fmt: skip
     assert query(db, "SELECT merged FROM patientidentifier WHERE value='MRN600'") == [(1,)]
+    assert patient_level_ids(router, "MRN60?") == ["MRN601"], "a patient-level C-FIND shows one patient"
 
     # the rule "corrections" re-sends the stored image, corrected to the surviving patient
     def copies() -> list[Dataset]:
