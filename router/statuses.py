@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import enum
 
+from pydicom.dataset import Dataset
+
 
 class StoreOutcome(enum.Enum):
     """What happened to one inbound object."""
@@ -71,3 +73,15 @@ def classify_peer_status(status: int) -> SendVerdict:
     if status in (0x0117, 0x0122, 0x0124, 0x0111, 0x0212):
         return SendVerdict.PERMANENT
     return SendVerdict.RETRY
+
+
+def dimse_status(status: int, comment: str = "", error_id: int | None = None) -> Dataset:
+    """A DIMSE response status with an Error Comment (0000,0902; at most 64 characters) and Error ID (0000,0903),
+    for a handler to return: the peer's log then says why, not just the code."""
+    ds = Dataset()
+    ds.Status = status
+    if comment:
+        ds.ErrorComment = comment[:64]
+    if error_id is not None:
+        ds.ErrorID = error_id
+    return ds
