@@ -1,4 +1,4 @@
-"""The DICOM listener: C-ECHO and C-STORE SCP.
+"""The DICOM listener: C-ECHO and C-STORE SCP; with ``workflow``, storage commitment and MPPS (``workflow.py``).
 
 Accepts every standard storage SOP class pynetdicom knows, the private classes named in the conformance
 statements, and any other private (non-``1.2.840.10008``) or newer standard storage class a caller proposes,
@@ -30,6 +30,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from router.config import RouterConfig
 from router.dimse.scu import set_nodelay
+from router.dimse.workflow import WorkflowServices
 from router.envelope import Source
 from router.plugins import notify
 from router.statuses import FAILURE_PROCESSING
@@ -129,12 +130,18 @@ def _source(event: evt.Event) -> Source:
 
 class DicomListener:
     def __init__(
-        self, config: RouterConfig, ingestor: Ingestor, pm: pluggy.PluginManager, worklist: WorklistService
+        self,
+        config: RouterConfig,
+        ingestor: Ingestor,
+        pm: pluggy.PluginManager,
+        worklist: WorklistService,
+        workflow: WorkflowServices | None = None,
     ) -> None:
         self.config = config
         self.ingestor = ingestor
         self.pm = pm
         self.worklist = worklist
+        self.workflow = workflow
         self.ae = self._make_ae()
         self.server: ThreadedAssociationServer | None = None
 
@@ -154,6 +161,8 @@ class DicomListener:
             ae.add_supported_context(str(cx.abstract_syntax), PREFERRED_SYNTAXES)
         for uid in PRIVATE_STORAGE:
             ae.add_supported_context(uid, PREFERRED_SYNTAXES)
+        if self.workflow is not None:
+            self.workflow.add_contexts(ae, _UNCOMPRESSED_ORDER)
         return ae
 
     def handlers(self) -> list[Any]:
@@ -165,6 +174,7 @@ class DicomListener:
             (evt.EVT_C_ECHO, lambda event: 0x0000),
             (evt.EVT_C_STORE, self._on_store),
             (evt.EVT_C_FIND, self._on_find),
+            *(self.workflow.handlers() if self.workflow is not None else []),
         ]
 
     def start(self) -> int:
