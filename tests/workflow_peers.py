@@ -138,9 +138,10 @@ class Request:
 
 
 class CommitPACS:
-    """C-STORE SCP and Storage Commitment SCP. ``fail(transaction_number, sop_uid) -> reason | None`` decides each
-    instance; ``report`` is "same" (on the N-ACTION's association), "new" (a new association to the router after
-    ``delay`` seconds, retried until the router listens) or "never"; ``hold`` blocks N-ACTION responses."""
+    """C-STORE SCP and Storage Commitment SCP. ``fail(times, sop_uid) -> reason | None`` decides each instance
+    (``times``: how often that instance has been asked for, this request included); ``report`` is "same" (on the
+    N-ACTION's association), "new" (a new association to the router after ``delay`` seconds, retried until the
+    router listens) or "never"; clearing ``hold`` blocks N-ACTION requests until it is set again."""
 
     def __init__(
         self,
@@ -148,7 +149,7 @@ class CommitPACS:
         aet: str = "PACS",
         report: str = "new",
         delay: float = 0.0,
-        fail: Callable[[int, str], int | None] = lambda n, uid: None,
+        fail: Callable[[int, str], int | None] = lambda times, uid: None,
     ) -> None:
         self.aet = aet
         self.port = free_port()
@@ -172,8 +173,9 @@ class CommitPACS:
         sops = [str(i.ReferencedSOPInstanceUID) for i in info.ReferencedSOPSequence]
         request = Request(str(info.TransactionUID), sops, str(event.assoc.requestor.ae_title).strip())
         self.requests.append(request)
-        number = len(self.requests)
-        outcomes = [(i, self.fail(number, str(i.ReferencedSOPInstanceUID))) for i in info.ReferencedSOPSequence]
+        asked = [uid for r in self.requests for uid in r.sops]
+        outcomes = [(i, self.fail(asked.count(str(i.ReferencedSOPInstanceUID)), str(i.ReferencedSOPInstanceUID)))
+                    for i in info.ReferencedSOPSequence]  # fmt: skip
         report = Dataset()
         report.TransactionUID = info.TransactionUID
         ok = [i for i, reason in outcomes if reason is None]
@@ -198,6 +200,9 @@ class CommitPACS:
     def _send_report(self, assoc: Any, report: Dataset, event_type: int) -> None:
         if self.report == "same":
             time.sleep(0.2)  # our N-ACTION response first
+            if not assoc.is_established:  # the router went away (killed)
+                self.report_statuses.append(None)
+                return
             status, _ = assoc.send_n_event_report(report, event_type, COMMITMENT, COMMITMENT_INSTANCE)
             self.report_statuses.append(int(status.Status) if "Status" in status else None)
             return

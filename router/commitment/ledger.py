@@ -254,6 +254,7 @@ class CommitLedger:
                 remove_instance(self.engine, self.config.data_dir, self.write_lock, job.sop_uid)
             drop_if_orphaned(self.engine, self.config.data_dir, job.path)
         for job, error, dead in failed:
+            log.warning("%s: %s; %s", job.sop_uid, error, "dead-lettered" if dead else "to be sent and requested again")
             notify(self.pm, "router_forward_failed", job=job, error=error, dead=dead)
         retry = {job.peer for job, _e, dead in failed if not dead}
         if retry:
