@@ -90,7 +90,7 @@ def check_create(ds: Dataset, sop_uid: str) -> Refusal | None:
             return found
     status = text(ds, "PerformedProcedureStepStatus")
     if status != IN_PROGRESS:
-        return Refusal(INVALID_VALUE, f"Performed Procedure Step Status {status!r} in N-CREATE (IN PROGRESS)")
+        return Refusal(INVALID_VALUE, f"PPS Status {status!r} in N-CREATE (must be IN PROGRESS)")
     return None
 
 
@@ -105,7 +105,7 @@ def check_set(ds: Dataset, current_status: str) -> Refusal | None:
         return found
     status = text(ds, "PerformedProcedureStepStatus")
     if status not in STATUSES:
-        return Refusal(INVALID_VALUE, f"Performed Procedure Step Status {status!r} is not one of {', '.join(STATUSES)}")
+        return Refusal(INVALID_VALUE, f"PPS Status {status!r} is not {', '.join(STATUSES[:2])} or {STATUSES[2]}")
     return _check(ds, FINAL_REQUIRED) if status in FINAL else None
 
 
