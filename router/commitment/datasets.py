@@ -13,7 +13,7 @@ from pydicom.sequence import Sequence
 from pydicom.uid import UID
 
 from router.commitment import EVENT_ALL_COMMITTED, EVENT_FAILURES, STORAGE_COMMITMENT, WELL_KNOWN_INSTANCE
-from router.store.datasets import from_part10, to_part10
+from router.store.datasets import to_part10
 
 
 class BadRequest(ValueError):
@@ -118,7 +118,3 @@ def event_type_of(ds: Dataset) -> int:
 def to_bytes(ds: Dataset) -> bytes:
     """A report as a Part 10 file, for the outbox."""
     return to_part10(ds, STORAGE_COMMITMENT, WELL_KNOWN_INSTANCE)
-
-
-def from_bytes(data: bytes) -> Dataset:
-    return from_part10(data)

@@ -31,6 +31,7 @@ class Gate:
         self._cond = threading.Condition()
         self._open = True
         self._parked = False
+        self.sending = threading.Lock()  # one of our requests at a time on the association
 
     # -- the threading.Event interface pynetdicom uses -------------------------------------------------------
     def is_set(self) -> bool:
@@ -92,11 +93,18 @@ def after_response(assoc: Association, gate: Gate, timeout: float, send: Callabl
     def alive() -> bool:
         return bool(assoc.is_established) and not assoc.is_released and not assoc.is_aborted
 
-    if not gate.park(alive, timeout):
-        return None
-    try:
-        if not alive() or isinstance(assoc.dul.peek_next_pdu(), A_RELEASE):  # the peer is leaving: do not talk
-            return None
-        return send()
-    finally:
-        gate.set()
+    deadline = time.monotonic() + timeout
+    with gate.sending:
+        while True:
+            if not gate.park(alive, max(0.0, deadline - time.monotonic())):
+                return None
+            if not assoc.dimse.msg_queue.empty():  # a request of the peer waits: let the reactor serve it first,
+                gate.set()  # or our send would take it for the response
+                time.sleep(0.05)
+                continue
+            try:
+                if not alive() or isinstance(assoc.dul.peek_next_pdu(), A_RELEASE):  # the peer is leaving
+                    return None
+                return send()
+            finally:
+                gate.set()

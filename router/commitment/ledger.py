@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -271,12 +271,3 @@ def _request_no(job: Job, last: Any) -> int:
 def _reason(failed: dict[str, tuple[Ref, int]], sop_uid: str) -> int | None:
     found = failed.get(sop_uid)
     return found[1] if found else None
-
-
-def open_transactions(engine: Engine, peer: str | None = None) -> Iterable[Any]:
-    """Transactions still waiting for a report (for operators and tests)."""
-    with engine.connect() as conn:
-        query = select(TX).where(TX.c.state.in_([CommitState.REQUESTING, CommitState.WAITING]))
-        if peer:
-            query = query.where(TX.c.peer == peer)
-        return list(conn.execute(query.order_by(TX.c.id)))

@@ -16,7 +16,7 @@ from pydicom.dataset import Dataset
 from pynetdicom import AE, evt
 
 from router.commitment import STORAGE_COMMITMENT
-from router.commitment.datasets import action_information
+from router.commitment.datasets import Ref, action_information
 from router.commitment.ledger import CommitLedger
 from router.config import RouterConfig
 from router.dimse.scu import AssociationFailed, StoreAssociation
@@ -58,8 +58,20 @@ class CommitRequester:
         self, peer_name: str, assoc: StoreAssociation | None, jobs: list[Job], statuses: dict[int, int]
     ) -> StoreAssociation | None:
         """Request commitment for delivered ``jobs``; the association to keep using, or None (released)."""
-        peer = self.config.peers[peer_name]
         uid, refs = self.ledger.begin(peer_name, jobs, statuses)
+        try:
+            return self._request(peer_name, assoc, uid, refs)
+        except Exception as exc:  # never leave a transaction 'requesting' behind a crashed sender
+            log.exception("storage commitment %s to %s failed unexpectedly", uid, peer_name)
+            if assoc is not None:
+                assoc.abort()
+            self.ledger.fail(uid, f"internal error while requesting commitment: {exc!r}")
+            return None
+
+    def _request(
+        self, peer_name: str, assoc: StoreAssociation | None, uid: str, refs: list[Ref]
+    ) -> StoreAssociation | None:
+        peer = self.config.peers[peer_name]
         if assoc is None or not assoc.alive:
             try:
                 assoc = StoreAssociation(self.ae, peer, [], self.on_report).open()
