@@ -3,10 +3,11 @@
     - forward: PACS
     - forward: [PACS, ARCHIVE]
     - forward: {to: PACS}
+    - forward: {to: PACS, commit: true}   # then ask PACS for storage commitment (docs/workflow.md)
 
 Each peer gets a durable outbox job committed together with the stored object; delivery, retries and dead
-letters are the forward queue's business (``router queue``). DICOM objects go to DICOM peers, HL7 messages to
-MLLP peers. A peer with ``patient_id: bsn`` gets the patient's BSN in Patient ID (see
+letters are the forward queue's business (``router queue``). DICOM objects and MPPS messages go to DICOM peers,
+HL7 messages to MLLP peers. A peer with ``patient_id: bsn`` gets the patient's BSN in Patient ID (see
 ``router.hl7.demographics.apply_bsn_mode``) when the hospital system gave the patient one.
 """
 
@@ -29,15 +30,15 @@ from router.transcode import TranscodeError, syntax_name, syntax_uid, transcode
 
 log = logging.getLogger(__name__)
 
-ARG_KEYS = {"to"}
+ARG_KEYS = frozenset({"to", "commit"})
 
 
-def peer_names(args: Any) -> list[str] | str:
-    """The peer names, or an error message."""
+def peer_names(args: Any, keys: frozenset[str] = frozenset({"to"})) -> list[str] | str:
+    """The peer names, or an error message; ``keys`` are the arguments the stage takes in its mapping form."""
     if isinstance(args, dict):
-        unknown = set(args) - ARG_KEYS
+        unknown = set(args) - keys
         if unknown:
-            return f"unknown argument(s) {sorted(unknown)} (expected {sorted(ARG_KEYS)})"
+            return f"unknown argument(s) {sorted(unknown)} (expected {sorted(keys)})"
         if "to" not in args:
             return "needs 'to: PEER'"
         args = args["to"]
@@ -51,19 +52,29 @@ class ForwardStage:
     name = "forward"
 
     def check(self, args: Any, config: RouterConfig) -> list[str]:
-        peers = peer_names(args)
+        peers = peer_names(args, ARG_KEYS)
         if isinstance(peers, str):
             return [peers]
         known = sorted(config.peers)
-        return [
+        problems = [
             f"unknown peer {p!r} (peers: {', '.join(known) or 'none configured'})"
             for p in peers
             if p not in config.peers
         ]
+        if isinstance(args, dict) and "commit" in args:
+            if not isinstance(args["commit"], bool):
+                problems.append("commit: expects true or false")
+            elif args["commit"]:
+                problems += [f"commit: peer {p!r} is an HL7 peer" for p in peers
+                             if p in config.peers and config.peers[p].is_mllp]  # fmt: skip
+        return problems
 
     def run(self, env: Envelope, args: Any, ctx: StageContext) -> str:
-        peers = peer_names(args)
+        peers = peer_names(args, ARG_KEYS)
         assert isinstance(peers, list), "rules are checked before they run"
+        commit = isinstance(args, dict) and args.get("commit") is True
+        if commit and env.kind != "dicom":
+            raise StageError(f"commit: storage commitment is for DICOM objects, not {env.kind}")
         notes = []
         for name in peers:
             peer = ctx.config.peers[name]
@@ -80,10 +91,11 @@ class ForwardStage:
                 )
                 if note:
                     notes.append(f"{name}: {note}")
-            ctx.plan_forward(name, env, payload)
+            ctx.plan_forward(name, env, payload, commit=commit)
         what = "as changed by earlier stages" if env.modified else "as received"
         verb = "would forward" if ctx.dry_run else "forward"
-        return f"{verb} to {', '.join(peers)} ({what}{'; ' if notes else ''}{'; '.join(notes)})"
+        then = ", then request storage commitment" if commit else ""
+        return f"{verb} to {', '.join(peers)}{then} ({what}{'; ' if notes else ''}{'; '.join(notes)})"
 
 
 def _in_peer_syntax(data: bytes, syntaxes: list[str]) -> tuple[bytes, str]:

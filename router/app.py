@@ -9,11 +9,15 @@ from types import FrameType
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
+from router.commitment.ledger import CommitLedger
+from router.commitment.scp import CommitmentSCP
 from router.config import RouterConfig
 from router.dimse.scp import DicomListener
+from router.dimse.workflow import WorkflowServices
 from router.forwarder import Forwarder
 from router.hl7.intake import Hl7Intake
 from router.hl7.mllp import MllpServer
+from router.mpps.service import MppsService
 from router.outbox import Outbox
 from router.plugins import build_plugin_manager, collect_stages, notify
 from router.rules.live import LiveRules
@@ -35,13 +39,14 @@ class Router:
         self.config = config
         self.pm = build_plugin_manager(config.plugins)
         self.stages = collect_stages(self.pm)
-        for sub in ("objects", "tmp", "quarantine", "derived"):
+        for sub in ("objects", "tmp", "quarantine", "derived", "commitment", "mpps"):
             (config.data_dir / sub).mkdir(parents=True, exist_ok=True)
         self.engine = make_engine(config.effective_database_url)
         self.rules = LiveRules(config.rules_dir, self.stages, config)
         self.outbox = Outbox(self.engine, config.forward, config.data_dir)
-        self.forwarder = Forwarder(config, self.engine, self.outbox, self.pm)
         self.ingestor = Ingestor(config, self.engine, lambda: self.rules.current, self.stages, self.pm)
+        self.ledger = CommitLedger(config, self.engine, self.pm, self.ingestor.write_lock)
+        self.forwarder = Forwarder(config, self.engine, self.outbox, self.pm, self.ledger)
         self.ingestor.on_jobs_committed = self.forwarder.wake
         self.hl7 = Hl7Intake(
             config, self.engine, lambda: self.rules.current, self.stages, self.pm, self.ingestor.write_lock
@@ -49,7 +54,14 @@ class Router:
         self.hl7.on_jobs_committed = self.forwarder.wake
         self.hl7.on_patients_merged = self.ingestor.ids.clear
         self.worklist = WorklistService(config, self.engine)
-        self.listener = DicomListener(config, self.ingestor, self.pm, self.worklist)
+        self.commitment = CommitmentSCP(config, self.engine)
+        self.commitment.wake = self.forwarder.wake
+        self.mpps = MppsService(
+            config, self.engine, lambda: self.rules.current, self.stages, self.pm, self.ingestor.write_lock
+        )
+        self.mpps.on_jobs_committed = self.forwarder.wake
+        workflow = WorkflowServices(self.commitment, self.ledger, self.mpps)
+        self.listener = DicomListener(config, self.ingestor, self.pm, self.worklist, workflow)
         self.mllp = MllpServer(
             config.hl7.host,
             config.hl7.port,

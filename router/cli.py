@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from router.stage import Stage
 
 EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE = 0, 1, 2
+JOB_STATES = ("pending", "inflight", "committing", "done", "dead")  # router.store.models.JobState.ALL
 
 
 def _config(args: argparse.Namespace) -> RouterConfig:
@@ -112,20 +113,21 @@ def cmd_queue_list(args: argparse.Namespace) -> int:
     if not counts:
         print("the queue is empty")
         return EXIT_OK
-    print("peer                 pending  inflight      done      dead")
+    print("peer                 pending  inflight  committing      done      dead")
     for peer in sorted({p for p, _ in counts}):
-        row = [counts.get((peer, s), 0) for s in ("pending", "inflight", "done", "dead")]
-        print(f"{peer:<20} {row[0]:>8} {row[1]:>9} {row[2]:>9} {row[3]:>9}")
+        row = [counts.get((peer, s), 0) for s in JOB_STATES]
+        print(f"{peer:<20} {row[0]:>8} {row[1]:>9} {row[2]:>11} {row[3]:>9} {row[4]:>9}")
     jobs = outbox.list(state=args.state, peer=args.peer, limit=args.limit)
     if args.state or args.peer:
         print()
         print(
-            f"{'id':>8}  {'state':<8} {'peer':<12} {'kind':<15} {'tries':>5}  {'next attempt':<19}  object / last error"
+            f"{'id':>8}  {'state':<10} {'peer':<12} {'kind':<15} {'tries':>5}  {'next attempt':<19}  "
+            "object / last error"
         )
         for j in jobs:
             what = j.sop_class_uid if j.kind == "hl7" else j.sop_uid  # an HL7 job: its message type
             print(
-                f"{j.id:>8}  {j.state:<8} {j.peer:<12} {j.kind:<15} {j.attempts:>5}  "
+                f"{j.id:>8}  {j.state:<10} {j.peer:<12} {j.kind:<15} {j.attempts:>5}  "
                 f"{j.next_attempt_at:%Y-%m-%d %H:%M:%S}  {what}  {j.last_error}"
             )
         total = sum(n for (peer, state), n in counts.items()
@@ -308,7 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     queue = sub.add_parser("queue", help="the forward queue").add_subparsers(dest="queue_cmd", required=True)
     ls = queue.add_parser("list", help="counts per peer and state; jobs with --state/--peer")
-    ls.add_argument("--state", choices=["pending", "inflight", "done", "dead"])
+    ls.add_argument("--state", choices=list(JOB_STATES))
     ls.add_argument("--peer")
     ls.add_argument("--limit", type=int, default=50)
     ls.set_defaults(func=cmd_queue_list)

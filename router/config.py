@@ -177,6 +177,20 @@ class Peer(_Strict):
     patient_id: Literal["mrn", "bsn"] = Field(
         "mrn", description="what goes into Patient ID of objects sent there: the MRN or the Dutch BSN"
     )
+    # storage commitment (docs/workflow.md)
+    commit_new_association: bool = Field(
+        False, description="our commitment reports to this peer always go over a new association"
+    )
+    commit_wait: float = Field(
+        60.0, ge=0, description="seconds to wait for this peer's report on the association of the N-ACTION"
+    )
+    commit_timeout: float = Field(
+        3600.0, gt=0, description="duration of applicability: no report this long after the N-ACTION = failure"
+    )
+    commit_requests: int = Field(
+        3, ge=1, le=100, description="commitment requests per object (each after a re-send) before dead-lettering"
+    )
+    delete_after_commit: bool = Field(False, description="remove the local copy once this peer has committed it")
 
     @model_validator(mode="after")
     def _one_kind(self) -> Peer:
@@ -193,6 +207,9 @@ class Peer(_Strict):
         if self.auth is not None and self.stow_url is None:
             raise ValueError("auth is for DICOMweb peers (stow_url)")
         if other:
+            dicom_only = sorted(k for k in self.model_fields_set if k.startswith(("commit_", "delete_after")))
+            if dicom_only:
+                raise ValueError(f"{', '.join(dicom_only)}: storage commitment settings are for DICOM peers")
             return self
         missing = [k for k in ("ae_title", "host", "port") if k not in given]
         if missing:
@@ -203,11 +220,17 @@ class Peer(_Strict):
         _ae_title(self.ae_title)
         if not self.host:
             raise ValueError("host must not be empty")
+        if self.commit_timeout < self.commit_wait:
+            raise ValueError("commit_timeout must be >= commit_wait")
         return self
 
     @property
     def is_mllp(self) -> bool:
         return self.mllp is not None
+
+    def is_dicom_ae(self, ae_title: str) -> bool:
+        """Whether this is the DICOM peer called ``ae_title`` (AE titles compare without their padding)."""
+        return not self.is_mllp and not self.is_stow and self.ae_title.strip() == ae_title.strip()
 
     @property
     def is_stow(self) -> bool:
@@ -234,6 +257,10 @@ class RouterConfig(_Strict):
     forward: ForwardSettings = ForwardSettings()
     peers: dict[PeerName, Peer] = Field(default_factory=dict)
     source: Path | None = Field(None, exclude=True)
+
+    def peer_by_ae(self, ae_title: str) -> str | None:
+        """The name of the first DICOM peer with this AE title (for reports to a requesting peer)."""
+        return next((name for name, peer in self.peers.items() if peer.is_dicom_ae(ae_title)), None)
 
     @property
     def effective_database_url(self) -> str:

@@ -19,7 +19,7 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.filewriter import dcmwrite
 
-Kind = Literal["dicom", "hl7"]
+Kind = Literal["dicom", "hl7", "mpps"]
 UNDEFINED_LENGTH = 0xFFFFFFFF
 
 
@@ -45,12 +45,17 @@ class Envelope:
     _current_syntax: str = ""
     modified: bool = False
     notes: list[str] = field(default_factory=list)
-    message: Any = field(default=None, repr=False)  # the parsed HL7 message (router.hl7.message.Hl7Message)
+    message: Any = field(default=None, repr=False)  # the parsed HL7 message (Hl7Message) or an MppsMessage
     stored: bytes | None = field(default=None, repr=False)  # what to store when not the bytes received
 
     @classmethod
     def from_hl7(cls, raw: bytes, message: Any, source: Source) -> Envelope:
         return cls(kind="hl7", raw=raw, source=source, message=message)
+
+    @classmethod
+    def from_mpps(cls, raw: bytes, message: Any, source: Source) -> Envelope:
+        """An MPPS N-CREATE or N-SET: ``raw`` is the message as stored, ``message`` a router.mpps.MppsMessage."""
+        return cls(kind="mpps", raw=raw, source=source, message=message)
 
     @classmethod
     def from_p10(cls, raw: bytes, source: Source) -> Envelope:

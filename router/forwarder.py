@@ -6,6 +6,9 @@ A dispatcher thread looks at the due jobs per peer (woken at once when new jobs 
 association, records each outcome as it goes, and keeps the association for the next batch until it has been
 idle for ``forward.idle_release`` seconds. When a peer cannot be reached, the peer is left alone until the
 earliest retry time of the jobs that failed (so a dead peer costs one connection attempt per backoff step).
+
+Jobs that want storage commitment are asked for once their batch is delivered (``commitment.requester``);
+commitment reports and MPPS messages are DIMSE-N jobs sent by ``forward_dimse_n``.
 """
 
 from __future__ import annotations
@@ -19,6 +22,9 @@ from pathlib import Path
 import pluggy
 from sqlalchemy.engine import Engine
 
+from router.commitment import COMMIT_REPORT
+from router.commitment.ledger import CommitLedger
+from router.commitment.requester import CommitRequester
 from router.config import RouterConfig
 from router.corrections import CORRECTED, corrected_copy
 from router.corrections import remove as remove_copy
@@ -31,23 +37,34 @@ from router.dimse.scu import (
     context_count,
     make_requestor,
 )
+from router.forward_dimse_n import N_KINDS, send_jobs
 from router.forward_mllp import HL7Verdict, MllpLink
 from router.forward_stow import StowLink, StowUnreachable, StowVerdict
 from router.outbox import Outbox, backoff_delay, drop_if_orphaned
 from router.plugins import notify
 from router.statuses import SendVerdict, classify_peer_status
+from router.store.ingest import STORE_COMMIT
 from router.store.models import Job
 
 log = logging.getLogger(__name__)
 
 
 class Forwarder:
-    def __init__(self, config: RouterConfig, engine: Engine, outbox: Outbox, pm: pluggy.PluginManager):
+    def __init__(
+        self,
+        config: RouterConfig,
+        engine: Engine,
+        outbox: Outbox,
+        pm: pluggy.PluginManager,
+        ledger: CommitLedger | None = None,
+    ):
         self.config = config
         self.engine = engine
         self.outbox = outbox
         self.pm = pm
         self.ae = make_requestor(config)
+        self.ledger = ledger or CommitLedger(config, engine, pm, threading.Lock())
+        self.ledger.on_jobs_requeued = self.wake
         self._lock = threading.Lock()
         self._active: dict[str, int] = {}
         self._blocked_until: dict[str, float] = {}
@@ -56,12 +73,16 @@ class Forwarder:
         self._stop = threading.Event()
         self._dispatcher: threading.Thread | None = None
         self._senders: set[threading.Thread] = set()
+        self.committer = CommitRequester(config, self.ae, self.ledger, self._stop)
 
     # -- lifecycle ----------------------------------------------------------------------------------------
     def start(self) -> None:
         recovered = self.outbox.recover_inflight()
         if recovered:
             log.info("requeued %d job(s) that were in flight when the router stopped", recovered)
+        abandoned = self.ledger.recover()
+        if abandoned:
+            log.info("%d storage commitment request(s) the peer had not accepted: requested again", abandoned)
         self._dispatcher = threading.Thread(target=self._dispatch_loop, name="forward-dispatch", daemon=True)
         self._dispatcher.start()
 
@@ -92,6 +113,7 @@ class Forwarder:
             self._wake.clear()
 
     def _dispatch_once(self) -> None:
+        self.ledger.expire_overdue()
         batch = self.config.forward.batch_size
         now = time.monotonic()
         for peer_name, due in self.outbox.due_counts().items():
@@ -150,7 +172,14 @@ class Forwarder:
                 elif self.config.peers[peer_name].is_mllp:
                     assoc = self._send_hl7(peer_name, jobs, assoc if isinstance(assoc, MllpLink) else None)
                 else:
-                    assoc = self._send_batch(peer_name, jobs, assoc if isinstance(assoc, StoreAssociation) else None)
+                    n_jobs = [j for j in jobs if j.kind in N_KINDS]
+                    if n_jobs:
+                        self._send_n(peer_name, n_jobs)
+                    stores = [j for j in jobs if j.kind not in N_KINDS]
+                    if stores:
+                        assoc = self._send_batch(
+                            peer_name, stores, assoc if isinstance(assoc, StoreAssociation) else None
+                        )
         except Exception:
             log.exception("forward sender for %s crashed", peer_name)
             self.outbox.release(jobs)  # what this batch had not finished goes back to pending (inflight only)
@@ -170,16 +199,18 @@ class Forwarder:
     def _send_batch(self, peer_name: str, jobs: list[Job], assoc: StoreAssociation | None) -> StoreAssociation | None:
         peer = self.config.peers[peer_name]
         items = self._items(jobs)
-        if context_count(items.values()) > MAX_CONTEXTS:  # too many kinds for one association: halve
+        commit = any(j.kind == STORE_COMMIT for j in jobs)
+        if context_count(items.values()) > MAX_CONTEXTS - commit:  # too many kinds for one association: halve
             half = len(jobs) // 2
             self.outbox.release(jobs[half:])
             jobs, items = jobs[:half], {j.id or 0: items[j.id or 0] for j in jobs[:half]}
-        if assoc is not None and not assoc.proposes(items.values()):
+        if assoc is not None and not assoc.proposes(items.values(), commitment=commit):
             assoc.close()
             assoc = None
         if assoc is None or not assoc.alive:
             try:
-                assoc = StoreAssociation(self.ae, peer, items.values()).open()
+                on_report = self.committer.on_report if commit else None
+                assoc = StoreAssociation(self.ae, peer, items.values(), on_report).open()
             except AssociationFailed as exc:
                 self._peer_unreachable(peer_name, jobs, str(exc))
                 return None
@@ -191,18 +222,43 @@ class Forwarder:
                 address=f"{peer.host}:{peer.port}",
                 direction="outbound",
             )
+        delivered: dict[int, int] = {}  # job id -> C-STORE status, for the jobs that now want commitment
         for index, job in enumerate(jobs):
             if self._stop.is_set():
-                self.outbox.release(jobs[index:])
+                self.outbox.release(jobs[index:] + [j for j in jobs if j.id in delivered])  # sent again later
                 return assoc
             try:
-                self._send_one(assoc, job, items[job.id or 0])
+                status = self._send_one(assoc, job, items[job.id or 0])
             except AssociationFailed as exc:
                 self._fail(job, str(exc), permanent=False)
                 self.outbox.release(jobs[index + 1 :])
                 assoc.close()
-                return None
+                assoc = None
+                break
+            if status is not None:
+                delivered[job.id or 0] = status
+        if delivered:
+            return self.committer.request(peer_name, assoc, [j for j in jobs if j.id in delivered], delivered)
         return assoc
+
+    def _send_n(self, peer_name: str, jobs: list[Job]) -> None:
+        """Commitment reports and MPPS messages, over an association of their own."""
+        try:
+            outcomes, unsent = send_jobs(self.ae, self.config.peers[peer_name], self.config.data_dir, jobs)
+        except AssociationFailed as exc:
+            self._peer_unreachable(peer_name, jobs, str(exc))
+            return
+        for outcome in outcomes:
+            job = outcome.job
+            if outcome.verdict is SendVerdict.DONE:
+                self.outbox.mark_done([job], {job.id or 0: outcome.status or 0})
+                log.info("forwarded %s %s to %s (%s)", job.kind, job.sop_uid, job.peer, outcome.reason)
+                notify(self.pm, "router_forwarded", job=job, status=outcome.status or 0)
+                if job.kind == COMMIT_REPORT:
+                    drop_if_orphaned(self.engine, self.config.data_dir, job.path)
+            else:
+                self._fail(job, outcome.reason, outcome.verdict is SendVerdict.PERMANENT, outcome.status)
+        self.outbox.release(unsent)
 
     def _send_hl7(self, peer_name: str, jobs: list[Job], link: MllpLink | None) -> MllpLink | None:
         peer = self.config.peers[peer_name]
@@ -271,7 +327,8 @@ class Forwarder:
                  sum(v is StowVerdict.DONE for v, _ in verdicts), len(jobs))  # fmt: skip
         return link
 
-    def _send_one(self, assoc: StoreAssociation, job: Job, item: Item) -> None:
+    def _send_one(self, assoc: StoreAssociation, job: Job, item: Item) -> int | None:
+        """Send one job; its C-STORE status when it was delivered and now wants storage commitment."""
         corrected: Path | None = None
         try:
             if job.kind == CORRECTED:
@@ -280,13 +337,16 @@ class Forwarder:
             status = assoc.send(item, msg_id=(job.id or 1) % 65536)
         except NoContext as exc:
             self._fail(job, str(exc), permanent=True)
-            return
+            return None
         except FileNotFoundError:
             self._fail(job, f"stored file {job.path} is missing", permanent=True)
-            return
+            return None
         finally:
             remove_copy(corrected)
         verdict = classify_peer_status(status)
+        if verdict is SendVerdict.DONE and job.kind == STORE_COMMIT:
+            log.info("forwarded %s to %s (0x%04X), storage commitment to follow", job.sop_uid, job.peer, status)
+            return status
         if verdict is SendVerdict.DONE:
             self.outbox.mark_done([job], {job.id or 0: status})
             log.info("forwarded %s to %s (0x%04X)", job.sop_uid, job.peer, status)
@@ -294,6 +354,7 @@ class Forwarder:
             drop_if_orphaned(self.engine, self.config.data_dir, job.path)
         else:
             self._fail(job, f"peer answered 0x{status:04X}", verdict is SendVerdict.PERMANENT, status)
+        return None
 
     def _fail(self, job: Job, error: str, permanent: bool, status: int | None = None) -> None:
         [dead] = self._fail_many([job], error, permanent, status)

@@ -1,6 +1,8 @@
 """The outbox: durable forward jobs, their states and the operations on them.
 
 pending --claim--> inflight --delivered--> done
+                      |--delivered, storage commitment wanted--> committing --committed--> done
+                      |                                              |--not committed--> pending | dead
                       |--failed, attempts left--> pending (next_attempt_at = now + backoff)
                       |--permanent refusal or attempts used up--> dead   (router queue retry: -> pending)
 inflight jobs left by a crash are put back to pending at start-up (at-least-once delivery).
@@ -40,7 +42,8 @@ def drop_if_orphaned(engine: Engine, data_dir: Path, relpath: str) -> bool:
         # the usual case first: the index still points at it (one query)
         if session.exec(select(Instance.id).where(Instance.path == relpath)).first() is not None:
             return False
-        retryable = [JobState.PENDING, JobState.INFLIGHT, JobState.DEAD]  # dead jobs can be requeued
+        # dead jobs can be requeued; committing ones are sent again if the peer does not commit them
+        retryable = [JobState.PENDING, JobState.INFLIGHT, JobState.COMMITTING, JobState.DEAD]
         if session.exec(select(Job.id).where(Job.path == relpath, col(Job.state).in_(retryable))).first():
             return False
     files.remove_quietly(data_dir / relpath)

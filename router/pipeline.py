@@ -16,6 +16,8 @@ from router.rules.matching import Subject, dataset_values, matching_rules
 from router.rules.model import Rule, RuleSet
 from router.stage import PlannedForward, Stage, StageContext, StageError
 
+MPPS_SOP_CLASS = "1.2.840.10008.3.1.2.3.3"
+
 
 @dataclass(frozen=True)
 class Step:
@@ -41,6 +43,16 @@ def subject_for(env: Envelope) -> Subject:
             calling_ae=msg.sending_application,
             called_ae=msg.receiving_application,
             message=msg.message_type,
+        )
+    if env.kind == "mpps":  # the step as it stands after this message: N-SET rules can test N-CREATE values
+        mpps = env.message
+        return Subject(
+            kind="mpps",
+            calling_ae=env.source.calling_ae,
+            called_ae=env.source.called_ae,
+            sop_class=MPPS_SOP_CLASS,
+            message=mpps.operation,
+            values=dataset_values(mpps.state),
         )
     header = env.header
     return Subject(

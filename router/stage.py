@@ -28,6 +28,7 @@ class PlannedForward:
     modified: bool
     transfer_syntax: str
     rule: str
+    commit: bool = False  # request storage commitment from the peer once delivered (docs/workflow.md)
 
 
 @dataclass
@@ -45,8 +46,9 @@ class StageContext:
         """After an HL7 message changed a patient: send that patient's stored objects, corrected, to ``peer``."""
         self.resends.append((peer, self.rule))
 
-    def plan_forward(self, peer: str, env: Envelope, payload: bytes | None = None) -> None:
-        """Queue ``env`` as it is now for ``peer`` (or ``payload``, a version of it made for that peer)."""
+    def plan_forward(self, peer: str, env: Envelope, payload: bytes | None = None, commit: bool = False) -> None:
+        """Queue ``env`` as it is now for ``peer`` (or ``payload``, a version of it made for that peer); with
+        ``commit`` the peer is asked for storage commitment once it has the object."""
         self.forwards.append(
             PlannedForward(
                 peer=peer,
@@ -54,6 +56,7 @@ class StageContext:
                 modified=env.modified or payload is not None,
                 transfer_syntax=_syntax(env, payload),
                 rule=self.rule,
+                commit=commit,
             )
         )
 

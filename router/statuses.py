@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import enum
 
+from pydicom.dataset import Dataset
+
 
 class StoreOutcome(enum.Enum):
     """What happened to one inbound object."""
@@ -85,3 +87,15 @@ QR_CANNOT_DECODE = 0xC000  # the identifier cannot be decoded
 QR_INVALID_KEY = 0xC001  # a key value is not valid for its VR (e.g. a malformed date range)
 QR_INTERNAL_ERROR = 0xC002  # an unexpected error while matching: logged with its traceback
 QR_SUBOPS_WARNING = 0xB000  # C-MOVE/C-GET: done, one or more sub-operations failed
+
+
+def dimse_status(status: int, comment: str = "", error_id: int | None = None) -> Dataset:
+    """A DIMSE response status with an Error Comment (0000,0902; at most 64 characters) and Error ID (0000,0903),
+    for a handler to return: the peer's log then says why, not just the code."""
+    ds = Dataset()
+    ds.Status = status
+    if comment:
+        ds.ErrorComment = comment[:64]
+    if error_id is not None:
+        ds.ErrorID = error_id
+    return ds

@@ -19,7 +19,7 @@ from test_forward_resilience import (
     wait_while_up,
 )
 
-STATES = ("pending", "inflight", "done", "dead")
+STATES = ("pending", "inflight", "committing", "done", "dead")
 
 
 def queue(router: RouterProcess, *args: str) -> str:

@@ -1,4 +1,5 @@
-"""The DICOM listener: C-ECHO, C-STORE and Query/Retrieve (C-FIND, C-MOVE, C-GET) SCP.
+"""The DICOM listener: C-ECHO, C-STORE, Query/Retrieve (C-FIND, C-MOVE, C-GET) and the worklist SCP; with
+``workflow``, storage commitment and MPPS (``workflow.py``).
 
 Accepts every standard storage SOP class pynetdicom knows, the private classes named in the conformance
 statements, and any other private (non-``1.2.840.10008``) or newer standard storage class a caller proposes,
@@ -35,6 +36,7 @@ from router.config import RouterConfig
 from router.dimse.qr import FIND_SOP_CLASSES, QR_SOP_CLASSES, FindResult, QueryRetrieveSCP, on_extended
 from router.dimse.qr_retrieve import RETRIEVER_ATTR, Retriever, install
 from router.dimse.scu import set_nodelay
+from router.dimse.workflow import WorkflowServices
 from router.envelope import Source
 from router.plugins import notify
 from router.statuses import FAILURE_PROCESSING
@@ -150,7 +152,12 @@ def _source(event: evt.Event) -> Source:
 
 class DicomListener:
     def __init__(
-        self, config: RouterConfig, ingestor: Ingestor, pm: pluggy.PluginManager, worklist: WorklistService
+        self,
+        config: RouterConfig,
+        ingestor: Ingestor,
+        pm: pluggy.PluginManager,
+        worklist: WorklistService,
+        workflow: WorkflowServices | None = None,
     ) -> None:
         self.config = config
         self.ingestor = ingestor
@@ -162,6 +169,7 @@ class DicomListener:
         }
         self.worklist = worklist
         self.c_find[MWL_FIND] = self._on_worklist_find
+        self.workflow = workflow
         self.ae = self._make_ae()
         setattr(self.ae, RETRIEVER_ATTR, Retriever(config, ingestor.engine))
         self.server: ThreadedAssociationServer | None = None
@@ -184,6 +192,8 @@ class DicomListener:
             ae.add_supported_context(uid, PREFERRED_SYNTAXES, scu_role=True, scp_role=True)
         for uid in QR_SOP_CLASSES:
             ae.add_supported_context(uid, _UNCOMPRESSED_ORDER)
+        if self.workflow is not None:
+            self.workflow.add_contexts(ae, _UNCOMPRESSED_ORDER)
         return ae
 
     def handlers(self) -> list[Any]:
@@ -196,6 +206,7 @@ class DicomListener:
             (evt.EVT_C_STORE, self._on_store),
             (evt.EVT_C_FIND, self._on_find),
             (evt.EVT_SOP_EXTENDED, on_extended),
+            *(self.workflow.handlers() if self.workflow is not None else []),
         ]
 
     def start(self) -> int:

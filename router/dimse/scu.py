@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import socket
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
@@ -36,6 +36,9 @@ _config.ENFORCE_UID_CONFORMANCE = False
 
 MAX_CONTEXTS = 128
 UNCOMPRESSED = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
+STORAGE_COMMITMENT = "1.2.840.10008.1.20.1"
+COMMITMENT_INSTANCE = "1.2.840.10008.1.20.1.1"
+ReportHandler = Callable[[evt.Event], Any]  # EVT_N_EVENT_REPORT: the peer's storage commitment report
 
 
 # pynetdicom's DUL thread sleeps this long between polls when idle (its default is 1 ms). Every C-STORE
@@ -95,24 +98,33 @@ def make_requestor(config: RouterConfig) -> AE:
 
 
 class StoreAssociation:
-    """``with StoreAssociation(ae, peer, items) as a: a.send(item)`` -> status."""
+    """``with StoreAssociation(ae, peer, items) as a: a.send(item)`` -> status.
 
-    def __init__(self, ae: AE, peer: Peer, items: Iterable[Item]) -> None:
+    With ``on_report`` the association also proposes Storage Commitment Push Model (default roles: we are its
+    SCU), so ``request_commitment`` can be sent on it and the peer's N-EVENT-REPORT reaches ``on_report``."""
+
+    def __init__(self, ae: AE, peer: Peer, items: Iterable[Item], on_report: ReportHandler | None = None) -> None:
         self.ae = ae
         self.peer = peer
         self.contexts = contexts_for(items)
+        self.on_report = on_report
+        if on_report is not None:
+            self.contexts.append(build_context(STORAGE_COMMITMENT, list(UNCOMPRESSED)))
         self.assoc: Association | None = None
 
     def __enter__(self) -> StoreAssociation:
         return self.open()
 
     def open(self) -> StoreAssociation:
+        handlers: list[Any] = [(evt.EVT_CONN_OPEN, set_nodelay)]
+        if self.on_report is not None:
+            handlers.append((evt.EVT_N_EVENT_REPORT, self.on_report))
         assoc = self.ae.associate(
             self.peer.host,
             self.peer.port,
             contexts=self.contexts,
             ae_title=self.peer.ae_title,
-            evt_handlers=[(evt.EVT_CONN_OPEN, set_nodelay)],
+            evt_handlers=handlers,
         )
         if not assoc.is_established:
             reason = "rejected" if assoc.is_rejected else "aborted" if assoc.is_aborted else "not established"
@@ -128,10 +140,30 @@ class StoreAssociation:
             self.assoc.release()
         self.assoc = None
 
-    def proposes(self, items: Iterable[Item]) -> bool:
-        """Whether this association was negotiated with every context ``items`` need."""
+    def abort(self) -> None:
+        if self.assoc is not None and self.assoc.is_established:
+            self.assoc.abort()
+        self.assoc = None
+
+    def proposes(self, items: Iterable[Item], commitment: bool = False) -> bool:
+        """Whether this association was negotiated with every context ``items`` (and a commitment) need."""
+        if commitment and self.on_report is None:
+            return False
         have = {(cx.abstract_syntax, cx.transfer_syntax[0]) for cx in self.contexts}
         return {(cx.abstract_syntax, cx.transfer_syntax[0]) for cx in contexts_for(items)} <= have
+
+    @property
+    def can_commit(self) -> bool:
+        """Whether the peer accepted Storage Commitment on this association."""
+        return self.alive and bool(self._accepted(STORAGE_COMMITMENT))
+
+    def request_commitment(self, action_information: Dataset) -> int | None:
+        """N-ACTION (Request Storage Commitment); the peer's status, None without a valid response."""
+        if not self.alive:
+            raise AssociationFailed("association lost")
+        assert self.assoc is not None
+        status, _reply = self.assoc.send_n_action(action_information, 1, STORAGE_COMMITMENT, COMMITMENT_INSTANCE)
+        return int(status.Status) if "Status" in status else None
 
     @property
     def alive(self) -> bool:

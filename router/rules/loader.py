@@ -18,7 +18,7 @@ from router.stage import Stage
 
 RULE_KEYS = {"name", "when", "then", "stop", "description"}
 WHEN_KEYS = {"kind", "calling_ae", "called_ae", "sop_class", "message", "tags"}
-KINDS = {"dicom", "hl7"}
+KINDS = {"dicom", "hl7", "mpps"}
 MAX_NAME = 128  # the outbox records the rule that made each job
 _TAG_RE = re.compile(r"^\(?([0-9A-Fa-f]{4}),?([0-9A-Fa-f]{4})\)?$")
 

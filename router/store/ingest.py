@@ -36,6 +36,8 @@ from router.store import files
 from router.store.index import IdCache, find_instance, index_instance
 from router.store.models import Job, JobState, utcnow
 
+STORE_COMMIT = "dicom-store-commit"  # a C-STORE job whose peer is then asked for storage commitment
+
 JOB = Job.__table__  # type: ignore[attr-defined]
 
 log = logging.getLogger(__name__)
@@ -199,7 +201,7 @@ class Ingestor:
                     insert(JOB),
                     [
                         {
-                            "kind": "dicom-store", "peer": fwd.peer, "sop_uid": sop_uid,
+                            "kind": STORE_COMMIT if fwd.commit else "dicom-store", "peer": fwd.peer, "sop_uid": sop_uid,
                             "sop_class_uid": env.sop_class_uid, "transfer_syntax": fwd.transfer_syntax,
                             "path": derived[id(fwd.payload)] if _own_file(fwd, env) else relpath, "rule": fwd.rule,
                             "state": JobState.PENDING, "attempts": 0, "next_attempt_at": now,

@@ -95,9 +95,10 @@ Index(
 class JobState:
     PENDING = "pending"
     INFLIGHT = "inflight"
+    COMMITTING = "committing"  # delivered; waiting for the peer's storage commitment report
     DONE = "done"
     DEAD = "dead"
-    ALL = (PENDING, INFLIGHT, DONE, DEAD)
+    ALL = (PENDING, INFLIGHT, COMMITTING, DONE, DEAD)
 
 
 class Job(SQLModel, table=True):
@@ -218,3 +219,63 @@ class Hl7Log(SQLModel, table=True):
     ack_code: str = Field(default="AA", max_length=2, description="what was answered; a re-send gets it again")
     summary: str = Field(default="", max_length=1024)
     received_at: datetime = Field(default_factory=utcnow)
+
+
+# -- storage commitment (SCU role) and modality performed procedure steps -----------------------------------------
+class CommitState:
+    REQUESTING = "requesting"  # stored before the N-ACTION is sent; not yet accepted by the peer
+    WAITING = "waiting"  # N-ACTION accepted: the report is due before ``deadline``
+    DONE = "done"  # the report was applied
+    FAILED = "failed"  # refused, no report in time, or abandoned by a restart: its jobs were requeued
+
+
+class CommitTransaction(SQLModel, table=True):
+    """One Storage Commitment request the router made to a peer; its Transaction UID is never used again."""
+
+    __table_args__ = (Index("ix_commit_state_deadline", "state", "deadline"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    transaction_uid: str = Field(unique=True, max_length=64)
+    peer: str = Field(max_length=64, index=True)
+    state: str = Field(default=CommitState.REQUESTING, max_length=16)
+    deadline: datetime | None = None
+    detail: str = Field(default="", max_length=1024)
+    created_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow)
+
+
+class CommitItem(SQLModel, table=True):
+    """One instance of a commitment request and what the peer said about it.
+
+    ``job_fk`` is the outbox job that delivered it (no foreign key: ``router queue purge`` may delete done jobs);
+    ``request_no`` counts the requests made for that job since it was (re)queued by an operator."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    transaction_fk: int = Field(foreign_key="committransaction.id", index=True)
+    job_fk: int = Field(index=True)
+    sop_class_uid: str = Field(max_length=64)
+    sop_uid: str = Field(max_length=64, index=True)
+    request_no: int = 1
+    outcome: str = Field(default="", max_length=16, description="'', committed, failed or abandoned")
+    failure_reason: int | None = None
+
+
+class PerformedProcedureStep(SQLModel, table=True):
+    """A Modality Performed Procedure Step received by the MPPS SCP (PS3.4 F.7).
+
+    ``path`` is the current state (the N-CREATE attributes with every N-SET applied), relative to data_dir; every
+    message is kept next to it as received. ``worklist_items`` are the ids of the worklist items it performs."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    sop_uid: str = Field(unique=True, max_length=64)
+    status: str = Field(max_length=16, index=True)
+    calling_ae: str = Field(default="", max_length=16)
+    modality: str = Field(default="", max_length=16)
+    study_uid: str = Field(default="", max_length=64, index=True)
+    accession_number: str = Field(default="", max_length=16, index=True)
+    pps_id: str = Field(default="", max_length=16)
+    path: str = Field(max_length=1024)
+    messages: int = 1
+    worklist_items: str = Field(default="", max_length=1024, description="comma-separated WorklistItem ids")
+    created_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow)
