@@ -42,5 +42,6 @@ def test_orthanc_commits_and_the_local_copy_goes(workdir: Path) -> None:
         assert {r["sop_uid"] for r in committed} == uids
         wait_for(lambda: not any(p.exists() for p in paths), 10, what="the local copies removed")
         assert query(router, "select count(*) as n from instance") == [{"n": 0}]
-        assert router.output().count("committed by its peer: local copy removed") == 5
+        removed = "committed by its peer: local copy removed"
+        wait_for(lambda: router.output().count(removed) == 5, 10, what="five removals logged")
         assert "association from ORTHANC" in router.output(), "the report came on Orthanc's own association"

@@ -123,7 +123,7 @@ def test_delete_after_commit_removes_the_copy_unless_another_job_needs_it(workdi
         remaining = [r["sop_uid"] for r in query(router, "select sop_uid from instance")]
         assert remaining == [str(kept.SOPInstanceUID)], "the index row goes with the file"
         assert paths[str(kept.SOPInstanceUID)].is_file(), "DOWN still needs it"
-        assert f"{kept.SOPInstanceUID} committed, local copy kept" in router.output()
+        wait_for(lambda: f"{kept.SOPInstanceUID} committed, local copy kept" in router.output(), 10, what="the log")
 
 
 def test_restart_while_waiting_for_a_report_resumes_the_transaction(workdir: Path) -> None:
