@@ -117,6 +117,7 @@ class Router:
         if self.scheduler.running:
             self.scheduler.shutdown(wait=False)
         self.forwarder.stop()
+        self.ingestor.close()
         self.engine.dispose()
         log.info("router stopped")
 

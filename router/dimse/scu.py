@@ -25,6 +25,7 @@ from pynetdicom.association import Association
 from pynetdicom.presentation import PresentationContext, build_context
 
 from router.config import Peer, RouterConfig
+from router.dimse import reactor
 from router.transcode import TranscodeError, syntax_name, transcode
 
 log = logging.getLogger(__name__)
@@ -33,6 +34,8 @@ log = logging.getLogger(__name__)
 _config.STORE_SEND_CHUNKED_DATASET = True
 # Forwarding must be transparent: never "fix" what we pass on.
 _config.ENFORCE_UID_CONFORMANCE = False
+# Event-driven association threads instead of pynetdicom's polling ones (router.dimse.reactor).
+reactor.install()
 
 MAX_CONTEXTS = 128
 UNCOMPRESSED = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)

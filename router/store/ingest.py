@@ -7,6 +7,10 @@ Order of work (the acknowledgement comes only after the last step):
 4. the object (and any changed payload) is written to a temp file and fsynced;
 5. under the write lock: rename into place, fsync the folder, insert index and outbox rows, commit.
 Any failure on the way removes what this object wrote and is answered with a failure status.
+
+Step 4 for the bytes as received starts before step 1, on a writer thread: the fsync (the slowest step for a small
+object) then runs while this thread decodes, checks and runs the rules. When the object turns out to be a
+duplicate or unusable, or a stage changes what is stored, that temp file is removed unused.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import logging
 import threading
 import uuid
 from collections.abc import Callable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,6 +44,7 @@ from router.store.models import Job, JobState, utcnow
 STORE_COMMIT = "dicom-store-commit"  # a C-STORE job whose peer is then asked for storage commitment
 
 JOB = Job.__table__  # type: ignore[attr-defined]
+INSERT_JOB = insert(JOB)  # built once: the compiled form is reused
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +69,28 @@ def _own_file(fwd: PlannedForward, env: Envelope) -> bool:
     return fwd.payload is not stored
 
 
+def _remove_written(done: Future[Path]) -> None:
+    if not done.cancelled() and done.exception() is None:
+        files.remove_quietly(done.result())
+
+
+class _EarlyWrite:
+    """The temp file of the bytes as received, being written on a writer thread; removed unless taken."""
+
+    def __init__(self, pending: Future[Path] | None) -> None:
+        self.pending = pending
+
+    def take(self) -> Path | None:
+        """The fsynced temp file (waits for it; raises its OSError), or None without an early write."""
+        pending, self.pending = self.pending, None
+        return pending.result() if pending is not None else None
+
+    def discard(self) -> None:
+        pending, self.pending = self.pending, None
+        if pending is not None:
+            pending.add_done_callback(_remove_written)
+
+
 class Ingestor:
     def __init__(
         self,
@@ -83,9 +111,26 @@ class Ingestor:
         self.write_lock = threading.Lock()  # one writer at a time (SQLite); shared with the HL7 intake
         self.ids = IdCache()
         self.on_jobs_committed: Callable[[set[str]], None] = lambda peers: None
+        self._writer = ThreadPoolExecutor(max_workers=4, thread_name_prefix="store-write")
+
+    def close(self) -> None:
+        self._writer.shutdown(wait=True)
 
     # -- public -------------------------------------------------------------------------------------------
     def ingest(self, raw: bytes, source: Source) -> IngestResult:
+        early = self._write_early(raw)
+        try:
+            return self._ingest(raw, source, early)
+        finally:
+            early.discard()
+
+    def _write_early(self, raw: bytes) -> _EarlyWrite:
+        try:
+            return _EarlyWrite(self._writer.submit(files.write_temp, self.tmp_dir, raw))
+        except RuntimeError:  # shutting down: write on this thread when it comes to it
+            return _EarlyWrite(None)
+
+    def _ingest(self, raw: bytes, source: Source, early: _EarlyWrite) -> IngestResult:
         try:
             env = Envelope.from_p10(raw, source)
             missing = [k for k in REQUIRED_UIDS if not str(env.header.get(k, "")).strip()]
@@ -98,10 +143,10 @@ class Ingestor:
         if missing:
             return self._refuse_quarantined(raw, source, StoreOutcome.INVALID, f"missing {', '.join(missing)}", env=env)
         notify(self.pm, "router_instance_received", envelope=env)
-        return self._ingest_envelope(env)
+        return self._ingest_envelope(env, early)
 
     # -- steps --------------------------------------------------------------------------------------------
-    def _ingest_envelope(self, env: Envelope) -> IngestResult:
+    def _ingest_envelope(self, env: Envelope, early: _EarlyWrite) -> IngestResult:
         sop_uid = env.sop_instance_uid
         digest = sha256(env.raw)
         try:
@@ -109,9 +154,9 @@ class Ingestor:
                 existing = find_instance(conn, sop_uid)
         except SQLAlchemyError as exc:
             return self._refuse(env, StoreOutcome.OUT_OF_RESOURCES, f"database unavailable: {exc}")
-        early = self._duplicate_verdict(existing.sha256 if existing else None, digest)
-        if early is not None:
-            return self._finish_duplicate(env, early)
+        verdict = self._duplicate_verdict(existing.sha256 if existing else None, digest)
+        if verdict is not None:
+            return self._finish_duplicate(env, verdict)
 
         try:
             plan = run_pipeline(env, self.rules(), self.stages, self.config, engine=self.engine)
@@ -120,7 +165,9 @@ class Ingestor:
 
         written: list[Path] = []
         try:
-            tmp_object = files.write_temp(self.tmp_dir, env.stored if env.stored is not None else env.raw)
+            tmp_object = early.take() if env.stored is None else None
+            if tmp_object is None:
+                tmp_object = files.write_temp(self.tmp_dir, env.stored if env.stored is not None else env.raw)
             written.append(tmp_object)
             derived = self._write_derived(env, plan, written)
             with self.write_lock:
@@ -198,7 +245,7 @@ class Ingestor:
             if plan.forwards:
                 now = utcnow()
                 conn.execute(
-                    insert(JOB),
+                    INSERT_JOB,
                     [
                         {
                             "kind": STORE_COMMIT if fwd.commit else "dicom-store", "peer": fwd.peer, "sop_uid": sop_uid,
