@@ -47,6 +47,7 @@ from router.store.ingest import STORE_COMMIT
 from router.store.models import Job
 
 log = logging.getLogger(__name__)
+DISPATCH_GAP = 0.05  # s: the least time between two dispatcher passes
 
 
 class Forwarder:
@@ -109,6 +110,9 @@ class Forwarder:
                 self._dispatch_once()
             except Exception:
                 log.exception("forward dispatcher error (will retry)")
+            # Every stored object with a forward wakes us; one pass per DISPATCH_GAP is enough (running senders
+            # take new jobs themselves), and the passes' queries would otherwise compete with ingest.
+            self._stop.wait(DISPATCH_GAP)
             self._wake.wait(self.config.forward.poll_interval)
             self._wake.clear()
 
@@ -255,7 +259,7 @@ class Forwarder:
                 log.info("forwarded %s %s to %s (%s)", job.kind, job.sop_uid, job.peer, outcome.reason)
                 notify(self.pm, "router_forwarded", job=job, status=outcome.status or 0)
                 if job.kind == COMMIT_REPORT:
-                    drop_if_orphaned(self.engine, self.config.data_dir, job.path)
+                    drop_if_orphaned(self.engine, self.config.data_dir, job.path, job.sop_uid)
             else:
                 self._fail(job, outcome.reason, outcome.verdict is SendVerdict.PERMANENT, outcome.status)
         self.outbox.release(unsent)
@@ -286,7 +290,7 @@ class Forwarder:
                 self.outbox.mark_done([job], {})
                 log.info("forwarded HL7 %s to %s (%s)", job.sop_class_uid, job.peer, reason)
                 notify(self.pm, "router_forwarded", job=job, status=0)
-                drop_if_orphaned(self.engine, self.config.data_dir, job.path)
+                drop_if_orphaned(self.engine, self.config.data_dir, job.path, job.sop_uid)
             else:
                 self._fail(job, reason, permanent=verdict is HL7Verdict.PERMANENT)
         return link
@@ -320,7 +324,7 @@ class Forwarder:
             if verdict is StowVerdict.DONE:
                 self.outbox.mark_done([job], {})
                 notify(self.pm, "router_forwarded", job=job, status=0)
-                drop_if_orphaned(self.engine, self.config.data_dir, job.path)
+                drop_if_orphaned(self.engine, self.config.data_dir, job.path, job.sop_uid)
             else:
                 self._fail(job, reason, permanent=verdict is StowVerdict.PERMANENT)
         log.info("STOW-RS to %s: %d of %d delivered", peer_name,
@@ -351,7 +355,7 @@ class Forwarder:
             self.outbox.mark_done([job], {job.id or 0: status})
             log.info("forwarded %s to %s (0x%04X)", job.sop_uid, job.peer, status)
             notify(self.pm, "router_forwarded", job=job, status=status)
-            drop_if_orphaned(self.engine, self.config.data_dir, job.path)
+            drop_if_orphaned(self.engine, self.config.data_dir, job.path, job.sop_uid)
         else:
             self._fail(job, f"peer answered 0x{status:04X}", verdict is SendVerdict.PERMANENT, status)
         return None

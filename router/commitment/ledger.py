@@ -25,7 +25,7 @@ from typing import Any
 import pluggy
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
-from sqlalchemy import Connection, insert, select, update
+from sqlalchemy import Connection, bindparam, insert, select, update
 from sqlalchemy.engine import Engine
 
 from router.commitment.datasets import BadRequest, Ref, read_report
@@ -40,6 +40,10 @@ log = logging.getLogger(__name__)
 TX = CommitTransaction.__table__  # type: ignore[attr-defined]
 ITEM = CommitItem.__table__  # type: ignore[attr-defined]
 JOB = Job.__table__  # type: ignore[attr-defined]
+# run on every forwarder dispatch pass: built once
+_OVERDUE = select(TX.c.transaction_uid, TX.c.peer).where(
+    TX.c.state == CommitState.WAITING, TX.c.deadline <= bindparam("now")
+)
 
 INVALID_ARGUMENT = 0x0115
 PROCESSING_FAILURE = 0x0110
@@ -188,8 +192,7 @@ class CommitLedger:
     def expire_overdue(self) -> int:
         """Transactions whose report did not come within the duration of applicability fail; how many."""
         with self.engine.connect() as conn:
-            rows = list(conn.execute(select(TX.c.transaction_uid, TX.c.peer)
-                                     .where(TX.c.state == CommitState.WAITING, TX.c.deadline <= utcnow())))  # fmt: skip
+            rows = list(conn.execute(_OVERDUE, {"now": utcnow()}))
         for uid, peer in rows:
             timeout = self.config.peers[peer].commit_timeout if peer in self.config.peers else 0.0
             self.fail(uid, f"no report from {peer} within {timeout:g} s of the N-ACTION (duration of applicability)")
@@ -252,7 +255,7 @@ class CommitLedger:
             notify(self.pm, "router_forwarded", job=job, status=job.last_status or 0)
             if delete:
                 remove_instance(self.engine, self.config.data_dir, self.write_lock, job.sop_uid)
-            drop_if_orphaned(self.engine, self.config.data_dir, job.path)
+            drop_if_orphaned(self.engine, self.config.data_dir, job.path, job.sop_uid)
         for job, error, dead in failed:
             log.warning("%s: %s; %s", job.sop_uid, error, "dead-lettered" if dead else "to be sent and requested again")
             notify(self.pm, "router_forward_failed", job=job, error=error, dead=dead)

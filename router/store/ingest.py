@@ -259,7 +259,7 @@ class Ingestor:
                 )  # fmt: skip
         self.ids.remember(new_ids)
         if old_path is not None and old_path != relpath:
-            self._drop_if_unreferenced(old_path)
+            self._drop_if_unreferenced(old_path, sop_uid)
         outcome = StoreOutcome.OVERWRITTEN if existing is not None else StoreOutcome.STORED
         log.info(
             "stored %s from %s (%s), %d forward job(s)",
@@ -280,8 +280,8 @@ class Ingestor:
             self.on_jobs_committed({f.peer for f in plan.forwards})
         return IngestResult(outcome, sop_uid, jobs=len(plan.forwards))
 
-    def _drop_if_unreferenced(self, relpath: str) -> None:
-        drop_if_orphaned(self.engine, self.data_dir, relpath)
+    def _drop_if_unreferenced(self, relpath: str, sop_uid: str) -> None:
+        drop_if_orphaned(self.engine, self.data_dir, relpath, sop_uid)
 
     # -- outcomes -----------------------------------------------------------------------------------------
     def _finish_duplicate(self, env: Envelope, outcome: StoreOutcome) -> IngestResult:
