@@ -43,7 +43,9 @@ class Router:
             (config.data_dir / sub).mkdir(parents=True, exist_ok=True)
         self.engine = make_engine(config.effective_database_url)
         self.rules = LiveRules(config.rules_dir, self.stages, config)
-        self.outbox = Outbox(self.engine, config.forward, config.data_dir)
+        # claims and done marks need not be flushed one by one (see router.store.db)
+        self.bookkeeping = make_engine(config.effective_database_url, durable=False)
+        self.outbox = Outbox(self.bookkeeping, config.forward, config.data_dir)
         self.ingestor = Ingestor(config, self.engine, lambda: self.rules.current, self.stages, self.pm)
         self.ledger = CommitLedger(config, self.engine, self.pm, self.ingestor.write_lock)
         self.forwarder = Forwarder(config, self.engine, self.outbox, self.pm, self.ledger)
@@ -118,6 +120,7 @@ class Router:
             self.scheduler.shutdown(wait=False)
         self.forwarder.stop()
         self.ingestor.close()
+        self.bookkeeping.dispose()
         self.engine.dispose()
         log.info("router stopped")
 

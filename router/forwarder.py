@@ -236,7 +236,7 @@ class Forwarder:
             except AssociationFailed as exc:
                 self._fail(job, str(exc), permanent=False)
                 self.outbox.release(jobs[index + 1 :])
-                assoc.close()
+                assoc.abort()  # no valid answer: the association's state is unknown, a release could wait for ever
                 assoc = None
                 break
             if status is not None:

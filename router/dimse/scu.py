@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import socket
+import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from io import BytesIO
@@ -47,6 +48,7 @@ ReportHandler = Callable[[evt.Event], Any]  # EVT_N_EVENT_REPORT: the peer's sto
 # pynetdicom's DUL thread sleeps this long between polls when idle (its default is 1 ms). Every C-STORE
 # round trip waits for it; 0.2 ms took a no-op pynetdicom SCP from 335 to 455 objects/s with storescu.
 DUL_POLL_DELAY = 0.0002
+REPORT_ANSWER_WAIT = 5.0  # s: the longest a request waits for our answer to the peer's N-EVENT-REPORT to go out
 
 
 def set_nodelay(event: evt.Event) -> None:
@@ -132,6 +134,7 @@ class StoreAssociation:
         if on_report is not None:
             self.contexts.append(build_context(STORAGE_COMMITMENT, list(UNCOMPRESSED)))
         self.assoc: Association | None = None
+        self._report_threads: list[threading.Thread] = []
 
     def __enter__(self) -> StoreAssociation:
         return self.open()
@@ -139,7 +142,7 @@ class StoreAssociation:
     def open(self) -> StoreAssociation:
         handlers: list[Any] = [(evt.EVT_CONN_OPEN, set_nodelay)]
         if self.on_report is not None:
-            handlers.append((evt.EVT_N_EVENT_REPORT, self.on_report))
+            handlers.append((evt.EVT_N_EVENT_REPORT, self._report))
         assoc = self.ae.associate(
             self.peer.host,
             self.peer.port,
@@ -153,6 +156,19 @@ class StoreAssociation:
         keep_responses(assoc)
         self.assoc = assoc
         return self
+
+    def _report(self, event: evt.Event) -> Any:
+        """The peer's N-EVENT-REPORT, on the thread pynetdicom starts for it; that thread sends our answer."""
+        self._report_threads.append(threading.current_thread())
+        assert self.on_report is not None
+        return self.on_report(event)
+
+    def _wait_for_report_answers(self) -> None:
+        """Let our answer to a report go out before the next request: a peer waiting for that answer (pynetdicom
+        is one) would otherwise take our C-STORE request for it, and both would be lost."""
+        while self._report_threads:
+            self._report_threads[0].join(REPORT_ANSWER_WAIT)
+            self._report_threads.pop(0)
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
@@ -184,6 +200,7 @@ class StoreAssociation:
         if not self.alive:
             raise AssociationFailed("association lost")
         assert self.assoc is not None
+        self._wait_for_report_answers()
         status, _reply = self.assoc.send_n_action(action_information, 1, STORAGE_COMMITMENT, COMMITMENT_INSTANCE)
         return int(status.Status) if "Status" in status else None
 
@@ -222,6 +239,7 @@ class StoreAssociation:
             raise AssociationFailed("association lost")
         assert self.assoc is not None
         accepted = self._accepted(item.sop_class_uid)
+        self._wait_for_report_answers()
         try:
             rsp = self._send_c_store(item, msg_id, accepted)
         except ValueError as exc:  # pynetdicom: the file is not in the syntax the job said (no context for it)

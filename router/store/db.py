@@ -1,4 +1,12 @@
-"""Database engine: SQLite (WAL, synchronous=FULL) by default, PostgreSQL by URL, the same code for both."""
+"""Database engine: SQLite (WAL, synchronous=FULL) by default, PostgreSQL by URL, the same code for both.
+
+``make_engine(url, durable=False)`` is for the outbox's own bookkeeping (claims, done and failure marks): its
+commits are not flushed to disk one by one (SQLite ``synchronous=NORMAL`` in WAL mode, PostgreSQL
+``synchronous_commit=off``). They survive a crash of the process; a power loss may take back the last ones, and
+only together with everything committed after them (both logs are written in order, and the next durable commit
+flushes all earlier ones), so the worst case is an object delivered once more. Everything that an
+acknowledgement depends on goes through the durable engine.
+"""
 
 from __future__ import annotations
 
@@ -12,16 +20,27 @@ from sqlmodel import SQLModel, create_engine
 from router.store import models  # noqa: F401  (registers the tables)
 
 
-def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any, synchronous: str = "FULL") -> None:
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA journal_mode=WAL")
-    cur.execute("PRAGMA synchronous=FULL")  # durable: a commit survives power loss before we acknowledge
+    cur.execute(f"PRAGMA synchronous={synchronous}")  # FULL: a commit survives power loss before we acknowledge
     cur.execute("PRAGMA foreign_keys=ON")
     cur.execute("PRAGMA busy_timeout=30000")
     cur.close()
 
 
-def make_engine(url: str) -> Engine:
+def _sqlite_bookkeeping_pragmas(dbapi_conn: Any, record: Any) -> None:
+    _sqlite_pragmas(dbapi_conn, record, synchronous="NORMAL")
+
+
+def _postgres_bookkeeping(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("SET synchronous_commit TO OFF")
+    cur.close()
+    dbapi_conn.commit()
+
+
+def make_engine(url: str, durable: bool = True) -> Engine:
     if url.startswith("sqlite"):
         path = url.split("///", 1)[1] if "///" in url else ""
         if path and path != ":memory:":
@@ -29,8 +48,10 @@ def make_engine(url: str) -> Engine:
         engine = create_engine(
             url, connect_args={"check_same_thread": False, "timeout": 30}, pool_size=8, max_overflow=8
         )
-        event.listen(engine, "connect", _sqlite_pragmas)
+        event.listen(engine, "connect", _sqlite_pragmas if durable else _sqlite_bookkeeping_pragmas)
     else:
         engine = create_engine(url, pool_pre_ping=True, pool_size=8, max_overflow=8)
+        if not durable:
+            event.listen(engine, "connect", _postgres_bookkeeping)
     SQLModel.metadata.create_all(engine)
     return engine
