@@ -33,6 +33,7 @@ import queue
 import select
 import socket
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -47,6 +48,7 @@ from pynetdicom.transport import AssociationSocket
 log = logging.getLogger(__name__)
 
 MAX_WAIT = 0.05  # s: the longest either thread sleeps without looking at its timers
+MAX_QUEUED = 32  # primitives waiting to be sent before the service user is held back
 CHECKPOINT_POLL = 0.005  # s: while a send_*() has the reactor paused (see _assoc_run_reactor)
 SUPPORTED = ("3.0.",)
 _installed = False
@@ -126,6 +128,11 @@ def _patched_dimse_init(self: DIMSEServiceProvider, assoc: Association) -> None:
 
 
 def _patched_send_pdu(self: DULServiceProvider, primitive: Any) -> None:
+    # Back-pressure: a service streaming answers (C-FIND) waits while MAX_QUEUED are not sent yet, so memory stays
+    # bounded and a C-CANCEL from the peer still finds answers left to cancel.
+    if self.is_alive() and threading.current_thread() is not self:
+        while self.to_provider_queue.qsize() >= MAX_QUEUED and self.is_alive() and not self._kill_thread:
+            time.sleep(0.0002)
     _dul_send_pdu(self, primitive)
     self._router_bell.ring()  # type: ignore[attr-defined]
 
@@ -161,6 +168,7 @@ def _dul_run_reactor(self: DULServiceProvider) -> None:
     try:
         self._idle_timer.start()
         idle = False
+        reading_first = True
         while True:
             if not self.assoc._dul_ready.is_set():
                 self.assoc._dul_ready.set()
@@ -172,9 +180,14 @@ def _dul_run_reactor(self: DULServiceProvider) -> None:
             if self.artim_timer.expired:
                 self.event_queue.put("Evt18")
             try:
-                if self._process_recv_primitive():
+                # pynetdicom always sends first; while a C-FIND SCP streams its answers that starves reading, and a
+                # C-CANCEL is seen only after the last answer. Take turns instead.
+                reading_first = not reading_first
+                if reading_first and self._is_transport_event():
+                    self._idle_timer.restart()
+                elif self._process_recv_primitive():
                     pass
-                elif self._is_transport_event():
+                elif not reading_first and self._is_transport_event():
                     self._idle_timer.restart()
             except Exception as exc:
                 log.error("Exception in DUL.run(), aborting association")
