@@ -3,7 +3,8 @@
 pynetdicom (3.0) polls: its DUL thread sleeps ``_run_loop_delay`` whenever a loop found nothing to do, and the
 association reactor sleeps 1 ms before every look at its queues. Every C-STORE round trip therefore waits for both
 sleeps, and the two threads wake thousands of times a second to take the GIL from the thread doing the actual work
-(storing the object). Measured with storescu and 1 KB objects this added about 5 ms per object.
+(storing the object). A pynetdicom SCP doing nothing took 3.2 ms per 1 KB object from storescu with the polling
+loops and 1.4 ms with these.
 
 ``install()`` replaces both loops with ones that block until something happens:
 

@@ -10,7 +10,8 @@ Any failure on the way removes what this object wrote and is answered with a fai
 
 Step 4 for the bytes as received starts before step 1, on a writer thread: the fsync (the slowest step for a small
 object) then runs while this thread decodes, checks and runs the rules. When the object turns out to be a
-duplicate or unusable, or a stage changes what is stored, that temp file is removed unused.
+duplicate or a stage changes what is stored, that temp file is removed unused; an unusable object is moved from it
+into quarantine.
 """
 
 from __future__ import annotations
@@ -137,11 +138,12 @@ class Ingestor:
             if "TransferSyntaxUID" not in env.header.file_meta:
                 missing.append("TransferSyntaxUID (file meta)")
         except (InvalidDicomError, ValueError, KeyError, EOFError, OSError, TypeError) as exc:
-            return self._refuse_quarantined(raw, source, StoreOutcome.UNPARSEABLE, f"cannot decode: {exc}")
+            return self._refuse_quarantined(raw, early, source, StoreOutcome.UNPARSEABLE, f"cannot decode: {exc}")
         except Exception as exc:  # pydicom raises a wide variety on corrupt input
-            return self._refuse_quarantined(raw, source, StoreOutcome.UNPARSEABLE, f"cannot decode: {exc!r}")
+            return self._refuse_quarantined(raw, early, source, StoreOutcome.UNPARSEABLE, f"cannot decode: {exc!r}")
         if missing:
-            return self._refuse_quarantined(raw, source, StoreOutcome.INVALID, f"missing {', '.join(missing)}", env=env)
+            reason = f"missing {', '.join(missing)}"
+            return self._refuse_quarantined(raw, early, source, StoreOutcome.INVALID, reason, env=env)
         notify(self.pm, "router_instance_received", envelope=env)
         return self._ingest_envelope(env, early)
 
@@ -165,9 +167,10 @@ class Ingestor:
 
         written: list[Path] = []
         try:
-            tmp_object = early.take() if env.stored is None else None
-            if tmp_object is None:
-                tmp_object = files.write_temp(self.tmp_dir, env.stored if env.stored is not None else env.raw)
+            if env.stored is None:
+                tmp_object = early.take() or files.write_temp(self.tmp_dir, env.raw)
+            else:
+                tmp_object = files.write_temp(self.tmp_dir, env.stored)
             written.append(tmp_object)
             derived = self._write_derived(env, plan, written)
             with self.write_lock:
@@ -315,7 +318,13 @@ class Ingestor:
         return result
 
     def _refuse_quarantined(
-        self, raw: bytes, source: Source, outcome: StoreOutcome, reason: str, env: Envelope | None = None
+        self,
+        raw: bytes,
+        early: _EarlyWrite,
+        source: Source,
+        outcome: StoreOutcome,
+        reason: str,
+        env: Envelope | None = None,
     ) -> IngestResult:
         sop_uid = ""
         if env is not None:
@@ -325,7 +334,7 @@ class Ingestor:
             f"{uuid.uuid4().hex[:8]}"
         )
         try:
-            tmp = files.write_temp(self.tmp_dir, raw)
+            tmp = early.take() or files.write_temp(self.tmp_dir, raw)  # the bytes as received: already written
             files.commit_file(tmp, self.quarantine_dir / f"{name}.dcm")
             (self.quarantine_dir / f"{name}.txt").write_text(
                 f"reason: {reason}\ncalling_ae: {source.calling_ae}\ncalled_ae: {source.called_ae}\n"
