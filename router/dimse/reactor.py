@@ -46,6 +46,8 @@ from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu import A_ABORT_RQ
 from pynetdicom.transport import AssociationSocket
 
+from router.dimse import pdata
+
 log = logging.getLogger(__name__)
 
 MAX_WAIT = 0.05  # s: the longest either thread sleeps without looking at its timers
@@ -318,5 +320,6 @@ def install() -> bool:
     DULServiceProvider.run_reactor = _dul_run_reactor  # type: ignore[method-assign]
     Association._run_reactor = _assoc_run_reactor  # type: ignore[method-assign]
     AssociationSocket.recv = _recv  # type: ignore[method-assign]
+    pdata.install()
     _installed = True
     return True

@@ -1,0 +1,173 @@
+"""Sending a DIMSE message as ready-made P-DATA-TF PDUs.
+
+pynetdicom (3.0) turns every fragment of a message into a P-DATA primitive of its own: a queue put and a wake-up
+of the DUL thread, a trip through the state machine, a PDV item object and a byte-string encoding, each time. A
+512x512 CT slice sent to a peer that takes 16 KiB PDUs (DCMTK's default) is 32 such trips, 3 to 4 ms of Python per
+slice, and it holds the GIL that ingest needs.
+
+``install()`` replaces ``DIMSEServiceProvider.send_msg`` with one that encodes the message's P-DATA-TF PDUs itself,
+straight into one buffer (a file-backed dataset is read into it with ``readinto``), and hands the DUL a few large
+primitives instead of many small ones: each carries whole PDUs, up to ``GROUP_BYTES`` of them, so memory stays
+bounded for a large object and the DUL never sends part of a PDU. The DUL's state machine sees ordinary P-DATA
+requests (``DT-1``/``AR-7``); ``P_DATA_TF`` sends the bytes as they are.
+
+The bytes on the wire are what pynetdicom sends: the same fragments (the peer's maximum PDU length less the 6
+bytes of PDV item header and flags, or ``UNLIMITED_FRAGMENT`` when the peer set no limit) with the same control
+headers (command 0x01/0x03, data set 0x00/0x02), in the same order.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterator
+from io import BytesIO
+from pathlib import Path
+from typing import Any
+
+from pynetdicom import evt
+from pynetdicom.dimse import _RQ_TO_MESSAGE, _RSP_TO_MESSAGE, DIMSEServiceProvider
+from pynetdicom.dsutils import encode
+from pynetdicom.pdu import P_DATA_TF
+from pynetdicom.pdu_primitives import P_DATA
+
+GROUP_BYTES = 1 << 20  # encoded PDUs per primitive handed to the DUL, at most (one PDU at least)
+UNLIMITED_FRAGMENT = (1 << 20) - 12  # our own fragment size when the peer accepts PDUs of any length
+_HEADER = struct.Struct(">BxLLBB")  # PDU type, reserved, PDU length, PDV item length, context ID, control header
+HEADER_LEN = _HEADER.size  # 12
+
+# Message control header (PS3.8 E.2): bit 0 command/data set, bit 1 last fragment
+COMMAND, COMMAND_LAST, DATA, DATA_LAST = 0x01, 0x03, 0x00, 0x02
+
+
+class EncodedPData(P_DATA):
+    """A P-DATA request whose P-DATA-TF PDUs are already encoded, back to back, in ``encoded``."""
+
+    def __init__(self, encoded: bytearray) -> None:
+        super().__init__()
+        self.encoded = encoded
+
+
+def _fragment_size(max_pdu: int) -> int:
+    """Data bytes per PDV for a peer whose maximum PDU length is ``max_pdu`` (0: no limit)."""
+    if max_pdu == 0:
+        return UNLIMITED_FRAGMENT
+    return min(max_pdu - 6, UNLIMITED_FRAGMENT)
+
+
+class _Packer:
+    """Encodes PDUs into buffers of at most ``GROUP_BYTES`` (or one PDU), yielded as ``EncodedPData``."""
+
+    def __init__(self, context_id: int, fragment: int) -> None:
+        self.context_id = context_id
+        self.fragment = fragment
+        self.buffer = bytearray()
+
+    def _start(self, size: int) -> memoryview:
+        """Room for one PDU carrying ``size`` data bytes at the end of the buffer."""
+        offset = len(self.buffer)
+        self.buffer.extend(bytes(HEADER_LEN + size))  # zero-filled, overwritten below
+        return memoryview(self.buffer)[offset:]
+
+    def _full(self, next_size: int) -> bool:
+        return bool(self.buffer) and len(self.buffer) + HEADER_LEN + next_size > GROUP_BYTES
+
+    def _take(self) -> EncodedPData:
+        primitive, self.buffer = EncodedPData(self.buffer), bytearray()
+        return primitive
+
+    def pack_bytes(self, data: bytes | memoryview, last_flag: int, more_flag: int) -> Iterator[EncodedPData]:
+        view = memoryview(data)
+        total = len(view)
+        offset = 0
+        while True:
+            size = min(self.fragment, total - offset)
+            last = offset + size >= total
+            if self._full(size):
+                yield self._take()
+            room = self._start(size)
+            _HEADER.pack_into(room, 0, 0x04, size + 6, size + 2, self.context_id, last_flag if last else more_flag)
+            room[HEADER_LEN:] = view[offset : offset + size]
+            room.release()
+            offset += size
+            if last:
+                return
+
+    def pack_file(self, path: Path, offset: int) -> Iterator[EncodedPData]:
+        with open(path, "rb") as f:
+            total = f.seek(0, 2) - f.seek(offset)
+            done = 0
+            while True:
+                size = min(self.fragment, total - done)
+                last = done + size >= total
+                if self._full(size):
+                    yield self._take()
+                room = self._start(size)
+                _HEADER.pack_into(room, 0, 0x04, size + 6, size + 2, self.context_id, DATA_LAST if last else DATA)
+                got = f.readinto(room[HEADER_LEN:])
+                room.release()
+                if got != size:
+                    raise OSError(f"{path} changed while it was being sent ({got} of {size} bytes read)")
+                done += size
+                if last:
+                    return
+
+    def rest(self) -> Iterator[EncodedPData]:
+        if self.buffer:
+            yield self._take()
+
+
+def encode_message(dimse_msg: Any, context_id: int, max_pdu: int) -> Iterator[EncodedPData]:
+    """The P-DATA requests for one DIMSE message: its command set, then its data set when it has one."""
+    packer = _Packer(context_id, _fragment_size(max_pdu))
+    command = encode(dimse_msg.command_set, True, True)  # always Implicit VR Little Endian (PS3.7 6.3.1)
+    if command is None:
+        raise ValueError("the DIMSE command set could not be encoded")
+    yield from packer.pack_bytes(command, COMMAND_LAST, COMMAND)
+    data_set: BytesIO | None = dimse_msg.data_set
+    if data_set is not None:
+        encoded = data_set.getbuffer()
+        if len(encoded):
+            yield from packer.pack_bytes(encoded, DATA_LAST, DATA)
+        encoded.release()
+    elif dimse_msg._data_set_path is not None:
+        path, offset = dimse_msg._data_set_path
+        yield from packer.pack_file(Path(path), offset)
+    yield from packer.rest()
+
+
+def _send_msg(self: DIMSEServiceProvider, primitive: Any, context_id: int) -> None:
+    """pynetdicom's ``DIMSEServiceProvider.send_msg`` with the message encoded by ``encode_message``."""
+    if primitive.MessageIDBeingRespondedTo is None:
+        dimse_msg = _RQ_TO_MESSAGE[primitive.__class__]()
+    else:
+        dimse_msg = _RSP_TO_MESSAGE[primitive.__class__]()
+    dimse_msg.primitive_to_message(primitive)
+    dimse_msg.context_id = context_id
+    evt.trigger(self.assoc, evt.EVT_DIMSE_SENT, {"message": dimse_msg})
+    for pdata in encode_message(dimse_msg, context_id, self.maximum_pdu_size):
+        self.dul.send_pdu(pdata)
+
+
+_from_primitive = P_DATA_TF.from_primitive
+_encode = P_DATA_TF.encode
+
+
+def _pdu_from_primitive(self: P_DATA_TF, primitive: P_DATA) -> None:
+    if isinstance(primitive, EncodedPData):
+        self._router_encoded = primitive.encoded  # type: ignore[attr-defined]
+        return
+    _from_primitive(self, primitive)
+
+
+def _pdu_encode(self: P_DATA_TF) -> Any:
+    encoded = self.__dict__.get("_router_encoded")
+    if encoded is None:
+        return _encode(self)
+    return memoryview(encoded)  # AssociationSocket.send slices what a partial send() left: no copies
+
+
+def install() -> None:
+    """Patch pynetdicom (3.0.x, checked by the caller); idempotent."""
+    DIMSEServiceProvider.send_msg = _send_msg  # type: ignore[method-assign]
+    P_DATA_TF.from_primitive = _pdu_from_primitive  # type: ignore[method-assign]
+    P_DATA_TF.encode = _pdu_encode  # type: ignore[method-assign,assignment]
