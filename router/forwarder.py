@@ -98,8 +98,15 @@ class Forwarder:
                 thread.join(max(0.0, deadline - time.monotonic()))
 
     def wake(self, peers: set[str] | None = None) -> None:
-        """New jobs are committed: start senders now and wake idle ones."""
-        self._wake.set()
+        """New jobs are committed: start senders now and wake idle ones.
+
+        A peer with a sender running needs no dispatcher pass: the sender claims the new jobs itself (one that is
+        just giving up wakes the dispatcher on its way out), and a growing backlog gets more associations at the
+        next regular pass (``forward.poll_interval``)."""
+        with self._lock:
+            served = peers is not None and all(self._active.get(peer, 0) > 0 for peer in peers)
+        if not served:
+            self._wake.set()
         with self._work:
             self._work.notify_all()
 

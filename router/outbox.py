@@ -66,6 +66,11 @@ _TAKE = (
     .where(JOB.c.id.in_(bindparam("ids", expanding=True)), JOB.c.state == JobState.PENDING)
     .values(state=JobState.INFLIGHT, updated_at=bindparam("now"))
 )
+_DUE_COUNTS = (
+    core_select(JOB.c.peer, func.count())
+    .where(JOB.c.state == JobState.PENDING, JOB.c.next_attempt_at <= bindparam("now"))
+    .group_by(JOB.c.peer)
+)
 _LOAD = core_select(JOB).where(JOB.c.id.in_(bindparam("ids", expanding=True))).order_by(JOB.c.id)
 _DONE = (
     update(JOB)
@@ -116,13 +121,8 @@ class Outbox:
 
     def due_counts(self, now: datetime | None = None) -> dict[str, int]:
         """Pending jobs that are due, per peer."""
-        now = now or utcnow()
-        with Session(self.engine) as session:
-            rows = session.exec(
-                select(Job.peer, func.count())
-                .where(col(Job.state) == JobState.PENDING, col(Job.next_attempt_at) <= now)
-                .group_by(Job.peer)
-            ).all()
+        with self.engine.connect() as conn:
+            rows = conn.execute(_DUE_COUNTS, {"now": now or utcnow()}).all()
         return {peer: int(n) for peer, n in rows}
 
     def claim(self, peer: str, limit: int, due_only: bool = True) -> list[Job]:

@@ -33,6 +33,7 @@ from pynetdicom.sop_class import uid_to_service_class
 from pynetdicom.transport import ThreadedAssociationServer
 
 from router.config import RouterConfig
+from router.dimse.p10 import p10
 from router.dimse.qr import FIND_SOP_CLASSES, QR_SOP_CLASSES, FindResult, QueryRetrieveSCP, on_extended
 from router.dimse.qr_retrieve import RETRIEVER_ATTR, Retriever, install
 from router.dimse.scu import set_nodelay
@@ -266,7 +267,7 @@ class DicomListener:
 
     def _on_store(self, event: evt.Event) -> int:
         try:
-            raw = event.encoded_dataset(include_meta=True)
+            raw = p10(event)
         except Exception as exc:  # a dataset pynetdicom itself cannot frame
             log.warning("C-STORE from %s: cannot read the dataset: %s", event.assoc.requestor.ae_title, exc)
             raw = b""
