@@ -8,6 +8,7 @@ import threading
 from types import FrameType
 
 from apscheduler.schedulers.background import BackgroundScheduler
+from pydicom import config as pydicom_config
 
 from router.commitment.ledger import CommitLedger
 from router.commitment.scp import CommitmentSCP
@@ -37,6 +38,9 @@ class StartupError(Exception):
 class Router:
     def __init__(self, config: RouterConfig) -> None:
         self.config = config
+        # Values are read as they came: a router passes objects on and does not judge them. pydicom's default
+        # (WARN) ran a regular expression over every UI, DA, TM... value read, and logged each oddity on every read.
+        pydicom_config.settings.reading_validation_mode = pydicom_config.IGNORE
         self.pm = build_plugin_manager(config.plugins)
         self.stages = collect_stages(self.pm)
         for sub in ("objects", "tmp", "quarantine", "derived", "commitment", "mpps"):

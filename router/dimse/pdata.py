@@ -26,9 +26,10 @@ from typing import Any
 
 from pynetdicom import evt
 from pynetdicom.dimse import _RQ_TO_MESSAGE, _RSP_TO_MESSAGE, DIMSEServiceProvider
-from pynetdicom.dsutils import encode
 from pynetdicom.pdu import P_DATA_TF
 from pynetdicom.pdu_primitives import P_DATA
+
+from router.dimse.command import encode_command_set
 
 GROUP_BYTES = 1 << 20  # encoded PDUs per primitive handed to the DUL, at most (one PDU at least)
 UNLIMITED_FRAGMENT = (1 << 20) - 12  # our own fragment size when the peer accepts PDUs of any length
@@ -119,9 +120,7 @@ class _Packer:
 def encode_message(dimse_msg: Any, context_id: int, max_pdu: int) -> Iterator[EncodedPData]:
     """The P-DATA requests for one DIMSE message: its command set, then its data set when it has one."""
     packer = _Packer(context_id, _fragment_size(max_pdu))
-    command = encode(dimse_msg.command_set, True, True)  # always Implicit VR Little Endian (PS3.7 6.3.1)
-    if command is None:
-        raise ValueError("the DIMSE command set could not be encoded")
+    command = encode_command_set(dimse_msg.command_set)  # always Implicit VR Little Endian (PS3.7 6.3.1)
     yield from packer.pack_bytes(command, COMMAND_LAST, COMMAND)
     data_set: BytesIO | None = dimse_msg.data_set
     if data_set is not None:

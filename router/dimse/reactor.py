@@ -46,7 +46,7 @@ from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu import A_ABORT_RQ
 from pynetdicom.transport import AssociationSocket
 
-from router.dimse import pdata
+from router.dimse import command, pdata
 
 log = logging.getLogger(__name__)
 
@@ -321,5 +321,6 @@ def install() -> bool:
     Association._run_reactor = _assoc_run_reactor  # type: ignore[method-assign]
     AssociationSocket.recv = _recv  # type: ignore[method-assign]
     pdata.install()
+    command.install()
     _installed = True
     return True
