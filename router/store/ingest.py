@@ -5,7 +5,7 @@ Order of work (the acknowledgement comes only after the last step):
 2. an instance already stored with the same bytes is accepted and nothing else happens;
 3. rules and stages run (coerce changes what is forwarded, forward plans outbox jobs);
 4. the object (and any changed payload) is written to a temp file and fsynced;
-5. under the write lock: rename into place, fsync the folder, insert index and outbox rows, commit.
+5. under the write lock: insert index and outbox rows, rename into place, fsync the folder, commit.
 Any failure on the way removes what this object wrote and is answered with a failure status.
 
 Step 4 for the bytes as received starts before step 1, on a writer thread: the fsync (the slowest step for a small
@@ -28,7 +28,7 @@ import pluggy
 from pydicom.errors import InvalidDicomError
 from sqlalchemy import insert
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from router.config import RouterConfig
 from router.envelope import Envelope, Source, clean_uid, sha256
@@ -174,7 +174,7 @@ class Ingestor:
             written.append(tmp_object)
             derived = self._write_derived(env, plan, written)
             with self.write_lock:
-                return self._commit(env, digest, tmp_object, derived, plan, written)
+                return self._commit(env, digest, tmp_object, derived, plan, written, known_new=existing is None)
         except OSError as exc:
             self._cleanup(written)
             return self._refuse(env, StoreOutcome.OUT_OF_RESOURCES, f"cannot write: {exc}")
@@ -215,11 +215,34 @@ class Ingestor:
         derived: dict[int, str],
         plan: PipelineResult,
         written: list[Path],
+        known_new: bool,
+    ) -> IngestResult:
+        """Rows, renames and the commit. ``known_new``: the lookup before the rules found no instance with this SOP
+        Instance UID. Then the rows are inserted without looking again: an instance another association stored
+        meanwhile makes the insert fail on the unique SOP Instance UID (before any file is renamed), and the
+        decision is taken again with a fresh lookup."""
+        if not known_new:
+            return self._commit_once(env, digest, tmp_object, derived, plan, written, look_again=True)
+        try:
+            return self._commit_once(env, digest, tmp_object, derived, plan, written, look_again=False)
+        except IntegrityError:
+            log.info("%s was stored meanwhile by another association: deciding again", env.sop_instance_uid)
+            return self._commit_once(env, digest, tmp_object, derived, plan, written, look_again=True)
+
+    def _commit_once(
+        self,
+        env: Envelope,
+        digest: str,
+        tmp_object: Path,
+        derived: dict[int, str],
+        plan: PipelineResult,
+        written: list[Path],
+        look_again: bool,
     ) -> IngestResult:
         header = env.stored_header
         sop_uid = env.sop_instance_uid
         with self.engine.begin() as conn:  # commits when the block ends, rolls back on any exception
-            existing = find_instance(conn, sop_uid)  # again: another association may have won the race
+            existing = find_instance(conn, sop_uid) if look_again else None
             verdict = self._duplicate_verdict(existing.sha256 if existing else None, digest)
             if verdict is not None:
                 self._cleanup(written)
@@ -227,12 +250,6 @@ class Ingestor:
             relpath = files.object_relpath(str(header.StudyInstanceUID), str(header.SeriesInstanceUID), sop_uid)
             if existing is not None:  # overwrite policy: a new file name, the old file goes after commit
                 relpath = relpath[: -len(".dcm")] + f".{digest[:12]}.dcm"
-            tmp_paths = iter(written[1:])
-            renames = [(tmp_object, relpath)]
-            renames += [(next(tmp_paths), rel) for rel in derived.values()]
-            for tmp, rel in renames:
-                written.append(self.data_dir / rel)  # before the rename: a failed folder fsync must clean it too
-                files.commit_file(tmp, self.data_dir / rel)
             old_path = existing.path if existing is not None else None
             new_ids = index_instance(
                 conn,
@@ -260,6 +277,13 @@ class Ingestor:
                         for fwd in plan.forwards
                     ],
                 )  # fmt: skip
+            # Files take their names only now, after the rows: a unique-UID failure above leaves no file behind.
+            tmp_paths = iter(written[1:])
+            renames = [(tmp_object, relpath)]
+            renames += [(next(tmp_paths), rel) for rel in derived.values()]
+            for tmp, rel in renames:
+                written.append(self.data_dir / rel)  # before the rename: a failed folder fsync must clean it too
+                files.commit_file(tmp, self.data_dir / rel)
         self.ids.remember(new_ids)
         if old_path is not None and old_path != relpath:
             self._drop_if_unreferenced(old_path, sop_uid)
