@@ -80,8 +80,8 @@ def test_wrong_called_ae_rejected_permanent_by_service_user(policy_router: Route
 
 # -- how many at once, how large -----------------------------------------------------------------------------
 def _established(port: int, timeout: float = 5) -> Association:
-    """An association from the allowed AE. Retried for a bounded time: the acceptor thread of an association a
-    previous step released may still be counted for a moment."""
+    """An association from the allowed AE, retried for a bounded time (a released association no longer counts
+    against the limit, see test_a_released_association_frees_its_place_at_once; the retry only bounds the wait)."""
     opened: list[Association] = []
 
     def attempt() -> bool:
@@ -111,6 +111,19 @@ def test_association_limit_rejected_transient_then_recovers(policy_router: Route
     finally:
         for assoc in held:
             assoc.release()
+
+
+def test_a_released_association_frees_its_place_at_once(policy_router: RouterProcess) -> None:
+    """At the limit, an association released and the next opened at once (a modality sending study after study)
+    is never refused: the released one no longer counts while its thread winds down."""
+    held = _established(policy_router.port)
+    try:
+        for _ in range(20):
+            assoc = associate(policy_router.port, calling=ALLOWED)
+            assert assoc.is_established, rejection(assoc) if assoc.is_rejected else "not established"
+            assoc.release()
+    finally:
+        held.release()
 
 
 def test_accept_advertises_maximum_pdu_of_at_least_64k(policy_router: RouterProcess) -> None:

@@ -27,6 +27,7 @@ from typing import Any
 import pluggy
 from pydicom.uid import UID
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt, register_uid, sop_class
+from pynetdicom.association import Association
 from pynetdicom.presentation import build_context
 from pynetdicom.service_class import ServiceClass, StorageServiceClass
 from pynetdicom.sop_class import uid_to_service_class
@@ -151,6 +152,22 @@ def _source(event: evt.Event) -> Source:
     )
 
 
+class ListenerAE(AE):
+    """pynetdicom's AE, counting against ``maximum_associations`` only the associations still in use.
+
+    pynetdicom counts every association thread still alive, so one that was released, aborted or rejected a moment
+    ago and is only winding down (its DUL waiting for the peer to close the connection) took a place: a modality
+    that releases and at once opens the next association could be refused "local limit exceeded"."""
+
+    @property
+    def active_associations(self) -> list[Association]:
+        return [
+            assoc
+            for assoc in super().active_associations
+            if not (assoc._kill or assoc.is_released or assoc.is_aborted or assoc.is_rejected)
+        ]
+
+
 class DicomListener:
     def __init__(
         self,
@@ -177,7 +194,7 @@ class DicomListener:
 
     def _make_ae(self) -> AE:
         cfg = self.config.dicom
-        ae = AE(ae_title=self.config.ae_title)
+        ae = ListenerAE(ae_title=self.config.ae_title)
         ae.maximum_associations = cfg.max_associations
         ae.maximum_pdu_size = cfg.max_pdu
         ae.acse_timeout = cfg.timeouts.acse
