@@ -320,6 +320,7 @@ def bench(corpus: Corpus, mode: str, target: str, root: Path, timeout: float) ->
             if target == "router":
                 raise RouterUnavailable(str(exc)) from exc
             raise
+        os.sync()  # start on a quiet disk: no target pays for the writeback of the corpus or of the run before
         res.seconds = time_storescu(corpus, aet, port, workdir, timeout, dest_out)
         got = corpus.count if mode == "forward" else received(target, workdir)
         res.check = "n/a" if got is None else "ok" if got == corpus.count else f"got {got}"
