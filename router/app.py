@@ -49,8 +49,11 @@ class Router:
         self.rules = LiveRules(config.rules_dir, self.stages, config)
         # claims and done marks need not be flushed one by one (see router.store.db)
         self.bookkeeping = make_engine(config.effective_database_url, durable=False)
-        self.outbox = Outbox(self.bookkeeping, config.forward, config.data_dir)
         self.ingestor = Ingestor(config, self.engine, lambda: self.rules.current, self.stages, self.pm)
+        sqlite = self.engine.dialect.name == "sqlite"  # one writer at a time: see Outbox
+        self.outbox = Outbox(
+            self.bookkeeping, config.forward, config.data_dir, self.ingestor.write_lock if sqlite else None
+        )
         self.ledger = CommitLedger(config, self.engine, self.pm, self.ingestor.write_lock)
         self.forwarder = Forwarder(config, self.engine, self.outbox, self.pm, self.ledger)
         self.ingestor.on_jobs_committed = self.forwarder.wake

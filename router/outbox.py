@@ -10,6 +10,7 @@ inflight jobs left by a crash are put back to pending at start-up (at-least-once
 
 from __future__ import annotations
 
+import contextlib
 import random
 import threading
 from collections.abc import Iterable, Sequence
@@ -102,11 +103,26 @@ def drop_if_orphaned(engine: Engine, data_dir: Path, relpath: str, sop_uid: str)
 
 
 class Outbox:
-    def __init__(self, engine: Engine, settings: ForwardSettings, data_dir: Path) -> None:
+    """The forward queue's jobs: claimed, marked done or failed, released, listed.
+
+    ``write_lock``: the router's lock for writers to its SQLite database (ingest, HL7 intake, MPPS hold it around
+    their transactions). The queue's own write transactions take it too, so in-process writers queue on a Python
+    lock that wakes the next at once; otherwise an ingest insert meeting a claim's write lock sleeps in SQLite's
+    busy handler (1 ms, then longer), which cost forwarded CT slices about 2 ms each. None (PostgreSQL, the
+    ``router queue`` commands) means no lock: the database itself serialises what must be."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        settings: ForwardSettings,
+        data_dir: Path,
+        write_lock: threading.Lock | None = None,
+    ) -> None:
         self.engine = engine
         self.settings = settings
         self.data_dir = data_dir
         self._claim_lock = threading.Lock()  # one claimer at a time: a job is never handed out twice
+        self._writing: threading.Lock | contextlib.nullcontext[None] = write_lock or contextlib.nullcontext()
 
     def recover_inflight(self) -> int:
         """Put back jobs a previous process was sending when it died."""
@@ -133,7 +149,7 @@ class Outbox:
         for the same instance and peer is pending or inflight (two versions under the overwrite policy must
         not arrive newest first because the older one was backing off)."""
         now = utcnow()
-        with self._claim_lock, self.engine.begin() as conn:
+        with self._claim_lock, self._writing, self.engine.begin() as conn:
             query = _CLAIM_DUE if due_only else _CLAIM_ANY
             ids = list(conn.execute(query, {"peer": peer, "now": now, "limit": limit}).scalars())
             if not ids:
@@ -146,7 +162,7 @@ class Outbox:
         if not jobs:
             return
         now = utcnow()
-        with self.engine.begin() as conn:
+        with self._writing, self.engine.begin() as conn:
             conn.execute(
                 _DONE,
                 [
@@ -161,7 +177,7 @@ class Outbox:
         """Record one failed attempt for each job, in one transaction; which of them are now dead."""
         now = utcnow()
         verdicts = []
-        with Session(self.engine) as session:
+        with self._writing, Session(self.engine) as session:
             for job in jobs:
                 attempts = job.attempts + 1
                 dead = permanent or attempts >= self.settings.max_attempts
@@ -185,7 +201,7 @@ class Outbox:
         ids = [j.id for j in jobs]
         if not ids:
             return
-        with Session(self.engine) as session:
+        with self._writing, Session(self.engine) as session:
             session.execute(
                 update(Job)
                 .where(col(Job.id).in_(ids), col(Job.state) == JobState.INFLIGHT)
