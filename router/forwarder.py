@@ -17,6 +17,7 @@ import logging
 import math
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pluggy
@@ -50,6 +51,13 @@ log = logging.getLogger(__name__)
 DISPATCH_GAP = 0.05  # s: the least time between two dispatcher passes
 
 
+@dataclass
+class _Drained:
+    """A sender's memory of its last claim: the wake generation it started at, if it came back short."""
+
+    at: int | None = None
+
+
 class Forwarder:
     def __init__(
         self,
@@ -71,6 +79,7 @@ class Forwarder:
         self._blocked_until: dict[str, float] = {}
         self._wake = threading.Event()
         self._work = threading.Condition()
+        self._generation = 0  # wake() calls so far: a sender compares it with its last claim (see _next_batch)
         self._stop = threading.Event()
         self._dispatcher: threading.Thread | None = None
         self._senders: set[threading.Thread] = set()
@@ -108,6 +117,7 @@ class Forwarder:
         if not served:
             self._wake.set()
         with self._work:
+            self._generation += 1
             self._work.notify_all()
 
     # -- dispatcher ---------------------------------------------------------------------------------------
@@ -150,22 +160,30 @@ class Forwarder:
         self._fail_many(jobs, f"peer {peer_name!r} is not configured", permanent=True)
 
     # -- sender -------------------------------------------------------------------------------------------
-    def _claim(self, peer: str) -> list[Job]:
+    def _claim(self, peer: str, drained: _Drained) -> list[Job]:
         if self._stop.is_set() or self._blocked_until.get(peer, 0.0) > time.monotonic():
             return []
         # HL7 goes one message at a time, in order (the outbox keeps one stream per MLLP peer)
         limit = 1 if self.config.peers[peer].is_mllp else self.config.forward.batch_size
-        return self.outbox.claim(peer, limit)
+        generation = self._generation
+        jobs = self.outbox.claim(peer, limit)
+        drained.at = generation if len(jobs) < limit else None
+        return jobs
 
-    def _next_batch(self, peer: str, keep_open: bool) -> list[Job]:
-        jobs = self._claim(peer)
-        if jobs or not keep_open:
-            return jobs
+    def _next_batch(self, peer: str, keep_open: bool, drained: _Drained) -> list[Job]:
+        """The next jobs to send. A sender whose last claim drained the queue, with no job committed since (no
+        wake), waits before it claims: claiming at once would find nothing and cost a transaction per object
+        while objects stream in one by one. Jobs that become due by time are found at the latest after 0.2 s."""
+        if not (keep_open and drained.at is not None and drained.at == self._generation):
+            jobs = self._claim(peer, drained)
+            if jobs or not keep_open:
+                return jobs
         deadline = time.monotonic() + self.config.forward.idle_release
         while not self._stop.is_set() and time.monotonic() < deadline:
             with self._work:
-                self._work.wait(min(0.2, max(0.0, deadline - time.monotonic())))
-            jobs = self._claim(peer)
+                if drained.at is None or drained.at == self._generation:
+                    self._work.wait(min(0.2, max(0.0, deadline - time.monotonic())))
+            jobs = self._claim(peer, drained)
             if jobs:
                 return jobs
         return []
@@ -173,9 +191,10 @@ class Forwarder:
     def _sender(self, peer_name: str) -> None:
         assoc: StoreAssociation | MllpLink | StowLink | None = None
         jobs: list[Job] = []
+        drained = _Drained()
         try:
             while not self._stop.is_set():
-                jobs = self._next_batch(peer_name, keep_open=assoc is not None and assoc.alive)
+                jobs = self._next_batch(peer_name, assoc is not None and assoc.alive, drained)
                 if not jobs:
                     return
                 if self.config.peers[peer_name].is_stow:
