@@ -19,7 +19,7 @@ headers (command 0x01/0x03, data set 0x00/0x02), in the same order.
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from io import BytesIO
 from pathlib import Path
 from typing import Any
@@ -76,41 +76,42 @@ class _Packer:
         primitive, self.buffer = EncodedPData(self.buffer), bytearray()
         return primitive
 
-    def pack_bytes(self, data: bytes | memoryview, last_flag: int, more_flag: int) -> Iterator[EncodedPData]:
-        view = memoryview(data)
-        total = len(view)
-        offset = 0
+    def _pack(
+        self, total: int, fill: Callable[[memoryview, int], None], last_flag: int, more_flag: int
+    ) -> Iterator[EncodedPData]:
+        """PDUs for ``total`` data bytes; ``fill(room, offset)`` writes the ``len(room)`` bytes from ``offset``."""
+        done = 0
         while True:
-            size = min(self.fragment, total - offset)
-            last = offset + size >= total
+            size = min(self.fragment, total - done)
+            last = done + size >= total
             if self._full(size):
                 yield self._take()
             room = self._start(size)
             _HEADER.pack_into(room, 0, 0x04, size + 6, size + 2, self.context_id, last_flag if last else more_flag)
-            room[HEADER_LEN:] = view[offset : offset + size]
+            fill(room[HEADER_LEN:], done)
             room.release()
-            offset += size
+            done += size
             if last:
                 return
+
+    def pack_bytes(self, data: bytes | memoryview, last_flag: int, more_flag: int) -> Iterator[EncodedPData]:
+        view = memoryview(data)
+
+        def fill(room: memoryview, offset: int) -> None:
+            room[:] = view[offset : offset + len(room)]
+
+        yield from self._pack(len(view), fill, last_flag, more_flag)
 
     def pack_file(self, path: Path, offset: int) -> Iterator[EncodedPData]:
         with open(path, "rb") as f:
             total = f.seek(0, 2) - f.seek(offset)
-            done = 0
-            while True:
-                size = min(self.fragment, total - done)
-                last = done + size >= total
-                if self._full(size):
-                    yield self._take()
-                room = self._start(size)
-                _HEADER.pack_into(room, 0, 0x04, size + 6, size + 2, self.context_id, DATA_LAST if last else DATA)
-                got = f.readinto(room[HEADER_LEN:])
-                room.release()
-                if got != size:
-                    raise OSError(f"{path} changed while it was being sent ({got} of {size} bytes read)")
-                done += size
-                if last:
-                    return
+
+            def fill(room: memoryview, _offset: int) -> None:  # sequential: the file position is the offset
+                got = f.readinto(room)
+                if got != len(room):
+                    raise OSError(f"{path} changed while it was being sent ({got} of {len(room)} bytes read)")
+
+            yield from self._pack(total, fill, DATA_LAST, DATA)
 
     def rest(self) -> Iterator[EncodedPData]:
         if self.buffer:

@@ -173,8 +173,15 @@ class Ingestor:
                 tmp_object = files.write_temp(self.tmp_dir, env.stored)
             written.append(tmp_object)
             derived = self._write_derived(env, plan, written)
+            known = existing is not None
             with self.write_lock:
-                return self._commit(env, digest, tmp_object, derived, plan, written, known_new=existing is None)
+                try:
+                    return self._commit(env, digest, tmp_object, derived, plan, written, look_again=known)
+                except IntegrityError:
+                    if known:
+                        raise
+                    log.info("%s was stored meanwhile by another association: deciding again", env.sop_instance_uid)
+                    return self._commit(env, digest, tmp_object, derived, plan, written, look_again=True)
         except OSError as exc:
             self._cleanup(written)
             return self._refuse(env, StoreOutcome.OUT_OF_RESOURCES, f"cannot write: {exc}")
@@ -215,30 +222,12 @@ class Ingestor:
         derived: dict[int, str],
         plan: PipelineResult,
         written: list[Path],
-        known_new: bool,
-    ) -> IngestResult:
-        """Rows, renames and the commit. ``known_new``: the lookup before the rules found no instance with this SOP
-        Instance UID. Then the rows are inserted without looking again: an instance another association stored
-        meanwhile makes the insert fail on the unique SOP Instance UID (before any file is renamed), and the
-        decision is taken again with a fresh lookup."""
-        if not known_new:
-            return self._commit_once(env, digest, tmp_object, derived, plan, written, look_again=True)
-        try:
-            return self._commit_once(env, digest, tmp_object, derived, plan, written, look_again=False)
-        except IntegrityError:
-            log.info("%s was stored meanwhile by another association: deciding again", env.sop_instance_uid)
-            return self._commit_once(env, digest, tmp_object, derived, plan, written, look_again=True)
-
-    def _commit_once(
-        self,
-        env: Envelope,
-        digest: str,
-        tmp_object: Path,
-        derived: dict[int, str],
-        plan: PipelineResult,
-        written: list[Path],
         look_again: bool,
     ) -> IngestResult:
+        """Rows, renames and the commit. Without ``look_again`` (the lookup before the rules found no instance with
+        this SOP Instance UID) the rows are inserted at once: an instance another association stored meanwhile
+        makes the insert fail on the unique SOP Instance UID (IntegrityError, before any file is renamed) and the
+        caller decides again with ``look_again``."""
         header = env.stored_header
         sop_uid = env.sop_instance_uid
         with self.engine.begin() as conn:  # commits when the block ends, rolls back on any exception
