@@ -156,6 +156,8 @@ def test_restart_before_the_request_was_accepted_requests_again_with_a_new_uid(w
         assert send_datasets(router.port, [image]) == [0]
         wait_while_up(router, lambda: [t["state"] for t in transactions(router)] == ["requesting"], 20,
                       "the N-ACTION in flight")  # fmt: skip
+        # "requesting" is recorded before the N-ACTION goes out: kill only once the PACS really holds it
+        assert pacs.holding.wait(20), "the N-ACTION did not reach the PACS"
         router.kill9()
         pacs.hold.set()
         wait_for(lambda: len(pacs.requests) == 1, 10, what="the PACS to take the first request")

@@ -160,6 +160,7 @@ class CommitPACS:
         self.report_statuses: list[int | None] = []
         self.hold = threading.Event()
         self.hold.set()
+        self.holding = threading.Event()  # set once an N-ACTION request has arrived and waits for ``hold``
         self._threads: list[threading.Thread] = []
         self._stop = threading.Event()
 
@@ -168,6 +169,8 @@ class CommitPACS:
         return 0x0000
 
     def _on_action(self, event: evt.Event) -> tuple[int, None]:
+        if not self.hold.is_set():
+            self.holding.set()
         self.hold.wait(60)
         info = event.action_information
         sops = [str(i.ReferencedSOPInstanceUID) for i in info.ReferencedSOPSequence]
