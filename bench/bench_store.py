@@ -13,6 +13,7 @@ import re
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -64,6 +65,7 @@ class Result:
     seconds: float | None = None
     check: str = ""
     error: str | None = None
+    round: int = 0
 
     @property
     def inst_s(self) -> float | None:
@@ -341,13 +343,17 @@ def fmt(x: float | None, spec: str = ".2f") -> str:
 
 
 def print_table(results: list[Result], corpora: dict[str, Corpus]) -> None:
-    head = f"{'corpus':<7}{'mode':<9}{'target':<10}{'instances':>10}{'seconds':>9}"
-    print(f"\n{head}{'inst/s':>10}{'MB/s':>9}  check")
-    for r in results:
+    """One line per run; with several rounds, each run's round too, runs of the same kind together."""
+    rounds = any(r.round for r in results)
+    head = f"{'corpus':<7}{'mode':<9}{'target':<10}" + (f"{'round':>6}" if rounds else "")
+    print(f"\n{head}{'instances':>10}{'seconds':>9}{'inst/s':>10}{'MB/s':>9}  check")
+    order = {key: i for i, key in enumerate(dict.fromkeys((r.corpus, r.mode, r.target) for r in results))}
+    for r in sorted(results, key=lambda r: (order[(r.corpus, r.mode, r.target)], r.round)):
         mb_s = corpora[r.corpus].nbytes / 1e6 / r.seconds if r.seconds else None
         print(
-            f"{r.corpus:<7}{r.mode:<9}{r.target:<10}{r.instances:>10}{fmt(r.seconds):>9}"
-            f"{fmt(r.inst_s, '.1f'):>10}{fmt(mb_s):>9}  {r.error or r.check}"
+            f"{r.corpus:<7}{r.mode:<9}{r.target:<10}"
+            + (f"{r.round + 1:>6}" if rounds else "")
+            + f"{r.instances:>10}{fmt(r.seconds):>9}{fmt(r.inst_s, '.1f'):>10}{fmt(mb_s):>9}  {r.error or r.check}"
         )
 
 
@@ -364,6 +370,11 @@ def ratios(results: list[Result]) -> dict[str, float | None]:
     return out
 
 
+def median_or_none(values: list[float | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return statistics.median(known) if known else None
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tiny", type=int, default=2000, help="tiny SC instances (default 2000)")
@@ -371,6 +382,9 @@ def main() -> int:
     ap.add_argument("--out", type=Path, help="write results to this JSON file")
     ap.add_argument("--skip-orthanc", action="store_true", help="do not benchmark Orthanc")
     ap.add_argument("--timeout", type=float, default=600, help="per-run bound in s (default 600)")
+    ap.add_argument(
+        "--rounds", type=int, default=1, help="run everything N times, targets in a rotating order (default 1)"
+    )
     args = ap.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the finally blocks
 
@@ -389,29 +403,36 @@ def main() -> int:
         for c in corpora.values():
             print(f"corpus {c.name}: {c.count} files, {c.nbytes / 1e6:.1f} MB")
         print(f"corpora generated in {time.perf_counter() - t0:.1f} s")
-        plan = [(c, "receive", t) for c in corpora.values() for t in targets]
-        plan += [(c, "forward", t) for c in corpora.values() for t in targets if t != "storescp"]
         router_down: str | None = None
-        for corpus, mode, target in plan:
-            if target == "router" and router_down:
-                continue
-            try:
-                res = bench(corpus, mode, target, tmp, args.timeout)
-            except RouterUnavailable as exc:
-                router_down = str(exc)
-                print(f"router: not available ({exc})")
-                continue
-            results.append(res)
-            print(f"{corpus.name} {mode} {target}: {fmt(res.seconds)} s {res.error or res.check}")
+        for rnd in range(args.rounds):
+            order = targets[rnd % len(targets) :] + targets[: rnd % len(targets)]  # no target always follows another
+            plan = [(c, "receive", t) for c in corpora.values() for t in order]
+            plan += [(c, "forward", t) for c in corpora.values() for t in order if t != "storescp"]
+            for corpus, mode, target in plan:
+                if target == "router" and router_down:
+                    continue
+                try:
+                    res = bench(corpus, mode, target, tmp, args.timeout)
+                except RouterUnavailable as exc:
+                    router_down = str(exc)
+                    print(f"router: not available ({exc})")
+                    continue
+                res.round = rnd
+                results.append(res)
+                label = f"round {rnd + 1}: " if args.rounds > 1 else ""
+                print(f"{label}{corpus.name} {mode} {target}: {fmt(res.seconds)} s {res.error or res.check}")
         print_table(results, corpora)
-        rat = ratios(results)
-        print("\nratios of inst/s:")
+        by_round = [ratios([r for r in results if r.round == rnd]) for rnd in range(args.rounds)]
+        rat = {key: median_or_none([b.get(key) for b in by_round]) for key in by_round[0]}
+        print("\nratios of inst/s" + (f" (median of {args.rounds} rounds, range)" if args.rounds > 1 else "") + ":")
         for key, val in rat.items():
-            print(f"  {key:<34}{fmt(val) if val else 'n/a'}")
+            spread = [v for b in by_round if (v := b.get(key))]
+            extra = f"  ({min(spread):.2f}-{max(spread):.2f})" if args.rounds > 1 and spread else ""
+            print(f"  {key:<34}{fmt(val) if val else 'n/a'}{extra}")
         if args.out:
             rows = [{**asdict(r), "inst_s": r.inst_s} for r in results]
             sizes = [{**asdict(c), "path": None} for c in corpora.values()]
-            doc: dict[str, object] = {"versions": versions, "ratios": rat}
+            doc: dict[str, object] = {"versions": versions, "ratios": rat, "ratios_by_round": by_round}
             doc |= {"router": router_down or "available", "corpora": sizes, "results": rows}
             args.out.write_text(json.dumps(doc, indent=2) + "\n")
             print(f"results written to {args.out}")
