@@ -43,12 +43,12 @@ _HANDED_OUT: set[int] = set()  # ports free_port() gave this test session: never
 _RANDOM = random.Random()
 
 
-def _ephemeral_range() -> tuple[int, int]:
+def _ephemeral_low() -> int:
+    """The lowest port the kernel gives outgoing connections (and bind-to-0)."""
     try:
-        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
-        return int(low), int(high)
-    except (OSError, ValueError):
-        return 32768, 60999  # Linux's default
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default
 
 
 def free_port() -> int:
@@ -57,7 +57,7 @@ def free_port() -> int:
     Picked below the kernel's ephemeral range, so no outgoing connection takes it as its local port before the
     server binds it (bind-to-0 ports come from that range: a CI run once saw "address already in use"), and never
     one this session handed out before (two picks in a row could otherwise return the same port)."""
-    low, _high = _ephemeral_range()
+    low = _ephemeral_low()
     if low > 11000:
         for _ in range(200):
             port = _RANDOM.randrange(10000, low)

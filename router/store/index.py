@@ -33,16 +33,12 @@ FIND_INSTANCE = select(INSTANCE.c.id, INSTANCE.c.sha256, INSTANCE.c.path).where(
 )
 INSERT_INSTANCE = insert(INSTANCE)
 _INSERT = {id(t): insert(t) for t in (PATIENT, STUDY, SERIES, SERIES_REQUEST)}
-_TAGS: dict[str, int] = {}
 
 
 def _tag(keyword: str) -> int:
-    tag = _TAGS.get(keyword)
+    tag = tag_for_keyword(keyword)  # a dict lookup in pydicom's dictionary
     if tag is None:
-        found = tag_for_keyword(keyword)
-        if found is None:
-            raise ValueError(f"not a DICOM keyword: {keyword}")
-        tag = _TAGS[keyword] = found
+        raise ValueError(f"not a DICOM keyword: {keyword}")
     return tag
 
 
