@@ -8,10 +8,12 @@ Order of work (the acknowledgement comes only after the last step):
 5. under the write lock: insert index and outbox rows, rename into place, fsync the folder, commit.
 Any failure on the way removes what this object wrote and is answered with a failure status.
 
-Step 4 for the bytes as received starts before step 1, on a writer thread: the fsync (the slowest step for a small
-object) then runs while this thread decodes, checks and runs the rules. When the object turns out to be a
-duplicate or a stage changes what is stored, that temp file is removed unused; an unusable object is moved from it
-into quarantine.
+Step 4 for the bytes as received overlaps steps 1 to 3: the calling thread writes them (a synchronous write, the
+slowest step for a small object, during which it holds no GIL) while a worker thread decodes, checks, looks up and
+runs the rules, then waits for that write and commits. The other way round (a writer thread for the file) loses
+most of the overlap: the writer needs the GIL to start and again after each system call, and the decoding thread
+holds it. When the object turns out to be a duplicate or a stage changes what is stored, that temp file is removed
+unused; an unusable object is moved from it into quarantine.
 """
 
 from __future__ import annotations
@@ -76,7 +78,7 @@ def _remove_written(done: Future[Path]) -> None:
 
 
 class _EarlyWrite:
-    """The temp file of the bytes as received, being written on a writer thread; removed unless taken."""
+    """The temp file of the bytes as received, being written by the calling thread; removed unless taken."""
 
     def __init__(self, pending: Future[Path] | None) -> None:
         self.pending = pending
@@ -112,24 +114,33 @@ class Ingestor:
         self.write_lock = threading.Lock()  # one writer at a time (SQLite); shared with the HL7 intake
         self.ids = IdCache()
         self.on_jobs_committed: Callable[[set[str]], None] = lambda peers: None
-        self._writer = ThreadPoolExecutor(max_workers=4, thread_name_prefix="store-write")
+        # One worker per caller that can be ingesting at once (associations, STOW and HL7 requests): a caller
+        # waits for its own worker, so fewer would only queue them.
+        workers = config.dicom.max_associations + 8
+        self._workers = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="store-ingest")
 
     def close(self) -> None:
-        self._writer.shutdown(wait=True)
+        self._workers.shutdown(wait=True)
 
     # -- public -------------------------------------------------------------------------------------------
     def ingest(self, raw: bytes, source: Source) -> IngestResult:
-        early = self._write_early(raw)
+        written: Future[Path] = Future()
+        early = _EarlyWrite(written)
         try:
-            return self._ingest(raw, source, early)
+            job = self._workers.submit(self._ingest, raw, source, early)
+        except RuntimeError:  # shutting down: everything on this thread
+            job = None
+            early = _EarlyWrite(None)
+        try:
+            if job is None:
+                return self._ingest(raw, source, early)
+            try:
+                written.set_result(files.write_temp(self.tmp_dir, raw))
+            except Exception as exc:  # the worker meets it when it takes the file (an OSError: out of resources)
+                written.set_exception(exc)
+            return job.result()
         finally:
             early.discard()
-
-    def _write_early(self, raw: bytes) -> _EarlyWrite:
-        try:
-            return _EarlyWrite(self._writer.submit(files.write_temp, self.tmp_dir, raw))
-        except RuntimeError:  # shutting down: write on this thread when it comes to it
-            return _EarlyWrite(None)
 
     def _ingest(self, raw: bytes, source: Source, early: _EarlyWrite) -> IngestResult:
         try:
