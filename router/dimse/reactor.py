@@ -22,6 +22,8 @@ finishes (which clears the reactor's "paused" flag) no longer waits for ever.
 It also makes ``AssociationSocket.recv`` read a PDU straight into one buffer (``recv_into``) instead of in 4 KiB
 pieces appended to a growing bytearray: a 256 KiB PDU took 64 system calls and as many copies.
 
+An acceptor's C-STORE requests are served on the DUL thread itself, without either hand-off (``inline``).
+
 Installed once for the whole process, for the listener's associations and the forwarder's alike. A pynetdicom
 other than 3.0.x is left alone (its loops may differ); the router then runs on the polling loops.
 """
@@ -35,7 +37,6 @@ import select
 import socket
 import threading
 import time
-from collections.abc import Callable
 from typing import Any
 
 import pynetdicom
@@ -47,6 +48,8 @@ from pynetdicom.pdu import A_ABORT_RQ
 from pynetdicom.transport import AssociationSocket
 
 from router.dimse import command, pdata
+from router.dimse.inline import SERVING, MessageQueue
+from router.dimse.queues import WakingQueue
 
 log = logging.getLogger(__name__)
 
@@ -55,18 +58,6 @@ MAX_QUEUED = 32  # primitives waiting to be sent before the service user is held
 CHECKPOINT_POLL = 0.005  # s: while a send_*() has the reactor paused (see _assoc_run_reactor)
 SUPPORTED = ("3.0.",)
 _installed = False
-
-
-class _WakingQueue(queue.Queue[Any]):
-    """A queue that calls ``wake`` whenever something is put on it."""
-
-    def __init__(self, wake: Callable[[], None]) -> None:
-        super().__init__()
-        self._wake = wake
-
-    def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
-        super().put(item, block, timeout)
-        self._wake()
 
 
 def _wake_event(assoc: Association) -> threading.Event:
@@ -116,28 +107,30 @@ def _patched_dul_init(self: DULServiceProvider, assoc: Association) -> None:
     _dul_init(self, assoc)
     bell = _Doorbell()
     self._router_bell = bell  # type: ignore[attr-defined]
-    self.to_user_queue = _WakingQueue(_wake_event(assoc).set)
+    self.to_user_queue = WakingQueue(_wake_event(assoc).set)
 
     def ring_from_elsewhere() -> None:  # the DUL thread itself looks at its event queue before it waits
         if threading.current_thread() is not self:
             bell.ring()
 
-    self.event_queue = _WakingQueue(ring_from_elsewhere)
+    self.event_queue = WakingQueue(ring_from_elsewhere)
 
 
 def _patched_dimse_init(self: DIMSEServiceProvider, assoc: Association) -> None:
     _dimse_init(self, assoc)
-    self.msg_queue = _WakingQueue(_wake_event(assoc).set)
+    self.msg_queue = MessageQueue(assoc, _wake_event(assoc).set)
 
 
 def _patched_send_pdu(self: DULServiceProvider, primitive: Any) -> None:
     # Back-pressure: a service streaming answers (C-FIND) waits while MAX_QUEUED are not sent yet, so memory stays
     # bounded and a C-CANCEL from the peer still finds answers left to cancel.
-    if self.is_alive() and threading.current_thread() is not self:
+    elsewhere = threading.current_thread() is not self  # the DUL thread itself: a request served inline
+    if elsewhere and self.is_alive():
         while self.to_provider_queue.qsize() >= MAX_QUEUED and self.is_alive() and not self._kill_thread:
             time.sleep(0.0002)
     _dul_send_pdu(self, primitive)
-    self._router_bell.ring()  # type: ignore[attr-defined]
+    if elsewhere:  # the DUL thread looks at its queue before it waits again
+        self._router_bell.ring()  # type: ignore[attr-defined]
 
 
 def _patched_kill_dul(self: DULServiceProvider) -> None:
@@ -244,9 +237,13 @@ def _assoc_run_reactor(self: Association) -> None:
         if not self._reactor_checkpoint.is_set():
             continue  # a send_*() paused us after we passed the checkpoint: the queues are its now
 
-        context_id, msg = self.dimse.get_msg(block=False)
-        if msg:
-            self._serve_request(msg, context_id)  # type: ignore[arg-type]
+        self.__dict__[SERVING] = True  # before the queue is looked at: see inline.MessageQueue
+        try:
+            context_id, msg = self.dimse.get_msg(block=False)
+            if msg:
+                self._serve_request(msg, context_id)  # type: ignore[arg-type]
+        finally:
+            self.__dict__[SERVING] = False
 
         if self.is_established and self.acse.is_release_requested():
             self.acse.send_release(is_response=True)
