@@ -48,6 +48,8 @@ def test_report_on_the_same_association(workdir: Path) -> None:
         wait_while_up(router, lambda: states(router) == Counter({"done": 3}), 30, "every job committed")
         assert sorted(u for r in pacs.requests for u in r.sops) == sorted(uids)
         assert {r.calling_ae for r in pacs.requests} == {"ROUTER"}
+        # the router commits a report's outcome before it answers it: the PACS records the answer a moment later
+        wait_for(lambda: len(pacs.report_statuses) == len(pacs.requests), 10, what="the answer to each report")
         assert pacs.report_statuses == [0x0000] * len(pacs.requests), "the router accepted each report"
         assert all(t["state"] == "done" for t in transactions(router))
         assert [t["transaction_uid"] for t in transactions(router)] == [r.transaction_uid for r in pacs.requests]
@@ -71,6 +73,7 @@ def test_failed_instance_is_resent_and_requested_again_under_a_new_uid(workdir: 
         assert [r.sops for r in pacs.requests if victim in r.sops][1] == [victim], "asked again for it alone"
         assert len({r.transaction_uid for r in pacs.requests}) == len(pacs.requests), "a fresh UID every time"
         assert Counter(pacs.stored) == Counter({**dict.fromkeys(uids, 1), victim: 2}), "the failed one re-sent"
+        wait_for(lambda: len(pacs.report_statuses) == len(pacs.requests), 10, what="the answer to each report")
         assert set(pacs.report_statuses) == {0x0000}
         assert items_of(router, victim) == [(1, "failed", 0x0112), (2, "committed", None)]
         assert {t["state"] for t in transactions(router)} == {"done"}
