@@ -17,7 +17,7 @@ import logging
 import math
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pluggy
@@ -41,7 +41,7 @@ from router.dimse.scu import (
 from router.forward_dimse_n import N_KINDS, send_jobs
 from router.forward_mllp import HL7Verdict, MllpLink
 from router.forward_stow import StowLink, StowUnreachable, StowVerdict
-from router.outbox import Outbox, backoff_delay, drop_if_orphaned
+from router.outbox import Outbox, backoff_delay, drop_if_orphaned, drop_orphans
 from router.plugins import notify
 from router.statuses import SendVerdict, classify_peer_status
 from router.store.ingest import STORE_COMMIT
@@ -49,6 +49,8 @@ from router.store.models import Job
 
 log = logging.getLogger(__name__)
 DISPATCH_GAP = 0.05  # s: the least time between two dispatcher passes
+DONE_MARKS = 64  # delivered jobs whose done marks a sender writes in one transaction, at most
+DONE_MARK_DELAY = 1.0  # s: the longest a delivered job waits for its done mark while the sender is busy
 
 
 @dataclass
@@ -56,6 +58,27 @@ class _Drained:
     """A sender's memory of its last claim: the wake generation it started at, if it came back short."""
 
     at: int | None = None
+
+
+@dataclass
+class _Delivered:
+    """Jobs a sender delivered whose done marks are not written yet: written together, in one transaction, once
+    ``DONE_MARKS`` have gathered, ``DONE_MARK_DELAY`` has passed, the queue is drained or the sender stops. Until
+    then they are inflight in the database; a crash puts them back to pending and they are delivered once more
+    (at-least-once, as for any job in flight)."""
+
+    jobs: list[Job] = field(default_factory=list)
+    statuses: dict[int, int] = field(default_factory=dict)
+    since: float = 0.0
+
+    def add(self, job: Job, status: int) -> None:
+        if not self.jobs:
+            self.since = time.monotonic()
+        self.jobs.append(job)
+        self.statuses[job.id or 0] = status
+
+    def due(self) -> bool:
+        return len(self.jobs) >= DONE_MARKS or (bool(self.jobs) and time.monotonic() - self.since >= DONE_MARK_DELAY)
 
 
 class Forwarder:
@@ -170,13 +193,20 @@ class Forwarder:
         drained.at = generation if len(jobs) < limit else None
         return jobs
 
-    def _next_batch(self, peer: str, keep_open: bool, drained: _Drained) -> list[Job]:
+    def _next_batch(self, peer: str, keep_open: bool, drained: _Drained, delivered: _Delivered) -> list[Job]:
         """The next jobs to send. A sender whose last claim drained the queue, with no job committed since (no
         wake), waits before it claims: claiming at once would find nothing and cost a transaction per object
-        while objects stream in one by one. Jobs that become due by time are found at the latest after 0.2 s."""
+        while objects stream in one by one. Jobs that become due by time are found at the latest after 0.2 s.
+        Done marks are written before any wait (a job for the same instance waits for the earlier one's)."""
+        if delivered.due():
+            self._write_done_marks(delivered)
         if not (keep_open and drained.at is not None and drained.at == self._generation):
             jobs = self._claim(peer, drained)
             if jobs or not keep_open:
+                return jobs
+        if delivered.jobs and self._write_done_marks(delivered):
+            jobs = self._claim(peer, drained)
+            if jobs:
                 return jobs
         deadline = time.monotonic() + self.config.forward.idle_release
         while not self._stop.is_set() and time.monotonic() < deadline:
@@ -192,9 +222,10 @@ class Forwarder:
         assoc: StoreAssociation | MllpLink | StowLink | None = None
         jobs: list[Job] = []
         drained = _Drained()
+        delivered = _Delivered()
         try:
             while not self._stop.is_set():
-                jobs = self._next_batch(peer_name, assoc is not None and assoc.alive, drained)
+                jobs = self._next_batch(peer_name, assoc is not None and assoc.alive, drained, delivered)
                 if not jobs:
                     return
                 if self.config.peers[peer_name].is_stow:
@@ -208,12 +239,15 @@ class Forwarder:
                     stores = [j for j in jobs if j.kind not in N_KINDS]
                     if stores:
                         assoc = self._send_batch(
-                            peer_name, stores, assoc if isinstance(assoc, StoreAssociation) else None
+                            peer_name, stores, assoc if isinstance(assoc, StoreAssociation) else None, delivered
                         )
         except Exception:
             log.exception("forward sender for %s crashed", peer_name)
-            self.outbox.release(jobs)  # what this batch had not finished goes back to pending (inflight only)
+            delivered_ids = {job.id for job in delivered.jobs}
+            # what this batch had not finished goes back to pending (inflight only)
+            self.outbox.release([job for job in jobs if job.id not in delivered_ids])
         finally:
+            self._write_done_marks(delivered)
             if assoc is not None:
                 assoc.close()
             with self._lock:
@@ -226,7 +260,25 @@ class Forwarder:
             job.id or 0: Item(self.config.data_dir / job.path, job.sop_class_uid, job.transfer_syntax) for job in jobs
         }
 
-    def _send_batch(self, peer_name: str, jobs: list[Job], assoc: StoreAssociation | None) -> StoreAssociation | None:
+    def _write_done_marks(self, delivered: _Delivered) -> bool:
+        """Write the gathered done marks; whether any were written (a database failure keeps them for later)."""
+        if not delivered.jobs:
+            return False
+        try:
+            self.outbox.mark_done(delivered.jobs, delivered.statuses)
+        except Exception:
+            log.exception("cannot mark %d delivered job(s) done: trying again later", len(delivered.jobs))
+            return False
+        jobs, delivered.jobs, delivered.statuses = delivered.jobs, [], {}
+        try:
+            drop_orphans(self.engine, self.config.data_dir, [(job.path, job.sop_uid) for job in jobs])
+        except Exception:
+            log.exception("cannot look for files the delivered jobs left unused")
+        return True
+
+    def _send_batch(
+        self, peer_name: str, jobs: list[Job], assoc: StoreAssociation | None, delivered_jobs: _Delivered
+    ) -> StoreAssociation | None:
         peer = self.config.peers[peer_name]
         items = self._items(jobs)
         commit = any(j.kind == STORE_COMMIT for j in jobs)
@@ -258,7 +310,7 @@ class Forwarder:
                 self.outbox.release(jobs[index:] + [j for j in jobs if j.id in delivered])  # sent again later
                 return assoc
             try:
-                status = self._send_one(assoc, job, items[job.id or 0])
+                status = self._send_one(assoc, job, items[job.id or 0], delivered_jobs)
             except AssociationFailed as exc:
                 self._fail(job, str(exc), permanent=False)
                 self.outbox.release(jobs[index + 1 :])
@@ -357,8 +409,9 @@ class Forwarder:
                  sum(v is StowVerdict.DONE for v, _ in verdicts), len(jobs))  # fmt: skip
         return link
 
-    def _send_one(self, assoc: StoreAssociation, job: Job, item: Item) -> int | None:
-        """Send one job; its C-STORE status when it was delivered and now wants storage commitment."""
+    def _send_one(self, assoc: StoreAssociation, job: Job, item: Item, delivered: _Delivered) -> int | None:
+        """Send one job; its C-STORE status when it was delivered and now wants storage commitment. A job
+        delivered without commitment joins ``delivered`` (its done mark is written with the others)."""
         corrected: Path | None = None
         try:
             if job.kind == CORRECTED:
@@ -378,10 +431,9 @@ class Forwarder:
             log.info("forwarded %s to %s (0x%04X), storage commitment to follow", job.sop_uid, job.peer, status)
             return status
         if verdict is SendVerdict.DONE:
-            self.outbox.mark_done([job], {job.id or 0: status})
+            delivered.add(job, status)
             log.info("forwarded %s to %s (0x%04X)", job.sop_uid, job.peer, status)
             notify(self.pm, "router_forwarded", job=job, status=status)
-            drop_if_orphaned(self.engine, self.config.data_dir, job.path, job.sop_uid)
         else:
             self._fail(job, f"peer answered 0x{status:04X}", verdict is SendVerdict.PERMANENT, status)
         return None

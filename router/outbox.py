@@ -39,10 +39,12 @@ INSTANCE = Instance.__table__  # type: ignore[attr-defined]
 # dead jobs can be requeued; committing ones are sent again if the peer does not commit them
 _RETRYABLE = [JobState.PENDING, JobState.INFLIGHT, JobState.COMMITTING, JobState.DEAD]
 
-# The statements of the forwarding hot path, built once so that SQLAlchemy reuses their compiled form. Every
-# forwarded object costs a claim, a done mark and an orphan check; built per call they took more of the GIL than
-# the C-STORE they accompany.
-_INDEXED_PATH = core_select(INSTANCE.c.path).where(INSTANCE.c.sop_uid == bindparam("sop_uid"))
+# The statements of the forwarding hot path, built once so that SQLAlchemy reuses their compiled form. Forwarded
+# objects cost claims, done marks and orphan checks (a sender writes them for many jobs at once); built per call
+# they took more of the GIL than the C-STORE they accompany.
+_INDEXED_PATHS = core_select(INSTANCE.c.sop_uid, INSTANCE.c.path).where(
+    INSTANCE.c.sop_uid.in_(bindparam("sop_uids", expanding=True))
+)
 _JOB_NEEDS_PATH = (
     core_select(JOB.c.id)
     .where(JOB.c.sop_uid == bindparam("sop_uid"), JOB.c.path == bindparam("path"), JOB.c.state.in_(_RETRYABLE))
@@ -92,14 +94,26 @@ def drop_if_orphaned(engine: Engine, data_dir: Path, relpath: str, sop_uid: str)
     That is a changed payload whose jobs are done, or an object version replaced under the overwrite policy
     once its last job is done. ``sop_uid`` is the instance the file belongs to (a file only ever holds one
     instance's bytes, so the lookups go by its indexed UID). Returns whether the file was removed."""
+    return bool(drop_orphans(engine, data_dir, [(relpath, sop_uid)]))
+
+
+def drop_orphans(engine: Engine, data_dir: Path, candidates: Sequence[tuple[str, str]]) -> list[str]:
+    """``drop_if_orphaned`` for many (relpath, sop_uid) pairs: one query for the usual case, where the index
+    still points at every file. Returns the relpaths removed."""
+    removed: list[str] = []
+    if not candidates:
+        return removed
     with engine.connect() as conn:
-        # the usual case first: the index still points at it (one query)
-        if conn.execute(_INDEXED_PATH, {"sop_uid": sop_uid}).scalar() == relpath:
-            return False
-        if conn.execute(_JOB_NEEDS_PATH, {"sop_uid": sop_uid, "path": relpath}).first() is not None:
-            return False
-    files.remove_quietly(data_dir / relpath)
-    return True
+        uids = sorted({sop_uid for _, sop_uid in candidates})
+        indexed: dict[str, str] = dict(conn.execute(_INDEXED_PATHS, {"sop_uids": uids}).tuples().all())
+        for relpath, sop_uid in candidates:
+            if indexed.get(sop_uid) == relpath or relpath in removed:
+                continue
+            if conn.execute(_JOB_NEEDS_PATH, {"sop_uid": sop_uid, "path": relpath}).first() is None:
+                removed.append(relpath)
+    for relpath in removed:
+        files.remove_quietly(data_dir / relpath)
+    return removed
 
 
 class Outbox:

@@ -54,3 +54,38 @@ def test_a_dead_older_job_does_not_block_the_newer_one(tmp_path: Path) -> None:
     assert outbox.mark_failed_many(dead, "refused", permanent=True) == [True]
     assert [j.id for j in outbox.claim("PACS", 10)] == [new]
     assert {j.state for j in outbox.list()} == {JobState.DEAD, JobState.INFLIGHT}
+
+
+def test_drop_orphans_removes_only_files_nothing_refers_to(tmp_path: Path) -> None:
+    from pydicom.dataset import Dataset
+
+    from router.outbox import drop_orphans
+    from router.store.index import IdCache, index_instance
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'index.db'}")
+    outbox = Outbox(engine, ForwardSettings(), tmp_path)
+    ds = Dataset()
+    ds.PatientID, ds.StudyInstanceUID, ds.SeriesInstanceUID = "P1", "1.2.1", "1.2.1.1"
+    ds.SOPClassUID, ds.SOPInstanceUID = "1.2.840.10008.5.1.4.1.1.7", "1.2.3"
+    with engine.begin() as conn:
+        index_instance(conn, IdCache(), ds, relpath="objects/1.2.3.dcm", size=1, digest="d", transfer_syntax="",
+                       calling_ae="", existing=None)  # fmt: skip
+    indexed, old_version, derived_done, derived_pending = (
+        "objects/1.2.3.dcm", "objects/1.2.3.old.dcm", "derived/ab/done.dcm", "derived/cd/pending.dcm"
+    )  # fmt: skip
+    for relpath in (indexed, old_version, derived_done, derived_pending):
+        (tmp_path / relpath).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / relpath).write_bytes(b"x")
+    add_job(outbox, "1.2.4")  # a pending job for another instance: its path must stay
+    with Session(engine) as session:
+        job = session.get(Job, 1)
+        assert job is not None
+        job.path = derived_pending
+        session.add(job)
+        session.commit()
+
+    candidates = [(indexed, "1.2.3"), (old_version, "1.2.3"), (derived_done, "1.2.3"), (derived_pending, "1.2.4"),
+                  (derived_done, "1.2.3")]  # fmt: skip
+    assert sorted(drop_orphans(engine, tmp_path, candidates)) == [derived_done, old_version]
+    assert (tmp_path / indexed).is_file() and (tmp_path / derived_pending).is_file()
+    assert not (tmp_path / old_version).exists() and not (tmp_path / derived_done).exists()
