@@ -204,7 +204,7 @@ class Forwarder:
             jobs = self._claim(peer, drained)
             if jobs or not keep_open:
                 return jobs
-        if delivered.jobs and self._write_done_marks(delivered):
+        if self._write_done_marks(delivered):
             jobs = self._claim(peer, drained)
             if jobs:
                 return jobs

@@ -109,11 +109,12 @@ def _patched_dul_init(self: DULServiceProvider, assoc: Association) -> None:
     self._router_bell = bell  # type: ignore[attr-defined]
     self.to_user_queue = WakingQueue(_wake_event(assoc).set)
 
-    def ring_from_elsewhere() -> None:  # the DUL thread itself looks at its event queue before it waits
+    def ring_from_elsewhere() -> None:  # the DUL thread itself looks at its queues before it waits
         if threading.current_thread() is not self:
             bell.ring()
 
     self.event_queue = WakingQueue(ring_from_elsewhere)
+    self.to_provider_queue = WakingQueue(ring_from_elsewhere)  # send_pdu: a primitive to send
 
 
 def _patched_dimse_init(self: DIMSEServiceProvider, assoc: Association) -> None:
@@ -124,13 +125,11 @@ def _patched_dimse_init(self: DIMSEServiceProvider, assoc: Association) -> None:
 def _patched_send_pdu(self: DULServiceProvider, primitive: Any) -> None:
     # Back-pressure: a service streaming answers (C-FIND) waits while MAX_QUEUED are not sent yet, so memory stays
     # bounded and a C-CANCEL from the peer still finds answers left to cancel.
-    elsewhere = threading.current_thread() is not self  # the DUL thread itself: a request served inline
-    if elsewhere and self.is_alive():
+    # (Not on the DUL thread itself, which answers a request served inline and sends before it waits again.)
+    if threading.current_thread() is not self and self.is_alive():
         while self.to_provider_queue.qsize() >= MAX_QUEUED and self.is_alive() and not self._kill_thread:
             time.sleep(0.0002)
-    _dul_send_pdu(self, primitive)
-    if elsewhere:  # the DUL thread looks at its queue before it waits again
-        self._router_bell.ring()  # type: ignore[attr-defined]
+    _dul_send_pdu(self, primitive)  # its queue rings the DUL's doorbell
 
 
 def _patched_kill_dul(self: DULServiceProvider) -> None:
