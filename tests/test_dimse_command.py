@@ -13,7 +13,7 @@ from pynetdicom import dimse_primitives as prims
 from pynetdicom.dsutils import encode
 
 from router.dimse import command
-from router.dimse.command import encode_command, encode_command_set
+from router.dimse.command import encode_command, encode_command_set, encode_primitive
 
 command.install()  # what router.dimse.reactor.install() does for the router
 
@@ -21,6 +21,7 @@ command.install()  # what router.dimse.reactor.install() does for the router
 def message(primitive: Any, message_class: type) -> Any:
     msg = message_class()
     msg.primitive_to_message(primitive)
+    msg.test_primitive = primitive  # for encode_primitive, which starts from the primitive
     return msg
 
 
@@ -72,6 +73,36 @@ def c_echo_rsp_with_comment(comment: str) -> Any:
     return message(p, msgs.C_ECHO_RSP)
 
 
+def c_store_rq_from_file() -> Any:
+    p = prims.C_STORE()
+    p.MessageID, p.Priority = 4, 2
+    p.AffectedSOPClassUID, p.AffectedSOPInstanceUID = CTImageStorage, generate_uid()
+    p._dataset_path = ("/nonexistent/object.dcm", 132)  # what send_c_store sets for a file sent in chunks
+    return message(p, msgs.C_STORE_RQ)
+
+
+def c_store_rsp_comment() -> Any:
+    p = prims.C_STORE()
+    p.MessageIDBeingRespondedTo, p.Status = 2, 0xC000
+    p.AffectedSOPClassUID, p.AffectedSOPInstanceUID = CTImageStorage, "1.2.3"
+    p.ErrorComment = "cannot decode"
+    return message(p, msgs.C_STORE_RSP)
+
+
+def c_find_rsp_final() -> Any:
+    p = prims.C_FIND()
+    p.MessageIDBeingRespondedTo, p.Status = 2, 0x0000
+    p.AffectedSOPClassUID = "1.2.840.10008.5.1.4.31"
+    return message(p, msgs.C_FIND_RSP)
+
+
+def c_echo_rq() -> Any:
+    p = prims.C_ECHO()
+    p.MessageID = 1
+    p.AffectedSOPClassUID = "1.2.840.10008.1.1"
+    return message(p, msgs.C_ECHO_RQ)
+
+
 CASES = {
     "c-store-rq": c_store_rq,
     "c-store-rq move originator (odd AE)": lambda: c_store_rq(
@@ -83,6 +114,10 @@ CASES = {
     "c-find-rq": c_find_rq,
     "n-event-report-rq": n_event_report_rq,
     "c-echo-rsp comment": lambda: c_echo_rsp_with_comment("odd"),
+    "c-store-rq from a file": c_store_rq_from_file,
+    "c-store-rsp error comment": c_store_rsp_comment,
+    "c-find-rsp final": c_find_rsp_final,
+    "c-echo-rq": c_echo_rq,
 }
 
 
@@ -102,3 +137,29 @@ def test_what_it_does_not_know_goes_to_pydicom() -> None:
     ds = Dataset()
     ds.add_new(0x00000901, "AT", [0x00100010])  # Offending Element
     assert encode_command(ds) is None
+
+
+@pytest.mark.parametrize("build", CASES.values(), ids=CASES.keys())
+def test_from_the_primitive_same_as_pynetdicom_builds_it(build: Any) -> None:
+    """encode_primitive skips DIMSEMessage; its command set and data set must be what primitive_to_message makes."""
+    msg = build()
+    direct = encode_primitive(msg.test_primitive, type(msg))
+    assert direct is not None
+    command_bytes, data_set, data_set_path = direct
+    assert command_bytes == encode(msg.command_set, True, True)
+    if msg.data_set is not None and msg.data_set.getvalue():
+        assert data_set is msg.data_set
+    else:
+        assert data_set is None or not data_set.getvalue()
+    assert data_set_path == msg._data_set_path
+
+
+def test_from_the_primitive_leaves_to_pydicom_what_encode_command_does() -> None:
+    p = prims.C_STORE()
+    p.MessageIDBeingRespondedTo, p.Status = 3, 0xA900
+    p.AffectedSOPClassUID, p.AffectedSOPInstanceUID = CTImageStorage, "1.2.3"
+    p.OffendingElement = [0x00100010]  # AT
+    assert encode_primitive(p, msgs.C_STORE_RSP) is None
+    p.OffendingElement = None
+    p.ErrorComment = "caf\u00e9"  # not ASCII
+    assert encode_primitive(p, msgs.C_STORE_RSP) is None

@@ -6,16 +6,23 @@ a tenth of the router's CPU while it forwards CT slices. A command set is a hand
 so ``encode_command`` writes them directly: UL, US, UI, AE and the text VRs with ASCII values. Anything else (an
 AT element, a non-ASCII comment, a multi-valued element) returns None and the caller uses pydicom, so the bytes
 are always pydicom's (the tests compare them).
+
+``encode_primitive`` goes one step further for the messages sent most (a C-STORE request or response, a C-ECHO
+response): it encodes the command set straight from the DIMSE primitive, without building pynetdicom's
+``DIMSEMessage`` and its pydicom ``Dataset`` (about 0.3 ms per message here), following ``primitive_to_message``
+element for element.
 """
 
 from __future__ import annotations
 
 import struct
+from io import BytesIO
 from typing import Any
 
+from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
-from pynetdicom.dimse_messages import DIMSEMessage
+from pynetdicom.dimse_messages import _COMMAND_SET_KEYWORDS, _DATASET_KEYWORDS, _MESSAGE_TYPES, DIMSEMessage
 from pynetdicom.dsutils import encode
 
 _HEADER = struct.Struct("<HHL")
@@ -29,10 +36,10 @@ def _value_bytes(vr: str, value: Any) -> bytes | None:
         return b""
     if isinstance(value, list | tuple | MultiValue):
         return None
-    if vr == "US":
-        return _US.pack(value) if isinstance(value, int) else None
-    if vr == "UL":
-        return _UL.pack(value) if isinstance(value, int) else None
+    if vr in ("US", "UL"):
+        if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < (1 << (16 if vr == "US" else 32)):
+            return None
+        return _US.pack(value) if vr == "US" else _UL.pack(value)
     if vr == "UI" and isinstance(value, str) and value.isascii():
         data = value.encode("ascii")
         return data + b"\x00" if len(data) % 2 else data
@@ -65,6 +72,61 @@ def encode_command_set(ds: Dataset) -> bytes:
     if data is None:
         raise ValueError("the DIMSE command set could not be encoded")
     return data
+
+
+class _Layout:
+    """What ``DIMSEMessage.primitive_to_message`` builds for one message class: the command set's elements (tag
+    order), the Command Field, and the primitive attribute holding the message's data set (None: it has none)."""
+
+    def __init__(self, message_class: type[DIMSEMessage]) -> None:
+        name = message_class.__name__
+        keywords = _COMMAND_SET_KEYWORDS[name.replace("_", "-")]
+        self.elements = sorted(
+            (int(tag), keyword, str(dictionary_VR(tag)))
+            for keyword in keywords
+            if keyword != "CommandGroupLength" and (tag := tag_for_keyword(keyword)) is not None
+        )
+        self.command_field = next(field for field, (_name, cls) in _MESSAGE_TYPES.items() if cls is message_class)
+        self.dataset_keyword = _DATASET_KEYWORDS.get(name)
+
+
+_layouts: dict[type[DIMSEMessage], _Layout] = {}
+
+
+def _layout(message_class: type[DIMSEMessage]) -> _Layout:
+    layout = _layouts.get(message_class)
+    if layout is None:
+        layout = _layouts.setdefault(message_class, _Layout(message_class))
+    return layout
+
+
+def encode_primitive(primitive: Any, message_class: type[DIMSEMessage]) -> tuple[bytes, BytesIO | None, Any] | None:
+    """The command set ``message_class().primitive_to_message(primitive)`` would build, encoded, with the message's
+    data set (a BytesIO or None) and data set file (pynetdicom's ``_dataset_path`` or None); None when a value is
+    one ``encode_command`` leaves to pydicom."""
+    layout = _layout(message_class)
+    data_set = getattr(primitive, layout.dataset_keyword) if layout.dataset_keyword else None
+    path = getattr(primitive, "_dataset_path", None)
+    has_data_set = bool(path) or data_set is not None
+    parts: list[bytes] = []
+    for tag, keyword, vr in layout.elements:
+        if keyword == "CommandField":
+            value: Any = layout.command_field
+        elif keyword == "CommandDataSetType":
+            value = 0x0001 if has_data_set else 0x0101
+        elif hasattr(primitive, keyword):
+            value = getattr(primitive, keyword)
+            if value is None:
+                continue  # primitive_to_message deletes the element
+        else:
+            value = None  # kept, empty
+        data = _value_bytes(vr, value)
+        if data is None:
+            return None
+        parts.append(_HEADER.pack(0x0000, tag & 0xFFFF, len(data)))
+        parts.append(data)
+    body = b"".join(parts)
+    return _HEADER.pack(0x0000, 0x0000, 4) + _UL.pack(len(body)) + body, data_set, path
 
 
 def _set_command_group_length(self: DIMSEMessage) -> None:

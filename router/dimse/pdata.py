@@ -29,7 +29,7 @@ from pynetdicom.dimse import _RQ_TO_MESSAGE, _RSP_TO_MESSAGE, DIMSEServiceProvid
 from pynetdicom.pdu import P_DATA_TF
 from pynetdicom.pdu_primitives import P_DATA
 
-from router.dimse.command import encode_command_set
+from router.dimse.command import encode_command_set, encode_primitive
 
 GROUP_BYTES = 1 << 20  # encoded PDUs per primitive handed to the DUL, at most (one PDU at least)
 UNLIMITED_FRAGMENT = (1 << 20) - 12  # our own fragment size when the peer accepts PDUs of any length
@@ -120,27 +120,43 @@ class _Packer:
 
 def encode_message(dimse_msg: Any, context_id: int, max_pdu: int) -> Iterator[EncodedPData]:
     """The P-DATA requests for one DIMSE message: its command set, then its data set when it has one."""
-    packer = _Packer(context_id, _fragment_size(max_pdu))
     command = encode_command_set(dimse_msg.command_set)  # always Implicit VR Little Endian (PS3.7 6.3.1)
+    yield from encode_parts(command, dimse_msg.data_set, dimse_msg._data_set_path, context_id, max_pdu)
+
+
+def encode_parts(
+    command: bytes, data_set: BytesIO | None, data_set_path: Any, context_id: int, max_pdu: int
+) -> Iterator[EncodedPData]:
+    """The P-DATA requests for an encoded command set and the message's data set: in memory (``data_set``) or in a
+    file (``data_set_path``: path and offset of the data set in it), or none."""
+    packer = _Packer(context_id, _fragment_size(max_pdu))
     yield from packer.pack_bytes(command, COMMAND_LAST, COMMAND)
-    data_set: BytesIO | None = dimse_msg.data_set
     if data_set is not None:
         encoded = data_set.getbuffer()
         if len(encoded):
             yield from packer.pack_bytes(encoded, DATA_LAST, DATA)
         encoded.release()
-    elif dimse_msg._data_set_path is not None:
-        path, offset = dimse_msg._data_set_path
+    elif data_set_path is not None:
+        path, offset = data_set_path
         yield from packer.pack_file(Path(path), offset)
     yield from packer.rest()
 
 
 def _send_msg(self: DIMSEServiceProvider, primitive: Any, context_id: int) -> None:
-    """pynetdicom's ``DIMSEServiceProvider.send_msg`` with the message encoded by ``encode_message``."""
+    """pynetdicom's ``DIMSEServiceProvider.send_msg`` with the message encoded by ``encode_message``; straight from
+    the primitive (``command.encode_primitive``) when nobody listens for the encoded message (EVT_DIMSE_SENT)."""
     if primitive.MessageIDBeingRespondedTo is None:
-        dimse_msg = _RQ_TO_MESSAGE[primitive.__class__]()
+        message_class = _RQ_TO_MESSAGE[primitive.__class__]
     else:
-        dimse_msg = _RSP_TO_MESSAGE[primitive.__class__]()
+        message_class = _RSP_TO_MESSAGE[primitive.__class__]
+    if not self.assoc.get_handlers(evt.EVT_DIMSE_SENT):
+        direct = encode_primitive(primitive, message_class)
+        if direct is not None:
+            command, data_set, data_set_path = direct
+            for pdata in encode_parts(command, data_set, data_set_path, context_id, self.maximum_pdu_size):
+                self.dul.send_pdu(pdata)
+            return
+    dimse_msg = message_class()
     dimse_msg.primitive_to_message(primitive)
     dimse_msg.context_id = context_id
     evt.trigger(self.assoc, evt.EVT_DIMSE_SENT, {"message": dimse_msg})
