@@ -79,17 +79,22 @@ class Item:
     transfer_syntax: str
 
 
-def contexts_for(items: Iterable[Item]) -> list[PresentationContext]:
-    """One single-syntax context per (SOP class, transfer syntax) needed, uncompressed fallbacks included."""
+def context_keys(items: Iterable[Item]) -> dict[tuple[str, str], None]:
+    """The (SOP class, transfer syntax) pairs ``items`` need, uncompressed fallbacks included, in order."""
     wanted: dict[tuple[str, str], None] = {}
     for item in items:
         for ts in (item.transfer_syntax, *UNCOMPRESSED):
             wanted[(item.sop_class_uid, ts)] = None
-    return [build_context(sop, [ts]) for sop, ts in wanted]
+    return wanted
+
+
+def contexts_for(items: Iterable[Item]) -> list[PresentationContext]:
+    """One single-syntax context per (SOP class, transfer syntax) needed, uncompressed fallbacks included."""
+    return [build_context(sop, [ts]) for sop, ts in context_keys(items)]
 
 
 def context_count(items: Iterable[Item]) -> int:
-    return len(contexts_for(items))
+    return len(context_keys(items))
 
 
 def make_requestor(config: RouterConfig) -> AE:
@@ -131,10 +136,12 @@ class StoreAssociation:
         self.ae = ae
         self.peer = peer
         self.contexts = contexts_for(items)
+        self._keys = {(str(cx.abstract_syntax), str(cx.transfer_syntax[0])) for cx in self.contexts}
         self.on_report = on_report
         if on_report is not None:
             self.contexts.append(build_context(STORAGE_COMMITMENT, list(UNCOMPRESSED)))
         self.assoc: Association | None = None
+        self._accepted_by_class: dict[str, list[str]] | None = None
         self._report_threads: list[threading.Thread] = []
 
     def __enter__(self) -> StoreAssociation:
@@ -156,6 +163,7 @@ class StoreAssociation:
             raise AssociationFailed(f"association to {self.peer.ae_title}@{self.peer.host}:{self.peer.port} {reason}")
         keep_responses(assoc)
         self.assoc = assoc
+        self._accepted_by_class = None
         return self
 
     def _report(self, event: evt.Event) -> Any:
@@ -188,8 +196,7 @@ class StoreAssociation:
         """Whether this association was negotiated with every context ``items`` (and a commitment) need."""
         if commitment and self.on_report is None:
             return False
-        have = {(cx.abstract_syntax, cx.transfer_syntax[0]) for cx in self.contexts}
-        return {(cx.abstract_syntax, cx.transfer_syntax[0]) for cx in contexts_for(items)} <= have
+        return context_keys(items).keys() <= self._keys
 
     @property
     def can_commit(self) -> bool:
@@ -210,12 +217,15 @@ class StoreAssociation:
         return self.assoc is not None and self.assoc.is_established
 
     def _accepted(self, sop_class: str) -> list[str]:
+        """The transfer syntaxes the peer accepted for ``sop_class`` (fixed once the association is established)."""
         assert self.assoc is not None
-        return [
-            str(cx.transfer_syntax[0])
-            for cx in self.assoc.accepted_contexts
-            if cx.abstract_syntax == sop_class and cx.transfer_syntax
-        ]
+        if self._accepted_by_class is None:
+            by_class: dict[str, list[str]] = {}
+            for cx in self.assoc.accepted_contexts:
+                if cx.transfer_syntax:
+                    by_class.setdefault(str(cx.abstract_syntax), []).append(str(cx.transfer_syntax[0]))
+            self._accepted_by_class = by_class
+        return self._accepted_by_class.get(sop_class, [])
 
     def _fallback(self, item: Item, accepted: list[str]) -> str | None:
         """The uncompressed syntax to transcode ``item`` to when the peer took none for its own (Explicit VR Little
