@@ -17,7 +17,7 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from sqlalchemy import bindparam, delete, func, update
+from sqlalchemy import Select, Update, bindparam, delete, func, update
 from sqlalchemy import select as core_select
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
@@ -61,20 +61,28 @@ _BLOCKED = (
     )
     .exists()
 )
-_CLAIMABLE = core_select(JOB.c.id).where(JOB.c.state == JobState.PENDING, JOB.c.peer == bindparam("peer"), ~_BLOCKED)
-_CLAIM_ANY = _CLAIMABLE.order_by(JOB.c.id).limit(bindparam("limit"))
-_CLAIM_DUE = _CLAIMABLE.where(JOB.c.next_attempt_at <= bindparam("now")).order_by(JOB.c.id).limit(bindparam("limit"))
-_TAKE = (
-    update(JOB)
-    .where(JOB.c.id.in_(bindparam("ids", expanding=True)), JOB.c.state == JobState.PENDING)
-    .values(state=JobState.INFLIGHT, updated_at=bindparam("now"))
+_CLAIMABLE = core_select(JOB.c.id).where(JOB.c.state == JobState.PENDING, JOB.c.peer == bindparam("for_peer"), ~_BLOCKED)
+
+
+def _take(claimable: Select[tuple[int]]) -> Update:
+    """Mark the jobs ``claimable`` selects inflight and return them: one statement (SQLite 3.35+, PostgreSQL)."""
+    return (
+        update(JOB)
+        .where(JOB.c.id.in_(claimable.scalar_subquery()), JOB.c.state == JobState.PENDING)
+        .values(state=JobState.INFLIGHT, updated_at=bindparam("now"))
+        .returning(*JOB.c)
+    )
+
+
+_CLAIM_ANY = _take(_CLAIMABLE.order_by(JOB.c.id).limit(bindparam("limit")))
+_CLAIM_DUE = _take(
+    _CLAIMABLE.where(JOB.c.next_attempt_at <= bindparam("now")).order_by(JOB.c.id).limit(bindparam("limit"))
 )
 _DUE_COUNTS = (
     core_select(JOB.c.peer, func.count())
     .where(JOB.c.state == JobState.PENDING, JOB.c.next_attempt_at <= bindparam("now"))
     .group_by(JOB.c.peer)
 )
-_LOAD = core_select(JOB).where(JOB.c.id.in_(bindparam("ids", expanding=True))).order_by(JOB.c.id)
 _DONE = (
     update(JOB)
     .where(JOB.c.id == bindparam("job_id"))
@@ -105,7 +113,7 @@ def drop_orphans(engine: Engine, data_dir: Path, candidates: Sequence[tuple[str,
         return removed
     with engine.connect() as conn:
         uids = sorted({sop_uid for _, sop_uid in candidates})
-        indexed: dict[str, str] = dict(conn.execute(_INDEXED_PATHS, {"sop_uids": uids}).tuples().all())
+        indexed: dict[str, str] = {uid: path for uid, path in conn.execute(_INDEXED_PATHS, {"sop_uids": uids})}
         for relpath, sop_uid in candidates:
             if indexed.get(sop_uid) == relpath or relpath in removed:
                 continue
@@ -165,12 +173,8 @@ class Outbox:
         now = utcnow()
         with self._claim_lock, self._writing, self.engine.begin() as conn:
             query = _CLAIM_DUE if due_only else _CLAIM_ANY
-            ids = list(conn.execute(query, {"peer": peer, "now": now, "limit": limit}).scalars())
-            if not ids:
-                return []
-            conn.execute(_TAKE, {"ids": ids, "now": now})
-            rows = conn.execute(_LOAD, {"ids": ids}).mappings().all()
-        return [Job(**row) for row in rows]
+            rows = conn.execute(query, {"for_peer": peer, "now": now, "limit": limit}).mappings().all()
+        return sorted((Job(**row) for row in rows), key=lambda job: job.id or 0)  # RETURNING has no order
 
     def mark_done(self, jobs: Sequence[Job], statuses: dict[int, int]) -> None:
         if not jobs:
