@@ -10,6 +10,7 @@ acknowledgement depends on goes through the durable engine.
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -40,8 +41,16 @@ def _postgres_bookkeeping(dbapi_conn: Any, _record: Any) -> None:
     dbapi_conn.commit()
 
 
+SQLITE_MINIMUM = (3, 35, 0)  # UPDATE ... RETURNING (the outbox's claim)
+
+
 def make_engine(url: str, durable: bool = True) -> Engine:
     if url.startswith("sqlite"):
+        if sqlite3.sqlite_version_info < SQLITE_MINIMUM:
+            raise RuntimeError(
+                f"SQLite {sqlite3.sqlite_version} is too old: the router needs {'.'.join(map(str, SQLITE_MINIMUM))} "
+                "or later (UPDATE ... RETURNING); use a newer Python build or PostgreSQL"
+            )
         path = url.split("///", 1)[1] if "///" in url else ""
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
