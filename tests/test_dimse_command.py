@@ -74,7 +74,7 @@ def c_echo_rsp_with_comment(comment: str) -> Any:
 
 
 def c_store_rq_from_file() -> Any:
-    p = prims.C_STORE()
+    p: Any = prims.C_STORE()
     p.MessageID, p.Priority = 4, 2
     p.AffectedSOPClassUID, p.AffectedSOPInstanceUID = CTImageStorage, generate_uid()
     p._dataset_path = ("/nonexistent/object.dcm", 132)  # what send_c_store sets for a file sent in chunks
@@ -82,7 +82,7 @@ def c_store_rq_from_file() -> Any:
 
 
 def c_store_rsp_comment() -> Any:
-    p = prims.C_STORE()
+    p: Any = prims.C_STORE()
     p.MessageIDBeingRespondedTo, p.Status = 2, 0xC000
     p.AffectedSOPClassUID, p.AffectedSOPInstanceUID = CTImageStorage, "1.2.3"
     p.ErrorComment = "cannot decode"
@@ -90,7 +90,7 @@ def c_store_rsp_comment() -> Any:
 
 
 def c_find_rsp_final() -> Any:
-    p = prims.C_FIND()
+    p: Any = prims.C_FIND()
     p.MessageIDBeingRespondedTo, p.Status = 2, 0x0000
     p.AffectedSOPClassUID = "1.2.840.10008.5.1.4.31"
     return message(p, msgs.C_FIND_RSP)
@@ -155,7 +155,7 @@ def test_from_the_primitive_same_as_pynetdicom_builds_it(build: Any) -> None:
 
 
 def test_from_the_primitive_leaves_to_pydicom_what_encode_command_does() -> None:
-    p = prims.C_STORE()
+    p: Any = prims.C_STORE()
     p.MessageIDBeingRespondedTo, p.Status = 3, 0xA900
     p.AffectedSOPClassUID, p.AffectedSOPInstanceUID = CTImageStorage, "1.2.3"
     p.OffendingElement = [0x00100010]  # AT
@@ -163,3 +163,53 @@ def test_from_the_primitive_leaves_to_pydicom_what_encode_command_does() -> None
     p.OffendingElement = None
     p.ErrorComment = "caf\u00e9"  # not ASCII
     assert encode_primitive(p, msgs.C_STORE_RSP) is None
+
+
+def received(msg: Any) -> Any:
+    """``msg`` as the peer's DUL would rebuild it: encoded by pynetdicom, decoded from its P-DATA primitives."""
+    copy = msgs.DIMSEMessage()
+    done = False
+    for pdata in msg.encode_msg(1, 16384):
+        done = copy.decode_msg(pdata)
+    assert done
+    return copy
+
+
+def primitive_state(primitive: Any) -> dict[str, Any]:
+    """Every property of a DIMSE primitive (what a service reads), plus what message_to_primitive sets privately."""
+    state: dict[str, Any] = {}
+    for name in dir(type(primitive)):
+        if isinstance(getattr(type(primitive), name, None), property):
+            value = getattr(primitive, name)
+            state[name] = (type(value), value.getvalue() if isinstance(value, BytesIO) else value)
+    for name in ("_context_id", "_dataset_path", "_dataset_file"):
+        state[name] = getattr(primitive, name, None)
+    return state
+
+
+DECODE_CASES = {k: v for k, v in CASES.items() if k != "c-store-rq from a file"}  # that one names no real file
+
+
+READ_DIRECTLY = {"c-store-rq", "c-store-rsp even uid", "c-store-rsp odd uid", "c-move-rsp", "c-find-rq"}
+READ_DIRECTLY |= {"n-event-report-rq", "c-find-rsp final", "c-echo-rq"}  # the others hold an AE or LO value
+
+
+@pytest.mark.parametrize("name", DECODE_CASES)
+def test_decoded_primitive_same_as_pynetdicom_makes_it(name: str) -> None:
+    msg = received(DECODE_CASES[name]())
+    theirs = primitive_state(command._message_to_primitive(msg))  # pynetdicom's own conversion
+    assert primitive_state(msg.message_to_primitive()) == theirs  # the installed one
+    ours = command.decode_primitive(msg)
+    assert (ours is not None) == (name in READ_DIRECTLY)
+    if ours is not None:
+        assert primitive_state(ours) == theirs
+
+
+def test_decoding_leaves_to_pynetdicom_what_it_does_not_read() -> None:
+    assert command.decode_primitive(received(c_echo_rsp_with_comment("odd"))) is None  # LO
+    assert command.decode_primitive(received(c_store_rq(MoveOriginatorApplicationEntityTitle="MOVESCU"))) is None
+    multi = c_store_rsp(0x0000, "1.2.34")
+    multi.command_set.add_new(0x00000002, "UI", ["1.2.3", "1.2.4"])  # two values where one is allowed
+    assert command.decode_primitive(received(multi)) is None
+    # the installed path still decodes all of them, through pynetdicom
+    assert received(c_echo_rsp_with_comment("odd")).message_to_primitive().ErrorComment == "odd"
