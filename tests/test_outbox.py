@@ -5,7 +5,8 @@ from __future__ import annotations
 from datetime import timedelta
 from pathlib import Path
 
-from sqlmodel import Session
+import pytest
+from sqlmodel import Session, select
 
 from router.config import ForwardSettings
 from router.outbox import Outbox
@@ -89,3 +90,26 @@ def test_drop_orphans_removes_only_files_nothing_refers_to(tmp_path: Path) -> No
     assert sorted(drop_orphans(engine, tmp_path, candidates)) == [derived_done, old_version]
     assert (tmp_path / indexed).is_file() and (tmp_path / derived_pending).is_file()
     assert not (tmp_path / old_version).exists() and not (tmp_path / derived_done).exists()
+
+
+def test_claim_takes_due_jobs_oldest_first_once_and_limited(tmp_path: Path) -> None:
+    outbox = Outbox(make_engine(f"sqlite:///{tmp_path / 'index.db'}"), ForwardSettings(), tmp_path)
+    ids = [add_job(outbox, f"1.2.{n}") for n in range(5)]
+    later = add_job(outbox, "1.2.9", delay=3600)
+    first = outbox.claim("PACS", 3)
+    assert [j.id for j in first] == ids[:3]
+    assert all(j.state == JobState.INFLIGHT and j.path == f"objects/1.2.{n}.dcm" for n, j in enumerate(first))
+    assert [j.id for j in outbox.claim("PACS", 10)] == ids[3:], "claimed jobs are not handed out again"
+    assert outbox.claim("PACS", 10) == []
+    assert [j.id for j in outbox.claim("PACS", 10, due_only=False)] == [later]
+    with Session(outbox.engine) as session:
+        assert set(session.exec(select(Job.state)).all()) == {JobState.INFLIGHT}
+
+
+def test_an_sqlite_without_returning_is_refused_with_a_reason(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from router.store import db
+
+    monkeypatch.setattr(db.sqlite3, "sqlite_version_info", (3, 34, 1))
+    monkeypatch.setattr(db.sqlite3, "sqlite_version", "3.34.1")
+    with pytest.raises(RuntimeError, match=r"SQLite 3\.34\.1 is too old: the router needs 3\.35\.0 or later"):
+        make_engine(f"sqlite:///{tmp_path / 'index.db'}")
