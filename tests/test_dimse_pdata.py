@@ -90,7 +90,7 @@ def test_same_bytes_as_pynetdicom_from_memory(max_pdu: int, pixels: int) -> None
     assert all(len(p.encoded) <= pdata.GROUP_BYTES or len(split_pdus(bytes(p.encoded))) == 1 for p in got)
 
 
-@pytest.mark.parametrize("max_pdu", [16384, 65536, 4_000_000])
+@pytest.mark.parametrize("max_pdu", [1000, 16384, 65536, 4_000_000])
 def test_same_bytes_as_pynetdicom_from_file(tmp_path: Path, max_pdu: int) -> None:
     msg = store_request(2_500_000, tmp_path)
     expected = reference_bytes(msg, 1, max_pdu)
@@ -103,6 +103,7 @@ def test_same_bytes_as_pynetdicom_from_file(tmp_path: Path, max_pdu: int) -> Non
     else:
         assert pdus == expected
     assert len(got) > 1  # several primitives: the DUL never holds the whole object in one
+    assert all(len(p.encoded) <= pdata.GROUP_BYTES or len(split_pdus(bytes(p.encoded))) == 1 for p in got)
 
 
 def test_a_response_without_data_set_is_one_pdu() -> None:

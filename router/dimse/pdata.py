@@ -19,7 +19,7 @@ headers (command 0x01/0x03, data set 0x00/0x02), in the same order.
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from io import BytesIO
 from pathlib import Path
 from typing import Any
@@ -56,65 +56,67 @@ def _fragment_size(max_pdu: int) -> int:
 
 
 class _Packer:
-    """Encodes PDUs into buffers of at most ``GROUP_BYTES`` (or one PDU), yielded as ``EncodedPData``."""
+    """Encodes PDUs into buffers of at most ``GROUP_BYTES`` (or one PDU), yielded as ``EncodedPData``.
+
+    Each PDU is its 12-byte header and a slice of the data; a buffer is joined from them in one go when full."""
 
     def __init__(self, context_id: int, fragment: int) -> None:
         self.context_id = context_id
         self.fragment = fragment
-        self.buffer = bytearray()
-
-    def _start(self, size: int) -> memoryview:
-        """Room for one PDU carrying ``size`` data bytes at the end of the buffer."""
-        offset = len(self.buffer)
-        self.buffer.extend(bytes(HEADER_LEN + size))  # zero-filled, overwritten below
-        return memoryview(self.buffer)[offset:]
-
-    def _full(self, next_size: int) -> bool:
-        return bool(self.buffer) and len(self.buffer) + HEADER_LEN + next_size > GROUP_BYTES
+        self.parts: list[bytes | memoryview] = []
+        self.size = 0
 
     def _take(self) -> EncodedPData:
-        primitive, self.buffer = EncodedPData(self.buffer), bytearray()
+        primitive = EncodedPData(bytearray().join(self.parts))
+        self.parts, self.size = [], 0
         return primitive
 
-    def _pack(
-        self, total: int, fill: Callable[[memoryview, int], None], last_flag: int, more_flag: int
-    ) -> Iterator[EncodedPData]:
-        """PDUs for ``total`` data bytes; ``fill(room, offset)`` writes the ``len(room)`` bytes from ``offset``."""
-        done = 0
+    def _pack(self, view: memoryview, ends: bool, last_flag: int, more_flag: int) -> Iterator[EncodedPData]:
+        """PDUs for the bytes in ``view``; ``ends``: they are the last of the message part (command or data set),
+        so the last PDU carries ``last_flag`` (an empty part is one empty PDU)."""
+        total = len(view)
+        start = 0
         while True:
-            size = min(self.fragment, total - done)
-            last = done + size >= total
-            if self._full(size):
+            size = min(self.fragment, total - start)
+            last = start + size >= total
+            if self.parts and self.size + HEADER_LEN + size > GROUP_BYTES:
                 yield self._take()
-            room = self._start(size)
-            _HEADER.pack_into(room, 0, 0x04, size + 6, size + 2, self.context_id, last_flag if last else more_flag)
-            fill(room[HEADER_LEN:], done)
-            room.release()
-            done += size
+            flag = last_flag if last and ends else more_flag
+            self.parts.append(_HEADER.pack(0x04, size + 6, size + 2, self.context_id, flag))
+            self.parts.append(view[start : start + size])
+            self.size += HEADER_LEN + size
+            start += size
             if last:
                 return
 
     def pack_bytes(self, data: bytes | memoryview, last_flag: int, more_flag: int) -> Iterator[EncodedPData]:
-        view = memoryview(data)
-
-        def fill(room: memoryview, offset: int) -> None:
-            room[:] = view[offset : offset + len(room)]
-
-        yield from self._pack(len(view), fill, last_flag, more_flag)
+        yield from self._pack(memoryview(data), True, last_flag, more_flag)
 
     def pack_file(self, path: Path, offset: int) -> Iterator[EncodedPData]:
-        with open(path, "rb") as f:
+        """The data set from ``offset`` to the end of the file, read a whole number of fragments (about
+        ``GROUP_BYTES``) at a time: one system call per group rather than per PDU, and bounded memory."""
+        per_read = max(1, GROUP_BYTES // (HEADER_LEN + self.fragment)) * self.fragment
+        with open(path, "rb", buffering=0) as f:
             total = f.seek(0, 2) - f.seek(offset)
-
-            def fill(room: memoryview, _offset: int) -> None:  # sequential: the file position is the offset
-                got = f.readinto(room)
-                if got != len(room):
-                    raise OSError(f"{path} changed while it was being sent ({got} of {len(room)} bytes read)")
-
-            yield from self._pack(total, fill, DATA_LAST, DATA)
+            done = 0
+            while True:
+                want = min(per_read, total - done)
+                chunk = bytearray(want)
+                got = f.readinto(chunk) if want else 0
+                while got and got < want:  # a raw read may return less than asked
+                    more = f.readinto(memoryview(chunk)[got:])
+                    if not more:
+                        break
+                    got += more
+                if got != want:
+                    raise OSError(f"{path} changed while it was being sent ({done + got} of {total} bytes read)")
+                done += want
+                yield from self._pack(memoryview(chunk), done >= total, DATA_LAST, DATA)
+                if done >= total:
+                    return
 
     def rest(self) -> Iterator[EncodedPData]:
-        if self.buffer:
+        if self.parts:
             yield self._take()
 
 
