@@ -51,6 +51,7 @@ log = logging.getLogger(__name__)
 DISPATCH_GAP = 0.05  # s: the least time between two dispatcher passes
 DONE_MARKS = 64  # delivered jobs whose done marks a sender writes in one transaction, at most
 DONE_MARK_DELAY = 1.0  # s: the longest a delivered job waits for its done mark while the sender is busy
+DONE_MARK_GRACE = 0.02  # s: a drained sender holding done marks waits this long for more work before writing them
 
 
 @dataclass
@@ -197,26 +198,40 @@ class Forwarder:
         """The next jobs to send. A sender whose last claim drained the queue, with no job committed since (no
         wake), waits before it claims: claiming at once would find nothing and cost a transaction per object
         while objects stream in one by one. Jobs that become due by time are found at the latest after 0.2 s.
-        Done marks are written before any wait (a job for the same instance waits for the earlier one's)."""
+
+        Done marks are written before the sender waits longer than ``DONE_MARK_GRACE`` (a job for the same
+        instance waits for the earlier one's): objects streaming in one by one usually come sooner, and their marks
+        then gather for one transaction instead of one each."""
         if delivered.due():
             self._write_done_marks(delivered)
         if not (keep_open and drained.at is not None and drained.at == self._generation):
             jobs = self._claim(peer, drained)
             if jobs or not keep_open:
                 return jobs
-        if self._write_done_marks(delivered):
-            jobs = self._claim(peer, drained)
-            if jobs:
-                return jobs
+        if delivered.jobs:
+            if self._wait_for_work(drained, DONE_MARK_GRACE):
+                jobs = self._claim(peer, drained)
+                if jobs:
+                    return jobs
+            if self._write_done_marks(delivered):
+                jobs = self._claim(peer, drained)
+                if jobs:
+                    return jobs
         deadline = time.monotonic() + self.config.forward.idle_release
         while not self._stop.is_set() and time.monotonic() < deadline:
-            with self._work:
-                if drained.at is None or drained.at == self._generation:
-                    self._work.wait(min(0.2, max(0.0, deadline - time.monotonic())))
+            self._wait_for_work(drained, min(0.2, max(0.0, deadline - time.monotonic())))
             jobs = self._claim(peer, drained)
             if jobs:
                 return jobs
         return []
+
+    def _wait_for_work(self, drained: _Drained, timeout: float) -> bool:
+        """Wait up to ``timeout`` for a wake after the sender's last claim (none if one came already); whether one
+        came."""
+        with self._work:
+            if drained.at is None or drained.at == self._generation:
+                self._work.wait(timeout)
+            return drained.at is not None and drained.at != self._generation
 
     def _sender(self, peer_name: str) -> None:
         assoc: StoreAssociation | MllpLink | StowLink | None = None
