@@ -61,7 +61,9 @@ _BLOCKED = (
     )
     .exists()
 )
-_CLAIMABLE = core_select(JOB.c.id).where(JOB.c.state == JobState.PENDING, JOB.c.peer == bindparam("for_peer"), ~_BLOCKED)
+_CLAIMABLE = core_select(JOB.c.id).where(
+    JOB.c.state == JobState.PENDING, JOB.c.peer == bindparam("for_peer"), ~_BLOCKED
+)
 
 
 def _take(claimable: Select[tuple[int]]) -> Update:
