@@ -60,6 +60,14 @@ class _Drained:
 
     at: int | None = None
 
+    def quiet(self, generation: int) -> bool:
+        """The last claim drained the queue and no wake came since."""
+        return self.at is not None and self.at == generation
+
+    def news(self, generation: int) -> bool:
+        """The last claim drained the queue and a wake came since."""
+        return self.at is not None and self.at != generation
+
 
 @dataclass
 class _Delivered:
@@ -204,7 +212,7 @@ class Forwarder:
         then gather for one transaction instead of one each."""
         if delivered.due():
             self._write_done_marks(delivered)
-        if not (keep_open and drained.at is not None and drained.at == self._generation):
+        if not (keep_open and drained.quiet(self._generation)):
             jobs = self._claim(peer, drained)
             if jobs or not keep_open:
                 return jobs
@@ -229,9 +237,9 @@ class Forwarder:
         """Wait up to ``timeout`` for a wake after the sender's last claim (none if one came already); whether one
         came."""
         with self._work:
-            if drained.at is None or drained.at == self._generation:
+            if not drained.news(self._generation):
                 self._work.wait(timeout)
-            return drained.at is not None and drained.at != self._generation
+            return drained.news(self._generation)
 
     def _sender(self, peer_name: str) -> None:
         assoc: StoreAssociation | MllpLink | StowLink | None = None
