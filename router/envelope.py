@@ -9,6 +9,7 @@ them. Stages that only read use ``header`` (decoded without pixel data). ``raw``
 from __future__ import annotations
 
 import hashlib
+import struct
 from dataclasses import dataclass, field
 from io import BytesIO
 from typing import Any, Literal
@@ -18,6 +19,7 @@ from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.filewriter import dcmwrite
+from pydicom.uid import UID
 
 Kind = Literal["dicom", "hl7", "mpps"]
 UNDEFINED_LENGTH = 0xFFFFFFFF
@@ -61,8 +63,10 @@ class Envelope:
     def from_p10(cls, raw: bytes, source: Source) -> Envelope:
         """Decode the header; raises InvalidDicomError for bytes that are not a complete dataset."""
         env = cls(kind="dicom", raw=raw, source=source)
-        env._header = dcmread(BytesIO(raw), stop_before_pixels=True, force=False)
+        stream = BytesIO(raw)
+        env._header = dcmread(stream, stop_before_pixels=True, force=False)
         _check_complete(env._header)
+        _check_rest(raw, stream.tell(), env._header)
         return env
 
     @property
@@ -154,6 +158,74 @@ def _check_complete(ds: Dataset) -> None:
             and len(elem.value) != elem.length
         ):
             raise InvalidDicomError(f"element {elem.tag} is truncated: {len(elem.value)} of {elem.length} bytes")
+
+
+# Explicit VR: the VRs with a 2-byte reserved field and a 4-byte length (PS3.5 7.1.2)
+_LONG_VRS = frozenset(b"OB OD OF OL OV OW SQ SV UC UN UR UT UV".split())
+_ITEM, _SEQUENCE_DELIMITER = 0xFFFEE000, 0xFFFEE0DD
+_PIXEL_DATA = 0x7FE00010
+
+
+def _check_rest(raw: bytes, pos: int, header: Dataset) -> None:
+    """The header was decoded up to the Pixel Data element (at ``pos``); the rest of the data set (Pixel Data and
+    anything after it) must be whole too, or the object is not one that can be stored and forwarded as received.
+    ``_walk_rest`` checks the element headers without decoding any value; what it cannot vouch for (a deflated
+    object, an undefined-length sequence after the pixel data) is decided by decoding the whole object."""
+    if pos >= len(raw):
+        return
+    syntax = UID(header.file_meta.get("TransferSyntaxUID", ""))
+    if syntax.is_transfer_syntax and not syntax.is_deflated and _walk_rest(raw, pos, *header.original_encoding):
+        return
+    _check_complete(dcmread(BytesIO(raw), force=False))
+
+
+def _walk_rest(raw: bytes, pos: int, implicit: bool | None, little: bool | None) -> bool:
+    """Walk the top-level elements from ``pos`` to the end, encoded as the header was (``implicit``, ``little``):
+    True when all are whole, False when it cannot tell; raises InvalidDicomError for one that is cut short."""
+    order = ">" if little is False else "<"
+    tag_len, u32 = struct.Struct(order + "HHL"), struct.Struct(order + "L")
+    short_length = struct.Struct(order + "H")
+    end = len(raw)
+    while end - pos >= 8:  # fewer bytes than a tag and length: pydicom ends the data set there too
+        group, element, length = tag_len.unpack_from(raw, pos)
+        tag, start = group << 16 | element, pos + 8
+        vr = raw[pos + 4 : pos + 6]
+        # Explicit VR unless implicit, an item tag, or no VR there (an implicit element in an explicit data set,
+        # which pydicom reads as implicit too)
+        if not implicit and group != 0xFFFE and vr.isalpha() and vr.isupper():
+            if vr not in _LONG_VRS:
+                length = short_length.unpack_from(raw, pos + 6)[0]
+            elif end - pos < 12:
+                raise InvalidDicomError(f"element ({group:04X},{element:04X}) is truncated in its header")
+            else:
+                length, start = u32.unpack_from(raw, pos + 8)[0], pos + 12
+        if length != UNDEFINED_LENGTH:
+            if start + length > end:
+                raise InvalidDicomError(
+                    f"element ({group:04X},{element:04X}) is truncated: {end - start} of {length} bytes"
+                )
+            pos = start + length
+        elif tag == _PIXEL_DATA:
+            pos = _skip_fragments(raw, start, tag_len)
+        else:  # an undefined-length sequence after the pixel data (digital signatures)
+            return False
+    return True
+
+
+def _skip_fragments(raw: bytes, pos: int, tag_len: struct.Struct) -> int:
+    """Encapsulated Pixel Data from its first item: the position after its Sequence Delimitation Item."""
+    end = len(raw)
+    while end - pos >= 8:
+        group, element, length = tag_len.unpack_from(raw, pos)
+        tag = group << 16 | element
+        if tag == _SEQUENCE_DELIMITER:
+            return pos + 8
+        if tag != _ITEM or length == UNDEFINED_LENGTH:
+            raise InvalidDicomError(f"encapsulated Pixel Data holds ({group:04X},{element:04X}) where an item belongs")
+        if pos + 8 + length > end:
+            raise InvalidDicomError(f"a Pixel Data fragment is truncated: {end - pos - 8} of {length} bytes")
+        pos += 8 + length
+    raise InvalidDicomError("encapsulated Pixel Data ends without its Sequence Delimitation Item")
 
 
 def clean_uid(value: object) -> str:

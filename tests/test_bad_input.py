@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 from pydicom.dataset import FileMetaDataset
 from pydicom.filewriter import write_file_meta_info
-from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, JPEGBaseline8Bit, generate_uid
 from sqlalchemy import text
 
 from router.app import Router
@@ -122,6 +122,27 @@ def explicit_le(group: int, element: int, vr: bytes, length: int, value: bytes) 
     return struct.pack("<HH2sH", group, element, vr, length) + value
 
 
+def explicit_le_long(group: int, element: int, vr: bytes, length: int, value: bytes) -> bytes:
+    """An element of a VR with a 4-byte length (OB, OW, SQ, UN ...)."""
+    return struct.pack("<HH2sHL", group, element, vr, 0, length) + value
+
+
+ITEM = struct.pack("<HH", 0xFFFE, 0xE000)
+
+
+def uid_element(group: int, element: int, uid: str) -> bytes:
+    value = uid.encode() + b"\0" * (len(uid) % 2)  # UIDs are padded to an even length with NUL
+    return explicit_le(group, element, b"UI", len(value), value)
+
+
+IDENTIFIED = (  # the four UIDs an object needs to be stored, in tag order
+    uid_element(0x0008, 0x0016, SECONDARY_CAPTURE)
+    + uid_element(0x0008, 0x0018, "1.2.826.0.1.3680043.9.7.1.1")
+    + uid_element(0x0020, 0x000D, "1.2.826.0.1.3680043.9.7.1.2")
+    + uid_element(0x0020, 0x000E, "1.2.826.0.1.3680043.9.7.1.3")
+)
+
+
 CORRUPT = {
     "random bytes": (random.Random(2026).randbytes(512), ExplicitVRLittleEndian),
     # SOP Class UID, then a SOP Instance UID whose value claims 64 bytes where the stream ends after 8
@@ -131,6 +152,20 @@ CORRUPT = {
         ExplicitVRLittleEndian,
     ),
     "deflated syntax, not a deflate stream": (random.Random(2027).randbytes(512), DeflatedExplicitVRLittleEndian),
+    # a whole header, then Pixel Data that claims 512 bytes where the stream ends after 100
+    "pixel data cut short": (
+        IDENTIFIED + explicit_le_long(0x7FE0, 0x0010, b"OW", 512, bytes(100)),
+        ExplicitVRLittleEndian,
+    ),
+    # encapsulated Pixel Data: the offset table and one fragment, then the stream ends without the delimiter
+    "encapsulated pixel data without its end": (
+        IDENTIFIED
+        + explicit_le_long(0x7FE0, 0x0010, b"OB", 0xFFFFFFFF, ITEM + struct.pack("<L", 0))
+        + ITEM
+        + struct.pack("<L", 6)
+        + b"\xff\xd8\xff\xe0\x00\x10",
+        JPEGBaseline8Bit,
+    ),
 }
 
 
