@@ -177,6 +177,18 @@ def pydicom_corpus() -> list[Path]:
     return [p for p in chosen.values() if dcmtk_reads(p)]
 
 
+def meta_names_data_set(path: Path) -> bool:
+    """Whether the file meta names the data set's SOP Class and Instance. ``send_datasets`` (pynetdicom) builds the
+    C-STORE request from the meta, and a request that names another object is refused 0xA900 (DCMTK, Orthanc and
+    the router alike); storescu builds it from the data set. A few of pydicom's files disagree."""
+    ds = pydicom.dcmread(path, stop_before_pixels=True)
+    meta = ds.file_meta
+    return (meta.get("MediaStorageSOPClassUID"), meta.get("MediaStorageSOPInstanceUID")) == (
+        ds.get("SOPClassUID"),
+        ds.get("SOPInstanceUID"),
+    )
+
+
 def dcmtk_reads(path: Path) -> bool:
     """Some of pydicom's files are deliberately broken; DCMTK's storescu must be able to read what we send."""
     done = subprocess.run([dcmtk("dcmdump"), str(path)], capture_output=True, text=True, errors="replace", timeout=30)

@@ -195,6 +195,33 @@ def test_dataset_without_study_uid_refused_and_quarantined(router: Router, workd
     assert_nothing_stored(router)
 
 
+@pytest.mark.parametrize("differs", ["SOP Instance UID", "SOP Class UID"])
+def test_dataset_that_is_not_the_object_its_request_names_refused_and_quarantined(
+    router: Router, workdir: Path, differs: str
+) -> None:
+    """0xA900, as DCMTK's storescp and Orthanc answer it. pynetdicom takes the request's UIDs from the file meta,
+    so a file whose meta names another object makes such a request."""
+    ds = make_instance()
+    [path] = write_instances(workdir / "mismatch", [ds])
+    raw = bytearray(path.read_bytes())
+    meta_end = 144 + struct.unpack_from("<L", raw, 140)[0]  # preamble and "DICM", then the group length element
+    if differs == "SOP Instance UID":
+        named = str(ds.SOPInstanceUID)
+        other = named[:-1] + ("1" if named.endswith("0") else "0")
+    else:
+        named, other = SECONDARY_CAPTURE, "1.2.840.10008.5.1.4.1.1.6"  # retired Ultrasound, as long
+    assert named != other and len(named) == len(other)
+    where = raw.index(named.encode(), 132, meta_end)
+    raw[where : where + len(named)] = other.encode()
+    path.write_bytes(bytes(raw))
+
+    assert send(router, path) == [DATASET_MISMATCH]
+    [(kept, reason)] = quarantined(router)
+    assert dataset_bytes(kept) == dataset_bytes(path), "the data set exactly as received"
+    assert f"{differs} '{named}' in the data set, '{other}' in the C-STORE request" in reason
+    assert_nothing_stored(router)
+
+
 # -- full disk -----------------------------------------------------------------------------------------------
 def failing(err: int) -> Callable[..., None]:
     def fail(*_args: Any, **_kwargs: Any) -> None:

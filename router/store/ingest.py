@@ -1,7 +1,8 @@
 """Taking one inbound object from bytes to durable: the path every C-STORE and STOW part goes through.
 
 Order of work (the acknowledgement comes only after the last step):
-1. decode the header; an object that cannot be decoded or identified goes to quarantine;
+1. decode the header; an object that cannot be decoded or identified, or (C-STORE) is not the object its request
+   names, goes to quarantine;
 2. an instance already stored with the same bytes is accepted and nothing else happens;
 3. rules and stages run (coerce changes what is forwarded, forward plans outbox jobs);
 4. the object (and any changed payload) is written to a temp file and fsynced;
@@ -64,6 +65,22 @@ class IngestResult:
     @property
     def status(self) -> int:
         return c_store_status(self.outcome)
+
+
+def _request_mismatch(env: Envelope) -> str:
+    """For a C-STORE: how the data set's SOP Class and Instance UIDs differ from the request's Affected SOP Class and
+    Instance UIDs, "" when they agree. The file meta of a received object holds the request's (``dimse.p10``).
+    DCMTK's storescp and Orthanc answer such a request 0xA900 (Data Set does not match SOP Class) too."""
+    meta = env.header.file_meta
+    differences = [
+        f"{name} {found!r} in the data set, {requested!r} in the C-STORE request"
+        for name, found, requested in (
+            ("SOP Class UID", env.sop_class_uid, clean_uid(meta.get("MediaStorageSOPClassUID", ""))),
+            ("SOP Instance UID", env.sop_instance_uid, clean_uid(meta.get("MediaStorageSOPInstanceUID", ""))),
+        )
+        if found != requested
+    ]
+    return "; ".join(differences)
 
 
 def _own_file(fwd: PlannedForward, env: Envelope) -> bool:
@@ -155,6 +172,8 @@ class Ingestor:
         if missing:
             reason = f"missing {', '.join(missing)}"
             return self._refuse_quarantined(raw, early, source, StoreOutcome.INVALID, reason, env=env)
+        if source.protocol == "dimse" and (mismatch := _request_mismatch(env)):
+            return self._refuse_quarantined(raw, early, source, StoreOutcome.INVALID, mismatch, env=env)
         notify(self.pm, "router_instance_received", envelope=env)
         return self._ingest_envelope(env, early)
 
