@@ -20,7 +20,7 @@ class StoreOutcome(enum.Enum):
     DUPLICATE_REJECTED = "duplicate-rejected"  # different bytes, policy 'reject'
     OVERWRITTEN = "overwritten"  # different bytes, policy 'overwrite'
     UNPARSEABLE = "unparseable"  # cannot be decoded: quarantined
-    INVALID = "invalid"  # decodes, but lacks what identifies it (UIDs): quarantined
+    INVALID = "invalid"  # decodes, but lacks its UIDs or is not the object its C-STORE names: quarantined
     OUT_OF_RESOURCES = "out-of-resources"  # disk full, database unavailable
     PROCESSING_FAILED = "processing-failed"  # a stage or the router itself failed on this object
 
