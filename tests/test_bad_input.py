@@ -22,6 +22,7 @@ import pytest
 from pydicom.dataset import FileMetaDataset
 from pydicom.filewriter import write_file_meta_info
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, JPEGBaseline8Bit, generate_uid
+from pynetdicom.dsutils import split_dataset
 from sqlalchemy import text
 
 from router.app import Router
@@ -204,7 +205,7 @@ def test_dataset_that_is_not_the_object_its_request_names_refused_and_quarantine
     ds = make_instance()
     [path] = write_instances(workdir / "mismatch", [ds])
     raw = bytearray(path.read_bytes())
-    meta_end = 144 + struct.unpack_from("<L", raw, 140)[0]  # preamble and "DICM", then the group length element
+    _meta, meta_end = split_dataset(path)
     if differs == "SOP Instance UID":
         named = str(ds.SOPInstanceUID)
         other = named[:-1] + ("1" if named.endswith("0") else "0")

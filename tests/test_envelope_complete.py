@@ -8,14 +8,14 @@ import warnings
 from io import BytesIO
 from pathlib import Path
 
-import pydicom
 import pytest
 from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
 
 from router.envelope import Envelope, Source, _check_complete
 
-DATA_ROOT = Path(pydicom.data.__file__).parent
+from peers import DATA_ROOT
+
 FILES = sorted((DATA_ROOT / "test_files").glob("*.dcm")) + sorted((DATA_ROOT / "charset_files").glob("*.dcm"))
 SOURCE = Source("file")
 
