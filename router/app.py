@@ -8,22 +8,23 @@ import threading
 from types import FrameType
 
 from apscheduler.schedulers.background import BackgroundScheduler
-from pydicom import config as pydicom_config
 
 from router.commitment.ledger import CommitLedger
 from router.commitment.scp import CommitmentSCP
 from router.config import RouterConfig
 from router.dimse.scp import DicomListener
 from router.dimse.workflow import WorkflowServices
-from router.forwarder import Forwarder
+from router.envelope import read_values_as_they_came
+from router.forward_process import ForwardProcess
+from router.forwarder import Forwarder, make_forwarder
 from router.hl7.intake import Hl7Intake
 from router.hl7.mllp import MllpServer
 from router.mpps.service import MppsService
-from router.outbox import Outbox
 from router.plugins import build_plugin_manager, collect_stages, notify
 from router.rules.live import LiveRules
 from router.store.db import make_engine
 from router.store.ingest import Ingestor
+from router.store.writelock import sqlite_file, write_lock_for
 from router.web.app import make_app
 from router.web.server import WebServer
 from router.worklist.service import WorklistService
@@ -38,37 +39,34 @@ class StartupError(Exception):
 class Router:
     def __init__(self, config: RouterConfig) -> None:
         self.config = config
-        # Values are read as they came: a router passes objects on and does not judge them. pydicom's default
-        # (WARN) ran a regular expression over every UI, DA, TM... value read, and logged each oddity on every read.
-        pydicom_config.settings.reading_validation_mode = pydicom_config.IGNORE
+        read_values_as_they_came()
         self.pm = build_plugin_manager(config.plugins)
         self.stages = collect_stages(self.pm)
         for sub in ("objects", "tmp", "quarantine", "derived", "commitment", "mpps"):
             (config.data_dir / sub).mkdir(parents=True, exist_ok=True)
         self.engine = make_engine(config.effective_database_url)
         self.rules = LiveRules(config.rules_dir, self.stages, config)
-        # claims and done marks need not be flushed one by one (see router.store.db)
-        self.bookkeeping = make_engine(config.effective_database_url, durable=False)
-        self.ingestor = Ingestor(config, self.engine, lambda: self.rules.current, self.stages, self.pm)
-        sqlite = self.engine.dialect.name == "sqlite"  # one writer at a time: see Outbox
-        self.outbox = Outbox(
-            self.bookkeeping, config.forward, config.data_dir, self.ingestor.write_lock if sqlite else None
-        )
-        self.ledger = CommitLedger(config, self.engine, self.pm, self.ingestor.write_lock)
-        self.forwarder = Forwarder(config, self.engine, self.outbox, self.pm, self.ledger)
-        self.ingestor.on_jobs_committed = self.forwarder.wake
-        self.hl7 = Hl7Intake(
-            config, self.engine, lambda: self.rules.current, self.stages, self.pm, self.ingestor.write_lock
-        )
-        self.hl7.on_jobs_committed = self.forwarder.wake
+        self.write_lock = write_lock_for(config.effective_database_url)  # one writer at a time (SQLite)
+        self.ingestor = Ingestor(config, self.engine, lambda: self.rules.current, self.stages, self.pm, self.write_lock)
+        self.ledger = CommitLedger(config, self.engine, self.pm, self.write_lock)
+        # the forward workers: a process of their own (see router.forward_process), or threads of this one
+        self.forwarder: Forwarder | ForwardProcess
+        url = config.effective_database_url
+        if config.forward.process and (sqlite_file(url) is not None or not url.startswith("sqlite")):
+            self.forwarder = ForwardProcess(config)
+        else:
+            self.forwarder = make_forwarder(config, self.engine, self.pm, self.ledger)
+        wake = self.forwarder.wake
+        self.ledger.on_jobs_requeued = wake
+        self.ingestor.on_jobs_committed = wake
+        self.hl7 = Hl7Intake(config, self.engine, lambda: self.rules.current, self.stages, self.pm, self.write_lock)
+        self.hl7.on_jobs_committed = wake
         self.hl7.on_patients_merged = self.ingestor.ids.clear
         self.worklist = WorklistService(config, self.engine)
         self.commitment = CommitmentSCP(config, self.engine)
-        self.commitment.wake = self.forwarder.wake
-        self.mpps = MppsService(
-            config, self.engine, lambda: self.rules.current, self.stages, self.pm, self.ingestor.write_lock
-        )
-        self.mpps.on_jobs_committed = self.forwarder.wake
+        self.commitment.wake = wake
+        self.mpps = MppsService(config, self.engine, lambda: self.rules.current, self.stages, self.pm, self.write_lock)
+        self.mpps.on_jobs_committed = wake
         workflow = WorkflowServices(self.commitment, self.ledger, self.mpps)
         self.listener = DicomListener(config, self.ingestor, self.pm, self.worklist, workflow)
         self.mllp = MllpServer(
@@ -91,7 +89,7 @@ class Router:
         if self.rules.last_problems:
             raise StartupError("rules are invalid:\n" + "\n".join(self.rules.last_problems))
         self._clear_partial_writes()
-        notify(self.pm, "router_startup", config=self.config)
+        notify(self.pm, "router_startup", config=self.config, process="serve")
         self.forwarder.start()
         self.scheduler.add_job(
             self.rules.reload_if_changed,
@@ -127,7 +125,7 @@ class Router:
             self.scheduler.shutdown(wait=False)
         self.forwarder.stop()
         self.ingestor.close()
-        self.bookkeeping.dispose()
+        self.write_lock.close()
         self.engine.dispose()
         log.info("router stopped")
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -25,16 +24,10 @@ def _config(args: argparse.Namespace) -> RouterConfig:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from router.app import Router, StartupError
+    from router.logs import configure_logging
 
     cfg = _config(args)
-    logging.basicConfig(level=cfg.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for noisy in ("pynetdicom", "apscheduler"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    # pynetdicom's standard event handlers describe every PDU and DIMSE message for INFO and DEBUG lines that the
-    # WARNING level above then drops: about 6 % of the DUL thread's time per small C-STORE. Do not bind them.
-    from pynetdicom import _config as pynetdicom_config
-
-    pynetdicom_config.LOG_HANDLER_LEVEL = "none"
+    configure_logging(cfg.log_level)
     try:
         Router(cfg).serve_forever()
     except StartupError as exc:

@@ -145,6 +145,9 @@ class ForwardSettings(_Strict):
     backoff_max: float = Field(300.0, gt=0, description="cap on the delay between retries, seconds")
     idle_release: float = Field(2.0, ge=0, description="keep an idle association this long, seconds")
     poll_interval: float = Field(1.0, gt=0, description="how often the queue is scanned, seconds")
+    process: bool = Field(
+        True, description="run the forward workers in a process of their own (false: threads of the serving process)"
+    )
 
     @model_validator(mode="after")
     def _cap_not_below_initial(self) -> ForwardSettings:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from io import BytesIO
 from typing import Any, Literal
 
+from pydicom import config as pydicom_config
 from pydicom import dcmread
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
@@ -23,6 +24,12 @@ from pydicom.uid import UID
 
 Kind = Literal["dicom", "hl7", "mpps"]
 UNDEFINED_LENGTH = 0xFFFFFFFF
+
+
+def read_values_as_they_came() -> None:
+    """Have pydicom read values without judging them: a router passes objects on. pydicom's default (WARN) ran a
+    regular expression over every UI, DA, TM... value read, and logged each oddity on every read."""
+    pydicom_config.settings.reading_validation_mode = pydicom_config.IGNORE
 
 
 @dataclass(frozen=True)

@@ -44,8 +44,10 @@ from router.forward_stow import StowLink, StowUnreachable, StowVerdict
 from router.outbox import Outbox, backoff_delay, drop_if_orphaned, drop_orphans
 from router.plugins import notify
 from router.statuses import SendVerdict, classify_peer_status
+from router.store.db import make_engine
 from router.store.ingest import STORE_COMMIT
 from router.store.models import Job
+from router.store.writelock import WriteLock
 
 log = logging.getLogger(__name__)
 DISPATCH_GAP = 0.05  # s: the least time between two dispatcher passes
@@ -90,6 +92,15 @@ class _Delivered:
         return len(self.jobs) >= DONE_MARKS or (bool(self.jobs) and time.monotonic() - self.since >= DONE_MARK_DELAY)
 
 
+def make_forwarder(config: RouterConfig, engine: Engine, pm: pluggy.PluginManager, ledger: CommitLedger) -> Forwarder:
+    """The forward workers for the database behind ``engine``. Claims and done marks go through an engine of
+    their own, whose commits are not flushed one by one (see ``router.store.db``); on SQLite they queue on the
+    ledger's write lock with every other writer (see ``router.store.writelock``)."""
+    bookkeeping = make_engine(config.effective_database_url, durable=False)
+    write_lock = ledger.write_lock if engine.dialect.name == "sqlite" else None
+    return Forwarder(config, engine, Outbox(bookkeeping, config.forward, config.data_dir, write_lock), pm, ledger)
+
+
 class Forwarder:
     def __init__(
         self,
@@ -104,7 +115,7 @@ class Forwarder:
         self.outbox = outbox
         self.pm = pm
         self.ae = make_requestor(config)
-        self.ledger = ledger or CommitLedger(config, engine, pm, threading.Lock())
+        self.ledger = ledger or CommitLedger(config, engine, pm, WriteLock())
         self.ledger.on_jobs_requeued = self.wake
         self._lock = threading.Lock()
         self._active: dict[str, int] = {}
@@ -129,6 +140,7 @@ class Forwarder:
         self._dispatcher.start()
 
     def stop(self, timeout: float = 10.0) -> None:
+        """Stop the workers (each finishes the object it is sending) and release the outbox's connections."""
         self._stop.set()
         self._wake.set()
         with self._work:
@@ -137,6 +149,7 @@ class Forwarder:
         for thread in [self._dispatcher, *list(self._senders)]:
             if thread is not None:
                 thread.join(max(0.0, deadline - time.monotonic()))
+        self.outbox.engine.dispose()
 
     def wake(self, peers: set[str] | None = None) -> None:
         """New jobs are committed: start senders now and wake idle ones.

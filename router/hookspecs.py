@@ -30,8 +30,10 @@ def router_stages() -> list[Stage]:  # type: ignore[empty-body]
 
 
 @hookspec
-def router_startup(config: RouterConfig) -> None:
-    """The router has loaded its configuration and is about to start its listeners."""
+def router_startup(config: RouterConfig, process: str) -> None:
+    """The router has loaded its configuration and is about to start its listeners. Called once in each of the
+    router's processes, each with its own plugin instances: ``process`` is ``serve`` (listeners, ingest) or
+    ``forward`` (the forward workers, which announce ``router_forwarded`` and ``router_forward_failed``)."""
 
 
 @hookspec

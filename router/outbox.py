@@ -25,6 +25,7 @@ from sqlmodel import Session, col, select
 from router.config import ForwardSettings
 from router.store import files
 from router.store.models import Instance, Job, JobState, utcnow
+from router.store.writelock import WriteLock
 
 
 def backoff_delay(attempts: int, settings: ForwardSettings, rng: random.Random | None = None) -> float:
@@ -140,13 +141,13 @@ class Outbox:
         engine: Engine,
         settings: ForwardSettings,
         data_dir: Path,
-        write_lock: threading.Lock | None = None,
+        write_lock: WriteLock | None = None,
     ) -> None:
         self.engine = engine
         self.settings = settings
         self.data_dir = data_dir
         self._claim_lock = threading.Lock()  # one claimer at a time: a job is never handed out twice
-        self._writing: threading.Lock | contextlib.nullcontext[None] = write_lock or contextlib.nullcontext()
+        self._writing: WriteLock | contextlib.nullcontext[None] = write_lock or contextlib.nullcontext()
 
     def recover_inflight(self) -> int:
         """Put back jobs a previous process was sending when it died."""

@@ -34,6 +34,7 @@ from router.outbox import backoff_delay, drop_if_orphaned
 from router.plugins import notify
 from router.store.models import CommitItem, CommitState, CommitTransaction, Job, JobState, utcnow
 from router.store.removal import remove_instance
+from router.store.writelock import WriteLock
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,8 @@ JOB = Job.__table__  # type: ignore[attr-defined]
 _OVERDUE = select(TX.c.transaction_uid, TX.c.peer).where(
     TX.c.state == CommitState.WAITING, TX.c.deadline <= bindparam("now")
 )
+
+_STATE = select(TX.c.state).where(TX.c.transaction_uid == bindparam("uid"))
 
 INVALID_ARGUMENT = 0x0115
 PROCESSING_FAILURE = 0x0110
@@ -59,9 +62,7 @@ def reason_text(reason: int | None) -> str:
 
 
 class CommitLedger:
-    def __init__(
-        self, config: RouterConfig, engine: Engine, pm: pluggy.PluginManager, write_lock: threading.Lock
-    ) -> None:
+    def __init__(self, config: RouterConfig, engine: Engine, pm: pluggy.PluginManager, write_lock: WriteLock) -> None:
         self.config = config
         self.engine = engine
         self.pm = pm
@@ -115,7 +116,11 @@ class CommitLedger:
             )  # fmt: skip
 
     def wait(self, uid: str, seconds: float, stop: threading.Event) -> bool:
-        """Wait up to ``seconds`` for the report of ``uid`` (from any association); whether it came."""
+        """Wait up to ``seconds`` for the report of ``uid`` (from any association); whether it came.
+
+        A report on the association that requested it is applied in this process and wakes the wait at once. One
+        on a new association reaches the serving process's SCP, which may be another process than the forward
+        workers' (``router.forward_process``): the transaction's state is therefore also looked up every 0.1 s."""
         with self._lock:
             event = self._reported.get(uid)
         if event is None:
@@ -125,12 +130,18 @@ class CommitLedger:
         timer.start()
         try:
             while not event.is_set() and not deadline.is_set() and not stop.is_set():
-                event.wait(0.1)
+                if event.wait(0.1) or self._reported_elsewhere(uid):
+                    return True
             return event.is_set()
         finally:
             timer.cancel()
             with self._lock:
                 self._reported.pop(uid, None)
+
+    def _reported_elsewhere(self, uid: str) -> bool:
+        with self.engine.connect() as conn:
+            state = conn.execute(_STATE, {"uid": uid}).scalar()
+        return state == CommitState.DONE
 
     # -- outcomes -------------------------------------------------------------------------------------------
     def fail(self, uid: str, reason: str, permanent: bool = False, abandoned: bool = False) -> None:

@@ -15,7 +15,6 @@ Supported: ADT A01 A04 A05 A08 A28 A31 (patient create/update), A40 A34 (merge),
 from __future__ import annotations
 
 import logging
-import threading
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -48,6 +47,7 @@ from router.rules.model import RuleSet
 from router.stage import PlannedForward, Stage, StageError
 from router.store import files
 from router.store.models import Hl7Log, Job, JobState, utcnow
+from router.store.writelock import WriteLock
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +83,7 @@ class Hl7Intake:
         rules: Callable[[], RuleSet],
         stages: Mapping[str, Stage],
         pm: pluggy.PluginManager,
-        write_lock: threading.Lock,
+        write_lock: WriteLock,
     ) -> None:
         self.config = config
         self.engine = engine

@@ -14,7 +14,6 @@ Order of work for each message (the response comes after the last step, as for C
 from __future__ import annotations
 
 import logging
-import threading
 import uuid
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -49,6 +48,7 @@ from router.statuses import dimse_status
 from router.store import files
 from router.store.datasets import from_part10, to_part10
 from router.store.models import Job, JobState, PerformedProcedureStep, utcnow
+from router.store.writelock import WriteLock
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +76,7 @@ class MppsService:
         rules: Callable[[], RuleSet],
         stages: Mapping[str, Stage],
         pm: pluggy.PluginManager,
-        write_lock: threading.Lock,
+        write_lock: WriteLock,
     ) -> None:
         self.config = config
         self.engine = engine

@@ -11,7 +11,6 @@ acknowledgement depends on goes through the durable engine.
 from __future__ import annotations
 
 import sqlite3
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import event
@@ -19,6 +18,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import SQLModel, create_engine
 
 from router.store import models  # noqa: F401  (registers the tables)
+from router.store.writelock import sqlite_file
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any, synchronous: str = "FULL") -> None:
@@ -51,9 +51,9 @@ def make_engine(url: str, durable: bool = True) -> Engine:
                 f"SQLite {sqlite3.sqlite_version} is too old: the router needs {'.'.join(map(str, SQLITE_MINIMUM))} "
                 "or later (UPDATE ... RETURNING); use a newer Python build or PostgreSQL"
             )
-        path = url.split("///", 1)[1] if "///" in url else ""
-        if path and path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite_file(url)
+        if db is not None:
+            db.parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(
             url, connect_args={"check_same_thread": False, "timeout": 30}, pool_size=8, max_overflow=8
         )

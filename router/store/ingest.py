@@ -20,7 +20,6 @@ unused; an unusable object is moved from it into quarantine.
 from __future__ import annotations
 
 import logging
-import threading
 import uuid
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -44,6 +43,7 @@ from router.statuses import StoreOutcome, c_store_status
 from router.store import files
 from router.store.index import IdCache, find_instance, index_instance
 from router.store.models import Job, JobState, utcnow
+from router.store.writelock import WriteLock
 
 STORE_COMMIT = "dicom-store-commit"  # a C-STORE job whose peer is then asked for storage commitment
 
@@ -119,6 +119,7 @@ class Ingestor:
         rules: Callable[[], RuleSet],
         stages: Mapping[str, Stage],
         pm: pluggy.PluginManager,
+        write_lock: WriteLock | None = None,
     ) -> None:
         self.config = config
         self.engine = engine
@@ -128,7 +129,7 @@ class Ingestor:
         self.data_dir = config.data_dir
         self.tmp_dir = config.data_dir / "tmp"
         self.quarantine_dir = config.data_dir / "quarantine"
-        self.write_lock = threading.Lock()  # one writer at a time (SQLite); shared with the HL7 intake
+        self.write_lock = write_lock or WriteLock()  # one writer at a time (SQLite): see router.store.writelock
         self.ids = IdCache()
         self.on_jobs_committed: Callable[[set[str]], None] = lambda peers: None
         # One worker per caller that can be ingesting at once (associations, STOW and HL7 requests): a caller

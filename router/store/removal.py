@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import threading
 from pathlib import Path
 
 from sqlalchemy import delete, select
@@ -11,6 +10,7 @@ from sqlalchemy.engine import Engine
 
 from router.store import files
 from router.store.models import Instance, Job, JobState
+from router.store.writelock import WriteLock
 
 log = logging.getLogger(__name__)
 
@@ -20,7 +20,7 @@ JOB = Job.__table__  # type: ignore[attr-defined]
 NEEDS_FILE = (JobState.PENDING, JobState.INFLIGHT, JobState.COMMITTING, JobState.DEAD)
 
 
-def remove_instance(engine: Engine, data_dir: Path, write_lock: threading.Lock, sop_uid: str) -> bool:
+def remove_instance(engine: Engine, data_dir: Path, write_lock: WriteLock, sop_uid: str) -> bool:
     """Delete the instance's index row and file, unless a job (for any peer) may still send it.
 
     Patient, study and series rows stay: other instances, the worklist and cached ids of the ingest refer to
