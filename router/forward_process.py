@@ -28,6 +28,7 @@ import fcntl
 import logging
 import os
 import pickle
+import select
 import signal
 import subprocess
 import sys
@@ -40,6 +41,7 @@ from router.config import RouterConfig
 log = logging.getLogger(__name__)
 
 RESTART_DELAY = 1.0  # s: before a forward process that exited on its own is started again
+READY_TIMEOUT = 60.0  # s: for a new forward process to start its workers (imports, database, recovery)
 STOP_TIMEOUT = 20.0  # s: for the forward process to finish after the pipe closed (its senders get 10 s)
 ALL_PEERS = b"*"  # a wake for every peer (the pipe overflowed, or the caller named none)
 END = b"\n"  # ends one wake message; peer names have no white space (config.PeerName)
@@ -106,25 +108,41 @@ class ForwardProcess:
             self._pipe = None
 
     def _spawn(self) -> subprocess.Popen[bytes]:
-        read_end, write_end = os.pipe()
+        """Start a child and wait until its workers run (or it gave up): the router is ready only then."""
+        wake_read, wake_write = os.pipe()
+        ready_read, ready_write = os.pipe()
         try:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "router.forward_process", "--wake-fd", str(read_end),
-                 "--parent", str(os.getpid())],
+                [sys.executable, "-m", "router.forward_process", "--wake-fd", str(wake_read),
+                 "--ready-fd", str(ready_write), "--parent", str(os.getpid())],
                 stdin=subprocess.PIPE,
-                pass_fds=[read_end],
+                pass_fds=[wake_read, ready_write],
             )  # fmt: skip
         except BaseException:
-            os.close(write_end)
+            os.close(wake_write)
+            os.close(ready_read)
             raise
         finally:
-            os.close(read_end)
-        assert proc.stdin is not None
-        with proc.stdin:
-            proc.stdin.write(pickle.dumps(self.config))
-        os.set_blocking(write_end, False)
-        with self._lock:
-            self._pipe, self._proc, self._overflowed = write_end, proc, False
+            os.close(wake_read)
+            os.close(ready_write)
+        os.set_blocking(wake_write, False)
+        with self._lock:  # wakes from now on wait in the pipe until the child reads them
+            self._pipe, self._proc, self._overflowed = wake_write, proc, False
+        try:
+            assert proc.stdin is not None
+            with proc.stdin:
+                proc.stdin.write(pickle.dumps(self.config))
+            ready, _, _ = select.select([ready_read], [], [], READY_TIMEOUT)
+            if not ready or not os.read(ready_read, 1):
+                log.error("the forward process did not start its workers within %g s", READY_TIMEOUT)
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            with self._lock:
+                self._close_pipe()
+            raise
+        finally:
+            os.close(ready_read)
         return proc
 
     def _supervise(self, started: threading.Event) -> None:
@@ -184,7 +202,7 @@ def _wakes(fd: int) -> Iterator[set[str] | None]:
             yield None if ALL_PEERS in messages else {peer.decode() for m in messages for peer in m.split()}
 
 
-def run(config: RouterConfig, wake_fd: int) -> None:
+def run(config: RouterConfig, wake_fd: int, ready_fd: int) -> None:
     from router.commitment.ledger import CommitLedger
     from router.envelope import read_values_as_they_came
     from router.forwarder import make_forwarder
@@ -201,6 +219,8 @@ def run(config: RouterConfig, wake_fd: int) -> None:
             notify(pm, "router_startup", config=config, process="forward")
             forwarder = make_forwarder(config, engine, pm, CommitLedger(config, engine, pm, write_lock))
             forwarder.start()
+            os.write(ready_fd, b"r")
+            os.close(ready_fd)
             try:
                 for peers in _wakes(wake_fd):
                     forwarder.wake(peers)
@@ -214,6 +234,7 @@ def run(config: RouterConfig, wake_fd: int) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m router.forward_process", description=__doc__)
     parser.add_argument("--wake-fd", type=int, required=True, help="read end of the wake pipe")
+    parser.add_argument("--ready-fd", type=int, required=True, help="written to once the workers run")
     parser.add_argument("--parent", type=int, required=True, help="process id of the serving process")
     args = parser.parse_args(argv)
     _die_with_parent(args.parent)
@@ -225,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     # closes the pipe, and this process ends after its senders.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    run(config, args.wake_fd)
+    run(config, args.wake_fd, args.ready_fd)
     return 0
 
 

@@ -131,10 +131,9 @@ class Outbox:
     """The forward queue's jobs: claimed, marked done or failed, released, listed.
 
     ``write_lock``: the router's lock for writers to its SQLite database (ingest, HL7 intake, MPPS hold it around
-    their transactions). The queue's own write transactions take it too, so in-process writers queue on a Python
-    lock that wakes the next at once; otherwise an ingest insert meeting a claim's write lock sleeps in SQLite's
-    busy handler (1 ms, then longer), which cost forwarded CT slices about 2 ms each. None (PostgreSQL, the
-    ``router queue`` commands) means no lock: the database itself serialises what must be."""
+    their transactions; see ``router.store.writelock``). The queue's own write transactions take it too, so
+    writers queue on a lock that wakes the next at once instead of sleeping in SQLite's busy handler. None
+    (PostgreSQL, the ``router queue`` commands) means no lock: the database itself serialises what must be."""
 
     def __init__(
         self,

@@ -53,6 +53,9 @@ def test_plugin_stage_used_from_rule_file_and_notified(workdir: Path, dest: Stor
     assert {"event": "instance_stored", "sop": sop, "outcome": "stored", "jobs": 1} in seen
     assert {"event": "forwarded", "sop": sop, "peer": "DEST", "status": 0} in seen
     assert kinds.index("instance_stored") < kinds.index("forwarded")
+    # the forward workers run in a process of their own, with the same plugins, told which process they are in
+    startups = {e["process"]: e["pid"] for e in seen if e["event"] == "startup"}
+    assert set(startups) == {"serve", "forward"} and startups["serve"] != startups["forward"]
 
 
 def test_every_hook_is_documented() -> None:

@@ -45,6 +45,11 @@ def router_stages() -> list[Stage]:
 
 
 @hookimpl
+def router_startup(process: str) -> None:
+    _record("startup", process=process, pid=os.getpid())
+
+
+@hookimpl
 def router_association_accepted(calling_ae: str, direction: str) -> None:
     _record("association_accepted", calling_ae=calling_ae, direction=direction)
 
