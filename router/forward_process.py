@@ -128,6 +128,8 @@ class ForwardProcess:
         os.set_blocking(wake_write, False)
         with self._lock:  # wakes from now on wait in the pipe until the child reads them
             self._pipe, self._proc, self._overflowed = wake_write, proc, False
+            if self._stopping.is_set():  # stop() came while the child was being started: it ends at once
+                self._close_pipe()
         try:
             assert proc.stdin is not None
             with proc.stdin:
