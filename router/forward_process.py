@@ -75,6 +75,8 @@ class ForwardProcess:
             if self._pipe is None:
                 return  # no child now: the next one looks at the whole queue when it starts
             message = ALL_PEERS if peers is None or self._overflowed else b" ".join(p.encode() for p in sorted(peers))
+            if len(message) >= select.PIPE_BUF:
+                message = ALL_PEERS
             try:
                 os.write(self._pipe, message + END)  # at most PIPE_BUF: written whole or not at all
                 self._overflowed = False
@@ -95,11 +97,6 @@ class ForwardProcess:
                 proc.wait()
         if self._supervisor is not None:
             self._supervisor.join(STOP_TIMEOUT)
-
-    @property
-    def pid(self) -> int | None:
-        proc = self._proc
-        return proc.pid if proc is not None and proc.returncode is None else None
 
     # -- internals ----------------------------------------------------------------------------------------
     def _close_pipe(self) -> None:

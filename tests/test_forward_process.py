@@ -15,7 +15,7 @@ from pathlib import Path
 from router.forward_process import ALL_PEERS, END, ForwardProcess, _wakes
 from router.store.writelock import WriteLock, sqlite_file, write_lock_for
 
-from peers import StoreSCP, running, wait_for
+from peers import RouterProcess, StoreSCP, running, wait_for
 from test_forward_resilience import generated, job_states, received_uids, router_to_dest, send_ok, wait_while_up
 
 
@@ -34,6 +34,16 @@ def forward_process_of(pid: int) -> int | None:
     return None
 
 
+def started_forward_process(router: RouterProcess) -> int:
+    """The pid of the running router's forward process."""
+    assert router.proc is not None
+    pid = router.proc.pid
+    wait_for(lambda: forward_process_of(pid) is not None, 15, what="the forward process")
+    child = forward_process_of(pid)
+    assert child is not None
+    return child
+
+
 def gone(pid: int) -> bool:
     """Ended (a zombie waiting for a parent to reap it counts: it runs nothing and holds no lock)."""
     try:
@@ -48,10 +58,7 @@ def test_killed_forward_process_is_restarted_and_nothing_is_lost(workdir: Path) 
     dest = StoreSCP(workdir, "DEST")
     router = router_to_dest(workdir, dest.port)
     with running(dest.start(), router.start()):
-        assert router.proc is not None
-        wait_for(lambda: forward_process_of(router.proc.pid) is not None, 15, what="the forward process")
-        first = forward_process_of(router.proc.pid)
-        assert first is not None
+        first = started_forward_process(router)
         sent = send_ok(router.port, files[:30])
         wait_while_up(router, lambda: set(sent) <= set(received_uids(dest)), 60, "the first 30 at DEST")
 
@@ -72,10 +79,8 @@ def test_forward_process_ends_with_a_killed_router(workdir: Path) -> None:
     dest = StoreSCP(workdir, "DEST")
     router = router_to_dest(workdir, dest.port)
     with running(dest.start(), router.start()):
+        child = started_forward_process(router)
         assert router.proc is not None
-        wait_for(lambda: forward_process_of(router.proc.pid) is not None, 15, what="the forward process")
-        child = forward_process_of(router.proc.pid)
-        assert child is not None
         os.kill(router.proc.pid, signal.SIGKILL)  # the router only, not its process group
         wait_for(lambda: gone(child), 10, what="the forward process to end with the router")
 
@@ -84,10 +89,8 @@ def test_stopped_router_stops_its_forward_process(workdir: Path) -> None:
     dest = StoreSCP(workdir, "DEST")
     router = router_to_dest(workdir, dest.port)
     with running(dest.start(), router.start()):
+        child = started_forward_process(router)
         assert router.proc is not None
-        wait_for(lambda: forward_process_of(router.proc.pid) is not None, 15, what="the forward process")
-        child = forward_process_of(router.proc.pid)
-        assert child is not None
         os.kill(router.proc.pid, signal.SIGTERM)  # the router only: it closes the pipe, the child follows
         router.proc.wait(30)
         assert gone(child)
@@ -137,6 +140,8 @@ def test_wake_never_blocks_and_asks_for_every_peer_after_a_full_pipe() -> None:
     assert os.read(read_end, 100) == ALL_PEERS + END
     parent.wake({"PACS", "CT"})
     assert os.read(read_end, 100) == b"CT PACS" + END
+    parent.wake({f"PEER{i:060d}" for i in range(100)})  # longer than one atomic pipe write
+    assert os.read(read_end, 100) == ALL_PEERS + END
     os.close(read_end)
     os.close(write_end)
 
