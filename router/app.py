@@ -24,7 +24,7 @@ from router.plugins import build_plugin_manager, collect_stages, notify
 from router.rules.live import LiveRules
 from router.store.db import make_engine
 from router.store.ingest import Ingestor
-from router.store.writelock import sqlite_file, write_lock_for
+from router.store.writelock import shared_between_processes, write_lock_for
 from router.web.app import make_app
 from router.web.server import WebServer
 from router.worklist.service import WorklistService
@@ -51,8 +51,7 @@ class Router:
         self.ledger = CommitLedger(config, self.engine, self.pm, self.write_lock)
         # the forward workers: a process of their own (see router.forward_process), or threads of this one
         self.forwarder: Forwarder | ForwardProcess
-        url = config.effective_database_url
-        if config.forward.process and (sqlite_file(url) is not None or not url.startswith("sqlite")):
+        if config.forward.process and shared_between_processes(config.effective_database_url):
             self.forwarder = ForwardProcess(config)
         else:
             self.forwarder = make_forwarder(config, self.engine, self.pm, self.ledger)

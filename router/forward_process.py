@@ -36,7 +36,14 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+from router.commitment.ledger import CommitLedger
 from router.config import RouterConfig
+from router.envelope import read_values_as_they_came
+from router.forwarder import make_forwarder
+from router.logs import configure_logging
+from router.plugins import build_plugin_manager, notify
+from router.store.db import make_engine
+from router.store.writelock import write_lock_for
 
 log = logging.getLogger(__name__)
 
@@ -202,13 +209,6 @@ def _wakes(fd: int) -> Iterator[set[str] | None]:
 
 
 def run(config: RouterConfig, wake_fd: int, ready_fd: int) -> None:
-    from router.commitment.ledger import CommitLedger
-    from router.envelope import read_values_as_they_came
-    from router.forwarder import make_forwarder
-    from router.plugins import build_plugin_manager, notify
-    from router.store.db import make_engine
-    from router.store.writelock import write_lock_for
-
     read_values_as_they_came()
     pm = build_plugin_manager(config.plugins)
     engine = make_engine(config.effective_database_url)
@@ -238,8 +238,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     _die_with_parent(args.parent)
     config: RouterConfig = pickle.load(sys.stdin.buffer)  # written by ForwardProcess._spawn, our parent
-    from router.logs import configure_logging
-
     configure_logging(config.log_level)
     # A Ctrl-C or a service manager's SIGTERM may reach the whole process group: the serving process stops, then
     # closes the pipe, and this process ends after its senders.

@@ -47,7 +47,6 @@ from router.statuses import SendVerdict, classify_peer_status
 from router.store.db import make_engine
 from router.store.ingest import STORE_COMMIT
 from router.store.models import Job
-from router.store.writelock import WriteLock
 
 log = logging.getLogger(__name__)
 DISPATCH_GAP = 0.05  # s: the least time between two dispatcher passes
@@ -108,14 +107,14 @@ class Forwarder:
         engine: Engine,
         outbox: Outbox,
         pm: pluggy.PluginManager,
-        ledger: CommitLedger | None = None,
+        ledger: CommitLedger,
     ):
         self.config = config
         self.engine = engine
         self.outbox = outbox
         self.pm = pm
         self.ae = make_requestor(config)
-        self.ledger = ledger or CommitLedger(config, engine, pm, WriteLock())
+        self.ledger = ledger
         self.ledger.on_jobs_requeued = self.wake
         self._lock = threading.Lock()
         self._active: dict[str, int] = {}

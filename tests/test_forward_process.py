@@ -13,7 +13,7 @@ from collections import Counter
 from pathlib import Path
 
 from router.forward_process import ALL_PEERS, END, ForwardProcess, _wakes
-from router.store.writelock import WriteLock, sqlite_file, write_lock_for
+from router.store.writelock import WriteLock, shared_between_processes, sqlite_file, write_lock_for
 
 from peers import RouterProcess, StoreSCP, running, wait_for
 from test_forward_resilience import generated, job_states, received_uids, router_to_dest, send_ok, wait_while_up
@@ -178,6 +178,9 @@ def test_write_lock_file_sits_beside_an_sqlite_database_only(tmp_path: Path) -> 
     assert sqlite_file("sqlite:///:memory:") is None
     assert sqlite_file("sqlite://") is None
     assert sqlite_file("postgresql+psycopg://u:p@localhost/router") is None
+    assert shared_between_processes(f"sqlite:///{tmp_path}/router.db")
+    assert shared_between_processes("postgresql+psycopg://u:p@localhost/router")
+    assert not shared_between_processes("sqlite:///:memory:")
     lock = write_lock_for(f"sqlite:///{tmp_path}/router.db")
     with lock:
         assert (tmp_path / "router.db-writer.lock").exists()

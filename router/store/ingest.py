@@ -119,7 +119,7 @@ class Ingestor:
         rules: Callable[[], RuleSet],
         stages: Mapping[str, Stage],
         pm: pluggy.PluginManager,
-        write_lock: WriteLock | None = None,
+        write_lock: WriteLock,
     ) -> None:
         self.config = config
         self.engine = engine
@@ -129,7 +129,7 @@ class Ingestor:
         self.data_dir = config.data_dir
         self.tmp_dir = config.data_dir / "tmp"
         self.quarantine_dir = config.data_dir / "quarantine"
-        self.write_lock = write_lock or WriteLock()  # one writer at a time (SQLite): see router.store.writelock
+        self.write_lock = write_lock  # one writer at a time (SQLite): see router.store.writelock
         self.ids = IdCache()
         self.on_jobs_committed: Callable[[set[str]], None] = lambda peers: None
         # One worker per caller that can be ingesting at once (associations, STOW and HL7 requests): a caller

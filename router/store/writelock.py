@@ -65,6 +65,11 @@ def sqlite_file(url: str) -> Path | None:
     return Path(path) if path and path != ":memory:" else None
 
 
+def shared_between_processes(url: str) -> bool:
+    """Whether another process can open the database at ``url``: anything but an in-memory SQLite database."""
+    return sqlite_file(url) is not None or not url.startswith("sqlite")
+
+
 def write_lock_for(url: str) -> WriteLock:
     """The write lock for the database at ``url``: shared with other processes for an SQLite file."""
     db = sqlite_file(url)
