@@ -9,18 +9,21 @@ them. Stages that only read use ``header`` (decoded without pixel data). ``raw``
 from __future__ import annotations
 
 import hashlib
-import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from io import BytesIO
 from typing import Any, Literal
 
 from pydicom import config as pydicom_config
 from pydicom import dcmread
+from pydicom.datadict import tag_for_keyword
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.filewriter import dcmwrite
 from pydicom.uid import UID
+
+from router import p10scan
 
 Kind = Literal["dicom", "hl7", "mpps"]
 UNDEFINED_LENGTH = 0xFFFFFFFF
@@ -48,6 +51,7 @@ class Envelope:
     raw: bytes
     source: Source
     _header: Dataset | None = field(default=None, repr=False)
+    _scan: p10scan.P10Scan | None = field(default=None, repr=False)  # where the received values are
     _dataset: Dataset | None = field(default=None, repr=False)
     _payload: bytes | None = field(default=None, repr=False)
     _current: bytes | None = field(default=None, repr=False)  # the object as a stage re-encoded it
@@ -68,8 +72,13 @@ class Envelope:
 
     @classmethod
     def from_p10(cls, raw: bytes, source: Source) -> Envelope:
-        """Decode the header; raises InvalidDicomError for bytes that are not a complete dataset."""
+        """Check the object is whole and find its values; raises InvalidDicomError for bytes that are not a
+        complete dataset. The common object is scanned (``p10scan``) and decoded by pydicom only when a stage or
+        rule asks for its ``header``; anything the scan does not vouch for is decoded and checked at once."""
         env = cls(kind="dicom", raw=raw, source=source)
+        env._scan = p10scan.scan_p10(raw)
+        if env._scan is not None:
+            return env
         stream = BytesIO(raw)
         env._header = dcmread(stream, stop_before_pixels=True, force=False)
         _check_complete(env._header)
@@ -96,13 +105,18 @@ class Envelope:
         return self._dataset
 
     @property
-    def stored_header(self) -> Dataset:
-        """The header of what is stored: as received, or as ``keep_as_stored`` fixed it."""
-        if self.stored is not None:
-            return dcmread(BytesIO(self.stored), stop_before_pixels=True)
-        if self._header is None:
-            self._header = dcmread(BytesIO(self.raw), stop_before_pixels=True)
-        return self._header
+    def values(self) -> HeaderValues:
+        """The values of ``header`` as text."""
+        if self._dataset is not None:
+            return HeaderValues(None, lambda: self.header)
+        return HeaderValues(self._scan, self._received_header)
+
+    def stored_values(self) -> HeaderValues:
+        """The values of what is stored as text: as received, or as ``keep_as_stored`` fixed it."""
+        stored = self.stored
+        if stored is None:
+            return HeaderValues(self._scan, self._received_header)
+        return HeaderValues(None, lambda: dcmread(BytesIO(stored), stop_before_pixels=True))
 
     def keep_as_stored(self) -> None:
         """Store the object as it is now rather than as received (demographics coercion). Later stages may
@@ -136,15 +150,17 @@ class Envelope:
 
     @property
     def sop_instance_uid(self) -> str:
-        return clean_uid(self.header.get("SOPInstanceUID", ""))
+        return clean_uid(self.values.text("SOPInstanceUID", UNLIMITED))
 
     @property
     def sop_class_uid(self) -> str:
-        return clean_uid(self.header.get("SOPClassUID", ""))
+        return clean_uid(self.values.text("SOPClassUID", UNLIMITED))
 
     @property
     def transfer_syntax(self) -> str:
         """The transfer syntax the object was received (and is stored) in."""
+        if self._scan is not None:
+            return self._scan.transfer_syntax
         return clean_uid(self._received_header().file_meta.get("TransferSyntaxUID", ""))
 
     @property
@@ -153,6 +169,64 @@ class Envelope:
         if self._dataset is not None:
             return clean_uid(self._dataset.file_meta.get("TransferSyntaxUID", ""))
         return self._current_syntax or self.transfer_syntax
+
+
+UNLIMITED = 1 << 30  # a ``text`` limit for values taken whole
+
+
+def dataset_text(ds: Dataset, keyword: str, limit: int = 324) -> str:
+    """An attribute as text, multi-values joined with a backslash, trimmed to ``limit`` (a column size).
+
+    NUL characters (UID padding, sloppy modalities) are dropped: PostgreSQL text cannot hold them."""
+    tag = _tag(keyword)
+    elem = ds[tag] if tag in ds._dict else None
+    if elem is None or elem.value is None:
+        return ""
+    value = elem.value
+    if isinstance(value, list | tuple) or type(value).__name__ == "MultiValue":
+        value = "\\".join(str(v) for v in value)
+    return str(value).replace("\x00", "").strip()[:limit]
+
+
+def _tag(keyword: str) -> int:
+    tag = tag_for_keyword(keyword)  # a dict lookup in pydicom's dictionary
+    if tag is None:
+        raise ValueError(f"not a DICOM keyword: {keyword}")
+    return tag
+
+
+class HeaderValues:
+    """One data set's top-level values as text (``dataset_text``): read from a ``p10scan`` where it can tell,
+    from the pydicom data set (decoded on first need) otherwise."""
+
+    def __init__(self, scan: p10scan.P10Scan | None, dataset: Callable[[], Dataset]) -> None:
+        self._scan = scan
+        self._decode = dataset
+        self._dataset: Dataset | None = None
+
+    @property
+    def dataset(self) -> Dataset:
+        if self._dataset is None:
+            self._dataset = self._decode()
+        return self._dataset
+
+    def text(self, keyword: str, limit: int = 324) -> str:
+        if self._scan is not None:
+            found = self._scan.text(_tag(keyword))
+            if found is not None:
+                return found[:limit]
+        return dataset_text(self.dataset, keyword, limit)
+
+    def meta_uid(self, keyword: str) -> str:
+        """A file meta UID (``TransferSyntaxUID``, ``MediaStorageSOPInstanceUID``...), "" when absent."""
+        if self._scan is not None:
+            return self._scan.meta_text(_tag(keyword))
+        return clean_uid(self.dataset.file_meta.get(keyword, ""))
+
+    def has_meta(self, keyword: str) -> bool:
+        if self._scan is not None:
+            return _tag(keyword) in self._scan.meta
+        return keyword in self.dataset.file_meta
 
 
 def _check_complete(ds: Dataset) -> None:
@@ -167,72 +241,22 @@ def _check_complete(ds: Dataset) -> None:
             raise InvalidDicomError(f"element {elem.tag} is truncated: {len(elem.value)} of {elem.length} bytes")
 
 
-# Explicit VR: the VRs with a 2-byte reserved field and a 4-byte length (PS3.5 7.1.2)
-_LONG_VRS = frozenset(b"OB OD OF OL OV OW SQ SV UC UN UR UT UV".split())
-_ITEM, _SEQUENCE_DELIMITER = 0xFFFEE000, 0xFFFEE0DD
-_PIXEL_DATA = 0x7FE00010
-
-
 def _check_rest(raw: bytes, pos: int, header: Dataset) -> None:
     """The header was decoded up to the Pixel Data element (at ``pos``); the rest of the data set (Pixel Data and
     anything after it) must be whole too, or the object is not one that can be stored and forwarded as received.
-    ``_walk_rest`` checks the element headers without decoding any value; what it cannot vouch for (a deflated
-    object, an undefined-length sequence after the pixel data) is decided by decoding the whole object."""
+    ``p10scan.walk`` checks the element headers without decoding any value; what it cannot vouch for (a deflated
+    object, an element pydicom reads by guessing its encoding) is decided by decoding the whole object."""
     if pos >= len(raw):
         return
     syntax = UID(header.file_meta.get("TransferSyntaxUID", ""))
-    if syntax.is_transfer_syntax and not syntax.is_deflated and _walk_rest(raw, pos, *header.original_encoding):
-        return
+    if syntax.is_transfer_syntax and not syntax.is_deflated:
+        implicit, little = header.original_encoding
+        try:
+            p10scan.walk(raw, pos, bool(implicit), little is not False)
+            return
+        except p10scan.Unsure:
+            pass
     _check_complete(dcmread(BytesIO(raw), force=False))
-
-
-def _walk_rest(raw: bytes, pos: int, implicit: bool | None, little: bool | None) -> bool:
-    """Walk the top-level elements from ``pos`` to the end, encoded as the header was (``implicit``, ``little``):
-    True when all are whole, False when it cannot tell; raises InvalidDicomError for one that is cut short."""
-    order = ">" if little is False else "<"
-    tag_len, u32 = struct.Struct(order + "HHL"), struct.Struct(order + "L")
-    short_length = struct.Struct(order + "H")
-    end = len(raw)
-    while end - pos >= 8:  # fewer bytes than a tag and length: pydicom ends the data set there too
-        group, element, length = tag_len.unpack_from(raw, pos)
-        tag, start = group << 16 | element, pos + 8
-        vr = raw[pos + 4 : pos + 6]
-        # Explicit VR unless implicit, an item tag, or no VR there (an implicit element in an explicit data set,
-        # which pydicom reads as implicit too)
-        if not implicit and group != 0xFFFE and vr.isalpha() and vr.isupper():
-            if vr not in _LONG_VRS:
-                length = short_length.unpack_from(raw, pos + 6)[0]
-            elif end - pos < 12:
-                raise InvalidDicomError(f"element ({group:04X},{element:04X}) is truncated in its header")
-            else:
-                length, start = u32.unpack_from(raw, pos + 8)[0], pos + 12
-        if length != UNDEFINED_LENGTH:
-            if start + length > end:
-                raise InvalidDicomError(
-                    f"element ({group:04X},{element:04X}) is truncated: {end - start} of {length} bytes"
-                )
-            pos = start + length
-        elif tag == _PIXEL_DATA:
-            pos = _skip_fragments(raw, start, tag_len)
-        else:  # an undefined-length sequence after the pixel data (digital signatures)
-            return False
-    return True
-
-
-def _skip_fragments(raw: bytes, pos: int, tag_len: struct.Struct) -> int:
-    """Encapsulated Pixel Data from its first item: the position after its Sequence Delimitation Item."""
-    end = len(raw)
-    while end - pos >= 8:
-        group, element, length = tag_len.unpack_from(raw, pos)
-        tag = group << 16 | element
-        if tag == _SEQUENCE_DELIMITER:
-            return pos + 8
-        if tag != _ITEM or length == UNDEFINED_LENGTH:
-            raise InvalidDicomError(f"encapsulated Pixel Data holds ({group:04X},{element:04X}) where an item belongs")
-        if pos + 8 + length > end:
-            raise InvalidDicomError(f"a Pixel Data fragment is truncated: {end - pos - 8} of {length} bytes")
-        pos += 8 + length
-    raise InvalidDicomError("encapsulated Pixel Data ends without its Sequence Delimitation Item")
 
 
 def clean_uid(value: object) -> str:

@@ -5,7 +5,7 @@ Stage order is decided here and by the rule files, never by plugin registration 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from sqlalchemy.engine import Engine
@@ -54,14 +54,27 @@ def subject_for(env: Envelope) -> Subject:
             message=mpps.operation,
             values=dataset_values(mpps.state),
         )
-    header = env.header
     return Subject(
         kind=env.kind,
         calling_ae=env.source.calling_ae,
         called_ae=env.source.called_ae,
-        sop_class=str(header.get("SOPClassUID", "")),
-        values=dataset_values(header),
+        sop_class=env.sop_class_uid,
+        values=_header_values(env),
     )
+
+
+def _header_values(env: Envelope) -> Callable[[int], list[str]]:
+    """``dataset_values`` of the envelope's header, decoded only when a rule tests a tag: most rules test the
+    kind, the calling AE or the SOP class, which the envelope knows without decoding."""
+    values: Callable[[int], list[str]] | None = None
+
+    def get(tag: int) -> list[str]:
+        nonlocal values
+        if values is None:
+            values = dataset_values(env.header)
+        return values(tag)
+
+    return get
 
 
 def run_pipeline(

@@ -60,6 +60,7 @@ def test_a_dead_older_job_does_not_block_the_newer_one(tmp_path: Path) -> None:
 def test_drop_orphans_removes_only_files_nothing_refers_to(tmp_path: Path) -> None:
     from pydicom.dataset import Dataset
 
+    from router.envelope import HeaderValues
     from router.outbox import drop_orphans
     from router.store.index import IdCache, index_instance
 
@@ -69,8 +70,8 @@ def test_drop_orphans_removes_only_files_nothing_refers_to(tmp_path: Path) -> No
     ds.PatientID, ds.StudyInstanceUID, ds.SeriesInstanceUID = "P1", "1.2.1", "1.2.1.1"
     ds.SOPClassUID, ds.SOPInstanceUID = "1.2.840.10008.5.1.4.1.1.7", "1.2.3"
     with engine.begin() as conn:
-        index_instance(conn, IdCache(), ds, relpath="objects/1.2.3.dcm", size=1, digest="d", transfer_syntax="",
-                       calling_ae="", existing=None)  # fmt: skip
+        index_instance(conn, IdCache(), HeaderValues(None, lambda: ds), relpath="objects/1.2.3.dcm", size=1,
+                       digest="d", transfer_syntax="", calling_ae="", existing=None)  # fmt: skip
     indexed, old_version, derived_done, derived_pending = (
         "objects/1.2.3.dcm", "objects/1.2.3.old.dcm", "derived/ab/done.dcm", "derived/cd/pending.dcm"
     )  # fmt: skip

@@ -13,10 +13,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
 from sqlalchemy import Connection, bindparam, insert, select, update
 
+from router.envelope import HeaderValues, dataset_text
 from router.query.matching import normalize_name
 from router.store.models import Instance, Patient, Series, SeriesRequest, Study, utcnow
 
@@ -35,35 +35,14 @@ INSERT_INSTANCE = insert(INSTANCE)
 _INSERT = {id(t): insert(t) for t in (PATIENT, STUDY, SERIES, SERIES_REQUEST)}
 
 
-def _tag(keyword: str) -> int:
-    tag = tag_for_keyword(keyword)  # a dict lookup in pydicom's dictionary
-    if tag is None:
-        raise ValueError(f"not a DICOM keyword: {keyword}")
-    return tag
-
-
-def text(ds: Dataset, keyword: str, limit: int = 324) -> str:
-    """An attribute as text, multi-values joined with a backslash, trimmed to the column size.
-
-    NUL characters (UID padding, sloppy modalities) are dropped: PostgreSQL text cannot hold them."""
-    tag = _tag(keyword)
-    elem = ds[tag] if tag in ds._dict else None
-    if elem is None or elem.value is None:
-        return ""
-    value = elem.value
-    if isinstance(value, list | tuple) or type(value).__name__ == "MultiValue":
-        value = "\\".join(str(v) for v in value)
-    return str(value).replace("\x00", "").strip()[:limit]
-
-
-def date_text(ds: Dataset, keyword: str) -> str:
+def date_text(values: HeaderValues, keyword: str) -> str:
     """A DA value as ``YYYYMMDD`` (ACR-NEMA ``YYYY.MM.DD`` without its dots), so range matching compares strings."""
-    return text(ds, keyword, 64).replace(".", "")[:8]
+    return values.text(keyword, 64).replace(".", "")[:8]
 
 
-def time_text(ds: Dataset, keyword: str) -> str:
+def time_text(values: HeaderValues, keyword: str) -> str:
     """A TM value without ACR-NEMA ``hh:mm:ss`` colons, so range matching compares strings."""
-    return text(ds, keyword, 64).replace(":", "")[:16]
+    return values.text(keyword, 64).replace(":", "")[:16]
 
 
 def request_items(ds: Dataset) -> list[dict[str, str]]:
@@ -73,11 +52,11 @@ def request_items(ds: Dataset) -> list[dict[str, str]]:
         return []
     return [
         {
-            "requested_procedure_id": text(item, "RequestedProcedureID", 16),
-            "scheduled_procedure_step_id": text(item, "ScheduledProcedureStepID", 16),
-            "accession_number": text(item, "AccessionNumber", 16),
-            "requested_procedure_description": text(item, "RequestedProcedureDescription", 64),
-            "scheduled_procedure_step_description": text(item, "ScheduledProcedureStepDescription", 64),
+            "requested_procedure_id": dataset_text(item, "RequestedProcedureID", 16),
+            "scheduled_procedure_step_id": dataset_text(item, "ScheduledProcedureStepID", 16),
+            "accession_number": dataset_text(item, "AccessionNumber", 16),
+            "requested_procedure_description": dataset_text(item, "RequestedProcedureDescription", 64),
+            "scheduled_procedure_step_description": dataset_text(item, "ScheduledProcedureStepDescription", 64),
         }
         for item in elem.value
     ]
@@ -150,7 +129,7 @@ def _get_or_insert(
 def index_instance(
     conn: Connection,
     cache: IdCache,
-    ds: Dataset,
+    values: HeaderValues,
     *,
     relpath: str,
     size: int,
@@ -159,53 +138,55 @@ def index_instance(
     calling_ae: str,
     existing: StoredInstance | None,
 ) -> NewIds:
-    """Add (or, for an overwrite, update) the rows for one object. The caller commits."""
+    """Add (or, for an overwrite, update) the rows for one object. The caller commits. Only a new patient, study
+    or series reads more than the few values every instance row needs."""
+    text = values.text
     new_ids: NewIds = {}
-    pid, issuer = text(ds, "PatientID", 64), text(ds, "IssuerOfPatientID", 64)
+    pid, issuer = text("PatientID", 64), text("IssuerOfPatientID", 64)
 
     def patient_values() -> dict[str, Any]:
-        name = text(ds, "PatientName")
+        name = text("PatientName")
         return {"patient_id": pid, "issuer": issuer, "name": name, "name_norm": normalize_name(name)[:324],
-                "birth_date": date_text(ds, "PatientBirthDate"), "sex": text(ds, "PatientSex", 16),
+                "birth_date": date_text(values, "PatientBirthDate"), "sex": text("PatientSex", 16),
                 "updated_at": utcnow()}  # fmt: skip
 
     patient_id, _ = _get_or_insert(
         conn, cache, new_ids, ("patient", pid, issuer), PATIENT,
         lambda: (PATIENT.c.patient_id == pid) & (PATIENT.c.issuer == issuer), patient_values,
     )  # fmt: skip
-    study_uid = text(ds, "StudyInstanceUID", 64)
+    study_uid = text("StudyInstanceUID", 64)
 
     def study_values() -> dict[str, Any]:
-        referring = text(ds, "ReferringPhysicianName")
-        return {"study_uid": study_uid, "patient_fk": patient_id, "study_date": date_text(ds, "StudyDate"),
-                "study_time": time_text(ds, "StudyTime"), "accession_number": text(ds, "AccessionNumber", 16),
-                "study_id": text(ds, "StudyID", 16), "description": text(ds, "StudyDescription", 64),
+        referring = text("ReferringPhysicianName")
+        return {"study_uid": study_uid, "patient_fk": patient_id, "study_date": date_text(values, "StudyDate"),
+                "study_time": time_text(values, "StudyTime"), "accession_number": text("AccessionNumber", 16),
+                "study_id": text("StudyID", 16), "description": text("StudyDescription", 64),
                 "referring_physician": referring, "referring_physician_norm": normalize_name(referring)[:324],
                 "updated_at": utcnow()}  # fmt: skip
 
     study_id, _ = _get_or_insert(
         conn, cache, new_ids, ("study", study_uid), STUDY, lambda: STUDY.c.study_uid == study_uid, study_values
     )
-    series_uid = text(ds, "SeriesInstanceUID", 64)
+    series_uid = text("SeriesInstanceUID", 64)
 
     def series_values() -> dict[str, Any]:
-        return {"series_uid": series_uid, "study_fk": study_id, "modality": text(ds, "Modality", 16),
-                "series_number": text(ds, "SeriesNumber", 12), "description": text(ds, "SeriesDescription", 64),
-                "body_part": text(ds, "BodyPartExamined", 16),
-                "pps_start_date": date_text(ds, "PerformedProcedureStepStartDate"),
-                "pps_start_time": time_text(ds, "PerformedProcedureStepStartTime")}  # fmt: skip
+        return {"series_uid": series_uid, "study_fk": study_id, "modality": text("Modality", 16),
+                "series_number": text("SeriesNumber", 12), "description": text("SeriesDescription", 64),
+                "body_part": text("BodyPartExamined", 16),
+                "pps_start_date": date_text(values, "PerformedProcedureStepStartDate"),
+                "pps_start_time": time_text(values, "PerformedProcedureStepStartTime")}  # fmt: skip
 
     series_id, new_series = _get_or_insert(
         conn, cache, new_ids, ("series", series_uid), SERIES, lambda: SERIES.c.series_uid == series_uid, series_values
     )
-    if new_series and (requests := request_items(ds)):
+    if new_series and (requests := request_items(values.dataset)):
         conn.execute(_INSERT[id(SERIES_REQUEST)], [{"series_fk": series_id, **item} for item in requests])
-    values = {
-        "sop_class_uid": text(ds, "SOPClassUID", 64),
+    row = {
+        "sop_class_uid": text("SOPClassUID", 64),
         "series_fk": series_id,
-        "instance_number": text(ds, "InstanceNumber", 12),
-        "image_type": text(ds, "ImageType", 128),
-        "number_of_frames": text(ds, "NumberOfFrames", 12),
+        "instance_number": text("InstanceNumber", 12),
+        "image_type": text("ImageType", 128),
+        "number_of_frames": text("NumberOfFrames", 12),
         "transfer_syntax": transfer_syntax,
         "path": relpath,
         "size": size,
@@ -214,7 +195,7 @@ def index_instance(
         "received_at": utcnow(),
     }
     if existing is None:
-        conn.execute(INSERT_INSTANCE, {"sop_uid": text(ds, "SOPInstanceUID", 64), **values})
+        conn.execute(INSERT_INSTANCE, {"sop_uid": text("SOPInstanceUID", 64), **row})
     else:
-        conn.execute(update(INSTANCE).where(INSTANCE.c.id == existing.id).values(**values))
+        conn.execute(update(INSTANCE).where(INSTANCE.c.id == existing.id).values(**row))
     return new_ids

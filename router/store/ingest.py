@@ -33,7 +33,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from router.config import RouterConfig
-from router.envelope import Envelope, Source, clean_uid, sha256
+from router.envelope import UNLIMITED, Envelope, Source, sha256
 from router.outbox import drop_if_orphaned
 from router.pipeline import PipelineResult, run_pipeline
 from router.plugins import notify
@@ -71,12 +71,12 @@ def _request_mismatch(env: Envelope) -> str:
     """For a C-STORE: how the data set's SOP Class and Instance UIDs differ from the request's Affected SOP Class and
     Instance UIDs, "" when they agree. The file meta of a received object holds the request's (``dimse.p10``).
     DCMTK's storescp and Orthanc answer such a request 0xA900 (Data Set does not match SOP Class) too."""
-    meta = env.header.file_meta
+    values = env.values
     differences = [
         f"{name} {found!r} in the data set, {requested!r} in the C-STORE request"
         for name, found, requested in (
-            ("SOP Class UID", env.sop_class_uid, clean_uid(meta.get("MediaStorageSOPClassUID", ""))),
-            ("SOP Instance UID", env.sop_instance_uid, clean_uid(meta.get("MediaStorageSOPInstanceUID", ""))),
+            ("SOP Class UID", env.sop_class_uid, values.meta_uid("MediaStorageSOPClassUID")),
+            ("SOP Instance UID", env.sop_instance_uid, values.meta_uid("MediaStorageSOPInstanceUID")),
         )
         if found != requested
     ]
@@ -163,8 +163,9 @@ class Ingestor:
     def _ingest(self, raw: bytes, source: Source, early: _EarlyWrite) -> IngestResult:
         try:
             env = Envelope.from_p10(raw, source)
-            missing = [k for k in REQUIRED_UIDS if not str(env.header.get(k, "")).strip()]
-            if "TransferSyntaxUID" not in env.header.file_meta:
+            values = env.values
+            missing = [k for k in REQUIRED_UIDS if not values.text(k, UNLIMITED)]
+            if not values.has_meta("TransferSyntaxUID"):
                 missing.append("TransferSyntaxUID (file meta)")
         except (InvalidDicomError, ValueError, KeyError, EOFError, OSError, TypeError) as exc:
             return self._refuse_quarantined(raw, early, source, StoreOutcome.UNPARSEABLE, f"cannot decode: {exc}")
@@ -259,7 +260,7 @@ class Ingestor:
         this SOP Instance UID) the rows are inserted at once: an instance another association stored meanwhile
         makes the insert fail on the unique SOP Instance UID (IntegrityError, before any file is renamed) and the
         caller decides again with ``look_again``."""
-        header = env.stored_header
+        values = env.stored_values()
         sop_uid = env.sop_instance_uid
         with self.engine.begin() as conn:  # commits when the block ends, rolls back on any exception
             existing = find_instance(conn, sop_uid) if look_again else None
@@ -267,18 +268,20 @@ class Ingestor:
             if verdict is not None:
                 self._cleanup(written)
                 return self._finish_duplicate(env, verdict)
-            relpath = files.object_relpath(str(header.StudyInstanceUID), str(header.SeriesInstanceUID), sop_uid)
+            relpath = files.object_relpath(
+                values.text("StudyInstanceUID", UNLIMITED), values.text("SeriesInstanceUID", UNLIMITED), sop_uid
+            )
             if existing is not None:  # overwrite policy: a new file name, the old file goes after commit
                 relpath = relpath[: -len(".dcm")] + f".{digest[:12]}.dcm"
             old_path = existing.path if existing is not None else None
             new_ids = index_instance(
                 conn,
                 self.ids,
-                header,
+                values,
                 relpath=relpath,
                 size=len(env.stored if env.stored is not None else env.raw),
                 digest=digest,
-                transfer_syntax=clean_uid(header.file_meta.get("TransferSyntaxUID", "")),
+                transfer_syntax=values.meta_uid("TransferSyntaxUID"),
                 calling_ae=env.source.calling_ae,
                 existing=existing,
             )
