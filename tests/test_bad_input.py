@@ -28,6 +28,7 @@ from sqlalchemy import text
 from router.app import Router
 from router.config import parse_config
 from router.store import files
+from router.store.ingest import OVERLAP_FROM
 
 from peers import SECONDARY_CAPTURE, dataset_bytes, make_instance, send_datasets, write_instances
 
@@ -158,6 +159,11 @@ CORRUPT = {
         IDENTIFIED + explicit_le_long(0x7FE0, 0x0010, b"OW", 512, bytes(100)),
         ExplicitVRLittleEndian,
     ),
+    # the same in an object large enough to be written while it is checked (router.store.ingest.OVERLAP_FROM)
+    "large object, pixel data cut short": (
+        IDENTIFIED + explicit_le_long(0x7FE0, 0x0010, b"OW", 200_000, bytes(100_000)),
+        ExplicitVRLittleEndian,
+    ),
     # encapsulated Pixel Data: the offset table and one fragment, then the stream ends without the delimiter
     "encapsulated pixel data without its end": (
         IDENTIFIED
@@ -238,11 +244,17 @@ DISK_FAILURES = {
 }
 
 
+# a small object goes through ingest on the association's thread, a large one is written while a worker checks it
+SIZES = {"small object": 8, "large object": 320}
+assert SIZES["large object"] ** 2 >= OVERLAP_FROM > SIZES["small object"] ** 2
+
+
+@pytest.mark.parametrize("size", SIZES.values(), ids=SIZES.keys())
 @pytest.mark.parametrize("function, err", DISK_FAILURES.values(), ids=DISK_FAILURES.keys())
 def test_disk_failure_answered_out_of_resources_then_recovers(
-    router: Router, monkeypatch: pytest.MonkeyPatch, function: str, err: int
+    router: Router, monkeypatch: pytest.MonkeyPatch, function: str, err: int, size: int
 ) -> None:
-    ds = make_instance()
+    ds = make_instance(size=size)
     with monkeypatch.context() as patch:
         patch.setattr(files, function, failing(err))
         assert send(router, ds) == [OUT_OF_RESOURCES]
