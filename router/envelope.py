@@ -188,10 +188,16 @@ def dataset_text(ds: Dataset, keyword: str, limit: int = 324) -> str:
     return str(value).replace("\x00", "").strip()[:limit]
 
 
+_TAGS: dict[str, int] = {}
+
+
 def _tag(keyword: str) -> int:
-    tag = tag_for_keyword(keyword)  # a dict lookup in pydicom's dictionary
+    tag = _TAGS.get(keyword)
     if tag is None:
-        raise ValueError(f"not a DICOM keyword: {keyword}")
+        tag = tag_for_keyword(keyword)
+        if tag is None:
+            raise ValueError(f"not a DICOM keyword: {keyword}")
+        _TAGS[keyword] = tag
     return tag
 
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import re
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 
 from pydicom.datadict import dictionary_VR
@@ -199,11 +199,19 @@ class P10Scan:
     meta: dict[int, bytes]
     elements: Found
     transfer_syntax: str
+    _texts: dict[int, str | None] = field(default_factory=dict, compare=False, repr=False)
 
     def text(self, tag: int) -> str | None:
         """The value of a top-level text attribute as pydicom would show it (multiple values joined with a
         backslash, NUL padding dropped, surrounding spaces stripped); "" when absent. None when the scan cannot
         say: a value that is not plain ASCII (a character set decides), not text, or a number that is not one."""
+        try:
+            return self._texts[tag]
+        except KeyError:
+            found = self._texts[tag] = self._text(tag)
+            return found
+
+    def _text(self, tag: int) -> str | None:
         vr = _text_vr(tag)
         if vr is None:
             return None

@@ -47,12 +47,14 @@ from router.statuses import StoreOutcome, c_store_status
 from router.store import files
 from router.store.index import IdCache, find_instance, index_instance
 from router.store.models import Job, JobState, utcnow
+from router.store.rawsql import raw
 from router.store.writelock import WriteLock
 
 STORE_COMMIT = "dicom-store-commit"  # a C-STORE job whose peer is then asked for storage commitment
 
 JOB = Job.__table__  # type: ignore[attr-defined]
-INSERT_JOB = insert(JOB)  # built once: the compiled form is reused
+INSERT_JOB = insert(JOB)  # run raw (router.store.rawsql): compiled once, with every column
+JOB_KEYS = tuple(c.name for c in JOB.columns if c.name != "id")
 
 log = logging.getLogger(__name__)
 
@@ -297,15 +299,15 @@ class Ingestor:
             )
             if plan.forwards:
                 now = utcnow()
-                conn.execute(
-                    INSERT_JOB,
+                raw(INSERT_JOB, conn, JOB_KEYS).execute_many(
+                    conn,
                     [
                         {
                             "kind": STORE_COMMIT if fwd.commit else "dicom-store", "peer": fwd.peer, "sop_uid": sop_uid,
                             "sop_class_uid": env.sop_class_uid, "transfer_syntax": fwd.transfer_syntax,
                             "path": derived[id(fwd.payload)] if _own_file(fwd, env) else relpath, "rule": fwd.rule,
                             "state": JobState.PENDING, "attempts": 0, "next_attempt_at": now,
-                            "last_error": "", "created_at": now, "updated_at": now,
+                            "last_error": "", "last_status": None, "created_at": now, "updated_at": now,
                         }
                         for fwd in plan.forwards
                     ],
