@@ -111,9 +111,9 @@ def _data_set(
                 )
             pos = start + length
         elif tag == PIXEL_DATA and not in_item:
-            pos = _fragments(raw, start, enc)
+            pos = _items(raw, start, enc, fragments=True)
         elif vr is None or vr == b"SQ":
-            pos = _sequence(raw, start, enc)
+            pos = _items(raw, start, enc)
         else:
             raise Unsure(f"({group:04X},{element:04X}) {vr!r} of undefined length")
         if found is not None:
@@ -123,14 +123,24 @@ def _data_set(
     return pos
 
 
-def _sequence(raw: bytes, pos: int, enc: _Encoding) -> int:
-    """An undefined-length sequence from its first item: the position after its Sequence Delimitation Item."""
+def _items(raw: bytes, pos: int, enc: _Encoding, fragments: bool = False) -> int:
+    """An undefined-length sequence (or, with ``fragments``, encapsulated Pixel Data) from its first item: the
+    position after its Sequence Delimitation Item."""
     end = len(raw)
     while end - pos >= 8:
         group, element, length = enc.tag_len.unpack_from(raw, pos)
         tag = group << 16 | element
         if tag == _SEQUENCE_DELIMITER:
             return pos + 8
+        if fragments:
+            if tag != _ITEM or length == UNDEFINED_LENGTH:
+                raise InvalidDicomError(
+                    f"encapsulated Pixel Data holds ({group:04X},{element:04X}) where an item belongs"
+                )
+            if pos + 8 + length > end:
+                raise InvalidDicomError(f"a Pixel Data fragment is truncated: {end - pos - 8} of {length} bytes")
+            pos += 8 + length
+            continue
         if tag != _ITEM:
             raise Unsure(f"({group:04X},{element:04X}) where an item belongs")
         if length == UNDEFINED_LENGTH:
@@ -142,23 +152,9 @@ def _sequence(raw: bytes, pos: int, enc: _Encoding) -> int:
         if _data_set(raw, pos + 8, item_end, enc, None, in_item=True) != item_end:
             raise Unsure("bytes left over at the end of an item")
         pos = item_end
+    if fragments:
+        raise InvalidDicomError("encapsulated Pixel Data ends without its Sequence Delimitation Item")
     raise InvalidDicomError("a sequence ends without its Sequence Delimitation Item")
-
-
-def _fragments(raw: bytes, pos: int, enc: _Encoding) -> int:
-    """Encapsulated Pixel Data from its first item: the position after its Sequence Delimitation Item."""
-    end = len(raw)
-    while end - pos >= 8:
-        group, element, length = enc.tag_len.unpack_from(raw, pos)
-        tag = group << 16 | element
-        if tag == _SEQUENCE_DELIMITER:
-            return pos + 8
-        if tag != _ITEM or length == UNDEFINED_LENGTH:
-            raise InvalidDicomError(f"encapsulated Pixel Data holds ({group:04X},{element:04X}) where an item belongs")
-        if pos + 8 + length > end:
-            raise InvalidDicomError(f"a Pixel Data fragment is truncated: {end - pos - 8} of {length} bytes")
-        pos += 8 + length
-    raise InvalidDicomError("encapsulated Pixel Data ends without its Sequence Delimitation Item")
 
 
 def walk(raw: bytes, pos: int, implicit: bool, little: bool) -> None:

@@ -12,10 +12,11 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-from router.envelope import Envelope, HeaderValues, Source, _check_complete, dataset_text, read_values_as_they_came
+from router.envelope import Envelope, HeaderValues, Source, dataset_text, read_values_as_they_came
 from router.p10scan import _text_vr, scan_p10
 
 from peers import DATA_ROOT
+from test_envelope_complete import pydicom_reads_whole
 
 FILES = sorted((DATA_ROOT / "test_files").glob("**/*.dcm")) + sorted((DATA_ROOT / "charset_files").glob("*.dcm"))
 
@@ -24,16 +25,6 @@ def decoded(raw: bytes) -> Dataset:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return dcmread(BytesIO(raw), stop_before_pixels=True)
-
-
-def whole_to_pydicom(raw: bytes) -> bool:
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            _check_complete(dcmread(BytesIO(raw), force=False))
-    except Exception:
-        return False
-    return True
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -75,7 +66,7 @@ def test_an_object_cut_anywhere_is_never_vouched_for_unless_pydicom_reads_it_who
     step = max(1, len(raw) // 97)
     for cut in range(132, len(raw), step):
         if scan_p10(raw[:cut]) is not None:
-            assert whole_to_pydicom(raw[:cut]), f"cut at {cut} of {len(raw)} bytes"
+            assert pydicom_reads_whole(raw[:cut]), f"cut at {cut} of {len(raw)} bytes"
 
 
 def test_text_that_is_not_plain_ascii_is_read_by_pydicom() -> None:
