@@ -26,7 +26,6 @@ from pydicom.uid import UID
 from router import p10scan
 
 Kind = Literal["dicom", "hl7", "mpps"]
-UNDEFINED_LENGTH = 0xFFFFFFFF
 
 
 def read_values_as_they_came() -> None:
@@ -240,7 +239,7 @@ def _check_complete(ds: Dataset) -> None:
     for elem in ds._dict.values():
         if (
             isinstance(elem, RawDataElement)
-            and elem.length != UNDEFINED_LENGTH
+            and elem.length != p10scan.UNDEFINED_LENGTH
             and elem.value is not None
             and len(elem.value) != elem.length
         ):

@@ -31,6 +31,7 @@ UNDEFINED_LENGTH = 0xFFFFFFFF
 PIXEL_DATA = 0x7FE00010
 _ITEM, _ITEM_DELIMITER, _SEQUENCE_DELIMITER = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
 _PREAMBLE = 128
+TRANSFER_SYNTAX_UID = 0x00020010
 IMPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2"
 EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1"
 
@@ -72,15 +73,25 @@ Found = dict[int, tuple[bytes | None, int, int]]  # tag -> (VR as encoded, None 
 
 
 def _data_set(
-    raw: bytes, pos: int, end: int, enc: _Encoding, found: Found | None, in_item: bool, delimited: bool = False
+    raw: bytes,
+    pos: int,
+    end: int,
+    enc: _Encoding,
+    found: Found | None,
+    in_item: bool,
+    delimited: bool = False,
+    group_only: int | None = None,
 ) -> int:
     """Walk one data set's elements from ``pos``: the object's (``found`` collects its elements), or an item's, up
     to ``end`` (a defined-length item's end, or the object's) or, when ``delimited``, to its Item Delimitation
-    Item. Returns the position after it."""
+    Item; with ``group_only``, up to the first element of another group (the file meta). Returns the position
+    after it."""
     first = True
     tag_len, u32, u16 = enc.tag_len, enc.u32, enc.u16
     while end - pos >= 8:
         group, element, length = tag_len.unpack_from(raw, pos)
+        if group_only is not None and group != group_only:
+            return pos
         tag = group << 16 | element
         if group == 0xFFFE:
             if delimited and tag == _ITEM_DELIMITER:
@@ -194,7 +205,6 @@ class P10Scan:
     raw: bytes
     meta: dict[int, bytes]
     elements: Found
-    transfer_syntax: str
     _texts: dict[int, str | None] = field(default_factory=dict, compare=False, repr=False)
 
     def text(self, tag: int) -> str | None:
@@ -232,37 +242,27 @@ class P10Scan:
         """A file meta UID as text, "" when absent."""
         return self.meta.get(tag, b"").decode("latin-1").rstrip("\x00 ")
 
+    @property
+    def transfer_syntax(self) -> str:
+        return self.meta_text(TRANSFER_SYNTAX_UID)
+
 
 def scan_p10(raw: bytes) -> P10Scan | None:
     """Scan a Part 10 object; None when it is not one this scan vouches for (pydicom decides then)."""
     if raw[_PREAMBLE : _PREAMBLE + 4] != b"DICM":
         return None
     try:
-        meta: dict[int, bytes] = {}
-        pos, end = _PREAMBLE + 4, len(raw)
-        while end - pos >= 12:
-            group, element, length = _META.tag_len.unpack_from(raw, pos)
-            if group != 0x0002:
-                break
-            vr = raw[pos + 4 : pos + 6]
-            if vr not in VRS:
-                return None
-            start = pos + 8
-            if vr in LONG_VRS:
-                length, start = _META.u32.unpack_from(raw, pos + 8)[0], pos + 12
-            else:
-                length = _META.u16.unpack_from(raw, pos + 6)[0]
-            if length == UNDEFINED_LENGTH or start + length > end:
-                return None
-            meta[group << 16 | element] = raw[start : start + length]
-            pos = start + length
-        syntax = meta.get(0x00020010, b"").decode("latin-1").rstrip("\x00 ")
+        found: Found = {}
+        pos = _data_set(raw, _PREAMBLE + 4, len(raw), _META, found, in_item=False, group_only=0x0002)
+        if any(length == UNDEFINED_LENGTH for _vr, _start, length in found.values()):
+            return None  # a file meta element of undefined length: pydicom decides
+        scan = P10Scan(raw, {tag: raw[start : start + length] for tag, (_vr, start, length) in found.items()}, {})
+        syntax = scan.transfer_syntax
         enc = _data_set_encoding(syntax) if syntax else None
         if enc is None:
-            return None
-        elements: Found = {}
-        if _data_set(raw, pos, end, enc, elements, in_item=False) != end:
+            return None  # no transfer syntax, or one the scan does not read
+        if _data_set(raw, pos, len(raw), enc, scan.elements, in_item=False) != len(raw):
             return None  # bytes left over at the end: pydicom decides
     except (Unsure, InvalidDicomError, struct.error):
         return None
-    return P10Scan(raw, meta, elements, syntax)
+    return scan

@@ -15,7 +15,7 @@ from sqlmodel import Session
 from router.store.db import make_engine
 from router.store.index import FIND_INSTANCE, INSERT_INSTANCE, INSTANCE_KEYS, find_instance
 from router.store.models import Instance, Job, JobState, Patient, Series, Study
-from router.store.rawsql import RawStatement, raw
+from router.store.rawsql import RawStatement, insert_columns, raw
 
 RECEIVED = datetime(2026, 11, 24, 9, 30, 15, 250000, tzinfo=UTC)
 
@@ -81,7 +81,7 @@ def test_an_insert_must_name_every_column(engine: Engine) -> None:
 
 def test_many_rows_at_once_with_enum_and_null_values(engine: Engine) -> None:
     job = Job.__table__  # type: ignore[attr-defined]
-    keys = tuple(c.name for c in job.columns if c.name != "id")
+    keys = insert_columns(job)
     rows = [
         {"kind": "dicom-store", "peer": peer, "sop_uid": "1.2.1.1", "sop_class_uid": "1.2", "transfer_syntax": "",
          "path": "p", "rule": "r", "state": JobState.PENDING, "attempts": 0, "next_attempt_at": RECEIVED,

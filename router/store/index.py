@@ -19,7 +19,7 @@ from sqlalchemy import Connection, bindparam, insert, select, update
 from router.envelope import HeaderValues, dataset_text
 from router.query.matching import normalize_name
 from router.store.models import Instance, Patient, Series, SeriesRequest, Study, utcnow
-from router.store.rawsql import raw
+from router.store.rawsql import insert_columns, raw
 
 PATIENT = Patient.__table__  # type: ignore[attr-defined]
 STUDY = Study.__table__  # type: ignore[attr-defined]
@@ -33,7 +33,7 @@ FIND_INSTANCE = select(INSTANCE.c.id, INSTANCE.c.sha256, INSTANCE.c.path).where(
     INSTANCE.c.sop_uid == bindparam("sop_uid")
 )
 INSERT_INSTANCE = insert(INSTANCE)
-INSTANCE_KEYS = tuple(c.name for c in INSTANCE.columns if c.name != "id")  # what ``index_instance`` inserts
+INSTANCE_KEYS = insert_columns(INSTANCE)  # what ``index_instance`` inserts
 _INSERT = {id(t): insert(t) for t in (PATIENT, STUDY, SERIES, SERIES_REQUEST)}
 
 

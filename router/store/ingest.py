@@ -47,14 +47,14 @@ from router.statuses import StoreOutcome, c_store_status
 from router.store import files
 from router.store.index import IdCache, find_instance, index_instance
 from router.store.models import Job, JobState, utcnow
-from router.store.rawsql import raw
+from router.store.rawsql import insert_columns, raw
 from router.store.writelock import WriteLock
 
 STORE_COMMIT = "dicom-store-commit"  # a C-STORE job whose peer is then asked for storage commitment
 
 JOB = Job.__table__  # type: ignore[attr-defined]
 INSERT_JOB = insert(JOB)  # run raw (router.store.rawsql): compiled once, with every column
-JOB_KEYS = tuple(c.name for c in JOB.columns if c.name != "id")
+JOB_KEYS = insert_columns(JOB)
 
 log = logging.getLogger(__name__)
 

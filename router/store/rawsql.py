@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from sqlalchemy import Connection
+from sqlalchemy import Connection, Table
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql.compiler import SQLCompiler
@@ -74,6 +74,11 @@ def _as_sqlalchemy(exc: Exception, conn: Connection, cursor: Any, sql: str, para
     if dialect.is_disconnect(exc, conn.connection.dbapi_connection, cursor):
         conn.invalidate(exc)
     return DBAPIError.instance(sql, parameters, exc, base, dialect=dialect)
+
+
+def insert_columns(table: Table) -> tuple[str, ...]:
+    """Every column of ``table`` but its generated primary key: what a raw insert must give a value for."""
+    return tuple(c.name for c in table.columns if not (c.primary_key and c.autoincrement in (True, "auto")))
 
 
 _compiled: dict[tuple[int, str, str], RawStatement] = {}
