@@ -28,7 +28,8 @@ from subprocess import DEVNULL, STDOUT, Popen
 
 from router.hl7.ack import ack_code_of, build_ack
 from router.hl7.message import parse_message
-from router.hl7.mllp import MllpClient, MllpServer
+from router.hl7.mllp import MllpClient
+from router.listeners.mllp import MllpServer
 
 READY_TIMEOUT = 30.0  # s, for a server to accept MLLP connections
 STOP_TIMEOUT = 10.0  # s, for a server to exit after SIGTERM

@@ -26,11 +26,11 @@ from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
 from router.config import RouterConfig
-from router.envelope import Envelope
 from router.hl7.demographics import apply_demographics, known_demographics
-from router.hookspecs import hookimpl
+from router.hooks.specs import hookimpl
+from router.intake.envelope import Envelope
+from router.intake.stage import Stage, StageContext, StageError
 from router.rules.loader import parse_tag
-from router.stage import Stage, StageContext, StageError
 
 OPS = ("set", "remove", "copy", "demographics")
 NUMERIC_VRS = {"US", "SS", "UL", "SL", "FL", "FD", "UV", "SV"}

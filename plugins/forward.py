@@ -22,10 +22,10 @@ from pydicom import dcmread
 from pydicom.filewriter import dcmwrite
 
 from router.config import RouterConfig
-from router.envelope import Envelope
 from router.hl7.demographics import apply_bsn_mode, known_demographics
-from router.hookspecs import hookimpl
-from router.stage import Stage, StageContext, StageError
+from router.hooks.specs import hookimpl
+from router.intake.envelope import Envelope
+from router.intake.stage import Stage, StageContext, StageError
 from router.transcode import TranscodeError, syntax_name, syntax_uid, transcode
 
 log = logging.getLogger(__name__)

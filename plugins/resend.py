@@ -16,9 +16,9 @@ from typing import Any
 
 from plugins.forward import peer_names
 from router.config import RouterConfig
-from router.envelope import Envelope
-from router.hookspecs import hookimpl
-from router.stage import Stage, StageContext, StageError
+from router.hooks.specs import hookimpl
+from router.intake.envelope import Envelope
+from router.intake.stage import Stage, StageContext, StageError
 
 
 class ResendStage:

@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from router.config import RouterConfig
-from router.envelope import Envelope
-from router.hookspecs import hookimpl
-from router.stage import Stage, StageContext, StageError
+from router.hooks.specs import hookimpl
+from router.intake.envelope import Envelope
+from router.intake.stage import Stage, StageContext, StageError
 from router.transcode import TranscodeError, syntax_name, syntax_uid, target_problems, transcode
 
 log = logging.getLogger(__name__)

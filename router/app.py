@@ -12,21 +12,21 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from router.commitment.ledger import CommitLedger
 from router.commitment.scp import CommitmentSCP
 from router.config import RouterConfig
-from router.dimse.scp import DicomListener
-from router.dimse.workflow import WorkflowServices
-from router.envelope import read_values_as_they_came
-from router.forward_process import ForwardProcess
-from router.forwarder import Forwarder, make_forwarder
-from router.hl7.intake import Hl7Intake
-from router.hl7.mllp import MllpServer
+from router.forward.process import ForwardProcess
+from router.forward.workers import Forwarder, make_forwarder
+from router.hooks.manager import build_plugin_manager, collect_stages, notify
+from router.intake.dicom import Ingestor
+from router.intake.envelope import read_values_as_they_came
+from router.intake.hl7 import Hl7Intake
+from router.listeners.dimse.scp import DicomListener
+from router.listeners.dimse.workflow import WorkflowServices
+from router.listeners.http.app import make_app
+from router.listeners.http.server import WebServer
+from router.listeners.mllp import MllpServer
 from router.mpps.service import MppsService
-from router.plugins import build_plugin_manager, collect_stages, notify
 from router.rules.live import LiveRules
 from router.store.db import make_engine
-from router.store.ingest import Ingestor
 from router.store.writelock import shared_between_processes, write_lock_for
-from router.web.app import make_app
-from router.web.server import WebServer
 from router.worklist.service import WorklistService
 
 log = logging.getLogger(__name__)
@@ -49,7 +49,7 @@ class Router:
         self.write_lock = write_lock_for(config.effective_database_url)  # one writer at a time (SQLite)
         self.ingestor = Ingestor(config, self.engine, lambda: self.rules.current, self.stages, self.pm, self.write_lock)
         self.ledger = CommitLedger(config, self.engine, self.pm, self.write_lock)
-        # the forward workers: a process of their own (see router.forward_process), or threads of this one
+        # the forward workers: a process of their own (see router.forward.process), or threads of this one
         self.forwarder: Forwarder | ForwardProcess
         if config.forward.process and shared_between_processes(config.effective_database_url):
             self.forwarder = ForwardProcess(config)

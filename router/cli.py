@@ -10,9 +10,9 @@ from typing import TYPE_CHECKING
 from router.config import ConfigError, RouterConfig, load_config
 
 if TYPE_CHECKING:
-    from router.outbox import Outbox
+    from router.intake.stage import Stage
+    from router.outbox.queue import Outbox
     from router.query.model import InfoModel
-    from router.stage import Stage
 
 EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE = 0, 1, 2
 JOB_STATES = ("pending", "inflight", "committing", "done", "dead")  # router.store.models.JobState.ALL
@@ -37,7 +37,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _stages(cfg: RouterConfig) -> dict[str, Stage]:
-    from router.plugins import build_plugin_manager, collect_stages
+    from router.hooks.manager import build_plugin_manager, collect_stages
 
     return collect_stages(build_plugin_manager(cfg.plugins))
 
@@ -58,10 +58,10 @@ def cmd_rules_check(args: argparse.Namespace) -> int:
 
 
 def cmd_rules_test(args: argparse.Namespace) -> int:
-    from router.envelope import Envelope, Source
-    from router.pipeline import run_pipeline
+    from router.intake.envelope import Envelope, Source
+    from router.intake.pipeline import run_pipeline
+    from router.intake.stage import StageError
     from router.rules.loader import load_rules
-    from router.stage import StageError
 
     cfg = _config(args)
     stages = _stages(cfg)
@@ -99,7 +99,7 @@ def cmd_rules_test(args: argparse.Namespace) -> int:
 
 
 def _outbox(cfg: RouterConfig) -> Outbox:
-    from router.outbox import Outbox
+    from router.outbox.queue import Outbox
     from router.store.db import make_engine
 
     return Outbox(make_engine(cfg.effective_database_url), cfg.forward, cfg.data_dir)
@@ -154,7 +154,7 @@ def cmd_queue_purge(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-# -- DICOM SCU commands: thin layers over router.dimse.qr_scu ------------------------------------------------------
+# -- DICOM SCU commands: thin layers over router.scu.commands ------------------------------------------------------
 MODELS = {"patient": "PATIENT_ROOT", "study": "STUDY_ROOT", "psonly": "PATIENT_STUDY_ONLY"}
 
 
@@ -166,8 +166,8 @@ def _scu_failure(exc: Exception) -> int:
 def cmd_echo(args: argparse.Namespace) -> int:
     import time
 
-    from router.dimse import qr_scu
-    from router.dimse.scu import AssociationFailed
+    from router.scu import commands as qr_scu
+    from router.scu.association import AssociationFailed
 
     cfg = _config(args)
     try:
@@ -191,8 +191,8 @@ def _model(args: argparse.Namespace) -> InfoModel:
 def cmd_find(args: argparse.Namespace) -> int:
     import json
 
-    from router.dimse import qr_scu
-    from router.dimse.scu import AssociationFailed
+    from router.scu import commands as qr_scu
+    from router.scu.association import AssociationFailed
 
     cfg = _config(args)
     level = args.level.upper()
@@ -215,7 +215,7 @@ def cmd_find(args: argparse.Namespace) -> int:
 
 
 def _retrieve_report(what: str, outcome: object) -> int:
-    from router.dimse.qr_scu import RetrieveOutcome
+    from router.scu.commands import RetrieveOutcome
 
     assert isinstance(outcome, RetrieveOutcome)
     print(
@@ -228,8 +228,8 @@ def _retrieve_report(what: str, outcome: object) -> int:
 
 
 def cmd_move(args: argparse.Namespace) -> int:
-    from router.dimse import qr_scu
-    from router.dimse.scu import AssociationFailed
+    from router.scu import commands as qr_scu
+    from router.scu.association import AssociationFailed
 
     cfg = _config(args)
     try:
@@ -243,8 +243,8 @@ def cmd_move(args: argparse.Namespace) -> int:
 
 
 def cmd_get(args: argparse.Namespace) -> int:
-    from router.dimse import qr_scu
-    from router.dimse.scu import AssociationFailed
+    from router.scu import commands as qr_scu
+    from router.scu.association import AssociationFailed
 
     cfg = _config(args)
     try:
@@ -259,8 +259,8 @@ def cmd_get(args: argparse.Namespace) -> int:
 
 
 def cmd_send(args: argparse.Namespace) -> int:
-    from router.dimse import qr_scu
-    from router.dimse.scu import AssociationFailed
+    from router.scu import commands as qr_scu
+    from router.scu.association import AssociationFailed
 
     cfg = _config(args)
     files = list(qr_scu.dicom_files(Path(p) for p in args.files))

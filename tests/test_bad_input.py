@@ -27,8 +27,8 @@ from sqlalchemy import text
 
 from router.app import Router
 from router.config import parse_config
+from router.intake.dicom import OVERLAP_FROM
 from router.store import files
-from router.store.ingest import OVERLAP_FROM
 
 from peers import SECONDARY_CAPTURE, dataset_bytes, make_instance, send_datasets, write_instances
 
@@ -159,7 +159,7 @@ CORRUPT = {
         IDENTIFIED + explicit_le_long(0x7FE0, 0x0010, b"OW", 512, bytes(100)),
         ExplicitVRLittleEndian,
     ),
-    # the same in an object large enough to be written while it is checked (router.store.ingest.OVERLAP_FROM)
+    # the same in an object large enough to be written while it is checked (router.intake.dicom.OVERLAP_FROM)
     "large object, pixel data cut short": (
         IDENTIFIED + explicit_le_long(0x7FE0, 0x0010, b"OW", 200_000, bytes(100_000)),
         ExplicitVRLittleEndian,

@@ -1,4 +1,4 @@
-"""router.dimse.command encodes DIMSE command sets itself: the bytes must be pydicom's (pure logic)."""
+"""router._pynetdicom.command encodes DIMSE command sets itself: the bytes must be pydicom's (pure logic)."""
 
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ from pynetdicom import dimse_messages as msgs
 from pynetdicom import dimse_primitives as prims
 from pynetdicom.dsutils import encode
 
-from router.dimse import command
-from router.dimse.command import encode_command, encode_command_set, encode_primitive
+from router._pynetdicom import command
+from router._pynetdicom.command import encode_command, encode_command_set, encode_primitive
 
-command.install()  # what router.dimse.reactor.install() does for the router
+command.install()  # what router._pynetdicom.reactor.install() does for the router
 
 
 def message(primitive: Any, message_class: type) -> Any:

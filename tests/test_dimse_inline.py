@@ -1,4 +1,4 @@
-"""router.dimse.inline: an acceptor's C-STORE requests are served on the DUL thread that received them; everything
+"""router._pynetdicom.inline: an acceptor's C-STORE requests are served on the DUL thread that received them; everything
 else keeps pynetdicom's path through the association's reactor thread.
 
 The network tests run a pynetdicom SCP (with the router's loops installed) against DCMTK storescu/echoscu and a
@@ -19,8 +19,8 @@ from pynetdicom import AE, AllStoragePresentationContexts, evt
 from pynetdicom.dimse_primitives import C_ECHO, C_STORE
 from pynetdicom.transport import ThreadedAssociationServer
 
-from router.dimse import reactor
-from router.dimse.inline import SERVING, MessageQueue
+from router._pynetdicom import reactor
+from router._pynetdicom.inline import SERVING, MessageQueue
 from tests.peers import DCMTK_ENV, SECONDARY_CAPTURE, dcmtk, make_instance, storescu, write_instances
 
 VERIFICATION = "1.2.840.10008.1.1"

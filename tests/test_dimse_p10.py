@@ -1,4 +1,4 @@
-"""router.dimse.p10 writes the file meta pynetdicom would write, byte for byte (pure logic)."""
+"""router.listeners.dimse.p10 writes the file meta pynetdicom would write, byte for byte (pure logic)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 from pynetdicom.dsutils import create_file_meta, encode_file_meta
 
-from router.dimse.p10 import PREAMBLE, file_meta, p10
+from router.listeners.dimse.p10 import PREAMBLE, file_meta, p10
 
 CASES = [
     ("1.2.840.10008.5.1.4.1.1.2", "1.2.3", "1.2.840.10008.1.2.1"),  # odd, odd, odd lengths

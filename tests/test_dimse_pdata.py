@@ -1,4 +1,4 @@
-"""router.dimse.pdata encodes DIMSE messages into P-DATA-TF PDUs itself: its bytes must be pynetdicom's, exactly.
+"""router._pynetdicom.pdata encodes DIMSE messages into P-DATA-TF PDUs itself: its bytes must be pynetdicom's, exactly.
 
 Pure logic, compared with pynetdicom's own encoder (``DIMSEMessage.encode_msg`` + ``P_DATA_TF.encode``); the
 network path is covered by every DIMSE test against DCMTK, Orthanc and pynetdicom peers."""
@@ -17,7 +17,7 @@ from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import split_dataset
 from pynetdicom.pdu import P_DATA_TF
 
-from router.dimse import pdata
+from router._pynetdicom import pdata
 
 
 def reference_bytes(msg: C_STORE_RQ | C_STORE_RSP, context_id: int, max_pdu: int) -> list[bytes]:

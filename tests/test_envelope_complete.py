@@ -12,7 +12,7 @@ import pytest
 from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
 
-from router.envelope import Envelope, Source, _check_complete
+from router.intake.envelope import Envelope, Source, _check_complete
 
 from peers import DATA_ROOT
 

@@ -1,4 +1,4 @@
-"""The forward workers' own process (router.forward_process): restarted when it dies, gone when the router dies,
+"""The forward workers' own process (router.forward.process): restarted when it dies, gone when the router dies,
 woken over its pipe; the SQLite write lock it shares with the serving process; the same workers as threads."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from router.forward_process import ALL_PEERS, END, ForwardProcess, _wakes
+from router.forward.process import ALL_PEERS, END, ForwardProcess, _wakes
 from router.store.writelock import WriteLock, shared_between_processes, sqlite_file, write_lock_for
 
 from peers import RouterProcess, StoreSCP, running, wait_for
@@ -29,7 +29,7 @@ def children(pid: int) -> list[int]:
 def forward_process_of(pid: int) -> int | None:
     for child in children(pid):
         cmdline = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
-        if b"router.forward_process" in cmdline:
+        if b"router.forward.process" in cmdline:
             return child
     return None
 

@@ -12,7 +12,8 @@ import pytest
 from router.config import Hl7Listener
 from router.hl7.ack import ack_code_of, build_ack
 from router.hl7.message import Hl7Error, parse_message
-from router.hl7.mllp import MllpClient, MllpConnectionClosed, MllpServer, MllpTimeout, frame
+from router.hl7.mllp import MllpClient, MllpConnectionClosed, MllpTimeout, frame
+from router.listeners.mllp import MllpServer
 
 VT, END = b"\x0b", b"\x1c\r"
 

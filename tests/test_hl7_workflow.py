@@ -17,7 +17,7 @@ from pynetdicom.sop_class import PatientRootQueryRetrieveInformationModelFind  #
 
 from router.hl7.ack import build_ack
 from router.hl7.message import parse_message
-from router.hl7.mllp import MllpServer
+from router.listeners.mllp import MllpServer
 
 from hl7msg import adt, message, seg, send
 from peers import RouterProcess, StoreSCP, free_port, make_instance, query, storescu, wait_for

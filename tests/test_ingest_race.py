@@ -18,10 +18,10 @@ import pytest
 from pydicom.filewriter import dcmwrite
 from sqlalchemy import text
 
-import router.store.ingest as ingest_module
+import router.intake.dicom as ingest_module
 from router.app import Router
 from router.config import parse_config
-from router.envelope import Source
+from router.intake.envelope import Source
 from router.statuses import StoreOutcome
 
 from peers import make_instance

@@ -9,7 +9,7 @@ import pytest
 from sqlmodel import Session, select
 
 from router.config import ForwardSettings
-from router.outbox import Outbox
+from router.outbox.queue import Outbox
 from router.store.db import make_engine
 from router.store.models import Job, JobState, utcnow
 
@@ -60,8 +60,8 @@ def test_a_dead_older_job_does_not_block_the_newer_one(tmp_path: Path) -> None:
 def test_drop_orphans_removes_only_files_nothing_refers_to(tmp_path: Path) -> None:
     from pydicom.dataset import Dataset
 
-    from router.envelope import HeaderValues
-    from router.outbox import drop_orphans
+    from router.intake.envelope import HeaderValues
+    from router.outbox.queue import drop_orphans
     from router.store.index import IdCache, index_instance
 
     engine = make_engine(f"sqlite:///{tmp_path / 'index.db'}")

@@ -12,8 +12,8 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-from router.envelope import Envelope, HeaderValues, Source, dataset_text, read_values_as_they_came
-from router.p10scan import _text_vr, scan_p10
+from router.intake.envelope import Envelope, HeaderValues, Source, dataset_text, read_values_as_they_came
+from router.intake.p10scan import _text_vr, scan_p10
 
 from peers import DATA_ROOT
 from test_envelope_complete import pydicom_reads_whole

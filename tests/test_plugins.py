@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pydicom
 
-from router import hookspecs
+from router.hooks import specs as hookspecs
 
 from peers import RouterProcess, StoreSCP, make_instance, storescu, wait_for, write_instances
 

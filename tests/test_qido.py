@@ -12,7 +12,7 @@ import pydicom
 import pytest
 from dicomweb_client import DICOMwebClient
 
-from router.web.multipart import media_type_params, parts
+from router.listeners.http.multipart import media_type_params, parts
 
 from peers import RouterProcess, make_instance, storescu, write_instances
 

@@ -17,7 +17,7 @@ from sqlalchemy import create_engine
 
 from router.app import Router
 from router.config import parse_config
-from router.dimse.qr_retrieve import RETRIEVER_ATTR
+from router.listeners.dimse.qr_retrieve import RETRIEVER_ATTR
 
 from peers import CT_IMAGE, echo, free_port, send_datasets, write_instances
 from qr_peers import MR_IMAGE, Corpus, PynetdicomSCP, generated_corpus, record_of, text, text_matches

@@ -8,7 +8,7 @@ import pytest
 from pydicom.dataset import Dataset
 
 from router.config import RouterConfig, parse_config
-from router.plugins import build_plugin_manager, collect_stages
+from router.hooks.manager import build_plugin_manager, collect_stages
 from router.rules.loader import load_rules
 from router.rules.matching import Subject, dataset_values, matching_rules
 from router.rules.patterns import PatternError, compile_pattern

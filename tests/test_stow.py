@@ -13,7 +13,7 @@ import pytest
 from dicomweb_client import DICOMwebClient
 from pydicom.dataset import Dataset
 
-from router.web.multipart import build
+from router.listeners.http.multipart import build
 
 from peers import RouterProcess, StoreSCP, dataset_bytes, make_instance, query, wait_for
 

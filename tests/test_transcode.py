@@ -33,8 +33,8 @@ from plugins.coerce import CoerceStage
 from plugins.forward import ForwardStage
 from plugins.transcode import TranscodeStage
 from router.config import RouterConfig
-from router.envelope import Envelope, Source
-from router.stage import StageContext, StageError
+from router.intake.envelope import Envelope, Source
+from router.intake.stage import StageContext, StageError
 from router.transcode import (
     SYNTAXES,
     TranscodeError,

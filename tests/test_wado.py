@@ -14,7 +14,7 @@ from dicomweb_client import DICOMwebClient
 from PIL import Image
 from pydicom.data import get_testdata_file
 
-from router.web.multipart import media_type_params, parts
+from router.listeners.http.multipart import media_type_params, parts
 
 from peers import RouterProcess, query, storescu
 

@@ -9,12 +9,12 @@ import pytest
 from pydicom.dataset import Dataset
 
 from router.config import ConfigError, RouterConfig, parse_config
-from router.envelope import Envelope, Source
+from router.hooks.manager import build_plugin_manager, collect_stages
+from router.intake.envelope import Envelope, Source
+from router.intake.pipeline import run_pipeline
+from router.intake.stage import Stage, StageError
 from router.mpps import MppsMessage
-from router.pipeline import run_pipeline
-from router.plugins import build_plugin_manager, collect_stages
 from router.rules.loader import load_rules
-from router.stage import Stage, StageError
 
 PEERS = {
     "PACS": {"ae_title": "PACS", "host": "127.0.0.1", "port": 104},

@@ -30,8 +30,8 @@ from sqlalchemy.engine import Engine
 
 from router.commitment.datasets import BadRequest, Ref, read_report
 from router.config import RouterConfig
-from router.outbox import backoff_delay, drop_if_orphaned
-from router.plugins import notify
+from router.hooks.manager import notify
+from router.outbox.queue import backoff_delay, drop_if_orphaned
 from router.store.models import CommitItem, CommitState, CommitTransaction, Job, JobState, utcnow
 from router.store.removal import remove_instance
 from router.store.writelock import WriteLock
@@ -120,7 +120,7 @@ class CommitLedger:
 
         A report on the association that requested it is applied in this process and wakes the wait at once. One
         on a new association reaches the serving process's SCP, which may be another process than the forward
-        workers' (``router.forward_process``): the transaction's state is therefore also looked up every 0.1 s."""
+        workers' (``router.forward.process``): the transaction's state is therefore also looked up every 0.1 s."""
         with self._lock:
             event = self._reported.get(uid)
         if event is None:

@@ -19,7 +19,7 @@ from router.commitment import STORAGE_COMMITMENT
 from router.commitment.datasets import Ref, action_information
 from router.commitment.ledger import CommitLedger
 from router.config import RouterConfig
-from router.dimse.scu import AssociationFailed, StoreAssociation
+from router.scu.association import AssociationFailed, StoreAssociation
 from router.statuses import dimse_status
 from router.store.models import Job
 

@@ -29,6 +29,7 @@ from sqlalchemy import insert, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
+from router._pynetdicom import gate as reactor_gate
 from router.commitment import (
     CLASS_INSTANCE_CONFLICT,
     COMMIT_REPORT,
@@ -38,7 +39,6 @@ from router.commitment import (
     STORAGE_COMMITMENT,
     WELL_KNOWN_INSTANCE,
 )
-from router.commitment import gate as reactor_gate
 from router.commitment.datasets import BadRequest, Ref, event_information, read_action, to_bytes
 from router.config import RouterConfig
 from router.statuses import dimse_status

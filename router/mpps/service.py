@@ -27,7 +27,9 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from router.config import RouterConfig
-from router.envelope import Envelope, Source
+from router.intake.envelope import Envelope, Source
+from router.intake.pipeline import PipelineResult, run_pipeline
+from router.intake.stage import Stage, StageError
 from router.mpps import FINAL, MPPS, MPPS_CREATE, MPPS_SET, MppsMessage
 from router.mpps.attributes import (
     DUPLICATE_INSTANCE,
@@ -41,9 +43,7 @@ from router.mpps.attributes import (
 )
 from router.mpps.images import with_received_images
 from router.mpps.worklist import decode_ids, encode_ids, linked_items, set_status
-from router.pipeline import PipelineResult, run_pipeline
 from router.rules.model import RuleSet
-from router.stage import Stage, StageError
 from router.statuses import dimse_status
 from router.store import files
 from router.store.datasets import from_part10, to_part10

@@ -19,7 +19,6 @@ from pydicom.dataset import Dataset
 from sqlalchemy import func, select
 from sqlalchemy.engine import Engine
 
-from router.dimse.scu import Item
 from router.query.find import QueryError, element, key_text, query_level
 from router.query.matching import InvalidKey, condition, is_universal
 from router.query.model import (
@@ -32,6 +31,7 @@ from router.query.model import (
     UNIQUE_KEY,
     InfoModel,
 )
+from router.scu.association import Item
 from router.statuses import QR_IDENTIFIER_MISMATCH, QR_INVALID_KEY
 
 PAGE_SIZE = 256

@@ -8,9 +8,9 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from router.config import RouterConfig
+from router.intake.stage import Stage
 from router.rules.loader import directory_signature, load_rules
 from router.rules.model import RuleSet
-from router.stage import Stage
 
 log = logging.getLogger(__name__)
 

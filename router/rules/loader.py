@@ -12,9 +12,9 @@ import yaml
 from pydicom.datadict import tag_for_keyword
 
 from router.config import RouterConfig
+from router.intake.stage import Stage
 from router.rules.model import Condition, Rule, RuleSet, StageCall
 from router.rules.patterns import PatternError, compile_any_of
-from router.stage import Stage
 
 RULE_KEYS = {"name", "when", "then", "stop", "description"}
 WHEN_KEYS = {"kind", "calling_ae", "called_ae", "sop_class", "message", "tags"}

@@ -16,7 +16,7 @@ from typing import Any
 from pydicom.dataset import Dataset
 from sqlalchemy import Connection, bindparam, insert, select, update
 
-from router.envelope import HeaderValues, dataset_text
+from router.intake.envelope import HeaderValues, dataset_text
 from router.query.matching import normalize_name
 from router.store.models import Instance, Patient, Series, SeriesRequest, Study, utcnow
 from router.store.rawsql import insert_columns, raw

@@ -3,7 +3,7 @@
 SQLite takes one writer at a time. A writer that meets another's lock sleeps in SQLite's busy handler (1 ms, then
 longer), which cost forwarded CT slices about 2 ms each; writers that queue on a lock of their own are woken the
 moment it is free. Within one process that is a ``threading.Lock``. The forward workers run in a process of their
-own (``router.forward_process``), so for a database file the lock is also an ``flock`` on a file beside it, which
+own (``router.forward.process``), so for a database file the lock is also an ``flock`` on a file beside it, which
 the kernel hands to the next process as soon as it is released. PostgreSQL needs no lock between processes.
 """
 

@@ -12,9 +12,9 @@ import os
 from typing import Any
 
 from router.config import RouterConfig
-from router.envelope import Envelope
-from router.hookspecs import hookimpl
-from router.stage import Stage, StageContext
+from router.hooks.specs import hookimpl
+from router.intake.envelope import Envelope
+from router.intake.stage import Stage, StageContext
 
 
 class StampStage:

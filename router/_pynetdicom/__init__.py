@@ -1,0 +1,1 @@
+"""Every change the router makes to the internals of pynetdicom, in one place."""

@@ -1,1 +1,0 @@
-"""DICOM networking (DIMSE): the SCP that receives and the SCU that forwards."""

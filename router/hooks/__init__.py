@@ -1,0 +1,1 @@
+"""Plugin hooks: the hook specifications and the per-router plugin manager."""

@@ -1,0 +1,1 @@
+"""Intake: an inbound object (DICOM, HL7, MPPS) from bytes to durable: envelope, rules, stages, store, jobs."""

@@ -1,0 +1,223 @@
+"""One HL7 message from bytes to an acknowledgement (HL7 v2 chapter 2, original mode).
+
+1. parse and check the header (unreadable, unsupported version / processing id / type: AR);
+2. a message already applied (same MSH-10 from the same MSH-3/MSH-4) is acknowledged again, not re-applied;
+3. the rules run (``when: {kind: hl7, message: ...}``): ``forward`` plans outbox jobs to MLLP peers;
+4. in one transaction: the patient / order effects, the outbox jobs (their message file fsynced first) and the
+   log row that makes step 2 work; commit;
+5. AA. A message that can be read but is wrong gets AE with an ERR segment naming the field; a database or disk
+   failure gets AR (error 207), so the sender keeps the message and retries.
+
+Supported: ADT A01 A04 A05 A08 A28 A31 (patient create/update), A40 A34 (merge), ORM^O01 and OMI^O23 (orders
+-> worklist). Any other type is accepted only when a rule routes it (``forward``), else AR 200/201.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pluggy
+from sqlalchemy import Connection, insert, select
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+
+from router.config import RouterConfig
+from router.destinations.corrections import queue_patient_resends
+from router.hl7.ack import build_ack
+from router.hl7.codes import INTERNAL_ERROR, UNSUPPORTED_EVENT, UNSUPPORTED_MESSAGE_TYPE
+from router.hl7.errors import Hl7Error
+from router.hl7.message import Hl7Message, parse_message
+from router.hl7.orders import apply_order, order_groups, person_name_at
+from router.hl7.patients import (
+    MERGE_EVENTS,
+    UPDATE_EVENTS,
+    identifiers,
+    merge_patients,
+    read_patient,
+    upsert_patient,
+)
+from router.hl7.segments import Segment, segments_of
+from router.intake.envelope import Envelope, Source
+from router.intake.pipeline import run_pipeline
+from router.intake.stage import PlannedForward, Stage, StageError
+from router.rules.model import RuleSet
+from router.store import files
+from router.store.models import Hl7Log, Job, JobState, utcnow
+from router.store.writelock import WriteLock
+
+log = logging.getLogger(__name__)
+
+LOG = Hl7Log.__table__  # type: ignore[attr-defined]
+JOB = Job.__table__  # type: ignore[attr-defined]
+ORDER_MESSAGES = {"ORM": {"O01"}, "OMI": {"O23"}}
+HL7_STREAM = "hl7"  # the Job.sop_uid of every HL7 job: one ordered stream per peer (see Outbox.claim)
+
+
+@dataclass
+class Applied:
+    summary: list[str] = field(default_factory=list)
+    merged: bool = False
+    patient_fk: int | None = None  # the patient the message changed
+
+
+def _first(segments: list[Segment], name: str) -> Segment | None:
+    return next((s for s in segments if s.name == name), None)
+
+
+def _require(segments: list[Segment], name: str) -> Segment:
+    found = _first(segments, name)
+    if found is None:
+        raise Hl7Error("AE", 100, f"required segment {name} missing", location=(name, 1))
+    return found
+
+
+class Hl7Intake:
+    def __init__(
+        self,
+        config: RouterConfig,
+        engine: Engine,
+        rules: Callable[[], RuleSet],
+        stages: Mapping[str, Stage],
+        pm: pluggy.PluginManager,
+        write_lock: WriteLock,
+    ) -> None:
+        self.config = config
+        self.engine = engine
+        self.rules = rules
+        self.stages = stages
+        self.pm = pm
+        self.write_lock = write_lock
+        self.hl7_dir = config.data_dir / "hl7"
+        self.on_jobs_committed: Callable[[set[str]], None] = lambda peers: None
+        self.on_patients_merged: Callable[[], None] = lambda: None
+
+    def handle(self, raw: bytes, peer_address: str) -> bytes:
+        """The MLLP handler: the ACK for ``raw``. Never raises for a bad message."""
+        try:
+            msg = parse_message(raw, accepted_processing_ids=self.config.hl7.accepted_processing_ids)
+        except Hl7Error as exc:
+            log.warning("HL7 from %s refused: %s", peer_address, exc)
+            return build_ack(exc.partial, exc.ack_code, [exc])
+        try:
+            return self._handle(msg, peer_address)
+        except Hl7Error as exc:
+            log.warning("HL7 %s %s from %s: %s", msg.message_type, msg.control_id, peer_address, exc)
+            return build_ack(msg, exc.ack_code, [exc])
+        except (SQLAlchemyError, OSError) as exc:
+            log.error("HL7 %s %s cannot be processed now: %s", msg.message_type, msg.control_id, exc)
+            err = Hl7Error("AR", INTERNAL_ERROR, "the router cannot store this message now; send it again")
+            return build_ack(msg, "AR", [err])
+
+    # -- steps --------------------------------------------------------------------------------------------
+    def _handle(self, msg: Hl7Message, peer_address: str) -> bytes:
+        sender = f"{msg.sending_application}^{msg.sending_facility}"
+        with self.engine.connect() as conn:
+            done = conn.execute(
+                select(LOG.c.ack_code).where(LOG.c.sender == sender, LOG.c.control_id == msg.control_id)
+            ).first()
+        if done is not None:
+            log.info("HL7 %s %s from %s already applied: acknowledged again", msg.message_type, msg.control_id, sender)
+            return build_ack(msg, done.ack_code)
+        env = Envelope.from_hl7(msg.raw, msg, Source("mllp", msg.sending_application, msg.receiving_application,
+                                                     peer_address))  # fmt: skip
+        try:
+            plan = run_pipeline(env, self.rules(), self.stages, self.config, engine=self.engine)
+        except StageError as exc:
+            raise Hl7Error("AR", INTERNAL_ERROR, str(exc)) from exc
+        applies = self._supported(msg)
+        if not applies and not plan.forwards:
+            known = msg.message_code in ("ADT", *ORDER_MESSAGES)
+            code = UNSUPPORTED_EVENT if known else UNSUPPORTED_MESSAGE_TYPE
+            comp = 2 if known else 1
+            raise Hl7Error("AR", code, f"{msg.message_type} is not supported here", location=("MSH", 1, 9, comp))
+        segments = segments_of(msg)
+        written: list[Path] = []
+        try:
+            relpath = self._write_message(msg, written) if plan.forwards else ""
+            with self.write_lock, self.engine.begin() as conn:
+                applied = self._apply(conn, msg, segments) if applies else Applied(["routed only"])
+                self._queue(conn, msg, plan.forwards, relpath)
+                if plan.resends and applied.patient_fk is not None:
+                    count = queue_patient_resends(conn, applied.patient_fk, plan.resends)
+                    applied.summary.append(f"{count} corrected object(s) queued")
+                conn.execute(
+                    insert(LOG).values(
+                        sender=sender, control_id=msg.control_id, message_type=msg.message_type, ack_code="AA",
+                        summary="; ".join(applied.summary)[:1024], received_at=utcnow(),
+                    )
+                )  # fmt: skip
+        except IntegrityError as exc:
+            if "control_id" in str(exc) or "uq_hl7" in str(exc):  # the same message on another connection won
+                for path in written:
+                    files.remove_quietly(path)
+                return build_ack(msg, "AA")
+            raise self._cleanup(written, exc) from exc
+        except BaseException as exc:
+            raise self._cleanup(written, exc) from exc
+        if applied.merged:
+            self.on_patients_merged()
+        if plan.forwards or plan.resends:
+            self.on_jobs_committed({f.peer for f in plan.forwards} | {peer for peer, _ in plan.resends})
+        log.info("HL7 %s %s from %s: %s", msg.message_type, msg.control_id, sender, "; ".join(applied.summary))
+        return build_ack(msg, "AA")
+
+    @staticmethod
+    def _cleanup(written: list[Path], exc: BaseException) -> BaseException:
+        for path in written:
+            files.remove_quietly(path)
+        return exc
+
+    @staticmethod
+    def _supported(msg: Hl7Message) -> bool:
+        if msg.message_code == "ADT":
+            return msg.trigger_event in UPDATE_EVENTS | MERGE_EVENTS
+        return msg.trigger_event in ORDER_MESSAGES.get(msg.message_code, set())
+
+    def _apply(self, conn: Connection, msg: Hl7Message, segments: list[Segment]) -> Applied:
+        pid = _require(segments, "PID")
+        pv1 = _first(segments, "PV1")
+        facts = read_patient(pid, pv1, segments)
+        if msg.message_code == "ADT" and msg.trigger_event in MERGE_EVENTS:
+            mrg = _require(segments, "MRG")
+            prior = identifiers(mrg, 1)
+            if not prior:
+                raise Hl7Error("AE", 101, "no prior patient identifier", location=("MRG", 1, 1, 1))
+            survivor = upsert_patient(conn, facts)
+            removed = merge_patients(conn, survivor, prior)
+            return Applied([f"merged {len(removed)} patient(s) into patient {survivor}"], True, survivor)
+        patient_fk = upsert_patient(conn, facts)
+        if msg.message_code == "ADT":
+            return Applied([f"patient {patient_fk} updated"], patient_fk=patient_fk)
+        groups = order_groups(segments)
+        if not groups:
+            raise Hl7Error("AE", 100, "required segment ORC missing", location=("ORC", 1))
+        referring = person_name_at(pv1, 8) if pv1 is not None else ""
+        return Applied([apply_order(conn, g, patient_fk, self.config, referring) for g in groups])
+
+    def _write_message(self, msg: Hl7Message, written: list[Path]) -> str:
+        relpath = f"hl7/{utcnow():%Y%m%d}/{uuid.uuid4().hex}.hl7"
+        tmp = files.write_temp(self.config.data_dir / "tmp", msg.raw)
+        written.append(tmp)
+        written.append(self.config.data_dir / relpath)
+        files.commit_file(tmp, self.config.data_dir / relpath)
+        return relpath
+
+    def _queue(self, conn: Connection, msg: Hl7Message, forwards: list[PlannedForward], relpath: str) -> None:
+        if not forwards:
+            return
+        now = utcnow()
+        conn.execute(
+            insert(JOB),
+            [
+                {
+                    "kind": "hl7", "peer": fwd.peer, "sop_uid": HL7_STREAM, "sop_class_uid": msg.message_type[:64],
+                    "transfer_syntax": "", "path": relpath, "rule": fwd.rule, "state": JobState.PENDING,
+                    "attempts": 0, "next_attempt_at": now, "last_error": "", "created_at": now, "updated_at": now,
+                }
+                for fwd in forwards
+            ],
+        )  # fmt: skip

@@ -1,0 +1,1 @@
+"""Inbound listeners: DIMSE, MLLP and HTTP."""

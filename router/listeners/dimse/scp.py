@@ -1,0 +1,309 @@
+"""The DICOM listener: C-ECHO, C-STORE, Query/Retrieve (C-FIND, C-MOVE, C-GET) and the worklist SCP; with
+``workflow``, storage commitment and MPPS (``workflow.py``).
+
+Accepts every standard storage SOP class pynetdicom knows, the private classes named in the conformance
+statements, and any other private (non-``1.2.840.10008``) or newer standard storage class a caller proposes,
+each with every transfer syntax (objects are stored as received). Association policy (PS3.8 9.3.4):
+
+- calling AE not in ``dicom.allowed_calling_aets`` (when the list is not empty): rejected-permanent,
+  service-user, calling-AE-title-not-recognized;
+- called AE not ours (``dicom.check_called_aet``): rejected-permanent, service-user,
+  called-AE-title-not-recognized;
+- more than ``dicom.max_associations`` at once: rejected-transient, service-provider (presentation),
+  local-limit-exceeded.
+
+Storage contexts also accept the SCP role a C-GET requestor proposes for them (SCP/SCU role selection), so the
+C-GET sub-operations can come back on its association. Query/Retrieve lives in ``router.listeners.dimse.qr*``.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import re
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pluggy
+from pydicom.uid import UID
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt, register_uid, sop_class
+from pynetdicom.association import Association
+from pynetdicom.presentation import build_context
+from pynetdicom.service_class import ServiceClass, StorageServiceClass
+from pynetdicom.sop_class import uid_to_service_class
+from pynetdicom.transport import ThreadedAssociationServer
+
+from router.config import RouterConfig
+from router.hooks.manager import notify
+from router.intake.dicom import Ingestor
+from router.intake.envelope import Source
+from router.listeners.dimse.p10 import p10
+from router.listeners.dimse.qr import FIND_SOP_CLASSES, QR_SOP_CLASSES, FindResult, QueryRetrieveSCP, on_extended
+from router.listeners.dimse.qr_retrieve import RETRIEVER_ATTR, Retriever, install
+from router.listeners.dimse.workflow import WorkflowServices
+from router.scu.association import set_nodelay
+from router.statuses import FAILURE_PROCESSING
+from router.worklist.service import MWL_FIND, UNABLE_TO_PROCESS, WorklistService
+
+log = logging.getLogger(__name__)
+
+# Private storage classes named in the ISUDM 2.1 and syngo.share import conformance statements.
+PRIVATE_STORAGE = {
+    "1.2.840.113619.4.27": "GE Private 3D Model Storage",
+    "1.3.46.670589.5.0.1": "Philips EasyVision Volume Storage",
+    "1.3.46.670589.5.0.1.1": "Philips ViewForum 3D Volume New Storage",
+    "1.3.46.670589.5.0.2": "Philips EasyVision 3D Volume Object Storage",
+    "1.3.46.670589.5.0.2.1": "Philips ViewForum 3D Volume Object New Storage",
+    "1.3.46.670589.5.0.3": "Philips EasyVision Surface Storage",
+    "1.3.46.670589.5.0.7": "Philips MR Cardio Profile Image Storage",
+    "1.3.46.670589.5.0.8": "Philips EasyVision MR Cardio Storage",
+    "1.3.46.670589.5.0.9": "Philips ViewForum CT Synthetic Image Storage",
+    "1.3.46.670589.5.0.11": "Philips EasyVision MR Cardio Analysis Storage",
+    "1.3.46.670589.5.0.12": "Philips ViewForum CX Synthetic Image Storage",
+    "1.3.46.670589.2.4.1.1": "Philips Reconstructed X-ray Storage",
+    "1.3.46.670589.2.5.1.1": "Philips 3D Presentation State Storage",
+    "1.3.46.670589.11.0.0.12.1": "Philips MR Spectrum Storage",
+    "1.3.46.670589.11.0.0.12.2": "Philips MR Series Data Storage",
+}
+STANDARD_STORAGE_PREFIX = "1.2.840.10008.5.1.4.1.1."
+DICOM_ROOT = "1.2.840.10008."
+_UNCOMPRESSED_ORDER = [
+    "1.2.840.10008.1.2.1",  # Explicit VR Little Endian
+    "1.2.840.10008.1.2.1.99",  # Deflated Explicit VR Little Endian
+    "1.2.840.10008.1.2",  # Implicit VR Little Endian
+    "1.2.840.10008.1.2.2",  # Explicit VR Big Endian (retired)
+]
+# pynetdicom accepts the first syntax of *this* list that the caller proposed. Store as received: take the
+# caller's compressed syntax when it offers one, then explicit before implicit, big endian last.
+PREFERRED_SYNTAXES = [ts for ts in ALL_TRANSFER_SYNTAXES if ts not in _UNCOMPRESSED_ORDER] + _UNCOMPRESSED_ORDER
+VERIFICATION = "1.2.840.10008.1.1"
+
+
+class _ContextList(list[Any]):
+    """The listener's supported contexts. pynetdicom deep-copies them for every association it accepts: with ~190
+    contexts of ~35 transfer syntaxes each that took about 40 ms per association. UIDs are immutable strings, so a
+    copy of each context with its own list of the same UIDs is as good and takes well under a millisecond."""
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> list[Any]:
+        out = []
+        for cx in self:
+            dup = copy.copy(cx)
+            dup._transfer_syntax = list(cx._transfer_syntax)
+            out.append(dup)
+        return out
+
+
+def _keyword(uid: str) -> str:
+    return "RouterStorage_" + re.sub(r"\W", "_", uid)
+
+
+def treat_as_storage(uid: str) -> bool:
+    """Unknown private classes and newer standard storage classes are accepted as storage."""
+    if not UID(uid).is_valid:
+        return False
+    known = uid_to_service_class(uid)
+    if known is StorageServiceClass:
+        return True
+    if known is not ServiceClass:  # a known non-storage service (Q/R, MWL ...): not ours to accept here
+        return False
+    return not uid.startswith(DICOM_ROOT) or uid.startswith(STANDARD_STORAGE_PREFIX)
+
+
+def ensure_storage_uid(uid: str) -> None:
+    """Make pynetdicom dispatch C-STORE on ``uid`` to the storage service."""
+    if uid_to_service_class(uid) is not StorageServiceClass:
+        register_uid(uid, _keyword(uid), StorageServiceClass)
+
+
+for _uid in PRIVATE_STORAGE:
+    if not hasattr(sop_class, _keyword(_uid)):
+        ensure_storage_uid(_uid)
+
+
+def _accept_proposed_storage(event: evt.Event) -> None:
+    """EVT_REQUESTED: add contexts for storage classes we accept but do not list in advance."""
+    acceptor = event.assoc.acceptor
+    supported = {str(cx.abstract_syntax) for cx in acceptor.supported_contexts}
+    extra = []
+    for cx in event.assoc.requestor.requested_contexts:
+        uid = str(cx.abstract_syntax)
+        if uid not in supported and treat_as_storage(uid):
+            ensure_storage_uid(uid)
+            cx = build_context(uid, PREFERRED_SYNTAXES)
+            cx.scu_role = cx.scp_role = True  # a C-GET requestor may take the SCP role
+            extra.append(cx)
+            supported.add(uid)
+    if extra:
+        log.info(
+            "accepting %d storage class(es) not listed in advance: %s",
+            len(extra),
+            ", ".join(str(c.abstract_syntax) for c in extra),
+        )
+        acceptor.supported_contexts = [*acceptor.supported_contexts, *extra]
+
+
+def _source(event: evt.Event) -> Source:
+    req = event.assoc.requestor
+    return Source(
+        protocol="dimse",
+        calling_ae=str(req.ae_title).strip(),
+        called_ae=str(event.assoc.acceptor.ae_title).strip(),
+        address=f"{req.address}:{req.port}",
+    )
+
+
+class ListenerAE(AE):
+    """pynetdicom's AE, counting against ``maximum_associations`` only the associations still in use.
+
+    pynetdicom counts every association thread still alive, so one that was released, aborted or rejected a moment
+    ago and is only winding down (its DUL waiting for the peer to close the connection) took a place: a modality
+    that releases and at once opens the next association could be refused "local limit exceeded"."""
+
+    @property
+    def active_associations(self) -> list[Association]:
+        return [
+            assoc
+            for assoc in super().active_associations
+            if not (assoc._kill or assoc.is_released or assoc.is_aborted or assoc.is_rejected)
+        ]
+
+
+class DicomListener:
+    def __init__(
+        self,
+        config: RouterConfig,
+        ingestor: Ingestor,
+        pm: pluggy.PluginManager,
+        worklist: WorklistService,
+        workflow: WorkflowServices | None = None,
+    ) -> None:
+        self.config = config
+        self.ingestor = ingestor
+        self.pm = pm
+        install()
+        self.qr = QueryRetrieveSCP(config, ingestor.engine)
+        self.c_find: dict[str, Callable[[evt.Event], Iterator[FindResult]]] = {
+            uid: self.qr.on_find for uid in FIND_SOP_CLASSES
+        }
+        self.worklist = worklist
+        self.c_find[MWL_FIND] = self._on_worklist_find
+        self.workflow = workflow
+        self.ae = self._make_ae()
+        setattr(self.ae, RETRIEVER_ATTR, Retriever(config, ingestor.engine))
+        self.server: ThreadedAssociationServer | None = None
+
+    def _make_ae(self) -> AE:
+        cfg = self.config.dicom
+        ae = ListenerAE(ae_title=self.config.ae_title)
+        ae.maximum_associations = cfg.max_associations
+        ae.maximum_pdu_size = cfg.max_pdu
+        ae.acse_timeout = cfg.timeouts.acse
+        ae.dimse_timeout = cfg.timeouts.dimse
+        ae.network_timeout = cfg.timeouts.network
+        ae.require_called_aet = cfg.check_called_aet
+        ae.require_calling_aet = list(cfg.allowed_calling_aets)
+        ae.add_supported_context(VERIFICATION, _UNCOMPRESSED_ORDER)
+        ae.add_supported_context(MWL_FIND, _UNCOMPRESSED_ORDER)
+        for cx in AllStoragePresentationContexts:
+            ae.add_supported_context(str(cx.abstract_syntax), PREFERRED_SYNTAXES, scu_role=True, scp_role=True)
+        for uid in PRIVATE_STORAGE:
+            ae.add_supported_context(uid, PREFERRED_SYNTAXES, scu_role=True, scp_role=True)
+        for uid in QR_SOP_CLASSES:
+            ae.add_supported_context(uid, _UNCOMPRESSED_ORDER)
+        if self.workflow is not None:
+            self.workflow.add_contexts(ae, _UNCOMPRESSED_ORDER)
+        return ae
+
+    def handlers(self) -> list[Any]:
+        return [
+            (evt.EVT_CONN_OPEN, set_nodelay),
+            (evt.EVT_REQUESTED, _accept_proposed_storage),
+            (evt.EVT_ESTABLISHED, self._on_established),
+            (evt.EVT_REJECTED, self._on_rejected),
+            (evt.EVT_C_ECHO, lambda event: 0x0000),
+            (evt.EVT_C_STORE, self._on_store),
+            (evt.EVT_C_FIND, self._on_find),
+            (evt.EVT_SOP_EXTENDED, on_extended),
+            *(self.workflow.handlers() if self.workflow is not None else []),
+        ]
+
+    def start(self) -> int:
+        """Start listening (non-blocking); returns the bound port."""
+        cfg = self.config.dicom
+        server = self.ae.start_server((cfg.host, cfg.port), block=False, evt_handlers=self.handlers())
+        assert server is not None
+        server.contexts = _ContextList(server.contexts)
+        self.server = server
+        port = int(server.server_address[1])
+        log.info("DICOM listener %s on %s:%d", self.config.ae_title, cfg.host, port)
+        return port
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.shutdown()
+            self.server = None
+
+    # -- handlers -----------------------------------------------------------------------------------------
+    def _on_established(self, event: evt.Event) -> None:
+        src = _source(event)
+        log.info("association from %s (%s) to %s", src.calling_ae, src.address, src.called_ae)
+        notify(
+            self.pm,
+            "router_association_accepted",
+            calling_ae=src.calling_ae,
+            called_ae=src.called_ae,
+            address=src.address,
+            direction="inbound",
+        )
+
+    def _on_rejected(self, event: evt.Event) -> None:
+        src = _source(event)
+        prim = event.assoc.acceptor.primitive
+        reason = (
+            " / ".join(str(getattr(prim, attr, "")) for attr in ("result_str", "source_str", "reason_str"))
+            if prim is not None
+            else "rejected"
+        )
+        log.warning("association from %s (%s) to %s rejected: %s", src.calling_ae, src.address, src.called_ae, reason)
+        notify(
+            self.pm,
+            "router_association_rejected",
+            calling_ae=src.calling_ae,
+            called_ae=src.called_ae,
+            address=src.address,
+            reason=reason,
+        )
+
+    def _on_find(self, event: evt.Event) -> Iterator[FindResult]:
+        """C-FIND, by SOP class (the Q/R information models; other services add theirs to ``c_find``)."""
+        handler = self.c_find.get(str(event.context.abstract_syntax))
+        if handler is None:
+            yield 0x0122, None  # SOP class not supported
+            return
+        yield from handler(event)
+
+    def _on_store(self, event: evt.Event) -> int:
+        try:
+            raw = p10(event)
+        except Exception as exc:  # a dataset pynetdicom itself cannot frame
+            log.warning("C-STORE from %s: cannot read the dataset: %s", event.assoc.requestor.ae_title, exc)
+            raw = b""
+        try:
+            return self.ingestor.ingest(raw, _source(event)).status
+        except Exception:
+            log.exception("C-STORE from %s failed unexpectedly", event.assoc.requestor.ae_title)
+            return FAILURE_PROCESSING
+
+    def _on_worklist_find(self, event: evt.Event) -> Iterator[FindResult]:
+        """Modality Worklist C-FIND (router.worklist.service)."""
+        try:
+            identifier = event.identifier
+        except Exception as exc:
+            log.warning("C-FIND from %s: cannot decode the identifier: %s", event.assoc.requestor.ae_title, exc)
+            yield UNABLE_TO_PROCESS, None
+            return
+        try:
+            yield from self.worklist.find(identifier, lambda: bool(event.is_cancelled))
+        except Exception:
+            log.exception("worklist C-FIND failed")
+            yield UNABLE_TO_PROCESS + 1, None

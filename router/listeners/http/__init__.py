@@ -1,0 +1,1 @@
+"""HTTP: DICOMweb (STOW-RS, QIDO-RS, WADO-RS) served by Starlette under uvicorn."""
