@@ -1,0 +1,127 @@
+"""The router's settings: listeners, forwarding, and the whole configuration (``RouterConfig``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from router.config.base import AETitle, HttpAuth, PeerName, Port, Strict
+from router.config.peers import Peer
+
+
+class Timeouts(Strict):
+    acse: float = Field(30.0, gt=0, description="ARTIM / association negotiation timeout, seconds")
+    dimse: float = Field(60.0, gt=0, description="wait for a DIMSE message, seconds")
+    network: float = Field(60.0, gt=0, description="idle connection timeout, seconds")
+    connect: float = Field(10.0, gt=0, description="TCP connect timeout for outgoing associations")
+
+
+class DicomListener(Strict):
+    host: str = "0.0.0.0"
+    port: Port = 11112
+    max_associations: int = Field(16, ge=1)
+    allowed_calling_aets: list[AETitle] = Field(default_factory=list)
+    check_called_aet: bool = True
+    max_pdu: int = Field(262144, ge=65536, description="largest PDU we accept, bytes (0 is not allowed)")
+    timeouts: Timeouts = Timeouts()
+    duplicates: Literal["reject", "ignore", "overwrite"] = "reject"
+
+
+class AssigningAuthority(Strict):
+    """The universal id of an HL7 assigning authority known only by its namespace (HD.1)."""
+
+    universal_id: str = Field(min_length=1, max_length=64)
+    universal_id_type: str = Field("ISO", max_length=16)
+
+
+class Worklist(Strict):
+    station_ae_by_modality: dict[str, list[AETitle]] = Field(
+        default_factory=dict, description="Scheduled Station AE Title(s) for orders that name none, per modality"
+    )
+    utc_offset: str | None = Field(
+        None,
+        pattern=r"^[+-](0\d|1[0-4])[0-5]\d$",
+        description="the time zone scheduled times are in (+HHMM); null = this server's local zone",
+    )
+
+
+class Hl7Listener(Strict):
+    host: str = "0.0.0.0"
+    port: Port = 2575
+    max_message_bytes: int = Field(1_048_576, ge=1024, description="a larger message closes its connection")
+    idle_timeout: float = Field(300.0, gt=0, description="close a connection idle this long, seconds")
+    max_connections: int = Field(64, ge=1, description="simultaneous MLLP connections; more are closed at once")
+    accepted_processing_ids: list[Literal["P", "T", "D"]] = Field(["P"], min_length=1, description="MSH-11 accepted")
+    assigning_authorities: dict[str, AssigningAuthority] = Field(default_factory=dict)
+    worklist: Worklist = Worklist()
+
+
+class HttpTls(Strict):
+    cert: Path
+    key: Path
+
+
+class HttpListener(Strict):
+    host: str = "127.0.0.1"
+    port: Port = 8080
+    auth: HttpAuth = HttpAuth()
+    tls: HttpTls | None = None
+    max_upload_bytes: int = Field(4 * 1024**3, ge=1024, description="a larger STOW-RS request is answered 413")
+
+    @model_validator(mode="after")
+    def _protected_off_loopback(self) -> HttpListener:
+        loopback = self.host in ("localhost", "::1") or self.host.startswith("127.")
+        if not loopback and not self.auth.enabled:
+            raise ValueError(
+                f"host {self.host} is not a loopback address: set http.auth (bearer_token, or username and "
+                "password) so patient data is not served to anyone who asks"
+            )
+        if not loopback and self.auth.username is not None and self.tls is None:
+            raise ValueError("basic credentials off loopback need http.tls (cert, key)")
+        return self
+
+
+class ForwardSettings(Strict):
+    batch_size: int = Field(64, ge=1, le=1000)
+    max_attempts: int = Field(30, ge=1, description="with the default backoff: about 2 h of outage")
+    backoff_initial: float = Field(5.0, gt=0, description="seconds before the first retry")
+    backoff_max: float = Field(300.0, gt=0, description="cap on the delay between retries, seconds")
+    idle_release: float = Field(2.0, ge=0, description="keep an idle association this long, seconds")
+    poll_interval: float = Field(1.0, gt=0, description="how often the queue is scanned, seconds")
+    process: bool = Field(
+        True, description="run the forward workers in a process of their own (false: threads of the serving process)"
+    )
+
+    @model_validator(mode="after")
+    def _cap_not_below_initial(self) -> ForwardSettings:
+        if self.backoff_max < self.backoff_initial:
+            raise ValueError("backoff_max must be >= backoff_initial")
+        return self
+
+
+class RouterConfig(Strict):
+    ae_title: AETitle = "ROUTER"
+    data_dir: Path = Path("var")
+    database_url: str | None = None
+    rules_dir: Path = Path("rules")
+    rules_reload_interval: float = Field(2.0, gt=0)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    plugins: list[str] = Field(default_factory=list, description="extra plugin modules or .py files")
+    dicom: DicomListener = DicomListener()
+    hl7: Hl7Listener = Hl7Listener()
+    http: HttpListener = HttpListener()
+    forward: ForwardSettings = ForwardSettings()
+    peers: dict[PeerName, Peer] = Field(default_factory=dict)
+    source: Path | None = Field(None, exclude=True)
+
+    def peer_by_ae(self, ae_title: str) -> str | None:
+        """The name of the first DICOM peer with this AE title (for reports to a requesting peer)."""
+        return next((name for name, peer in self.peers.items() if peer.is_dicom_ae(ae_title)), None)
+
+    @property
+    def effective_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{self.data_dir / 'router.db'}"
