@@ -32,15 +32,15 @@ from router.commitment.datasets import BadRequest, Ref, read_report
 from router.config import RouterConfig
 from router.hooks.manager import notify
 from router.outbox.queue import backoff_delay, drop_if_orphaned
-from router.store.models import CommitItem, CommitState, CommitTransaction, Job, JobState, utcnow
+from router.store.models import CommitState, Job, JobState, utcnow
 from router.store.removal import remove_instance
+from router.store.tables import COMMIT_ITEM as ITEM
+from router.store.tables import COMMIT_TRANSACTION as TX
+from router.store.tables import JOB
 from router.store.writelock import WriteLock
 
 log = logging.getLogger(__name__)
 
-TX = CommitTransaction.__table__  # type: ignore[attr-defined]
-ITEM = CommitItem.__table__  # type: ignore[attr-defined]
-JOB = Job.__table__  # type: ignore[attr-defined]
 # run on every forwarder dispatch pass: built once
 _OVERDUE = select(TX.c.transaction_uid, TX.c.peer).where(
     TX.c.state == CommitState.WAITING, TX.c.deadline <= bindparam("now")

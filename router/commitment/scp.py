@@ -43,12 +43,11 @@ from router.commitment.datasets import BadRequest, Ref, event_information, read_
 from router.config import RouterConfig
 from router.statuses import dimse_status
 from router.store import files
-from router.store.models import Instance, Job, JobState, utcnow
+from router.store.models import JobState, utcnow
+from router.store.tables import INSTANCE, JOB
 
 log = logging.getLogger(__name__)
 
-INSTANCE = Instance.__table__  # type: ignore[attr-defined]
-JOB = Job.__table__  # type: ignore[attr-defined]
 NO_SUCH_ACTION = 0x0123
 INVALID_ARGUMENT = 0x0115
 PARK_TIMEOUT = 10.0  # seconds for the reactor to send the N-ACTION response and go idle

@@ -20,13 +20,10 @@ from sqlalchemy.engine import Engine
 from router.config import RouterConfig
 from router.hl7.demographics import apply_bsn_mode, apply_demographics, known_demographics
 from router.store import files
-from router.store.models import Instance, Job, JobState, Series, Study, utcnow
+from router.store.models import Job, JobState, utcnow
+from router.store.tables import INSTANCE, JOB, SERIES, STUDY
 
 CORRECTED = "dicom-corrected"
-INSTANCE = Instance.__table__  # type: ignore[attr-defined]
-SERIES = Series.__table__  # type: ignore[attr-defined]
-STUDY = Study.__table__  # type: ignore[attr-defined]
-JOB = Job.__table__  # type: ignore[attr-defined]
 
 
 def queue_patient_resends(conn: Connection, patient_fk: int, peers: list[tuple[str, str]]) -> int:

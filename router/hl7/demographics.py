@@ -20,11 +20,10 @@ from pydicom.sequence import Sequence
 from sqlalchemy import Connection, select
 
 from router.config import RouterConfig
-from router.store.models import BSN_OID, Patient, PatientIdentifier, SpsStatus, WorklistItem
-
-PATIENT = Patient.__table__  # type: ignore[attr-defined]
-IDENT = PatientIdentifier.__table__  # type: ignore[attr-defined]
-WORKLIST = WorklistItem.__table__  # type: ignore[attr-defined]
+from router.store.models import BSN_OID, SpsStatus
+from router.store.tables import PATIENT
+from router.store.tables import PATIENT_IDENTIFIER as IDENT
+from router.store.tables import WORKLIST_ITEM as WORKLIST
 
 MODIFYING_SYSTEM = "DICOM-HL7 ROUTER"
 

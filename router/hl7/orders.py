@@ -39,9 +39,8 @@ from router.hl7.codes import DATA_TYPE_ERROR, REQUIRED_FIELD_MISSING, TABLE_VALU
 from router.hl7.errors import Hl7Error
 from router.hl7.patients import hl7_date, person_name
 from router.hl7.segments import HL7_NULL, Segment
-from router.store.models import SpsStatus, WorklistItem, utcnow
-
-WORKLIST = WorklistItem.__table__  # type: ignore[attr-defined]
+from router.store.models import SpsStatus, utcnow
+from router.store.tables import WORKLIST_ITEM as WORKLIST
 
 CANCEL_CONTROLS = {"CA": SpsStatus.CANCELED, "OC": SpsStatus.CANCELED, "DC": SpsStatus.DISCONTINUED}
 ORDER_CONTROLS = {"NW", "XO", "SC", *CANCEL_CONTROLS}

@@ -23,13 +23,11 @@ from router.hl7.errors import Hl7Error
 from router.hl7.identifiers import Identifier, bsn_ok, identifier_from_cx
 from router.hl7.segments import HL7_NULL, Segment
 from router.query.matching import normalize_name
-from router.store.models import Patient, PatientDetails, PatientIdentifier, Study, WorklistItem, utcnow
-
-PATIENT = Patient.__table__  # type: ignore[attr-defined]
-IDENT = PatientIdentifier.__table__  # type: ignore[attr-defined]
-DETAILS = PatientDetails.__table__  # type: ignore[attr-defined]
-STUDY = Study.__table__  # type: ignore[attr-defined]
-WORKLIST = WorklistItem.__table__  # type: ignore[attr-defined]
+from router.store.models import utcnow
+from router.store.tables import PATIENT, STUDY
+from router.store.tables import PATIENT_DETAILS as DETAILS
+from router.store.tables import PATIENT_IDENTIFIER as IDENT
+from router.store.tables import WORKLIST_ITEM as WORKLIST
 
 UPDATE_EVENTS = {"A01", "A04", "A05", "A08", "A28", "A31"}
 MERGE_EVENTS = {"A40", "A34"}

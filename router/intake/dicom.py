@@ -46,13 +46,13 @@ from router.rules.model import RuleSet
 from router.statuses import StoreOutcome, c_store_status
 from router.store import files
 from router.store.index import IdCache, find_instance, index_instance
-from router.store.models import Job, JobState, utcnow
+from router.store.models import JobState, utcnow
 from router.store.rawsql import insert_columns, raw
+from router.store.tables import JOB
 from router.store.writelock import WriteLock
 
 STORE_COMMIT = "dicom-store-commit"  # a C-STORE job whose peer is then asked for storage commitment
 
-JOB = Job.__table__  # type: ignore[attr-defined]
 INSERT_JOB = insert(JOB)  # run raw (router.store.rawsql): compiled once, with every column
 JOB_KEYS = insert_columns(JOB)
 

@@ -46,13 +46,13 @@ from router.intake.pipeline import run_pipeline
 from router.intake.stage import PlannedForward, Stage, StageError
 from router.rules.model import RuleSet
 from router.store import files
-from router.store.models import Hl7Log, Job, JobState, utcnow
+from router.store.models import JobState, utcnow
+from router.store.tables import HL7_LOG as LOG
+from router.store.tables import JOB
 from router.store.writelock import WriteLock
 
 log = logging.getLogger(__name__)
 
-LOG = Hl7Log.__table__  # type: ignore[attr-defined]
-JOB = Job.__table__  # type: ignore[attr-defined]
 ORDER_MESSAGES = {"ORM": {"O01"}, "OMI": {"O23"}}
 HL7_STREAM = "hl7"  # the Job.sop_uid of every HL7 job: one ordered stream per peer (see Outbox.claim)
 

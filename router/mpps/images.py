@@ -17,11 +17,8 @@ from pydicom.uid import UID
 from sqlalchemy import Connection, select
 
 from router.mpps.attributes import text
-from router.store.models import Instance, Series, Study
+from router.store.tables import INSTANCE, SERIES, STUDY
 
-INSTANCE = Instance.__table__  # type: ignore[attr-defined]
-SERIES = Series.__table__  # type: ignore[attr-defined]
-STUDY = Study.__table__  # type: ignore[attr-defined]
 IMAGES = "ReferencedImageSequence"
 NON_IMAGES = "ReferencedNonImageCompositeSOPInstanceSequence"
 

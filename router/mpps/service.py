@@ -47,13 +47,12 @@ from router.rules.model import RuleSet
 from router.statuses import dimse_status
 from router.store import files
 from router.store.datasets import from_part10, to_part10
-from router.store.models import Job, JobState, PerformedProcedureStep, utcnow
+from router.store.models import JobState, utcnow
+from router.store.tables import JOB
+from router.store.tables import PERFORMED_PROCEDURE_STEP as PPS
 from router.store.writelock import WriteLock
 
 log = logging.getLogger(__name__)
-
-PPS = PerformedProcedureStep.__table__  # type: ignore[attr-defined]
-JOB = Job.__table__  # type: ignore[attr-defined]
 
 
 class Refused(Exception):

@@ -15,9 +15,8 @@ from pydicom.dataset import Dataset
 from sqlalchemy import Connection, select, update
 
 from router.mpps.attributes import text
-from router.store.models import SpsStatus, WorklistItem, utcnow
-
-W = WorklistItem.__table__  # type: ignore[attr-defined]
+from router.store.models import SpsStatus, utcnow
+from router.store.tables import WORKLIST_ITEM as W
 
 
 def _where(item: Dataset) -> list[Any] | None:

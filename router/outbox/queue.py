@@ -24,7 +24,8 @@ from sqlmodel import Session, col, select
 
 from router.config import ForwardSettings
 from router.store import files
-from router.store.models import Instance, Job, JobState, utcnow
+from router.store.models import Job, JobState, utcnow
+from router.store.tables import INSTANCE, JOB
 from router.store.writelock import WriteLock
 
 
@@ -35,8 +36,6 @@ def backoff_delay(attempts: int, settings: ForwardSettings, rng: random.Random |
     return max(0.0, min(base + jitter, settings.backoff_max))
 
 
-JOB = Job.__table__  # type: ignore[attr-defined]
-INSTANCE = Instance.__table__  # type: ignore[attr-defined]
 # dead jobs can be requeued; committing ones are sent again if the peer does not commit them
 _RETRYABLE = [JobState.PENDING, JobState.INFLIGHT, JobState.COMMITTING, JobState.DEAD]
 

@@ -28,6 +28,7 @@ from pydicom.sequence import Sequence
 from sqlalchemy import exists, func, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.sql.elements import ColumnElement
+from sqlalchemy.sql.expression import FromClause
 
 from router.query.charset import apply_charset, requested_terms
 from router.query.matching import InvalidKey, condition, datetime_range, has_wildcard, is_universal
@@ -234,7 +235,7 @@ def _plan_requests(plan: FindPlan, elem: DataElement) -> None:
 # -- running it -----------------------------------------------------------------------------------------------------
 def _from_clause(level: str) -> Any:
     """The level's table joined up to the patient."""
-    frm = TABLE[level]
+    frm: FromClause = TABLE[level]
     for child in LEVELS[DEPTH[level] : 0 : -1]:
         parent = LEVELS[DEPTH[child] - 1]
         frm = frm.join(TABLE[parent], PARENT_FK[child] == TABLE[parent].c.id)
@@ -282,7 +283,8 @@ _DERIVED_SOURCE: dict[str, tuple[str, Any]] = {
 
 def _under(level: str, child: str) -> tuple[Any, Any]:
     """FROM clause over ``child`` rows and the column holding the id of their ancestor at ``level``."""
-    frm, cur = TABLE[child], child
+    frm: FromClause = TABLE[child]
+    cur = child
     while DEPTH[cur] - 1 > DEPTH[level]:
         parent = LEVELS[DEPTH[cur] - 1]
         frm = frm.join(TABLE[parent], PARENT_FK[cur] == TABLE[parent].c.id)

@@ -11,13 +11,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from router.store.models import Instance, Patient, Series, SeriesRequest, Study
-
-PATIENT_T: Any = Patient.__table__  # type: ignore[attr-defined]
-STUDY_T: Any = Study.__table__  # type: ignore[attr-defined]
-SERIES_T: Any = Series.__table__  # type: ignore[attr-defined]
-REQUEST_T: Any = SeriesRequest.__table__  # type: ignore[attr-defined]
-INSTANCE_T: Any = Instance.__table__  # type: ignore[attr-defined]
+from router.store.tables import INSTANCE as INSTANCE_T
+from router.store.tables import PATIENT as PATIENT_T
+from router.store.tables import SERIES as SERIES_T
+from router.store.tables import SERIES_REQUEST as REQUEST_T
+from router.store.tables import STUDY as STUDY_T
 
 PATIENT, STUDY, SERIES, IMAGE = "PATIENT", "STUDY", "SERIES", "IMAGE"
 DEPTH = {PATIENT: 0, STUDY: 1, SERIES: 2, IMAGE: 3}

@@ -18,14 +18,9 @@ from sqlalchemy import Connection, bindparam, insert, select, update
 
 from router.intake.envelope import HeaderValues, dataset_text
 from router.query.matching import normalize_name
-from router.store.models import Instance, Patient, Series, SeriesRequest, Study, utcnow
+from router.store.models import utcnow
 from router.store.rawsql import insert_columns, raw
-
-PATIENT = Patient.__table__  # type: ignore[attr-defined]
-STUDY = Study.__table__  # type: ignore[attr-defined]
-SERIES = Series.__table__  # type: ignore[attr-defined]
-SERIES_REQUEST = SeriesRequest.__table__  # type: ignore[attr-defined]
-INSTANCE = Instance.__table__  # type: ignore[attr-defined]
+from router.store.tables import INSTANCE, PATIENT, SERIES, SERIES_REQUEST, STUDY
 
 # Built once. The lookup and the instance insert run raw (router.store.rawsql), compiled once per dialect; the
 # patient, study and series statements (a cache miss, once per series) go through SQLAlchemy.

@@ -9,13 +9,12 @@ from sqlalchemy import delete, select
 from sqlalchemy.engine import Engine
 
 from router.store import files
-from router.store.models import Instance, Job, JobState
+from router.store.models import JobState
+from router.store.tables import INSTANCE, JOB
 from router.store.writelock import WriteLock
 
 log = logging.getLogger(__name__)
 
-INSTANCE = Instance.__table__  # type: ignore[attr-defined]
-JOB = Job.__table__  # type: ignore[attr-defined]
 # a job in one of these states may still need the stored file (dead jobs can be requeued)
 NEEDS_FILE = (JobState.PENDING, JobState.INFLIGHT, JobState.COMMITTING, JobState.DEAD)
 

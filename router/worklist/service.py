@@ -25,7 +25,11 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from router.config import RouterConfig
-from router.store.models import Patient, PatientDetails, PatientIdentifier, SpsStatus, WorklistItem
+from router.store.models import SpsStatus
+from router.store.tables import PATIENT as P
+from router.store.tables import PATIENT_DETAILS as D
+from router.store.tables import PATIENT_IDENTIFIER as I
+from router.store.tables import WORKLIST_ITEM as W
 from router.worklist.matching import (
     KEY_FORMAT,
     MatchError,
@@ -46,10 +50,6 @@ MWL_FIND = "1.2.840.10008.5.1.4.31"
 PENDING, PENDING_WARNING, SUCCESS, CANCEL = 0xFF00, 0xFF01, 0x0000, 0xFE00
 IDENTIFIER_MISMATCH, OUT_OF_RESOURCES, UNABLE_TO_PROCESS = 0xA900, 0xA700, 0xC000
 
-W = WorklistItem.__table__  # type: ignore[attr-defined]
-P = Patient.__table__  # type: ignore[attr-defined]
-D = PatientDetails.__table__  # type: ignore[attr-defined]
-I = PatientIdentifier.__table__  # type: ignore[attr-defined]  # noqa: E741
 
 SPS = "ScheduledProcedureStepSequence"
 ACTIVE = list(SpsStatus.ACTIVE)
