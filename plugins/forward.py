@@ -21,7 +21,7 @@ from typing import Any
 from pydicom import dcmread
 from pydicom.filewriter import dcmwrite
 
-from router.config import RouterConfig
+from router.config import DicomPeer, ObjectPeer, RouterConfig
 from router.hl7.demographics import apply_bsn_mode, known_demographics
 from router.hooks.specs import hookimpl
 from router.intake.envelope import Envelope
@@ -31,6 +31,7 @@ from router.transcode import TranscodeError, syntax_name, syntax_uid, transcode
 log = logging.getLogger(__name__)
 
 ARG_KEYS = frozenset({"to", "commit"})
+PEER_KINDS = {"mllp": "an HL7", "dicomweb": "a DICOMweb"}  # how a rule problem names a peer of that type
 
 
 def peer_names(args: Any, keys: frozenset[str] = frozenset({"to"})) -> list[str] | str:
@@ -46,6 +47,10 @@ def peer_names(args: Any, keys: frozenset[str] = frozenset({"to"})) -> list[str]
     if not names or not all(isinstance(n, str) and n for n in names):
         return "expects a peer name, a list of peer names, or {to: PEER}"
     return list(dict.fromkeys(names))
+
+
+def _kind_of(peer_type: str) -> str:
+    return PEER_KINDS.get(peer_type, f"a {peer_type!r}")
 
 
 class ForwardStage:
@@ -65,8 +70,11 @@ class ForwardStage:
             if not isinstance(args["commit"], bool):
                 problems.append("commit: expects true or false")
             elif args["commit"]:
-                problems += [f"commit: peer {p!r} is an HL7 peer" for p in peers
-                             if p in config.peers and config.peers[p].is_mllp]  # fmt: skip
+                problems += [
+                    f"commit: peer {p!r} is {_kind_of(config.peers[p].type)} peer"
+                    for p in peers
+                    if p in config.peers and not isinstance(config.peers[p], DicomPeer)
+                ]
         return problems
 
     def run(self, env: Envelope, args: Any, ctx: StageContext) -> str:
@@ -78,14 +86,17 @@ class ForwardStage:
         notes = []
         for name in peers:
             peer = ctx.config.peers[name]
-            if peer.is_mllp != (env.kind == "hl7"):
+            if env.kind not in peer.carries:
                 wanted = "an HL7 (mllp)" if env.kind == "hl7" else "a DICOM"
                 raise StageError(f"peer {name!r} is not {wanted} peer: cannot forward {env.kind} there")
             payload: bytes | None = None
-            if peer.patient_id == "bsn" and env.kind == "dicom":
+            if not isinstance(peer, ObjectPeer) or env.kind != "dicom":
+                ctx.plan_forward(name, env, payload, commit=commit)
+                continue
+            if peer.patient_id == "bsn":
                 payload = _bsn_payload(env, ctx)
                 notes.append(f"{name}: BSN as Patient ID" if payload else f"{name}: no BSN known, MRN sent")
-            if peer.transfer_syntaxes and env.kind == "dicom":
+            if peer.transfer_syntaxes:
                 payload, note = _in_peer_syntax(
                     payload if payload is not None else env.payload(), peer.transfer_syntaxes
                 )

@@ -30,7 +30,7 @@ class ResendStage:
             return [peers]
         problems = [f"unknown peer {p!r}" for p in peers if p not in config.peers]
         problems += [f"peer {p!r} is an HL7 peer: resend sends DICOM objects" for p in peers
-                     if p in config.peers and config.peers[p].is_mllp]  # fmt: skip
+                     if p in config.peers and "dicom" not in config.peers[p].carries]  # fmt: skip
         return problems
 
     def run(self, env: Envelope, args: Any, ctx: StageContext) -> str:

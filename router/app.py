@@ -12,6 +12,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from router.commitment.ledger import CommitLedger
 from router.commitment.scp import CommitmentSCP
 from router.config import RouterConfig
+from router.destinations.registry import peer_problems
 from router.forward.process import ForwardProcess
 from router.forward.workers import Forwarder, make_forwarder
 from router.hooks.manager import build_plugin_manager, collect_stages, notify
@@ -42,6 +43,9 @@ class Router:
         read_values_as_they_came()
         self.pm = build_plugin_manager(config.plugins)
         self.stages = collect_stages(self.pm)
+        problems = peer_problems(self.pm, config)
+        if problems:
+            raise StartupError(f"{config.source or 'configuration'}: invalid configuration\n" + "\n".join(problems))
         for sub in ("objects", "tmp", "quarantine", "derived", "commitment", "mpps"):
             (config.data_dir / sub).mkdir(parents=True, exist_ok=True)
         self.engine = make_engine(config.effective_database_url)

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from router.config import ConfigError, RouterConfig, load_config
+from router.store.models import JobState
 
 if TYPE_CHECKING:
     from router.intake.stage import Stage
@@ -15,7 +16,6 @@ if TYPE_CHECKING:
     from router.query.model import InfoModel
 
 EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE = 0, 1, 2
-JOB_STATES = ("pending", "inflight", "committing", "done", "dead")  # router.store.models.JobState.ALL
 
 
 def _config(args: argparse.Namespace) -> RouterConfig:
@@ -106,6 +106,8 @@ def _outbox(cfg: RouterConfig) -> Outbox:
 
 
 def cmd_queue_list(args: argparse.Namespace) -> int:
+    from router.outbox.jobs import JobKind
+
     outbox = _outbox(_config(args))
     counts = outbox.counts()
     if not counts:
@@ -113,7 +115,7 @@ def cmd_queue_list(args: argparse.Namespace) -> int:
         return EXIT_OK
     print("peer                 pending  inflight  committing      done      dead")
     for peer in sorted({p for p, _ in counts}):
-        row = [counts.get((peer, s), 0) for s in JOB_STATES]
+        row = [counts.get((peer, s), 0) for s in JobState.ALL]
         print(f"{peer:<20} {row[0]:>8} {row[1]:>9} {row[2]:>11} {row[3]:>9} {row[4]:>9}")
     jobs = outbox.list(state=args.state, peer=args.peer, limit=args.limit)
     if args.state or args.peer:
@@ -123,7 +125,7 @@ def cmd_queue_list(args: argparse.Namespace) -> int:
             "object / last error"
         )
         for j in jobs:
-            what = j.sop_class_uid if j.kind == "hl7" else j.sop_uid  # an HL7 job: its message type
+            what = j.sop_class_uid if j.kind == JobKind.HL7 else j.sop_uid  # an HL7 job: its message type
             print(
                 f"{j.id:>8}  {j.state:<10} {j.peer:<12} {j.kind:<15} {j.attempts:>5}  "
                 f"{j.next_attempt_at:%Y-%m-%d %H:%M:%S}  {what}  {j.last_error}"
@@ -308,7 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     queue = sub.add_parser("queue", help="the forward queue").add_subparsers(dest="queue_cmd", required=True)
     ls = queue.add_parser("list", help="counts per peer and state; jobs with --state/--peer")
-    ls.add_argument("--state", choices=list(JOB_STATES))
+    ls.add_argument("--state", choices=list(JobState.ALL))
     ls.add_argument("--peer")
     ls.add_argument("--limit", type=int, default=50)
     ls.set_defaults(func=cmd_queue_list)

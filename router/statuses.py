@@ -25,24 +25,46 @@ class StoreOutcome(enum.Enum):
     PROCESSING_FAILED = "processing-failed"  # a stage or the router itself failed on this object
 
 
-# C-STORE response statuses (PS3.4 B.2.3, PS3.7 C.4.2)
+# DIMSE statuses (PS3.7 Annex C) the router answers or judges, by the name the standard gives them
 SUCCESS = 0x0000
+INVALID_ATTRIBUTE_VALUE = 0x0106
+PROCESSING_FAILURE = 0x0110
+DUPLICATE_INSTANCE = 0x0111  # duplicate SOP instance
+NO_SUCH_INSTANCE = 0x0112  # no such SOP instance (MPPS N-SET; commitment failure reason: no such object)
+INVALID_ARGUMENT = 0x0115
+CLASS_INSTANCE_CONFLICT = 0x0119
+MISSING_ATTRIBUTE = 0x0120
+MISSING_ATTRIBUTE_VALUE = 0x0121
+NO_SUCH_ACTION = 0x0123
+UNRECOGNISED_OPERATION = 0x0211
+RESOURCE_LIMITATION = 0x0213
+MAY_NO_LONGER_BE_UPDATED = 0xA710  # Error ID sent with 0x0110: the MPPS is final (PS3.4 F.7.2.2)
+
+# C-STORE response statuses (PS3.4 B.2.3)
 FAILURE_OUT_OF_RESOURCES = 0xA700
 FAILURE_DATASET_MISMATCH = 0xA900
 FAILURE_CANNOT_UNDERSTAND = 0xC000
-FAILURE_DUPLICATE_SOP_INSTANCE = 0x0111  # PS3.7 C.5: duplicate SOP instance
-FAILURE_PROCESSING = 0x0110  # PS3.7 C.4: processing failure
+
+
+def is_success(status: int) -> bool:
+    """Success or a warning (0x0001, 0xBxxx): the peer did what was asked."""
+    return status in (SUCCESS, 0x0001) or 0xB000 <= status <= 0xBFFF
+
+
+def is_out_of_resources(status: int) -> bool:
+    return 0xA700 <= status <= 0xA7FF
+
 
 _C_STORE_STATUS = {
     StoreOutcome.STORED: SUCCESS,
     StoreOutcome.DUPLICATE_IDENTICAL: SUCCESS,
     StoreOutcome.DUPLICATE_IGNORED: SUCCESS,
     StoreOutcome.OVERWRITTEN: SUCCESS,
-    StoreOutcome.DUPLICATE_REJECTED: FAILURE_DUPLICATE_SOP_INSTANCE,
+    StoreOutcome.DUPLICATE_REJECTED: DUPLICATE_INSTANCE,
     StoreOutcome.UNPARSEABLE: FAILURE_CANNOT_UNDERSTAND,
     StoreOutcome.INVALID: FAILURE_DATASET_MISMATCH,
     StoreOutcome.OUT_OF_RESOURCES: FAILURE_OUT_OF_RESOURCES,
-    StoreOutcome.PROCESSING_FAILED: FAILURE_PROCESSING,
+    StoreOutcome.PROCESSING_FAILED: PROCESSING_FAILURE,
 }
 
 
@@ -66,11 +88,11 @@ def classify_peer_status(status: int) -> SendVerdict:
     (0xCxxx), 'SOP class not supported', 'not authorised', 'invalid SOP instance' and 'duplicate' refusals will
     not change by retrying.
     """
-    if status == SUCCESS or status == 0x0001 or 0xB000 <= status <= 0xBFFF:
+    if is_success(status):
         return SendVerdict.DONE
     if 0xA900 <= status <= 0xA9FF or 0xC000 <= status <= 0xCFFF:
         return SendVerdict.PERMANENT
-    if status in (0x0117, 0x0122, 0x0124, 0x0111, 0x0212):
+    if status in (0x0117, 0x0122, 0x0124, DUPLICATE_INSTANCE, 0x0212):
         return SendVerdict.PERMANENT
     return SendVerdict.RETRY
 

@@ -61,7 +61,7 @@ def test_drop_orphans_removes_only_files_nothing_refers_to(tmp_path: Path) -> No
     from pydicom.dataset import Dataset
 
     from router.intake.envelope import HeaderValues
-    from router.outbox.queue import drop_orphans
+    from router.outbox.orphans import drop_orphans
     from router.store.index import IdCache, index_instance
 
     engine = make_engine(f"sqlite:///{tmp_path / 'index.db'}")

@@ -13,10 +13,4 @@ WELL_KNOWN_INSTANCE = "1.2.840.10008.1.20.1.1"  # its well-known SOP Instance
 REQUEST_COMMITMENT = 1  # N-ACTION Action Type ID
 EVENT_ALL_COMMITTED = 1  # N-EVENT-REPORT Event Type IDs
 EVENT_FAILURES = 2
-
-# Failure Reason (0008,1197) values (PS3.4 J.3.3.1.1)
-PROCESSING_FAILURE = 0x0110
-NO_SUCH_OBJECT = 0x0112
-CLASS_INSTANCE_CONFLICT = 0x0119
-
-COMMIT_REPORT = "commit-report"  # outbox job kind: an N-EVENT-REPORT the router owes a peer
+# Failure Reason (0008,1197) values (PS3.4 J.3.3.1.1) are DIMSE statuses: router.statuses

@@ -31,7 +31,9 @@ from sqlalchemy.engine import Engine
 from router.commitment.datasets import BadRequest, Ref, read_report
 from router.config import RouterConfig
 from router.hooks.manager import notify
-from router.outbox.queue import backoff_delay, drop_if_orphaned
+from router.outbox.orphans import drop_if_orphaned
+from router.outbox.queue import backoff_delay
+from router.statuses import INVALID_ARGUMENT, PROCESSING_FAILURE
 from router.store.models import CommitState, Job, JobState, utcnow
 from router.store.removal import remove_instance
 from router.store.tables import COMMIT_ITEM as ITEM
@@ -48,8 +50,6 @@ _OVERDUE = select(TX.c.transaction_uid, TX.c.peer).where(
 
 _STATE = select(TX.c.state).where(TX.c.transaction_uid == bindparam("uid"))
 
-INVALID_ARGUMENT = 0x0115
-PROCESSING_FAILURE = 0x0110
 REASONS = {0x0110: "processing failure", 0x0112: "no such object instance", 0x0119: "class/instance conflict",
            0x0122: "SOP class not supported", 0x0131: "duplicate transaction UID",
            0x0213: "resource limitation", 0xA770: "referenced SOP instance not available"}  # fmt: skip
@@ -108,7 +108,8 @@ class CommitLedger:
         """The peer accepted the N-ACTION: its report is due within the duration of applicability."""
         with self.engine.begin() as conn:
             peer = conn.execute(select(TX.c.peer).where(TX.c.transaction_uid == uid)).scalar_one()
-            timeout = self.config.peers[peer].commit_timeout if peer in self.config.peers else 0.0
+            dicom = self.config.dicom_peer(peer)
+            timeout = dicom.commit_timeout if dicom is not None else 0.0
             now = utcnow()
             conn.execute(
                 update(TX).where(TX.c.transaction_uid == uid, TX.c.state == CommitState.REQUESTING)
@@ -170,8 +171,8 @@ class CommitLedger:
         uid = report.transaction_uid
         with self.engine.begin() as conn:
             tx = conn.execute(select(TX).where(TX.c.transaction_uid == uid)).first()
-            peer = self.config.peers.get(tx.peer) if tx is not None else None
-            if tx is None or peer is None or not peer.is_dicom_ae(calling_ae):
+            peer = self.config.dicom_peer(tx.peer) if tx is not None else None
+            if tx is None or peer is None or not peer.is_ae(calling_ae):
                 return INVALID_ARGUMENT, f"no storage commitment transaction {uid} was requested from {calling_ae}"
             if tx.state == CommitState.DONE:
                 return 0x0000, ""
@@ -205,7 +206,8 @@ class CommitLedger:
         with self.engine.connect() as conn:
             rows = list(conn.execute(_OVERDUE, {"now": utcnow()}))
         for uid, peer in rows:
-            timeout = self.config.peers[peer].commit_timeout if peer in self.config.peers else 0.0
+            dicom = self.config.dicom_peer(peer)
+            timeout = dicom.commit_timeout if dicom is not None else 0.0
             self.fail(uid, f"no report from {peer} within {timeout:g} s of the N-ACTION (duration of applicability)")
         return len(rows)
 
@@ -233,7 +235,7 @@ class CommitLedger:
         self, conn: Connection, peer_name: str, items: list[tuple[Any, str]], permanent: bool, abandoned: bool
     ) -> list[tuple[Job, str, bool]]:
         """Jobs of failed items: back to pending (sent and requested again) or dead. (job, error, dead) each."""
-        peer = self.config.peers.get(peer_name)
+        peer = self.config.dicom_peer(peer_name)
         limit = peer.commit_requests if peer is not None else 1
         by_job = {item.job_fk: (item, error) for item, error in items}
         if not by_job:

@@ -20,12 +20,10 @@ from router.commitment.datasets import Ref, action_information
 from router.commitment.ledger import CommitLedger
 from router.config import RouterConfig
 from router.scu.association import AssociationFailed, StoreAssociation
-from router.statuses import dimse_status
+from router.statuses import PROCESSING_FAILURE, UNRECOGNISED_OPERATION, dimse_status, is_success
 from router.store.models import Job
 
 log = logging.getLogger(__name__)
-
-UNRECOGNISED_OPERATION = 0x0211
 
 
 def handle_report(ledger: CommitLedger, event: evt.Event, remote_ae: str) -> tuple[Dataset, None]:
@@ -36,7 +34,7 @@ def handle_report(ledger: CommitLedger, event: evt.Event, remote_ae: str) -> tup
         info = event.event_information
     except Exception as exc:
         log.warning("storage commitment report from %s cannot be decoded: %s", remote_ae, exc)
-        return dimse_status(0x0110, "cannot decode the Event Information"), None
+        return dimse_status(PROCESSING_FAILURE, "cannot decode the Event Information"), None
     status, comment = ledger.apply_report(remote_ae, info)
     if status:
         log.warning("storage commitment report from %s refused (0x%04X): %s", remote_ae, status, comment)
@@ -71,7 +69,10 @@ class CommitRequester:
     def _request(
         self, peer_name: str, assoc: StoreAssociation | None, uid: str, refs: list[Ref]
     ) -> StoreAssociation | None:
-        peer = self.config.peers[peer_name]
+        peer = self.config.dicom_peer(peer_name)
+        if peer is None:
+            self.ledger.fail(uid, f"{peer_name} is not a DICOM peer: no storage commitment", permanent=True)
+            return None
         if assoc is None or not assoc.alive:
             try:
                 assoc = StoreAssociation(self.ae, peer, [], self.on_report).open()
@@ -90,7 +91,7 @@ class CommitRequester:
             assoc.close()
             self.ledger.fail(uid, f"no N-ACTION response from {peer_name} (timeout or association lost)")
             return None
-        if status != 0x0000 and not 0xB000 <= status <= 0xBFFF and status != 0x0001:
+        if not is_success(status):
             assoc.abort()  # as the ISUDM statement does after a refused N-ACTION
             self.ledger.fail(uid, f"{peer_name} refused the commitment request: N-ACTION status 0x{status:04X}")
             return None

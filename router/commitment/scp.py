@@ -25,31 +25,30 @@ from typing import Any
 from pydicom.dataset import Dataset
 from pynetdicom import evt
 from pynetdicom.association import Association
-from sqlalchemy import insert, select, update
+from sqlalchemy import select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from router._pynetdicom import gate as reactor_gate
-from router.commitment import (
-    CLASS_INSTANCE_CONFLICT,
-    COMMIT_REPORT,
-    NO_SUCH_OBJECT,
-    PROCESSING_FAILURE,
-    REQUEST_COMMITMENT,
-    STORAGE_COMMITMENT,
-    WELL_KNOWN_INSTANCE,
-)
+from router.commitment import REQUEST_COMMITMENT, STORAGE_COMMITMENT, WELL_KNOWN_INSTANCE
 from router.commitment.datasets import BadRequest, Ref, event_information, read_action, to_bytes
 from router.config import RouterConfig
-from router.statuses import dimse_status
+from router.outbox.jobs import JobKind, NewJob, enqueue_one
+from router.statuses import (
+    CLASS_INSTANCE_CONFLICT,
+    INVALID_ARGUMENT,
+    NO_SUCH_ACTION,
+    NO_SUCH_INSTANCE,
+    PROCESSING_FAILURE,
+    SUCCESS,
+    dimse_status,
+)
 from router.store import files
 from router.store.models import JobState, utcnow
 from router.store.tables import INSTANCE, JOB
 
 log = logging.getLogger(__name__)
 
-NO_SUCH_ACTION = 0x0123
-INVALID_ARGUMENT = 0x0115
 PARK_TIMEOUT = 10.0  # seconds for the reactor to send the N-ACTION response and go idle
 CHUNK = 500  # SOP Instance UIDs per index query
 
@@ -68,7 +67,7 @@ def verify(engine: Engine, config: RouterConfig, refs: list[Ref]) -> list[tuple[
     for ref in refs:
         row = rows.get(ref.sop_uid)
         if row is None:
-            outcomes.append((ref, NO_SUCH_OBJECT))
+            outcomes.append((ref, NO_SUCH_INSTANCE))
         elif row.sop_class_uid != ref.sop_class_uid:
             outcomes.append((ref, CLASS_INSTANCE_CONFLICT))
         else:
@@ -108,7 +107,8 @@ class CommitmentSCP:
             log.warning("storage commitment request from %s cannot be decoded: %s", calling, exc)
             return dimse_status(PROCESSING_FAILURE, "cannot decode the Action Information"), None
         peer = self.config.peer_by_ae(calling)
-        new_association = peer is not None and self.config.peers[peer].commit_new_association
+        dicom = self.config.dicom_peer(peer) if peer is not None else None
+        new_association = dicom is not None and dicom.commit_new_association
         try:
             outcomes = verify(self.engine, self.config, refs)
             event_type, info = event_information(uid, outcomes, self.config.ae_title)
@@ -133,7 +133,7 @@ class CommitmentSCP:
                 name=f"commit-report-{uid[-8:]}",
                 daemon=True,
             ).start()
-        return dimse_status(0x0000), None
+        return dimse_status(SUCCESS), None
 
     def _queue(self, peer: str, uid: str, info: Dataset, due_now: bool) -> int:
         """The report as a durable outbox job for ``peer``; held back while it is tried on this association."""
@@ -144,15 +144,11 @@ class CommitmentSCP:
         except OSError:
             files.remove_quietly(tmp)
             raise
-        now = utcnow()
         hold = 0.0 if due_now else PARK_TIMEOUT + self.config.dicom.timeouts.dimse + 5
+        report = NewJob(JobKind.COMMIT_REPORT, peer, uid, relpath, STORAGE_COMMITMENT)
         try:
             with self.engine.begin() as conn:
-                return int(conn.execute(insert(JOB).values(
-                    kind=COMMIT_REPORT, peer=peer, sop_uid=uid, sop_class_uid=STORAGE_COMMITMENT,
-                    transfer_syntax="", path=relpath, rule="", state=JobState.PENDING, attempts=0,
-                    next_attempt_at=now + timedelta(seconds=hold), last_error="", created_at=now, updated_at=now,
-                ).returning(JOB.c.id)).scalar_one())  # fmt: skip
+                return enqueue_one(conn, report, due=utcnow() + timedelta(seconds=hold))
         except SQLAlchemyError:
             files.remove_quietly(self.config.data_dir / relpath)
             raise
@@ -186,7 +182,7 @@ class CommitmentSCP:
 
     def _settle(self, uid: str, status: int | None, peer: str | None, job_id: int | None) -> None:
         now = utcnow()
-        if status == 0x0000:
+        if status == SUCCESS:
             log.info("storage commitment report %s delivered on the requesting association", uid)
             if job_id is not None:
                 with self.engine.begin() as conn:

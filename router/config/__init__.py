@@ -23,21 +23,29 @@ from router.config.model import (
     RouterConfig,
     Timeouts,
 )
-from router.config.peers import Peer
+from router.config.peers import BUILTIN_TYPES as BUILTIN_PEER_TYPES
+from router.config.peers import UNION_TAGS, AnyPeer, DicomPeer, DicomwebPeer, MllpPeer, ObjectPeer, Peer, PluginPeer
 
 __all__ = [
+    "BUILTIN_PEER_TYPES",
     "CONFIG_ENV",
     "DEFAULT_CONFIG",
     "AETitle",
+    "AnyPeer",
     "ConfigError",
     "DicomListener",
+    "DicomPeer",
+    "DicomwebPeer",
     "ForwardSettings",
     "Hl7Listener",
     "HttpAuth",
     "HttpListener",
     "HttpTls",
+    "MllpPeer",
+    "ObjectPeer",
     "Peer",
     "PeerName",
+    "PluginPeer",
     "Port",
     "RouterConfig",
     "Timeouts",
@@ -49,10 +57,17 @@ DEFAULT_CONFIG = Path(__file__).resolve().parent.parent.parent / "config" / "rou
 CONFIG_ENV = "ROUTER_CONFIG"
 
 
+def _key(loc: tuple[int | str, ...]) -> str:
+    """The dotted key of an error's location, without the union member pydantic names for a peer's type."""
+    if len(loc) >= 3 and loc[0] == "peers" and loc[2] in UNION_TAGS:
+        loc = loc[:2] + loc[3:]
+    return ".".join(str(p) for p in loc) or "(top level)"
+
+
 def _format_errors(exc: ValidationError) -> str:
     lines = []
     for err in exc.errors():
-        key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        key = _key(err["loc"])
         if err["type"] == "extra_forbidden":
             lines.append(f"{key}: unknown key")
         else:

@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from router.config.base import AETitle, HttpAuth, PeerName, Port, Strict
-from router.config.peers import Peer
+from router.config.peers import DicomPeer, Peer
 
 
 class Timeouts(Strict):
@@ -118,7 +118,14 @@ class RouterConfig(Strict):
 
     def peer_by_ae(self, ae_title: str) -> str | None:
         """The name of the first DICOM peer with this AE title (for reports to a requesting peer)."""
-        return next((name for name, peer in self.peers.items() if peer.is_dicom_ae(ae_title)), None)
+        return next(
+            (name for name, peer in self.peers.items() if isinstance(peer, DicomPeer) and peer.is_ae(ae_title)), None
+        )
+
+    def dicom_peer(self, name: str) -> DicomPeer | None:
+        """The DICOM peer called ``name`` in ``peers:``; None when there is none or it is of another type."""
+        peer = self.peers.get(name)
+        return peer if isinstance(peer, DicomPeer) else None
 
     @property
     def effective_database_url(self) -> str:

@@ -14,7 +14,7 @@ roles. Both with Explicit and Implicit VR Little Endian.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,42 +23,45 @@ from pynetdicom import AE, build_role, evt
 from pynetdicom.association import Association
 from pynetdicom.presentation import build_context
 
-from router.commitment import COMMIT_REPORT, STORAGE_COMMITMENT, WELL_KNOWN_INSTANCE
+from router.commitment import STORAGE_COMMITMENT, WELL_KNOWN_INSTANCE
 from router.commitment.datasets import event_type_of
-from router.config import Peer
-from router.mpps import MPPS, MPPS_CREATE, MPPS_SET
+from router.config import DicomPeer
+from router.destinations.base import Outcome, Unreachable
+from router.mpps import MPPS
+from router.outbox.jobs import JobKind
 from router.scu.association import UNCOMPRESSED, AssociationFailed, set_nodelay
-from router.statuses import SendVerdict
+from router.statuses import (
+    DUPLICATE_INSTANCE,
+    PROCESSING_FAILURE,
+    RESOURCE_LIMITATION,
+    SendVerdict,
+    is_out_of_resources,
+    is_success,
+)
 from router.store.datasets import from_part10
 from router.store.models import Job
 
-N_KINDS = frozenset({COMMIT_REPORT, MPPS_CREATE, MPPS_SET})
-_CLASS = {COMMIT_REPORT: STORAGE_COMMITMENT, MPPS_CREATE: MPPS, MPPS_SET: MPPS}
-_NAME = {COMMIT_REPORT: "commitment report", MPPS_CREATE: "MPPS N-CREATE", MPPS_SET: "MPPS N-SET"}
-
-
-@dataclass(frozen=True)
-class NOutcome:
-    job: Job
-    verdict: SendVerdict
-    status: int | None
-    reason: str
+_CLASS = {JobKind.COMMIT_REPORT: STORAGE_COMMITMENT, JobKind.MPPS_CREATE: MPPS, JobKind.MPPS_SET: MPPS}
+_NAME = {JobKind.COMMIT_REPORT: "commitment report", JobKind.MPPS_CREATE: "MPPS N-CREATE",
+         JobKind.MPPS_SET: "MPPS N-SET"}  # fmt: skip
 
 
 def classify(kind: str, status: int) -> SendVerdict:
-    if status == 0x0000 or status == 0x0001 or 0xB000 <= status <= 0xBFFF:
+    if is_success(status):
         return SendVerdict.DONE
-    if kind == MPPS_CREATE and status == 0x0111:
+    if kind == JobKind.MPPS_CREATE and status == DUPLICATE_INSTANCE:
         return SendVerdict.DONE
-    if 0xA700 <= status <= 0xA7FF or status == 0x0213 or (status == 0x0110 and kind != MPPS_SET):
+    if is_out_of_resources(status) or status == RESOURCE_LIMITATION:
+        return SendVerdict.RETRY
+    if status == PROCESSING_FAILURE and kind != JobKind.MPPS_SET:
         return SendVerdict.RETRY
     if 0x0100 <= status <= 0x02FF or 0xA900 <= status <= 0xA9FF or 0xC000 <= status <= 0xCFFF:
         return SendVerdict.PERMANENT
     return SendVerdict.RETRY
 
 
-def open_association(ae: AE, peer: Peer, kinds: set[str]) -> Association:
-    classes = sorted({_CLASS[k] for k in kinds})
+def open_association(ae: AE, peer: DicomPeer, kinds: set[str]) -> Association:
+    classes = sorted({_CLASS[JobKind(k)] for k in kinds})
     contexts = [build_context(uid, list(UNCOMPRESSED)) for uid in classes]
     roles: list[Any] = []
     if STORAGE_COMMITMENT in classes:
@@ -78,46 +81,49 @@ def open_association(ae: AE, peer: Peer, kinds: set[str]) -> Association:
 
 
 def _send(assoc: Association, job: Job, ds: Dataset) -> Dataset:
-    if job.kind == COMMIT_REPORT:
+    if job.kind == JobKind.COMMIT_REPORT:
         status, _reply = assoc.send_n_event_report(ds, event_type_of(ds), STORAGE_COMMITMENT, WELL_KNOWN_INSTANCE)
-    elif job.kind == MPPS_CREATE:
+    elif job.kind == JobKind.MPPS_CREATE:
         status, _attrs = assoc.send_n_create(ds, MPPS, job.sop_uid)
     else:
         status, _attrs = assoc.send_n_set(ds, MPPS, job.sop_uid)
     return status
 
 
-def send_jobs(ae: AE, peer: Peer, data_dir: Path, jobs: list[Job]) -> tuple[list[NOutcome], list[Job]]:
-    """Send ``jobs`` over one association: the outcome of each attempted job, and the jobs not attempted (the
-    association was lost). Raises AssociationFailed when no association could be made."""
-    assoc = open_association(ae, peer, {j.kind for j in jobs})
-    accepted = {str(cx.abstract_syntax) for cx in assoc.accepted_contexts}
-    outcomes: list[NOutcome] = []
+def send_jobs(ae: AE, peer: DicomPeer, data_dir: Path, jobs: Sequence[Job]) -> Iterator[Outcome]:
+    """Send ``jobs`` over one association of their own, in order: the outcome of each job attempted. Raises
+    Unreachable when no association could be made; stops early when the association is lost."""
     try:
-        for index, job in enumerate(jobs):
-            what = _NAME[job.kind]
-            if _CLASS[job.kind] not in accepted:
-                reason = f"{peer.ae_title} accepted no context for {what} ({_CLASS[job.kind]})"
-                outcomes.append(NOutcome(job, SendVerdict.PERMANENT, None, reason))
-                continue
-            try:
-                ds = from_part10((data_dir / job.path).read_bytes())
-            except FileNotFoundError:
-                outcomes.append(NOutcome(job, SendVerdict.PERMANENT, None, f"stored {what} {job.path} is missing"))
-                continue
-            try:
-                rsp = _send(assoc, job, ds) if assoc.is_established else Dataset()
-            except ValueError as exc:  # pynetdicom cannot encode the dataset
-                outcomes.append(NOutcome(job, SendVerdict.PERMANENT, None, f"cannot send {what}: {exc}"))
-                continue
-            if "Status" not in rsp:
-                outcomes.append(NOutcome(job, SendVerdict.RETRY, None, f"no valid {what} response (association lost)"))
-                return outcomes, jobs[index + 1 :]
-            status = int(rsp.Status)
-            verdict = classify(job.kind, status)
-            comment = f" ({rsp.ErrorComment})" if "ErrorComment" in rsp else ""
-            outcomes.append(NOutcome(job, verdict, status, f"peer answered 0x{status:04X}{comment}"))
-        return outcomes, []
+        assoc = open_association(ae, peer, {j.kind for j in jobs})
+    except AssociationFailed as exc:
+        raise Unreachable(str(exc)) from exc
+    accepted = {str(cx.abstract_syntax) for cx in assoc.accepted_contexts}
+    try:
+        for job in jobs:
+            outcome = _one(assoc, peer, data_dir, job, accepted)
+            yield outcome
+            if outcome.verdict is SendVerdict.RETRY and outcome.status is None:
+                return  # the association was lost: the rest go back to the queue
     finally:
         if assoc.is_established:
             assoc.release()
+
+
+def _one(assoc: Association, peer: DicomPeer, data_dir: Path, job: Job, accepted: set[str]) -> Outcome:
+    kind = JobKind(job.kind)
+    what = _NAME[kind]
+    if _CLASS[kind] not in accepted:
+        return Outcome.permanent(job, f"{peer.ae_title} accepted no context for {what} ({_CLASS[kind]})")
+    try:
+        ds = from_part10((data_dir / job.path).read_bytes())
+    except FileNotFoundError:
+        return Outcome.permanent(job, f"stored {what} {job.path} is missing")
+    try:
+        rsp = _send(assoc, job, ds) if assoc.is_established else Dataset()
+    except ValueError as exc:  # pynetdicom cannot encode the dataset
+        return Outcome.permanent(job, f"cannot send {what}: {exc}")
+    if "Status" not in rsp:
+        return Outcome.retry(job, f"no valid {what} response (association lost)")
+    status = int(rsp.Status)
+    comment = f" ({rsp.ErrorComment})" if "ErrorComment" in rsp else ""
+    return Outcome(job, classify(job.kind, status), status, f"peer answered 0x{status:04X}{comment}")

@@ -1,4 +1,4 @@
-"""Forwarding to a DICOMweb peer: a batch of queued objects in one STOW-RS request (httpx), judged per instance.
+"""The DICOMweb destination: a batch of queued objects in one STOW-RS request (httpx), judged per instance.
 
 200: every instance delivered. 202 / 409: the Referenced SOP Sequence says which were stored, the Failed SOP
 Sequence why the others were not (0xA700 out of resources: retried; any other reason: dead-lettered). Other
@@ -8,31 +8,25 @@ says the request itself is wrong) dead-letters the batch.
 
 from __future__ import annotations
 
-import enum
+import contextlib
 import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import httpx
 
-from router.config import Peer
+from router.config import AnyPeer, DicomwebPeer
+from router.destinations.base import DestinationContext, Outcome, Unreachable
+from router.destinations.payload import job_file
+from router.statuses import SendVerdict
+from router.store.models import Job
 
 RETRY_HTTP = {401, 403, 408, 429}
 RETRY_REASONS = {0xA700}
 
 
-class StowVerdict(enum.Enum):
-    DONE = "done"
-    RETRY = "retry"
-    PERMANENT = "permanent"
-
-
-class StowUnreachable(ConnectionError):
-    pass
-
-
-def _auth(peer: Peer) -> tuple[dict[str, str], httpx.BasicAuth | None]:
+def _auth(peer: DicomwebPeer) -> tuple[dict[str, str], httpx.BasicAuth | None]:
     if peer.auth is None:
         return {}, None
     if peer.auth.bearer_token:
@@ -58,49 +52,75 @@ def _uids(answer: dict[str, Any], key: str) -> dict[str, int | None]:
     return out
 
 
-class StowLink:
+class StowDestination:
     """One HTTP client (kept alive) for the batches of a round."""
 
-    def __init__(self, peer: Peer, timeout: float) -> None:
-        assert peer.stow_url is not None
+    ordered: ClassVar[bool] = False
+
+    def __init__(self, name: str, peer: AnyPeer, context: DestinationContext) -> None:
+        assert isinstance(peer, DicomwebPeer)
         headers, auth = _auth(peer)
         self.url = peer.stow_url
-        self.client = httpx.Client(timeout=timeout, headers=headers, auth=auth)
-        self.alive = True
+        self.ctx = context
+        self.client: httpx.Client | None = None
+        self._headers, self._auth = headers, auth
 
-    def send(self, items: Sequence[tuple[str, Path]]) -> list[tuple[StowVerdict, str]]:
+    @property
+    def alive(self) -> bool:
+        return self.client is not None
+
+    def send(self, jobs: Sequence[Job]) -> Iterator[Outcome]:
+        if self.client is None:
+            timeout = self.ctx.config.dicom.timeouts.dimse
+            self.client = httpx.Client(timeout=timeout, headers=self._headers, auth=self._auth)
+        try:
+            with contextlib.ExitStack() as files:  # corrected copies are removed once the request is answered
+                paths = [files.enter_context(job_file(self.ctx.engine, self.ctx.config, job)) for job in jobs]
+                verdicts = self._post([(job.sop_uid, path) for job, path in zip(jobs, paths, strict=True)])
+        except FileNotFoundError as exc:
+            verdicts = [(SendVerdict.PERMANENT, f"a stored file is missing: {exc.filename}")] * len(jobs)
+        for job, (verdict, reason) in zip(jobs, verdicts, strict=True):
+            yield Outcome(job, verdict, None, reason)
+
+    def _post(self, items: Sequence[tuple[str, Path]]) -> list[tuple[SendVerdict, str]]:
         """POST (sop_uid, file) items in one request; a verdict and reason per item, in order."""
+        assert self.client is not None
         boundary = uuid.uuid4().hex
         headers = {"Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
                    "Accept": "application/dicom+json"}  # fmt: skip
         try:
             response = self.client.post(self.url, content=_body([p for _, p in items], boundary), headers=headers)
         except httpx.TransportError as exc:
-            self.alive = False
-            raise StowUnreachable(f"{self.url}: {exc}") from exc
-        status = response.status_code
-        if status == 200:
-            return [(StowVerdict.DONE, "200")] * len(items)
-        if status in (202, 409):
-            try:
-                answer = response.json()
-            except ValueError:
-                return [(StowVerdict.RETRY, f"HTTP {status} without a readable body")] * len(items)
-            stored, failed = _uids(answer, "00081199"), _uids(answer, "00081198")
-            verdicts = []
-            for uid, _ in items:
-                if uid in stored:
-                    verdicts.append((StowVerdict.DONE, str(status)))
-                elif uid in failed:
-                    reason = failed[uid]
-                    kind = StowVerdict.RETRY if reason in RETRY_REASONS else StowVerdict.PERMANENT
-                    verdicts.append((kind, f"HTTP {status}, failure reason 0x{reason or 0:04X}"))
-                else:
-                    verdicts.append((StowVerdict.RETRY, f"HTTP {status} does not mention the instance"))
-            return verdicts
-        kind = StowVerdict.RETRY if status >= 500 or status in RETRY_HTTP else StowVerdict.PERMANENT
-        return [(kind, f"HTTP {status}: {response.text[:200]}")] * len(items)
+            self.close()
+            raise Unreachable(f"{self.url}: {exc}") from exc
+        return _verdicts(response, [uid for uid, _ in items])
 
     def close(self) -> None:
-        self.client.close()
-        self.alive = False
+        if self.client is not None:
+            self.client.close()
+            self.client = None
+
+
+def _verdicts(response: httpx.Response, uids: list[str]) -> list[tuple[SendVerdict, str]]:
+    status = response.status_code
+    if status == 200:
+        return [(SendVerdict.DONE, "200")] * len(uids)
+    if status in (202, 409):
+        try:
+            answer = response.json()
+        except ValueError:
+            return [(SendVerdict.RETRY, f"HTTP {status} without a readable body")] * len(uids)
+        stored, failed = _uids(answer, "00081199"), _uids(answer, "00081198")
+        verdicts = []
+        for uid in uids:
+            if uid in stored:
+                verdicts.append((SendVerdict.DONE, str(status)))
+            elif uid in failed:
+                reason = failed[uid]
+                kind = SendVerdict.RETRY if reason in RETRY_REASONS else SendVerdict.PERMANENT
+                verdicts.append((kind, f"HTTP {status}, failure reason 0x{reason or 0:04X}"))
+            else:
+                verdicts.append((SendVerdict.RETRY, f"HTTP {status} does not mention the instance"))
+        return verdicts
+    kind = SendVerdict.RETRY if status >= 500 or status in RETRY_HTTP else SendVerdict.PERMANENT
+    return [(kind, f"HTTP {status}: {response.text[:200]}")] * len(uids)

@@ -43,6 +43,9 @@ def _load_module(ref: str) -> ModuleType:
 def build_plugin_manager(extra: list[str] | None = None) -> pluggy.PluginManager:
     pm = pluggy.PluginManager(hookspecs.PROJECT)
     pm.add_hookspecs(hookspecs)
+    from router.destinations import registry  # the built-in destination types (dicom, mllp, dicomweb)
+
+    pm.register(registry, name="router.destinations")
     pm.load_setuptools_entrypoints(hookspecs.PROJECT)
     for ref in extra or []:
         try:

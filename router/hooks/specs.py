@@ -15,6 +15,7 @@ import pluggy
 
 if TYPE_CHECKING:
     from router.config import RouterConfig
+    from router.destinations.base import DestinationType
     from router.intake.envelope import Envelope
     from router.intake.stage import Stage
     from router.store.models import Job
@@ -27,6 +28,15 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 @hookspec
 def router_stages() -> list[Stage]:  # type: ignore[empty-body]
     """Return the stages this plugin provides, each with a unique ``name`` used in rule files."""
+
+
+@hookspec(firstresult=True)
+def router_destinations(peer_type: str) -> DestinationType | None:
+    """Decision: the destination type that delivers to peers configured with ``type: <peer_type>``, or None when
+    this plugin does not provide it. The first plugin that answers wins; the built-in ``dicom``, ``mllp`` and
+    ``dicomweb`` types answer last. A destination type is a factory ``(name, peer, context) -> Destination``
+    (``router.destinations.base``); its optional ``settings`` attribute, a pydantic model, checks the keys of the
+    peer entry besides ``type`` and ``max_associations`` when the router starts."""
 
 
 @hookspec

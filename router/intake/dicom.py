@@ -32,7 +32,6 @@ from pathlib import Path
 
 import pluggy
 from pydicom.errors import InvalidDicomError
-from sqlalchemy import insert
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
@@ -41,20 +40,14 @@ from router.hooks.manager import notify
 from router.intake.envelope import UNLIMITED, Envelope, Source, sha256
 from router.intake.pipeline import PipelineResult, run_pipeline
 from router.intake.stage import PlannedForward, Stage, StageError
-from router.outbox.queue import drop_if_orphaned
+from router.outbox.jobs import JobKind, NewJob, enqueue
+from router.outbox.orphans import drop_if_orphaned
 from router.rules.model import RuleSet
 from router.statuses import StoreOutcome, c_store_status
 from router.store import files
 from router.store.index import IdCache, find_instance, index_instance
-from router.store.models import JobState, utcnow
-from router.store.rawsql import insert_columns, raw
-from router.store.tables import JOB
+from router.store.models import utcnow
 from router.store.writelock import WriteLock
-
-STORE_COMMIT = "dicom-store-commit"  # a C-STORE job whose peer is then asked for storage commitment
-
-INSERT_JOB = insert(JOB)  # run raw (router.store.rawsql): compiled once, with every column
-JOB_KEYS = insert_columns(JOB)
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +90,11 @@ def _own_file(fwd: PlannedForward, env: Envelope) -> bool:
     """A forward whose bytes are not the stored object's needs a file of its own."""
     stored = env.stored if env.stored is not None else env.raw
     return fwd.payload is not stored
+
+
+def _job(fwd: PlannedForward, env: Envelope, path: str) -> NewJob:
+    kind = JobKind.DICOM_STORE_COMMIT if fwd.commit else JobKind.DICOM_STORE
+    return NewJob(kind, fwd.peer, env.sop_instance_uid, path, env.sop_class_uid, fwd.transfer_syntax, fwd.rule)
 
 
 def _remove_written(done: Future[Path]) -> None:
@@ -297,21 +295,8 @@ class Ingestor:
                 calling_ae=env.source.calling_ae,
                 existing=existing,
             )
-            if plan.forwards:
-                now = utcnow()
-                raw(INSERT_JOB, conn, JOB_KEYS).execute_many(
-                    conn,
-                    [
-                        {
-                            "kind": STORE_COMMIT if fwd.commit else "dicom-store", "peer": fwd.peer, "sop_uid": sop_uid,
-                            "sop_class_uid": env.sop_class_uid, "transfer_syntax": fwd.transfer_syntax,
-                            "path": derived[id(fwd.payload)] if _own_file(fwd, env) else relpath, "rule": fwd.rule,
-                            "state": JobState.PENDING, "attempts": 0, "next_attempt_at": now,
-                            "last_error": "", "last_status": None, "created_at": now, "updated_at": now,
-                        }
-                        for fwd in plan.forwards
-                    ],
-                )  # fmt: skip
+            enqueue(conn, [_job(fwd, env, derived[id(fwd.payload)] if _own_file(fwd, env) else relpath)
+                           for fwd in plan.forwards])  # fmt: skip
             # Files take their names only now, after the rows: a unique-UID failure above leaves no file behind.
             tmp_paths = iter(written[1:])
             renames = [(tmp_object, relpath)]

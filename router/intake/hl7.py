@@ -26,7 +26,6 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from router.config import RouterConfig
-from router.destinations.corrections import queue_patient_resends
 from router.hl7.ack import build_ack
 from router.hl7.codes import INTERNAL_ERROR, UNSUPPORTED_EVENT, UNSUPPORTED_MESSAGE_TYPE
 from router.hl7.errors import Hl7Error
@@ -43,18 +42,18 @@ from router.hl7.patients import (
 from router.hl7.segments import Segment, segments_of
 from router.intake.envelope import Envelope, Source
 from router.intake.pipeline import run_pipeline
+from router.intake.resends import queue_patient_resends
 from router.intake.stage import PlannedForward, Stage, StageError
+from router.outbox.jobs import HL7_STREAM, JobKind, NewJob, enqueue
 from router.rules.model import RuleSet
 from router.store import files
-from router.store.models import JobState, utcnow
+from router.store.models import utcnow
 from router.store.tables import HL7_LOG as LOG
-from router.store.tables import JOB
 from router.store.writelock import WriteLock
 
 log = logging.getLogger(__name__)
 
 ORDER_MESSAGES = {"ORM": {"O01"}, "OMI": {"O23"}}
-HL7_STREAM = "hl7"  # the Job.sop_uid of every HL7 job: one ordered stream per peer (see Outbox.claim)
 
 
 @dataclass
@@ -207,17 +206,6 @@ class Hl7Intake:
         return relpath
 
     def _queue(self, conn: Connection, msg: Hl7Message, forwards: list[PlannedForward], relpath: str) -> None:
-        if not forwards:
-            return
-        now = utcnow()
-        conn.execute(
-            insert(JOB),
-            [
-                {
-                    "kind": "hl7", "peer": fwd.peer, "sop_uid": HL7_STREAM, "sop_class_uid": msg.message_type[:64],
-                    "transfer_syntax": "", "path": relpath, "rule": fwd.rule, "state": JobState.PENDING,
-                    "attempts": 0, "next_attempt_at": now, "last_error": "", "created_at": now, "updated_at": now,
-                }
-                for fwd in forwards
-            ],
-        )  # fmt: skip
+        enqueue(
+            conn, [NewJob(JobKind.HL7, f.peer, HL7_STREAM, relpath, msg.message_type, rule=f.rule) for f in forwards]
+        )

@@ -7,8 +7,6 @@ from dataclasses import dataclass
 from pydicom.dataset import Dataset
 
 MPPS = "1.2.840.10008.3.1.2.3.3"
-MPPS_CREATE = "mpps-create"  # outbox job kinds: forward an N-CREATE / an N-SET to a DICOM peer
-MPPS_SET = "mpps-set"
 
 IN_PROGRESS = "IN PROGRESS"
 COMPLETED = "COMPLETED"

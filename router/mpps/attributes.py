@@ -15,14 +15,13 @@ from dataclasses import dataclass
 from pydicom.dataset import Dataset
 
 from router.mpps import FINAL, IN_PROGRESS, STATUSES
-
-MISSING_ATTRIBUTE = 0x0120
-MISSING_VALUE = 0x0121
-INVALID_VALUE = 0x0106
-PROCESSING_FAILURE = 0x0110
-DUPLICATE_INSTANCE = 0x0111
-NO_SUCH_INSTANCE = 0x0112
-MAY_NO_LONGER_BE_UPDATED = 0xA710  # Error ID with 0x0110 (PS3.4 F.7.2.2)
+from router.statuses import (
+    INVALID_ATTRIBUTE_VALUE,
+    MAY_NO_LONGER_BE_UPDATED,
+    MISSING_ATTRIBUTE,
+    MISSING_ATTRIBUTE_VALUE,
+    PROCESSING_FAILURE,
+)
 
 CREATE_REQUIRED = (
     ("Modality", 1),
@@ -73,14 +72,14 @@ def _check(ds: Dataset, required: tuple[tuple[str, int], ...], where: str = "") 
         if keyword not in ds:
             return Refusal(MISSING_ATTRIBUTE, f"{where}{keyword} missing")
         if type_ == 1 and _empty(ds[keyword].value):
-            return Refusal(MISSING_VALUE, f"{where}{keyword} has no value")
+            return Refusal(MISSING_ATTRIBUTE_VALUE, f"{where}{keyword} has no value")
     return None
 
 
 def check_create(ds: Dataset, sop_uid: str) -> Refusal | None:
     """Why an N-CREATE is refused, or None."""
     if not sop_uid:
-        return Refusal(MISSING_VALUE, "Affected SOP Instance UID missing: the SCU assigns it")
+        return Refusal(MISSING_ATTRIBUTE_VALUE, "Affected SOP Instance UID missing: the SCU assigns it")
     found = _check(ds, CREATE_REQUIRED)
     if found is not None:
         return found
@@ -90,7 +89,7 @@ def check_create(ds: Dataset, sop_uid: str) -> Refusal | None:
             return found
     status = text(ds, "PerformedProcedureStepStatus")
     if status != IN_PROGRESS:
-        return Refusal(INVALID_VALUE, f"PPS Status {status!r} in N-CREATE (must be IN PROGRESS)")
+        return Refusal(INVALID_ATTRIBUTE_VALUE, f"PPS Status {status!r} in N-CREATE (must be IN PROGRESS)")
     return None
 
 
@@ -105,7 +104,9 @@ def check_set(ds: Dataset, current_status: str) -> Refusal | None:
         return found
     status = text(ds, "PerformedProcedureStepStatus")
     if status not in STATUSES:
-        return Refusal(INVALID_VALUE, f"PPS Status {status!r} is not {', '.join(STATUSES[:2])} or {STATUSES[2]}")
+        return Refusal(
+            INVALID_ATTRIBUTE_VALUE, f"PPS Status {status!r} is not {', '.join(STATUSES[:2])} or {STATUSES[2]}"
+        )
     return _check(ds, FINAL_REQUIRED) if status in FINAL else None
 
 

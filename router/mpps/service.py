@@ -30,25 +30,16 @@ from router.config import RouterConfig
 from router.intake.envelope import Envelope, Source
 from router.intake.pipeline import PipelineResult, run_pipeline
 from router.intake.stage import Stage, StageError
-from router.mpps import FINAL, MPPS, MPPS_CREATE, MPPS_SET, MppsMessage
-from router.mpps.attributes import (
-    DUPLICATE_INSTANCE,
-    NO_SUCH_INSTANCE,
-    PROCESSING_FAILURE,
-    Refusal,
-    apply_set,
-    check_create,
-    check_set,
-    text,
-)
+from router.mpps import FINAL, MPPS, MppsMessage
+from router.mpps.attributes import Refusal, apply_set, check_create, check_set, text
 from router.mpps.images import with_received_images
 from router.mpps.worklist import decode_ids, encode_ids, linked_items, set_status
+from router.outbox.jobs import JobKind, NewJob, enqueue
 from router.rules.model import RuleSet
-from router.statuses import dimse_status
+from router.statuses import DUPLICATE_INSTANCE, NO_SUCH_INSTANCE, PROCESSING_FAILURE, dimse_status
 from router.store import files
 from router.store.datasets import from_part10, to_part10
-from router.store.models import JobState, utcnow
-from router.store.tables import JOB
+from router.store.models import utcnow
 from router.store.tables import PERFORMED_PROCEDURE_STEP as PPS
 from router.store.writelock import WriteLock
 
@@ -144,7 +135,7 @@ class MppsService:
                     worklist_items=encode_ids(items), created_at=now, updated_at=now,
                 ))  # fmt: skip
                 moved = set_status(conn, items, message.status)
-                self._queue(conn, MPPS_CREATE, uid, plan, relpath)
+                self._queue(conn, JobKind.MPPS_CREATE, uid, plan, relpath)
         except IntegrityError as exc:
             self._cleanup(written)
             raise Refused(Refusal(DUPLICATE_INSTANCE, "an MPPS with this SOP Instance UID exists")) from exc
@@ -188,7 +179,7 @@ class MppsService:
                     status=message.status, path=state_path, messages=number, updated_at=utcnow()))  # fmt: skip
                 final = message.status in FINAL
                 moved = set_status(conn, decode_ids(row.worklist_items), message.status) if final else 0
-                self._queue(conn, MPPS_SET, uid, plan, forward_path)
+                self._queue(conn, JobKind.MPPS_SET, uid, plan, forward_path)
         except BaseException:
             self._cleanup(written)
             raise
@@ -215,16 +206,8 @@ class MppsService:
             files.remove_quietly(path)
 
     @staticmethod
-    def _queue(conn: Connection, kind: str, uid: str, plan: PipelineResult, relpath: str) -> None:
-        if not plan.forwards:
-            return
-        now = utcnow()
-        conn.execute(insert(JOB), [
-            {"kind": kind, "peer": fwd.peer, "sop_uid": uid, "sop_class_uid": MPPS, "transfer_syntax": "",
-             "path": relpath, "rule": fwd.rule, "state": JobState.PENDING, "attempts": 0, "next_attempt_at": now,
-             "last_error": "", "created_at": now, "updated_at": now}
-            for fwd in plan.forwards
-        ])  # fmt: skip
+    def _queue(conn: Connection, kind: JobKind, uid: str, plan: PipelineResult, relpath: str) -> None:
+        enqueue(conn, [NewJob(kind, fwd.peer, uid, relpath, MPPS, rule=fwd.rule) for fwd in plan.forwards])
 
     def _committed(self, plan: PipelineResult) -> None:
         if plan.forwards:

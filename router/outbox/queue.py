@@ -23,9 +23,9 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 from router.config import ForwardSettings
-from router.store import files
+from router.outbox.orphans import drop_if_orphaned
 from router.store.models import Job, JobState, utcnow
-from router.store.tables import INSTANCE, JOB
+from router.store.tables import JOB
 from router.store.writelock import WriteLock
 
 
@@ -36,20 +36,9 @@ def backoff_delay(attempts: int, settings: ForwardSettings, rng: random.Random |
     return max(0.0, min(base + jitter, settings.backoff_max))
 
 
-# dead jobs can be requeued; committing ones are sent again if the peer does not commit them
-_RETRYABLE = [JobState.PENDING, JobState.INFLIGHT, JobState.COMMITTING, JobState.DEAD]
-
 # The statements of the forwarding hot path, built once so that SQLAlchemy reuses their compiled form. Forwarded
 # objects cost claims, done marks and orphan checks (a sender writes them for many jobs at once); built per call
 # they took more of the GIL than the C-STORE they accompany.
-_INDEXED_PATHS = core_select(INSTANCE.c.sop_uid, INSTANCE.c.path).where(
-    INSTANCE.c.sop_uid.in_(bindparam("sop_uids", expanding=True))
-)
-_JOB_NEEDS_PATH = (
-    core_select(JOB.c.id)
-    .where(JOB.c.sop_uid == bindparam("sop_uid"), JOB.c.path == bindparam("path"), JOB.c.state.in_(_RETRYABLE))
-    .limit(1)
-)
 _EARLIER = JOB.alias("earlier")
 _BLOCKED = (
     core_select(_EARLIER.c.id)
@@ -96,34 +85,6 @@ _DONE = (
         updated_at=bindparam("now"),
     )
 )
-
-
-def drop_if_orphaned(engine: Engine, data_dir: Path, relpath: str, sop_uid: str) -> bool:
-    """Remove a file that neither the index nor any job that may still be sent refers to.
-
-    That is a changed payload whose jobs are done, or an object version replaced under the overwrite policy
-    once its last job is done. ``sop_uid`` is the instance the file belongs to (a file only ever holds one
-    instance's bytes, so the lookups go by its indexed UID). Returns whether the file was removed."""
-    return bool(drop_orphans(engine, data_dir, [(relpath, sop_uid)]))
-
-
-def drop_orphans(engine: Engine, data_dir: Path, candidates: Sequence[tuple[str, str]]) -> list[str]:
-    """``drop_if_orphaned`` for many (relpath, sop_uid) pairs: one query for the usual case, where the index
-    still points at every file. Returns the relpaths removed."""
-    removed: list[str] = []
-    if not candidates:
-        return removed
-    with engine.connect() as conn:
-        uids = sorted({sop_uid for _, sop_uid in candidates})
-        indexed: dict[str, str] = {uid: path for uid, path in conn.execute(_INDEXED_PATHS, {"sop_uids": uids})}
-        for relpath, sop_uid in candidates:
-            if indexed.get(sop_uid) == relpath or relpath in removed:
-                continue
-            if conn.execute(_JOB_NEEDS_PATH, {"sop_uid": sop_uid, "path": relpath}).first() is None:
-                removed.append(relpath)
-    for relpath in removed:
-        files.remove_quietly(data_dir / relpath)
-    return removed
 
 
 class Outbox:
@@ -177,7 +138,7 @@ class Outbox:
             rows = conn.execute(query, {"for_peer": peer, "now": now, "limit": limit}).mappings().all()
         return sorted((Job(**row) for row in rows), key=lambda job: job.id or 0)  # RETURNING has no order
 
-    def mark_done(self, jobs: Sequence[Job], statuses: dict[int, int]) -> None:
+    def mark_done(self, jobs: Sequence[Job], statuses: dict[int, int | None]) -> None:
         if not jobs:
             return
         now = utcnow()

@@ -26,7 +26,7 @@ from pynetdicom.association import Association
 from pynetdicom.presentation import PresentationContext, build_context
 
 from router._pynetdicom import reactor
-from router.config import Peer, RouterConfig
+from router.config import DicomPeer, RouterConfig
 from router.transcode import TranscodeError, syntax_name, transcode
 
 log = logging.getLogger(__name__)
@@ -132,7 +132,7 @@ class StoreAssociation:
     With ``on_report`` the association also proposes Storage Commitment Push Model (default roles: we are its
     SCU), so ``request_commitment`` can be sent on it and the peer's N-EVENT-REPORT reaches ``on_report``."""
 
-    def __init__(self, ae: AE, peer: Peer, items: Iterable[Item], on_report: ReportHandler | None = None) -> None:
+    def __init__(self, ae: AE, peer: DicomPeer, items: Iterable[Item], on_report: ReportHandler | None = None) -> None:
         self.ae = ae
         self.peer = peer
         self.contexts = contexts_for(items)

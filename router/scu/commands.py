@@ -28,7 +28,7 @@ from pynetdicom.association import Association
 from pynetdicom.pdu_primitives import SOPClassExtendedNegotiation
 from pynetdicom.presentation import build_context
 
-from router.config import Peer, RouterConfig
+from router.config import DicomPeer, RouterConfig
 from router.query.model import FIND, GET, MOVE, InfoModel, sop_class_for
 from router.scu.association import (
     MAX_CONTEXTS,
@@ -139,12 +139,15 @@ class Progress:
 
 
 # -- associations ---------------------------------------------------------------------------------------------------
-def peer_named(config: RouterConfig, name: str) -> Peer:
-    """A peer by its name in ``peers:``, or else by its AE title."""
+def peer_named(config: RouterConfig, name: str) -> DicomPeer:
+    """A DICOM peer by its name in ``peers:``, or else by its AE title."""
     if name in config.peers:
-        return config.peers[name]
+        named = config.peers[name]
+        if not isinstance(named, DicomPeer):
+            raise AssociationFailed(f"peer {name!r} is a {named.type} peer, not a DICOM one")
+        return named
     for peer in config.peers.values():
-        if peer.ae_title == name:
+        if isinstance(peer, DicomPeer) and peer.ae_title == name:
             return peer
     known = ", ".join(sorted(config.peers)) or "none configured"
     raise AssociationFailed(f"unknown peer {name!r} (peers: {known})")
@@ -152,7 +155,7 @@ def peer_named(config: RouterConfig, name: str) -> Peer:
 
 @contextlib.contextmanager
 def associate(
-    config: RouterConfig, peer: Peer, contexts: list[Any], ext_neg: list[Any] | None = None, handlers: Any = ()
+    config: RouterConfig, peer: DicomPeer, contexts: list[Any], ext_neg: list[Any] | None = None, handlers: Any = ()
 ) -> Iterator[Association]:
     ae = make_requestor(config)
     assoc = ae.associate(
@@ -179,7 +182,7 @@ def _status(rsp: Dataset | None) -> int:
     return int(rsp.Status)
 
 
-def echo(config: RouterConfig, peer: Peer) -> int:
+def echo(config: RouterConfig, peer: DicomPeer) -> int:
     with associate(config, peer, [build_context(VERIFICATION)]) as assoc:
         return _status(assoc.send_c_echo())
 
@@ -192,7 +195,7 @@ class FindOutcome:
 
 
 def find(
-    config: RouterConfig, peer: Peer, model: InfoModel, identifier: Dataset, outcome: FindOutcome
+    config: RouterConfig, peer: DicomPeer, model: InfoModel, identifier: Dataset, outcome: FindOutcome
 ) -> Iterator[Dataset]:
     """The matches, as they arrive; ``outcome`` holds the final status once the iterator is exhausted."""
     uid = sop_class_for(model, FIND)
@@ -269,7 +272,7 @@ def _track(
 
 
 def move(
-    config: RouterConfig, peer: Peer, destination: str, model: InfoModel, identifier: Dataset, progress: Progress
+    config: RouterConfig, peer: DicomPeer, destination: str, model: InfoModel, identifier: Dataset, progress: Progress
 ) -> RetrieveOutcome:
     uid = sop_class_for(model, MOVE)
     with associate(config, peer, [build_context(uid)]) as assoc:
@@ -277,7 +280,7 @@ def move(
 
 
 def get(
-    config: RouterConfig, peer: Peer, model: InfoModel, identifier: Dataset, out_dir: Path, progress: Progress
+    config: RouterConfig, peer: DicomPeer, model: InfoModel, identifier: Dataset, out_dir: Path, progress: Progress
 ) -> RetrieveOutcome:
     """C-GET; what arrives is written to ``out_dir/<SOP Instance UID>.dcm`` as received."""
     uid = sop_class_for(model, GET)
@@ -328,7 +331,7 @@ class SendOutcome:
 
 def send(
     config: RouterConfig,
-    peer: Peer,
+    peer: DicomPeer,
     paths: list[Path],
     progress: Progress,
     report: Callable[[Path, str], None] = lambda p, m: None,

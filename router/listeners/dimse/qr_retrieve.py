@@ -39,7 +39,7 @@ from pynetdicom.service_class import QueryRetrieveServiceClass
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError
 
-from router.config import Peer, RouterConfig
+from router.config import DicomPeer, RouterConfig
 from router.listeners.dimse.qr import OUT_OF_RESOURCES_ERRORS
 from router.query.find import QueryError
 from router.query.model import GET, MOVE, SOP_CLASSES
@@ -223,8 +223,9 @@ class Retriever:
         self.engine = engine
         self.ae: AE = make_requestor(config)  # the C-MOVE sub-operation associations
 
-    def destination(self, ae_title: str) -> Peer | None:
-        return next((p for p in self.config.peers.values() if p.ae_title == ae_title), None)
+    def destination(self, ae_title: str) -> DicomPeer | None:
+        peers = self.config.peers.values()
+        return next((p for p in peers if isinstance(p, DicomPeer) and p.ae_title == ae_title), None)
 
     def serve(self, service: RetrieveService, req: C_MOVE | C_GET, context: PresentationContext) -> None:
         started = time.monotonic()
@@ -297,7 +298,7 @@ class Retriever:
         responder: Responder,
         plan: RetrievePlan,
         pairs: list[tuple[str, str]],
-        peer: Peer | None,
+        peer: DicomPeer | None,
         tally: Tally,
     ) -> bool:
         """Send every match, a pending response after each; True when a C-CANCEL stopped it."""

@@ -42,7 +42,7 @@ from router.listeners.dimse.qr import FIND_SOP_CLASSES, QR_SOP_CLASSES, FindResu
 from router.listeners.dimse.qr_retrieve import RETRIEVER_ATTR, Retriever, install
 from router.listeners.dimse.workflow import WorkflowServices
 from router.scu.association import set_nodelay
-from router.statuses import FAILURE_PROCESSING
+from router.statuses import PROCESSING_FAILURE
 from router.worklist.service import MWL_FIND, UNABLE_TO_PROCESS, WorklistService
 
 log = logging.getLogger(__name__)
@@ -292,7 +292,7 @@ class DicomListener:
             return self.ingestor.ingest(raw, _source(event)).status
         except Exception:
             log.exception("C-STORE from %s failed unexpectedly", event.assoc.requestor.ae_title)
-            return FAILURE_PROCESSING
+            return PROCESSING_FAILURE
 
     def _on_worklist_find(self, event: evt.Event) -> Iterator[FindResult]:
         """Modality Worklist C-FIND (router.worklist.service)."""

@@ -23,11 +23,9 @@ from router.commitment.requester import handle_report
 from router.commitment.scp import CommitmentSCP
 from router.mpps import MPPS
 from router.mpps.service import MppsService
-from router.statuses import FAILURE_PROCESSING, dimse_status
+from router.statuses import PROCESSING_FAILURE, UNRECOGNISED_OPERATION, dimse_status
 
 log = logging.getLogger(__name__)
-
-UNRECOGNISED_OPERATION = 0x0211
 
 
 def _sop_class(event: evt.Event) -> str:
@@ -40,7 +38,7 @@ def _guarded(name: str, event: evt.Event, handler: Any) -> tuple[Dataset, None]:
         return handler(event)
     except Exception:
         log.exception("%s from %s failed unexpectedly", name, event.assoc.requestor.ae_title)
-        return dimse_status(FAILURE_PROCESSING, "internal error"), None
+        return dimse_status(PROCESSING_FAILURE, "internal error"), None
 
 
 def _refuse(name: str, event: evt.Event) -> tuple[Dataset, None]:

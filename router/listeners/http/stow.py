@@ -22,7 +22,7 @@ from starlette.responses import JSONResponse, Response
 from router.intake.dicom import Ingestor
 from router.intake.envelope import Source
 from router.listeners.http.multipart import MultipartError, TooLarge, media_type_params, parts, public_base, spool
-from router.statuses import FAILURE_CANNOT_UNDERSTAND, FAILURE_PROCESSING, SUCCESS
+from router.statuses import FAILURE_CANNOT_UNDERSTAND, PROCESSING_FAILURE, SUCCESS
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +85,7 @@ class Stow:
             if part.content_type not in ("application/dicom", ""):
                 reason = FAILURE_CANNOT_UNDERSTAND
             elif study is not None and part_study and part_study != study:
-                reason = FAILURE_PROCESSING
+                reason = PROCESSING_FAILURE
             else:
                 result = self.ingestor.ingest(part.body, source)
                 reason = result.status
