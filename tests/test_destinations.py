@@ -79,6 +79,27 @@ def test_a_plugin_destination_refusal_is_dead_lettered_and_an_absent_folder_retr
     assert error.endswith("holds another version")
 
 
+def test_a_destination_that_cannot_be_made_is_retried_then_dead_lettered(workdir: Path) -> None:
+    router = RouterProcess(
+        workdir,
+        plugins=[str(PLUGIN)],
+        peers={"ARCHIVE": {"type": "broken", "path": str(workdir)}},
+        rules=ALL_TO_ARCHIVE,
+        forward={"max_attempts": 3},
+    )
+    try:
+        router.start()
+        assert send_datasets(router.port, [make_instance()]) == [0]
+        wait_for(lambda: [s for _, s, _ in _jobs(router)] == ["dead"], 30, what="the job dead-lettered")
+        attempts = query(router.data_dir / "router.db", "select attempts from job")
+        assert router.alive(), "the forward workers keep running"
+    finally:
+        router.stop()
+    assert attempts == [(3,)]
+    [(_, _, error)] = _jobs(router)
+    assert "cannot make the destination: RuntimeError('this destination cannot be made')" in error
+
+
 def _serve_problems(workdir: Path, peers: dict[str, object]) -> str:
     config = workdir / "router.yaml"
     config.write_text(yaml.safe_dump({"plugins": [str(PLUGIN)], "data_dir": "var", "peers": peers,

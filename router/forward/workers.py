@@ -136,9 +136,10 @@ class Forwarder:
                 continue
             if self._blocked_until.get(peer_name, 0.0) > now:
                 continue
-            with self._lock:
-                for _ in range(self._senders_wanted(peer_name, kind, due) - self._active.get(peer_name, 0)):
-                    self._start_sender(peer_name, kind)
+            with self._lock:  # only this thread starts senders: the count cannot grow meanwhile
+                missing = self._senders_wanted(peer_name, kind, due) - self._active.get(peer_name, 0)
+            for _ in range(missing):
+                self._start_sender(peer_name, kind)
 
     def _senders_wanted(self, peer_name: str, kind: DestinationType, due: int) -> int:
         if getattr(kind, "ordered", False):
@@ -147,13 +148,20 @@ class Forwarder:
         return min(self.config.peers[peer_name].max_associations, backlog)
 
     def _start_sender(self, peer_name: str, kind: DestinationType) -> None:
-        """Start one more sender for ``peer_name`` (the caller holds ``_lock``)."""
-        self._active[peer_name] = self._active.get(peer_name, 0) + 1
-        destination = kind(peer_name, self.config.peers[peer_name], self.context)
+        """Start one more sender for ``peer_name``. A destination that cannot be made (a plugin's bug, a setting
+        it refuses late) counts as an unreachable peer: its jobs wait with backoff and end as dead letters."""
+        try:
+            destination = kind(peer_name, self.config.peers[peer_name], self.context)
+        except Exception as exc:
+            log.exception("cannot make the destination of %s", peer_name)
+            self.peer_unreachable(peer_name, [], f"cannot make the destination: {exc!r}")
+            return
         thread = threading.Thread(
             target=self._run_sender, args=(peer_name, destination), name=f"forward-{peer_name}", daemon=True
         )
-        self._senders.add(thread)
+        with self._lock:
+            self._active[peer_name] = self._active.get(peer_name, 0) + 1
+            self._senders.add(thread)
         thread.start()
 
     def _run_sender(self, peer_name: str, destination: Destination) -> None:
@@ -224,5 +232,5 @@ class Forwarder:
             verdicts.count(True),
         )
         if first:
-            attempts = max(j.attempts for j in jobs)  # how long the outage has lasted, not the newest arrival
+            attempts = max((j.attempts for j in jobs), default=1)  # how long the outage has lasted, not the newest
             self._blocked_until[peer_name] = time.monotonic() + backoff_delay(attempts, self.config.forward)

@@ -4,7 +4,8 @@
       ARCHIVE: {type: folder, path: /srv/archive}
 
 A job whose object the folder already holds with other bytes is refused (dead-lettered), so the tests can see a
-permanent outcome; a folder that is not there makes the peer unreachable (retried with backoff).
+permanent outcome; a folder that is not there makes the peer unreachable (retried with backoff). A peer of
+``type: broken`` has a destination that cannot be made (its constructor raises), as a buggy plugin's would.
 """
 
 from __future__ import annotations
@@ -62,6 +63,11 @@ class FolderDestination:
         pass
 
 
+class BrokenDestination(FolderDestination):
+    def __init__(self, name: str, peer: Any, context: DestinationContext) -> None:
+        raise RuntimeError("this destination cannot be made")
+
+
 @hookimpl
 def router_destinations(peer_type: str) -> type[FolderDestination] | None:
-    return FolderDestination if peer_type == "folder" else None
+    return {"folder": FolderDestination, "broken": BrokenDestination}.get(peer_type)
