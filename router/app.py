@@ -16,6 +16,7 @@ from router.destinations.registry import peer_problems
 from router.forward.process import ForwardProcess
 from router.forward.workers import Forwarder, make_forwarder
 from router.hooks.manager import build_plugin_manager, collect_stages, notify
+from router.intake.base import IntakeContext
 from router.intake.dicom import Ingestor
 from router.intake.envelope import read_values_as_they_came
 from router.intake.hl7 import Hl7Intake
@@ -51,7 +52,8 @@ class Router:
         self.engine = make_engine(config.effective_database_url)
         self.rules = LiveRules(config.rules_dir, self.stages, config)
         self.write_lock = write_lock_for(config.effective_database_url)  # one writer at a time (SQLite)
-        self.ingestor = Ingestor(config, self.engine, lambda: self.rules.current, self.stages, self.pm, self.write_lock)
+        intake = IntakeContext(config, self.engine, lambda: self.rules.current, self.stages, self.pm, self.write_lock)
+        self.ingestor = Ingestor(intake)
         self.ledger = CommitLedger(config, self.engine, self.pm, self.write_lock)
         # the forward workers: a process of their own (see router.forward.process), or threads of this one
         self.forwarder: Forwarder | ForwardProcess
@@ -62,13 +64,13 @@ class Router:
         wake = self.forwarder.wake
         self.ledger.on_jobs_requeued = wake
         self.ingestor.on_jobs_committed = wake
-        self.hl7 = Hl7Intake(config, self.engine, lambda: self.rules.current, self.stages, self.pm, self.write_lock)
+        self.hl7 = Hl7Intake(intake)
         self.hl7.on_jobs_committed = wake
         self.hl7.on_patients_merged = self.ingestor.ids.clear
         self.worklist = WorklistService(config, self.engine)
         self.commitment = CommitmentSCP(config, self.engine)
         self.commitment.wake = wake
-        self.mpps = MppsService(config, self.engine, lambda: self.rules.current, self.stages, self.pm, self.write_lock)
+        self.mpps = MppsService(intake)
         self.mpps.on_jobs_committed = wake
         workflow = WorkflowServices(self.commitment, self.ledger, self.mpps)
         self.listener = DicomListener(config, self.ingestor, self.pm, self.worklist, workflow)

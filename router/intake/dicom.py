@@ -25,29 +25,24 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-import pluggy
 from pydicom.errors import InvalidDicomError
-from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
-from router.config import RouterConfig
 from router.hooks.manager import notify
+from router.intake.base import Intake, IntakeContext
 from router.intake.envelope import UNLIMITED, Envelope, Source, sha256
-from router.intake.pipeline import PipelineResult, run_pipeline
-from router.intake.stage import PlannedForward, Stage, StageError
+from router.intake.pipeline import PipelineResult
+from router.intake.stage import PlannedForward, StageError
 from router.outbox.jobs import JobKind, NewJob, enqueue
 from router.outbox.orphans import drop_if_orphaned
-from router.rules.model import RuleSet
 from router.statuses import StoreOutcome, c_store_status
 from router.store import files
 from router.store.index import IdCache, find_instance, index_instance
 from router.store.models import utcnow
-from router.store.writelock import WriteLock
 
 log = logging.getLogger(__name__)
 
@@ -119,27 +114,14 @@ class _EarlyWrite:
             pending.add_done_callback(_remove_written)
 
 
-class Ingestor:
-    def __init__(
-        self,
-        config: RouterConfig,
-        engine: Engine,
-        rules: Callable[[], RuleSet],
-        stages: Mapping[str, Stage],
-        pm: pluggy.PluginManager,
-        write_lock: WriteLock,
-    ) -> None:
-        self.config = config
-        self.engine = engine
-        self.rules = rules
-        self.stages = stages
-        self.pm = pm
+class Ingestor(Intake):
+    def __init__(self, context: IntakeContext) -> None:
+        super().__init__(context)
+        config = context.config
         self.data_dir = config.data_dir
         self.tmp_dir = config.data_dir / "tmp"
         self.quarantine_dir = config.data_dir / "quarantine"
-        self.write_lock = write_lock  # one writer at a time (SQLite): see router.store.writelock
         self.ids = IdCache()
-        self.on_jobs_committed: Callable[[set[str]], None] = lambda peers: None
         # One worker per caller that can be ingesting at once (associations, STOW and HL7 requests): a caller
         # waits for its own worker, so fewer would only queue them.
         workers = config.dicom.max_associations + 8
@@ -203,7 +185,7 @@ class Ingestor:
             return self._finish_duplicate(env, verdict)
 
         try:
-            plan = run_pipeline(env, self.rules(), self.stages, self.config, engine=self.engine)
+            plan = self.plan(env)
         except StageError as exc:
             return self._refuse(env, StoreOutcome.PROCESSING_FAILED, str(exc))
 
@@ -225,13 +207,13 @@ class Ingestor:
                     log.info("%s was stored meanwhile by another association: deciding again", env.sop_instance_uid)
                     return self._commit(env, digest, tmp_object, derived, plan, written, look_again=True)
         except OSError as exc:
-            self._cleanup(written)
+            self.discard(written)
             return self._refuse(env, StoreOutcome.OUT_OF_RESOURCES, f"cannot write: {exc}")
         except SQLAlchemyError as exc:
-            self._cleanup(written)
+            self.discard(written)
             return self._refuse(env, StoreOutcome.OUT_OF_RESOURCES, f"database failure: {exc}")
         except Exception as exc:
-            self._cleanup(written)
+            self.discard(written)
             log.exception("storing %s failed", env.sop_instance_uid)
             return self._refuse(env, StoreOutcome.PROCESSING_FAILED, f"internal error: {exc!r}")
 
@@ -276,7 +258,7 @@ class Ingestor:
             existing = find_instance(conn, sop_uid) if look_again else None
             verdict = self._duplicate_verdict(existing.sha256 if existing else None, digest)
             if verdict is not None:
-                self._cleanup(written)
+                self.discard(written)
                 return self._finish_duplicate(env, verdict)
             relpath = files.object_relpath(
                 values.text("StudyInstanceUID", UNLIMITED), values.text("SeriesInstanceUID", UNLIMITED), sop_uid
@@ -323,8 +305,7 @@ class Ingestor:
             path=relpath,
             jobs=len(plan.forwards),
         )
-        if plan.forwards:
-            self.on_jobs_committed({f.peer for f in plan.forwards})
+        self.committed({f.peer for f in plan.forwards})
         return IngestResult(outcome, sop_uid, jobs=len(plan.forwards))
 
     def _drop_if_unreferenced(self, relpath: str, sop_uid: str) -> None:
@@ -405,8 +386,3 @@ class Ingestor:
             reason=reason,
         )
         return result
-
-    @staticmethod
-    def _cleanup(paths: list[Path]) -> None:
-        for path in paths:
-            files.remove_quietly(path)

@@ -16,16 +16,13 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pluggy
 from sqlalchemy import Connection, insert, select
-from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
-from router.config import RouterConfig
 from router.hl7.ack import build_ack
 from router.hl7.codes import INTERNAL_ERROR, UNSUPPORTED_EVENT, UNSUPPORTED_MESSAGE_TYPE
 from router.hl7.errors import Hl7Error
@@ -40,16 +37,13 @@ from router.hl7.patients import (
     upsert_patient,
 )
 from router.hl7.segments import Segment, segments_of
+from router.intake.base import Intake, IntakeContext
 from router.intake.envelope import Envelope, Source
-from router.intake.pipeline import run_pipeline
 from router.intake.resends import queue_patient_resends
-from router.intake.stage import PlannedForward, Stage, StageError
+from router.intake.stage import PlannedForward, StageError
 from router.outbox.jobs import HL7_STREAM, JobKind, NewJob, enqueue
-from router.rules.model import RuleSet
-from router.store import files
 from router.store.models import utcnow
 from router.store.tables import HL7_LOG as LOG
-from router.store.writelock import WriteLock
 
 log = logging.getLogger(__name__)
 
@@ -74,24 +68,9 @@ def _require(segments: list[Segment], name: str) -> Segment:
     return found
 
 
-class Hl7Intake:
-    def __init__(
-        self,
-        config: RouterConfig,
-        engine: Engine,
-        rules: Callable[[], RuleSet],
-        stages: Mapping[str, Stage],
-        pm: pluggy.PluginManager,
-        write_lock: WriteLock,
-    ) -> None:
-        self.config = config
-        self.engine = engine
-        self.rules = rules
-        self.stages = stages
-        self.pm = pm
-        self.write_lock = write_lock
-        self.hl7_dir = config.data_dir / "hl7"
-        self.on_jobs_committed: Callable[[set[str]], None] = lambda peers: None
+class Hl7Intake(Intake):
+    def __init__(self, context: IntakeContext) -> None:
+        super().__init__(context)
         self.on_patients_merged: Callable[[], None] = lambda: None
 
     def handle(self, raw: bytes, peer_address: str) -> bytes:
@@ -124,7 +103,7 @@ class Hl7Intake:
         env = Envelope.from_hl7(msg.raw, msg, Source("mllp", msg.sending_application, msg.receiving_application,
                                                      peer_address))  # fmt: skip
         try:
-            plan = run_pipeline(env, self.rules(), self.stages, self.config, engine=self.engine)
+            plan = self.plan(env)
         except StageError as exc:
             raise Hl7Error("AR", INTERNAL_ERROR, str(exc)) from exc
         applies = self._supported(msg)
@@ -150,25 +129,18 @@ class Hl7Intake:
                     )
                 )  # fmt: skip
         except IntegrityError as exc:
+            self.discard(written)
             if "control_id" in str(exc) or "uq_hl7" in str(exc):  # the same message on another connection won
-                for path in written:
-                    files.remove_quietly(path)
                 return build_ack(msg, "AA")
-            raise self._cleanup(written, exc) from exc
-        except BaseException as exc:
-            raise self._cleanup(written, exc) from exc
+            raise
+        except BaseException:
+            self.discard(written)
+            raise
         if applied.merged:
             self.on_patients_merged()
-        if plan.forwards or plan.resends:
-            self.on_jobs_committed({f.peer for f in plan.forwards} | {peer for peer, _ in plan.resends})
+        self.committed({f.peer for f in plan.forwards} | {peer for peer, _ in plan.resends})
         log.info("HL7 %s %s from %s: %s", msg.message_type, msg.control_id, sender, "; ".join(applied.summary))
         return build_ack(msg, "AA")
-
-    @staticmethod
-    def _cleanup(written: list[Path], exc: BaseException) -> BaseException:
-        for path in written:
-            files.remove_quietly(path)
-        return exc
 
     @staticmethod
     def _supported(msg: Hl7Message) -> bool:
@@ -198,12 +170,7 @@ class Hl7Intake:
         return Applied([apply_order(conn, g, patient_fk, self.config, referring) for g in groups])
 
     def _write_message(self, msg: Hl7Message, written: list[Path]) -> str:
-        relpath = f"hl7/{utcnow():%Y%m%d}/{uuid.uuid4().hex}.hl7"
-        tmp = files.write_temp(self.config.data_dir / "tmp", msg.raw)
-        written.append(tmp)
-        written.append(self.config.data_dir / relpath)
-        files.commit_file(tmp, self.config.data_dir / relpath)
-        return relpath
+        return self.write_file(f"hl7/{utcnow():%Y%m%d}/{uuid.uuid4().hex}.hl7", msg.raw, written)
 
     def _queue(self, conn: Connection, msg: Hl7Message, forwards: list[PlannedForward], relpath: str) -> None:
         enqueue(

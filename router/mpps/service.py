@@ -15,33 +15,29 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import pluggy
 from pydicom.dataset import Dataset
 from pynetdicom import evt
 from sqlalchemy import Connection, insert, select, update
-from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
-from router.config import RouterConfig
+from router.intake.base import Intake
 from router.intake.envelope import Envelope, Source
-from router.intake.pipeline import PipelineResult, run_pipeline
-from router.intake.stage import Stage, StageError
+from router.intake.pipeline import PipelineResult
+from router.intake.stage import StageError
 from router.mpps import FINAL, MPPS, MppsMessage
 from router.mpps.attributes import Refusal, apply_set, check_create, check_set, text
 from router.mpps.images import with_received_images
 from router.mpps.worklist import decode_ids, encode_ids, linked_items, set_status
 from router.outbox.jobs import JobKind, NewJob, enqueue
-from router.rules.model import RuleSet
 from router.statuses import DUPLICATE_INSTANCE, NO_SUCH_INSTANCE, PROCESSING_FAILURE, dimse_status
 from router.store import files
 from router.store.datasets import from_part10, to_part10
 from router.store.models import utcnow
 from router.store.tables import PERFORMED_PROCEDURE_STEP as PPS
-from router.store.writelock import WriteLock
 
 log = logging.getLogger(__name__)
 
@@ -58,24 +54,7 @@ def _source(event: evt.Event) -> Source:
                   f"{req.address}:{req.port}")  # fmt: skip
 
 
-class MppsService:
-    def __init__(
-        self,
-        config: RouterConfig,
-        engine: Engine,
-        rules: Callable[[], RuleSet],
-        stages: Mapping[str, Stage],
-        pm: pluggy.PluginManager,
-        write_lock: WriteLock,
-    ) -> None:
-        self.config = config
-        self.engine = engine
-        self.rules = rules
-        self.stages = stages
-        self.pm = pm
-        self.write_lock = write_lock
-        self.on_jobs_committed: Callable[[set[str]], None] = lambda peers: None
-
+class MppsService(Intake):
     # -- handlers (EVT_N_CREATE / EVT_N_SET for the MPPS SOP class) ------------------------------------------
     def on_create(self, event: evt.Event) -> tuple[Dataset, None]:
         uid = str(getattr(event.request, "AffectedSOPInstanceUID", None) or "").rstrip("\x00 ")
@@ -119,8 +98,7 @@ class MppsService:
             raise Refused(Refusal(DUPLICATE_INSTANCE, "an MPPS with this SOP Instance UID exists"))
         message = MppsMessage("N-CREATE", uid, ds, ds)
         raw = to_part10(ds, MPPS, uid)
-        plan = run_pipeline(Envelope.from_mpps(raw, message, source), self.rules(), self.stages, self.config,
-                            engine=self.engine)  # fmt: skip
+        plan = self.plan(Envelope.from_mpps(raw, message, source))
         written: list[Path] = []
         try:
             relpath = self._write(uid, 1, "create", raw, written)
@@ -137,12 +115,12 @@ class MppsService:
                 moved = set_status(conn, items, message.status)
                 self._queue(conn, JobKind.MPPS_CREATE, uid, plan, relpath)
         except IntegrityError as exc:
-            self._cleanup(written)
+            self.discard(written)
             raise Refused(Refusal(DUPLICATE_INSTANCE, "an MPPS with this SOP Instance UID exists")) from exc
         except BaseException:
-            self._cleanup(written)
+            self.discard(written)
             raise
-        self._committed(plan)
+        self.committed({f.peer for f in plan.forwards})
         return f"{message.status}, {moved} worklist item(s) moved, {len(plan.forwards)} forward job(s)"
 
     # -- N-SET ----------------------------------------------------------------------------------------------
@@ -156,8 +134,7 @@ class MppsService:
         state = apply_set(from_part10((self.config.data_dir / row.path).read_bytes()), mods)
         message = MppsMessage("N-SET", uid, mods, state)
         raw = to_part10(mods, MPPS, uid)
-        plan = run_pipeline(Envelope.from_mpps(raw, message, source), self.rules(), self.stages, self.config,
-                            engine=self.engine)  # fmt: skip
+        plan = self.plan(Envelope.from_mpps(raw, message, source))
         added = 0
         forward = mods
         if plan.forwards:
@@ -181,9 +158,9 @@ class MppsService:
                 moved = set_status(conn, decode_ids(row.worklist_items), message.status) if final else 0
                 self._queue(conn, JobKind.MPPS_SET, uid, plan, forward_path)
         except BaseException:
-            self._cleanup(written)
+            self.discard(written)
             raise
-        self._committed(plan)
+        self.committed({f.peer for f in plan.forwards})
         return (f"{message.status}, {moved} worklist item(s) moved, {len(plan.forwards)} forward job(s)"
                 f"{f' with {added} received instance(s) added' if added else ''}")  # fmt: skip
 
@@ -194,24 +171,11 @@ class MppsService:
 
     def _write(self, uid: str, number: int, what: str, data: bytes, written: list[Path]) -> str:
         relpath = f"mpps/{files.safe_component(uid)}/{number:03d}-{what}-{uuid.uuid4().hex[:8]}.dcm"
-        tmp = files.write_temp(self.config.data_dir / "tmp", data)
-        written.append(tmp)
-        written.append(self.config.data_dir / relpath)
-        files.commit_file(tmp, self.config.data_dir / relpath)
-        return relpath
-
-    @staticmethod
-    def _cleanup(written: list[Path]) -> None:
-        for path in written:
-            files.remove_quietly(path)
+        return self.write_file(relpath, data, written)
 
     @staticmethod
     def _queue(conn: Connection, kind: JobKind, uid: str, plan: PipelineResult, relpath: str) -> None:
         enqueue(conn, [NewJob(kind, fwd.peer, uid, relpath, MPPS, rule=fwd.rule) for fwd in plan.forwards])
-
-    def _committed(self, plan: PipelineResult) -> None:
-        if plan.forwards:
-            self.on_jobs_committed({f.peer for f in plan.forwards})
 
 
 def _step_value(ds: Dataset, keyword: str) -> str:
