@@ -253,6 +253,40 @@ def parse_message(
     hl7apy cannot parse the message                AE   102        (none)
     =============================================  ===  =========  ==================
     """
+    body, first, enc, charset = _read_msh(raw)
+    try:
+        text, codec = er7.decode(body, charset)
+    except UnicodeDecodeError as exc:
+        codec = er7.CHARSETS[charset]
+        msh = er7.segment_fields(first.decode(codec, errors="replace"), enc)
+        raise Hl7Error(
+            "AE",
+            102,
+            f"bytes not valid in the declared character set {charset}",
+            location=_decode_error_location(body, exc.start, enc),
+            partial=Hl7Header(encoding=enc, msh=msh, charset=charset, codec=codec),
+        ) from None
+    segments = er7.split_segments(text)
+    segment_list = tuple(er7.segment_fields(s, enc) for s in segments)
+    header = Hl7Header(encoding=enc, msh=segment_list[0], charset=charset, codec=codec)
+    _check_header(header, accepted_processing_ids, accepted_versions, accepted_messages)
+    _check_segments(header, segment_list)
+    parsed = _hl7apy_message(segments, header) if use_hl7apy else None
+    return Hl7Message(
+        encoding=enc,
+        msh=header.msh,
+        charset=charset,
+        codec=codec,
+        raw=raw,
+        text=text,
+        msg=parsed,
+        segment_list=segment_list,
+    )
+
+
+def _read_msh(raw: bytes) -> tuple[bytes, bytes, EncodingChars, str]:
+    """The message from its MSH on, the MSH line, the encoding characters and the MSH-18 character set, read from
+    the bytes before anything is decoded; raises the MSH-1/2/18 refusals of ``parse_message``."""
     start = _find_msh(raw)
     if start < 0:
         raise Hl7Error("AR", 100, "the frame does not start with an MSH segment", location=("MSH", 1))
@@ -272,50 +306,23 @@ def parse_message(
             msh = er7.segment_fields(first.decode("latin-1"), EncodingChars(field=fs))
             partial = Hl7Header(msh=("MSH", "|", DEFAULT_ENCODING.msh2, *msh[3:]), codec="latin-1")
         raise Hl7Error("AR", 102, str(exc), location=("MSH", 1, 2 if usable_fs else 1), partial=partial) from None
-
     charset_field = byte_fields[17].decode("latin-1") if len(byte_fields) > 17 else ""
     charset = charset_field.split(enc.repetition)[0].strip()
     if charset and charset not in er7.CHARSETS:
         partial = Hl7Header(encoding=enc, msh=er7.segment_fields(first.decode("latin-1"), enc), codec="latin-1")
         reason = f"unsupported character set (MSH-18) {charset!r}"
         raise Hl7Error("AR", 103, reason, location=("MSH", 1, 18), partial=partial)
-    try:
-        text, codec = er7.decode(body, charset)
-    except UnicodeDecodeError as exc:
-        codec = er7.CHARSETS[charset]
-        msh = er7.segment_fields(first.decode(codec, errors="replace"), enc)
-        raise Hl7Error(
-            "AE",
-            102,
-            f"bytes not valid in the declared character set {charset}",
-            location=_decode_error_location(body, exc.start, enc),
-            partial=Hl7Header(encoding=enc, msh=msh, charset=charset, codec=codec),
-        ) from None
+    return body, first, enc, charset
 
-    segments = er7.split_segments(text)
-    segment_list = tuple(er7.segment_fields(s, enc) for s in segments)
-    header = Hl7Header(encoding=enc, msh=segment_list[0], charset=charset, codec=codec)
-    _check_header(header, accepted_processing_ids, accepted_versions, accepted_messages)
-    _check_segments(header, segment_list)
-    parsed = None
+
+def _hl7apy_message(segments: list[str], header: Hl7Header) -> Any:
     try:
-        if use_hl7apy:
-            parsed = _hl7apy_parse("\r".join(segments), validation_level=VALIDATION_LEVEL.TOLERANT, find_groups=False)
+        return _hl7apy_parse("\r".join(segments), validation_level=VALIDATION_LEVEL.TOLERANT, find_groups=False)
     except UnsupportedVersion:
         reason = f"version {header.version} is not supported by the parser"
         raise Hl7Error("AR", 203, reason, location=("MSH", 1, 12), partial=header) from None
     except HL7apyException as exc:
         raise Hl7Error("AE", 102, f"cannot parse the message: {exc}", partial=header) from None
-    return Hl7Message(
-        encoding=enc,
-        msh=header.msh,
-        charset=charset,
-        codec=codec,
-        raw=raw,
-        text=text,
-        msg=parsed,
-        segment_list=segment_list,
-    )
 
 
 def _check_header(

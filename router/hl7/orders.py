@@ -198,26 +198,8 @@ def apply_order(conn: Connection, group: OrderGroup, patient_fk: int, config: Ro
         )
     placer, filler = _order_numbers(group)
     existing = _existing(conn, placer, filler)  # whatever their status
-    now = utcnow()
     if control in CANCEL_CONTROLS or control == "SC":
-        if not existing:
-            raise Hl7Error(
-                "AE", UNKNOWN_KEY, f"unknown order {placer or filler!r}", location=("ORC", 1, 2 if placer else 3, 1)
-            )
-        if control == "SC":
-            status = ORDER_STATUS.get(group.orc.get(5).upper())
-            if status is None:
-                raise Hl7Error(
-                    "AE",
-                    TABLE_VALUE_NOT_FOUND,
-                    f"order status {group.orc.get(5)!r} is not supported (SC, IP, CM, CA, DC)",
-                    location=("ORC", 1, 5, 1),
-                )
-        else:
-            status = CANCEL_CONTROLS[control]
-        ids = [row.id for row in existing]
-        conn.execute(update(WORKLIST).where(WORKLIST.c.id.in_(ids)).values(status=status, updated_at=now))
-        return f"{control} order {placer or filler}: {len(ids)} step(s) {status}"
+        return _change_status(conn, group, control, existing, placer or filler, bool(placer))
     if control == "XO" and existing and all(row.status not in SpsStatus.ACTIVE for row in existing):
         raise Hl7Error(
             "AE",
@@ -226,12 +208,52 @@ def apply_order(conn: Connection, group: OrderGroup, patient_fk: int, config: Ro
             location=("ORC", 1, 1, 1),
         )
     if control == "XO" and not existing:
-        raise Hl7Error(
-            "AE", UNKNOWN_KEY, f"unknown order {placer or filler!r}", location=("ORC", 1, 2 if placer else 3, 1)
-        )
+        raise _unknown_order(placer or filler, bool(placer))
+    written = _write_steps(conn, group, control, existing, patient_fk, config, (placer, filler, referring))
+    verb = "new" if control == "NW" and not existing else "updated"
+    return f"{control} order {placer or filler}: {written} step(s) {verb}"
+
+
+def _unknown_order(number: str, by_placer: bool) -> Hl7Error:
+    return Hl7Error("AE", UNKNOWN_KEY, f"unknown order {number!r}", location=("ORC", 1, 2 if by_placer else 3, 1))
+
+
+def _change_status(
+    conn: Connection, group: OrderGroup, control: str, existing: list[Any], number: str, by_placer: bool
+) -> str:
+    """CA / DC / OC / SC: every step of the order takes the status the message gives."""
+    if not existing:
+        raise _unknown_order(number, by_placer)
+    if control == "SC":
+        status = ORDER_STATUS.get(group.orc.get(5).upper())
+        if status is None:
+            raise Hl7Error(
+                "AE",
+                TABLE_VALUE_NOT_FOUND,
+                f"order status {group.orc.get(5)!r} is not supported (SC, IP, CM, CA, DC)",
+                location=("ORC", 1, 5, 1),
+            )
+    else:
+        status = CANCEL_CONTROLS[control]
+    ids = [row.id for row in existing]
+    conn.execute(update(WORKLIST).where(WORKLIST.c.id.in_(ids)).values(status=status, updated_at=utcnow()))
+    return f"{control} order {number}: {len(ids)} step(s) {status}"
+
+
+def _write_steps(
+    conn: Connection,
+    group: OrderGroup,
+    control: str,
+    existing: list[Any],
+    patient_fk: int,
+    config: RouterConfig,
+    order: tuple[str, str, str],
+) -> int:
+    """NW / XO: insert or update one worklist item per scheduled step (IPC, or one without); how many."""
+    placer, filler, referring = order
+    now = utcnow()
     known_uid = next((row.study_uid for row in existing if row.study_uid), "")
     steps: list[Segment | None] = list(group.ipcs) or [None]
-    written = 0
     for ipc in steps:
         values = item_values(group, patient_fk, config, ipc)
         values["study_uid"] = values["study_uid"] or known_uid or f"2.25.{uuid.uuid4().int}"
@@ -248,6 +270,4 @@ def apply_order(conn: Connection, group: OrderGroup, patient_fk: int, config: Ro
             if control == "NW" and match.status not in SpsStatus.ACTIVE:  # the number of a cancelled/done order
                 values["status"] = SpsStatus.SCHEDULED
             conn.execute(update(WORKLIST).where(WORKLIST.c.id == match.id).values(**values))
-        written += 1
-    verb = "new" if control == "NW" and not existing else "updated"
-    return f"{control} order {placer or filler}: {written} step(s) {verb}"
+    return len(steps)

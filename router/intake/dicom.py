@@ -265,7 +265,6 @@ class Ingestor(Intake):
             )
             if existing is not None:  # overwrite policy: a new file name, the old file goes after commit
                 relpath = relpath[: -len(".dcm")] + f".{digest[:12]}.dcm"
-            old_path = existing.path if existing is not None else None
             new_ids = index_instance(
                 conn,
                 self.ids,
@@ -279,17 +278,26 @@ class Ingestor(Intake):
             )
             enqueue(conn, [_job(fwd, env, derived[id(fwd.payload)] if _own_file(fwd, env) else relpath)
                            for fwd in plan.forwards])  # fmt: skip
-            # Files take their names only now, after the rows: a unique-UID failure above leaves no file behind.
-            tmp_paths = iter(written[1:])
-            renames = [(tmp_object, relpath)]
-            renames += [(next(tmp_paths), rel) for rel in derived.values()]
-            for tmp, rel in renames:
-                written.append(self.data_dir / rel)  # before the rename: a failed folder fsync must clean it too
-                files.commit_file(tmp, self.data_dir / rel)
+            self._rename_into_place(tmp_object, relpath, derived, written)
         self.ids.remember(new_ids)
+        return self._stored(env, relpath, plan, existing.path if existing is not None else None)
+
+    def _rename_into_place(self, tmp_object: Path, relpath: str, derived: dict[int, str], written: list[Path]) -> None:
+        """Files take their names only after the rows: a unique-UID failure before leaves no file behind."""
+        tmp_paths = iter(written[1:])
+        renames = [(tmp_object, relpath)]
+        renames += [(next(tmp_paths), rel) for rel in derived.values()]
+        for tmp, rel in renames:
+            written.append(self.data_dir / rel)  # before the rename: a failed folder fsync must clean it too
+            files.commit_file(tmp, self.data_dir / rel)
+
+    def _stored(self, env: Envelope, relpath: str, plan: PipelineResult, old_path: str | None) -> IngestResult:
+        """The object is committed: the replaced version's file goes (overwrite policy), the plugins are told, the
+        forward workers woken."""
+        sop_uid = env.sop_instance_uid
         if old_path is not None and old_path != relpath:
-            self._drop_if_unreferenced(old_path, sop_uid)
-        outcome = StoreOutcome.OVERWRITTEN if existing is not None else StoreOutcome.STORED
+            drop_if_orphaned(self.engine, self.data_dir, old_path, sop_uid)
+        outcome = StoreOutcome.OVERWRITTEN if old_path is not None else StoreOutcome.STORED
         log.info(
             "stored %s from %s (%s), %d forward job(s)",
             sop_uid,
@@ -307,9 +315,6 @@ class Ingestor(Intake):
         )
         self.committed({f.peer for f in plan.forwards})
         return IngestResult(outcome, sop_uid, jobs=len(plan.forwards))
-
-    def _drop_if_unreferenced(self, relpath: str, sop_uid: str) -> None:
-        drop_if_orphaned(self.engine, self.data_dir, relpath, sop_uid)
 
     # -- outcomes -----------------------------------------------------------------------------------------
     def _finish_duplicate(self, env: Envelope, outcome: StoreOutcome) -> IngestResult:

@@ -123,6 +123,33 @@ def _get_or_insert(
     return int(found), inserted
 
 
+def _patient_row(values: HeaderValues) -> dict[str, Any]:
+    text = values.text
+    name = text("PatientName")
+    return {"patient_id": text("PatientID", 64), "issuer": text("IssuerOfPatientID", 64), "name": name,
+            "name_norm": normalize_name(name)[:324], "birth_date": date_text(values, "PatientBirthDate"),
+            "sex": text("PatientSex", 16), "updated_at": utcnow()}  # fmt: skip
+
+
+def _study_row(values: HeaderValues, patient_fk: int) -> dict[str, Any]:
+    text = values.text
+    referring = text("ReferringPhysicianName")
+    return {"study_uid": text("StudyInstanceUID", 64), "patient_fk": patient_fk,
+            "study_date": date_text(values, "StudyDate"), "study_time": time_text(values, "StudyTime"),
+            "accession_number": text("AccessionNumber", 16), "study_id": text("StudyID", 16),
+            "description": text("StudyDescription", 64), "referring_physician": referring,
+            "referring_physician_norm": normalize_name(referring)[:324], "updated_at": utcnow()}  # fmt: skip
+
+
+def _series_row(values: HeaderValues, study_fk: int) -> dict[str, Any]:
+    text = values.text
+    return {"series_uid": text("SeriesInstanceUID", 64), "study_fk": study_fk, "modality": text("Modality", 16),
+            "series_number": text("SeriesNumber", 12), "description": text("SeriesDescription", 64),
+            "body_part": text("BodyPartExamined", 16),
+            "pps_start_date": date_text(values, "PerformedProcedureStepStartDate"),
+            "pps_start_time": time_text(values, "PerformedProcedureStepStartTime")}  # fmt: skip
+
+
 def index_instance(
     conn: Connection,
     cache: IdCache,
@@ -140,42 +167,20 @@ def index_instance(
     text = values.text
     new_ids: NewIds = {}
     pid, issuer = text("PatientID", 64), text("IssuerOfPatientID", 64)
-
-    def patient_values() -> dict[str, Any]:
-        name = text("PatientName")
-        return {"patient_id": pid, "issuer": issuer, "name": name, "name_norm": normalize_name(name)[:324],
-                "birth_date": date_text(values, "PatientBirthDate"), "sex": text("PatientSex", 16),
-                "updated_at": utcnow()}  # fmt: skip
-
     patient_id, _ = _get_or_insert(
         conn, cache, new_ids, ("patient", pid, issuer), PATIENT,
-        lambda: (PATIENT.c.patient_id == pid) & (PATIENT.c.issuer == issuer), patient_values,
+        lambda: (PATIENT.c.patient_id == pid) & (PATIENT.c.issuer == issuer), lambda: _patient_row(values),
     )  # fmt: skip
     study_uid = text("StudyInstanceUID", 64)
-
-    def study_values() -> dict[str, Any]:
-        referring = text("ReferringPhysicianName")
-        return {"study_uid": study_uid, "patient_fk": patient_id, "study_date": date_text(values, "StudyDate"),
-                "study_time": time_text(values, "StudyTime"), "accession_number": text("AccessionNumber", 16),
-                "study_id": text("StudyID", 16), "description": text("StudyDescription", 64),
-                "referring_physician": referring, "referring_physician_norm": normalize_name(referring)[:324],
-                "updated_at": utcnow()}  # fmt: skip
-
     study_id, _ = _get_or_insert(
-        conn, cache, new_ids, ("study", study_uid), STUDY, lambda: STUDY.c.study_uid == study_uid, study_values
-    )
+        conn, cache, new_ids, ("study", study_uid), STUDY,
+        lambda: STUDY.c.study_uid == study_uid, lambda: _study_row(values, patient_id),
+    )  # fmt: skip
     series_uid = text("SeriesInstanceUID", 64)
-
-    def series_values() -> dict[str, Any]:
-        return {"series_uid": series_uid, "study_fk": study_id, "modality": text("Modality", 16),
-                "series_number": text("SeriesNumber", 12), "description": text("SeriesDescription", 64),
-                "body_part": text("BodyPartExamined", 16),
-                "pps_start_date": date_text(values, "PerformedProcedureStepStartDate"),
-                "pps_start_time": time_text(values, "PerformedProcedureStepStartTime")}  # fmt: skip
-
     series_id, new_series = _get_or_insert(
-        conn, cache, new_ids, ("series", series_uid), SERIES, lambda: SERIES.c.series_uid == series_uid, series_values
-    )
+        conn, cache, new_ids, ("series", series_uid), SERIES,
+        lambda: SERIES.c.series_uid == series_uid, lambda: _series_row(values, study_id),
+    )  # fmt: skip
     if new_series and (requests := request_items(values.dataset)):
         conn.execute(_INSERT[id(SERIES_REQUEST)], [{"series_fk": series_id, **item} for item in requests])
     row = {
