@@ -2,18 +2,31 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 
-from router.config import DEFAULT_CONFIG, ConfigError, load_config, parse_config
+from router.config import DEFAULT_CONFIG, ConfigError, RouterConfig, load_config, parse_config
+
+ROOT = Path(__file__).parent.parent
+EXAMPLE = ROOT / "config" / "router.yaml"
 
 
-def test_embedded_default_is_valid_and_points_at_the_repository() -> None:
-    cfg = load_config(DEFAULT_CONFIG)
-    root = DEFAULT_CONFIG.parent.parent
+@pytest.fixture
+def no_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    monkeypatch.delenv("ROUTER_CONFIG", raising=False)
+    monkeypatch.delenv("ROUTER_DATA_DIR", raising=False)
+    return monkeypatch
+
+
+def test_example_configuration_is_valid_and_points_at_the_repository(no_env: pytest.MonkeyPatch) -> None:
+    cfg = load_config(EXAMPLE)
+    root = EXAMPLE.parent.parent
     assert cfg.ae_title == "ROUTER"
     assert cfg.data_dir == root / "var"
     assert cfg.rules_dir == root / "rules"
@@ -22,6 +35,78 @@ def test_embedded_default_is_valid_and_points_at_the_repository() -> None:
     assert cfg.hl7.port == 2575 and cfg.http.port == 8080
     assert cfg.peers["PACS"].port == 11113
     assert cfg.effective_database_url == f"sqlite:///{root / 'var' / 'router.db'}"
+
+
+def test_embedded_defaults_are_package_data_resolved_against_the_current_folder(
+    tmp_path: Path, no_env: pytest.MonkeyPatch
+) -> None:
+    no_env.chdir(tmp_path)
+    cfg = load_config()
+    assert DEFAULT_CONFIG.parent == Path(sys.modules["router.config"].__file__ or "").parent
+    assert cfg.source == DEFAULT_CONFIG
+    assert cfg.ae_title == "ROUTER"
+    assert cfg.data_dir == tmp_path / "var"
+    assert cfg.rules_dir == tmp_path / "rules"
+    assert cfg.dicom.port == 11112 and cfg.hl7.port == 2575 and cfg.http.port == 8080
+    assert cfg.peers["PACS"].port == 11113
+    assert cfg.effective_database_url == f"sqlite:///{tmp_path / 'var' / 'router.db'}"
+
+
+def test_embedded_defaults_name_nothing_the_models_already_say() -> None:
+    """Only the example peer (which has no default); every setting comes from the models, so the two cannot
+    disagree."""
+    data = yaml.safe_load(DEFAULT_CONFIG.read_text())
+    assert set(data) == {"peers"}
+
+
+def _leaves(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict) and key != "peers":
+            out.update(_leaves(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _example_settings(uncommented: bool) -> dict[str, Any]:
+    text = EXAMPLE.read_text()
+    if uncommented:
+        head, _, tail = text.partition("# What a site usually sets next")
+        text = head + re.sub(r"^# ?", "", tail.split("\n", 1)[1], flags=re.M)
+    data: dict[str, Any] = yaml.safe_load(text)
+    return data
+
+
+@pytest.mark.parametrize("uncommented", [False, True], ids=["as-shipped", "suggestions-uncommented"])
+def test_example_configuration_names_only_what_differs(uncommented: bool, tmp_path: Path) -> None:
+    data = _example_settings(uncommented)
+    parse_config(data, EXAMPLE.parent)  # the suggestions are valid settings too
+    defaults = _leaves(RouterConfig().model_dump(mode="json"))
+    same = {k: v for k, v in _leaves(data).items() if k in defaults and defaults[k] == v}
+    assert same == {}, "the example repeats defaults"
+
+
+def test_a_file_names_only_what_differs(tmp_path: Path, no_env: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "site.yaml"
+    path.write_text("ae_title: SITE\n")
+    cfg = load_config(path)
+    expected = RouterConfig(ae_title="SITE", data_dir=tmp_path / "var", rules_dir=tmp_path / "rules", source=path)
+    assert cfg == expected
+    assert cfg.peers == {}, "nothing is merged from the embedded defaults"
+
+
+def test_data_dir_environment_variable(tmp_path: Path, no_env: pytest.MonkeyPatch) -> None:
+    no_env.chdir(tmp_path)
+    no_env.setenv("ROUTER_DATA_DIR", "data")
+    assert load_config().data_dir == tmp_path / "data", "relative to the current folder"
+    (tmp_path / "etc").mkdir()
+    bare = tmp_path / "etc" / "bare.yaml"
+    bare.write_text("ae_title: SITE\n")
+    assert load_config(bare).data_dir == tmp_path / "data"
+    named = tmp_path / "etc" / "named.yaml"
+    named.write_text("data_dir: here\n")
+    assert load_config(named).data_dir == tmp_path / "etc" / "here", "a file that names data_dir wins"
 
 
 def test_paths_are_relative_to_the_file(tmp_path: Path) -> None:

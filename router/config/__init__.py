@@ -1,7 +1,10 @@
 """Router configuration: one YAML file, validated before anything starts.
 
-``config/router.yaml`` is the embedded default. Relative paths in a file are resolved against the folder that
-holds that file. Unknown keys and bad values are errors that name the key and say what is expected.
+A configuration file names only what differs from the defaults of the models (``router.config.model``); it
+replaces the embedded default configuration (``defaults.yaml`` beside this module, package data) as a whole.
+Relative paths in a file are resolved against the folder that holds that file; those of the embedded defaults
+against the current folder, the one the router is started from. Unknown keys and bad values are errors that name
+the key and say what is expected.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from router.config.peers import UNION_TAGS, AnyPeer, DicomPeer, DicomwebPeer, Ml
 __all__ = [
     "BUILTIN_PEER_TYPES",
     "CONFIG_ENV",
+    "DATA_DIR_ENV",
     "DEFAULT_CONFIG",
     "AETitle",
     "AnyPeer",
@@ -53,8 +57,9 @@ __all__ = [
     "parse_config",
 ]
 
-DEFAULT_CONFIG = Path(__file__).resolve().parent.parent.parent / "config" / "router.yaml"
+DEFAULT_CONFIG = Path(__file__).resolve().parent / "defaults.yaml"  # package data, installed with the router
 CONFIG_ENV = "ROUTER_CONFIG"
+DATA_DIR_ENV = "ROUTER_DATA_DIR"  # the data folder, for a configuration that names none
 
 
 def _key(loc: tuple[int | str, ...]) -> str:
@@ -102,8 +107,12 @@ def parse_config(data: Any, base_dir: Path, source: Path | None = None) -> Route
 
 
 def load_config(path: str | os.PathLike[str] | None = None) -> RouterConfig:
-    """Load the config named by ``path``, else ``$ROUTER_CONFIG``, else the embedded default."""
-    chosen = Path(path or os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG).resolve()
+    """Load the config named by ``path``, else ``$ROUTER_CONFIG``, else the embedded defaults.
+
+    Relative paths of a named file are relative to its folder; those of the embedded defaults to the current
+    folder. A configuration that does not name ``data_dir`` gets ``$ROUTER_DATA_DIR`` when it is set."""
+    named = path or os.environ.get(CONFIG_ENV)
+    chosen = Path(named).resolve() if named else DEFAULT_CONFIG
     try:
         text = chosen.read_text(encoding="utf-8")
     except OSError as exc:
@@ -112,7 +121,10 @@ def load_config(path: str | os.PathLike[str] | None = None) -> RouterConfig:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{chosen}: not valid YAML: {exc}") from None
+    data_dir = os.environ.get(DATA_DIR_ENV)
+    if data_dir and isinstance(data, dict | None) and "data_dir" not in (data or {}):
+        data = {**(data or {}), "data_dir": str(Path(data_dir).resolve())}
     try:
-        return parse_config(data, chosen.parent, chosen)
+        return parse_config(data, chosen.parent if named else Path.cwd(), chosen)
     except ConfigError as exc:
         raise ConfigError(f"{chosen}: invalid configuration\n{exc}") from None
