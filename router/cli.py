@@ -47,7 +47,12 @@ def cmd_rules_check(args: argparse.Namespace) -> int:
 
     cfg = _config(args)
     rules_dir = Path(args.dir).resolve() if args.dir else cfg.rules_dir
+    if args.dir and not rules_dir.exists():  # named on the command line: a typo, not "no rules"
+        print(f"router: {rules_dir}: no such folder", file=sys.stderr)
+        return EXIT_USAGE
     result = load_rules(rules_dir, _stages(cfg), cfg)
+    for warning in result.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     for problem in result.problems:
         print(problem)
     if result.problems:
@@ -67,7 +72,7 @@ def cmd_rules_test(args: argparse.Namespace) -> int:
     stages = _stages(cfg)
     rules_dir = Path(args.rules).resolve() if args.rules else cfg.rules_dir
     loaded = load_rules(rules_dir, stages, cfg)
-    for problem in loaded.problems:
+    for problem in loaded.warnings + loaded.problems:
         print(f"warning: {problem}", file=sys.stderr)
     try:
         raw = Path(args.file).read_bytes()

@@ -37,12 +37,16 @@ class LiveRules:
                 return False
             self._seen_signature = signature
             result = load_rules(self._dir, self._stages, self._config)
+            if result.warnings and self._current.files:  # the folder went away under rules in force: keep them
+                result.problems.extend(result.warnings)
             self.last_problems = result.problems
             if not result.ok:
                 for problem in result.problems:
                     log.error("rules not reloaded: %s", problem)
                 log.error("keeping the %d rules loaded before", len(self._current.rules))
                 return False
+            for warning in result.warnings:
+                log.warning("%s", warning)
             self._current = result.ruleset
             log.info(
                 "rules loaded: %d rules from %s",

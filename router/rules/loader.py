@@ -27,6 +27,7 @@ _TAG_RE = re.compile(r"^\(?([0-9A-Fa-f]{4}),?([0-9A-Fa-f]{4})\)?$")
 class LoadResult:
     ruleset: RuleSet
     problems: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # the folder is not there: no rules, not a refusal
 
     @property
     def ok(self) -> bool:
@@ -201,8 +202,11 @@ def directory_signature(rules_dir: Path) -> tuple[tuple[str, float, int], ...]:
 def load_rules(rules_dir: Path, stages: Mapping[str, Stage], config: RouterConfig) -> LoadResult:
     problems = _Problems()
     signature = directory_signature(rules_dir)
-    if not rules_dir.is_dir():
-        problems.append(f"{rules_dir}: rules directory does not exist")
+    warnings = []
+    if not rules_dir.exists():
+        warnings.append(f"{rules_dir}: no such folder, so no rules: nothing is forwarded or changed")
+    elif not rules_dir.is_dir():
+        problems.append(f"{rules_dir}: not a folder (rules_dir names the folder of the rule files)")
     rules: list[Rule] = []
     files = rule_files(rules_dir)
     for path in files:
@@ -216,4 +220,4 @@ def load_rules(rules_dir: Path, stages: Mapping[str, Stage], config: RouterConfi
             )
         seen.setdefault(rule.name, rule.where)
     ruleset = RuleSet(rules=tuple(rules), files=tuple(p.name for p in files), signature=signature)
-    return LoadResult(ruleset=ruleset, problems=list(problems))
+    return LoadResult(ruleset=ruleset, problems=list(problems), warnings=warnings)
