@@ -294,8 +294,39 @@ def _add_qr_options(p: argparse.ArgumentParser, level: str) -> None:
     )  # fmt: skip
 
 
+def version_line() -> str:
+    """``router X.Y.Z (pydicom A, pynetdicom B, Python C)``: what a bug report needs first."""
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    import router
+
+    def of(dist: str) -> str:
+        try:
+            return version(dist)
+        except PackageNotFoundError:
+            return "not installed"
+
+    return (
+        f"router {router.__version__} (pydicom {of('pydicom')}, pynetdicom {of('pynetdicom')}, "
+        f"Python {platform.python_version()})"
+    )
+
+
+class _Version(argparse.Action):
+    """``--version``, with the libraries' versions looked up only when asked for."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: object) -> None:
+        super().__init__(option_strings, dest, nargs=0, help="print the versions of the router and its DICOM libraries")
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: object) -> None:
+        print(version_line())
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="router", description="HL7 + DICOM routing engine")
+    parser.add_argument("--version", action=_Version)
     parser.add_argument("--config", help="configuration file (default: $ROUTER_CONFIG, else the embedded one)")
     sub = parser.add_subparsers(dest="command", required=True)
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+import router
 from router.config import RouterConfig, parse_config
 from router.hooks.manager import build_plugin_manager, collect_stages
 from router.rules.live import LiveRules
@@ -98,3 +99,15 @@ def test_router_starts_without_a_rules_folder(tmp_path: Path) -> None:
         assert app.dicom_port and app.rules.current.rules == () and app.rules.last_problems == []
     finally:
         app.stop()
+
+
+# -- the version ----------------------------------------------------------------------------------------------------
+def test_version_names_the_router_and_its_dicom_libraries(tmp_path: Path) -> None:
+    import pydicom
+    import pynetdicom
+
+    done = run_router(tmp_path, "--version")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(f"router {router.__version__} ")
+    assert f"pydicom {pydicom.__version__}" in done.stdout
+    assert f"pynetdicom {pynetdicom.__version__}" in done.stdout
