@@ -5,11 +5,19 @@ from __future__ import annotations
 
 import logging
 import os
+import re
+import shutil
+import signal
 import subprocess
 import sys
+import time
+import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
+from pynetdicom import AE
 
 import router
 from router.config import RouterConfig, parse_config
@@ -111,3 +119,159 @@ def test_version_names_the_router_and_its_dicom_libraries(tmp_path: Path) -> Non
     assert done.stdout.startswith(f"router {router.__version__} ")
     assert f"pydicom {pydicom.__version__}" in done.stdout
     assert f"pynetdicom {pynetdicom.__version__}" in done.stdout
+
+
+# -- the wheel: built by `python3 -m build`, installed into a fresh virtual environment -------------------------------
+BUILD_TIMEOUT = 300  # s: sdist, then a wheel from it, each in an isolated build environment
+START_TIMEOUT = 60  # s: for the installed router to listen
+STOP_TIMEOUT = 30  # s: for it to stop after SIGTERM
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """The environment without what would make the venv's Python import the checkout instead of the wheel."""
+    drop = ("PYTHONPATH", "ROUTER_CONFIG", "ROUTER_DATA_DIR", "VIRTUAL_ENV")
+    return {**{k: v for k, v in os.environ.items() if k not in drop}, **extra}
+
+
+NOT_SOURCES = shutil.ignore_patterns(".*", "__pycache__", "*.egg-info", "build", "dist", "var", "venv")
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """``python3 -m build`` as a release would run it (an sdist, then the wheel from the sdist, each in an isolated
+    build environment, which pip fills from the package index) on a copy of the checkout, so that nothing is
+    written into the checkout: (sdist, wheel)."""
+    tree, out = tmp_path_factory.mktemp("tree") / "src", tmp_path_factory.mktemp("dist")
+    shutil.copytree(ROOT, tree, ignore=NOT_SOURCES)
+    done = subprocess.run(
+        [sys.executable, "-m", "build", "--outdir", str(out), str(tree)],
+        capture_output=True,
+        text=True,
+        timeout=BUILD_TIMEOUT,
+        env=clean_env(),
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    (sdist,) = out.glob("*.tar.gz")
+    (wheel,) = out.glob("*.whl")
+    return sdist, wheel
+
+
+@pytest.fixture(scope="module")
+def venv(built: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A fresh virtual environment holding the wheel. It sees this Python's packages (--system-site-packages) so
+    that nothing is downloaded, and the wheel goes in with --no-deps: what it proves is that the wheel alone
+    carries the code, the package data and the entry points (`pip check` then checks its declared dependencies
+    are met)."""
+    path = tmp_path_factory.mktemp("venv")
+    subprocess.run(
+        [sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(path)], check=True, timeout=60
+    )
+    python = str(path / "bin" / "python")
+    install = [python, "-m", "pip", "install", "--no-deps", "--no-index", "--no-cache-dir", str(built[1])]
+    done = subprocess.run(install, capture_output=True, text=True, timeout=120, env=clean_env())
+    assert done.returncode == 0, done.stdout + done.stderr
+    check = subprocess.run([python, "-m", "pip", "check"], capture_output=True, text=True, timeout=60, env=clean_env())
+    assert "dicom-hl7-router" not in check.stdout, check.stdout
+    return path
+
+
+def test_wheel_holds_both_packages_the_defaults_and_the_entry_points(built: tuple[Path, Path]) -> None:
+    sdist, wheel = built
+    assert wheel.name == f"dicom_hl7_router-{router.__version__}-py3-none-any.whl"
+    with zipfile.ZipFile(wheel) as whl:
+        names = set(whl.namelist())
+        dist_info = f"dicom_hl7_router-{router.__version__}.dist-info"
+        entry_points = whl.read(f"{dist_info}/entry_points.txt").decode()
+    assert {"router/__init__.py", "router/config/defaults.yaml", "router/py.typed", "plugins/__init__.py"} <= names
+    assert "router/forward/process.py" in names and "router/listeners/http/app.py" in names
+    assert "router = router.cli:main" in entry_points
+    assert not any(n.startswith(("tests/", "bench/", "config/", "rules/")) for n in names)
+    assert sdist.name == f"dicom_hl7_router-{router.__version__}.tar.gz"
+
+
+def test_installed_wheel_runs_from_an_empty_folder(venv: Path, tmp_path: Path) -> None:
+    """`router --version` and `router rules check` from an empty folder, on the embedded defaults of the wheel."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    where = subprocess.run(
+        [str(venv / "bin" / "python"), "-c", "import router.config as c; print(c.DEFAULT_CONFIG)"],
+        capture_output=True, text=True, timeout=60, cwd=empty, env=clean_env(),
+    )  # fmt: skip
+    assert where.stdout.strip().startswith(str(venv)), "the wheel's code runs, not the checkout's"
+    version = subprocess.run(
+        [str(venv / "bin" / "router"), "--version"], capture_output=True, text=True, timeout=60, env=clean_env()
+    )
+    assert version.returncode == 0 and version.stdout.startswith(f"router {router.__version__} (pydicom ")
+    check = subprocess.run(
+        [str(venv / "bin" / "router"), "rules", "check"],
+        capture_output=True, text=True, timeout=60, cwd=empty, env=clean_env(),
+    )  # fmt: skip
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert f"warning: {empty / 'rules'}: no such folder, so no rules" in check.stderr
+    assert list(empty.iterdir()) == []
+
+
+@pytest.fixture
+def served(venv: Path, tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], Path, Path]]:
+    """`router serve` of the venv, started from an empty folder; its listeners on ports the system picks, named in a
+    small configuration that names nothing else. Stopped (and killed if it must be) when the test ends."""
+    empty, etc = tmp_path / "empty", tmp_path / "etc"
+    empty.mkdir()
+    etc.mkdir()
+    (etc / "router.yaml").write_text(
+        "dicom: {host: 127.0.0.1, port: 0}\nhl7: {host: 127.0.0.1, port: 0}\nhttp: {port: 0}\n"
+    )
+    log = tmp_path / "serve.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [str(venv / "bin" / "router"), "serve", "--config", str(etc / "router.yaml")],
+            cwd=empty, stdout=out, stderr=subprocess.STDOUT, env=clean_env(),
+        )  # fmt: skip
+    try:
+        yield proc, log, etc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(STOP_TIMEOUT)
+
+
+def _ports(log: Path, proc: subprocess.Popen[bytes]) -> tuple[int, int]:
+    """(DICOM port, HTTP port) once the router logs its last listener; fails if it exits or takes too long."""
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        text = log.read_text(errors="replace")
+        http = re.search(r"DICOMweb on http://127\.0\.0\.1:(\d+)/dicomweb", text)
+        if http:
+            dicom = re.search(r"DICOM listener ROUTER on 127\.0\.0\.1:(\d+)", text)
+            assert dicom, text
+            return int(dicom.group(1)), int(http.group(1))
+        assert proc.poll() is None, f"router serve exited with {proc.returncode}:\n{text}"
+        time.sleep(0.1)
+    raise AssertionError(f"router serve did not listen within {START_TIMEOUT} s:\n{log.read_text(errors='replace')}")
+
+
+def _c_echo(port: int) -> int:
+    ae = AE(ae_title="PACKAGING")
+    ae.add_requested_context("1.2.840.10008.1.1")
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = ae.connection_timeout = 10
+    assoc = ae.associate("127.0.0.1", port, ae_title="ROUTER")
+    assert assoc.is_established, "the installed router refused the association"
+    try:
+        status = assoc.send_c_echo()
+    finally:
+        assoc.release()
+    return int(status.Status)
+
+
+def test_installed_wheel_serves_from_an_empty_folder(served: tuple[subprocess.Popen[bytes], Path, Path]) -> None:
+    proc, log, etc = served
+    dicom_port, http_port = _ports(log, proc)
+    assert _c_echo(dicom_port) == 0x0000
+    assert httpx.get(f"http://127.0.0.1:{http_port}/dicomweb/studies", timeout=10).status_code in (200, 204)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(STOP_TIMEOUT) == 0, log.read_text(errors="replace")
+    text = log.read_text(errors="replace")
+    assert f"{etc / 'rules'}: no such folder, so no rules" in text
+    assert "router stopped" in text
+    assert (etc / "var" / "router.db").is_file(), "data goes beside the configuration that names no data_dir"
+    assert list((etc.parent / "empty").iterdir()) == [], "nothing is written into the folder it was started from"
