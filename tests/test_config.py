@@ -176,3 +176,58 @@ def test_router_refuses_to_start_on_invalid_config(tmp_path: Path) -> None:
     assert done.returncode != 0
     assert "dicom.max_assocs: unknown key" in done.stderr
     assert not (tmp_path / "var").exists(), "nothing is created before the config is valid"
+
+
+# -- the reference tables of docs/configuration.md say the models' defaults -------------------------------------------
+DOCS = ROOT / "docs" / "configuration.md"
+_ROW = re.compile(r"^\| ((?:`[\w.]+`(?:, )?)+) \| ([^|]+) \|")
+
+
+def _documented() -> dict[str, str]:
+    """``dotted.key -> default cell`` of every row of the reference tables (peers' keys as ``peers.*.key``)."""
+    rows: dict[str, str] = {}
+    prefix = None
+    for line in DOCS.read_text().splitlines():
+        if line.startswith("## "):
+            section = re.match(r"## `(\w+)`", line)
+            prefix = f"{section.group(1)}." if section else ("" if line == "## Settings" else None)
+            if prefix == "peers.":
+                prefix = "peers.*."
+            continue
+        row = _ROW.match(line)
+        if prefix is None or not row:
+            continue
+        keys = re.findall(r"`([\w.]+)`", row.group(1))
+        cells = re.findall(r"`([^`]*)`", row.group(2)) or [row.group(2).strip()] * len(keys)
+        cells = cells if len(cells) == len(keys) else [row.group(2).strip()] * len(keys)
+        rows.update({prefix + key: cell for key, cell in zip(keys, cells, strict=True)})
+    return rows
+
+
+def _model_defaults() -> dict[str, Any]:
+    def leaves(value: Any, prefix: str) -> dict[str, Any]:
+        if isinstance(value, dict) and value:
+            return {k: v for key, sub in value.items() for k, v in leaves(sub, f"{prefix}{key}.").items()}
+        return {prefix.rstrip("."): value}
+
+    from router.config import Peer
+
+    found = leaves(RouterConfig().model_dump(mode="json", exclude={"peers"}), "")
+    for name, field in Peer.model_fields.items():
+        found[f"peers.*.{name}"] = None if field.is_required() else field.get_default(call_default_factory=True)
+    return found
+
+
+def test_reference_tables_state_the_models_defaults() -> None:
+    documented, defaults = _documented(), _model_defaults()
+    undocumented = [k for k in defaults if k not in documented and not any(d.startswith(k + ".") for d in documented)]
+    assert undocumented == [], "settings missing from docs/configuration.md"
+    unset_sections = [k for k, v in defaults.items() if v is None]  # http.tls: documented as tls.cert, tls.key
+    unknown = [k for k in documented if k not in defaults and not any(k.startswith(u + ".") for u in unset_sections)]
+    assert unknown == [], "documented settings the models do not have"
+    wrong = {
+        key: (cell, defaults.get(key))
+        for key, cell in documented.items()
+        if cell not in ("—", "local zone") and yaml.safe_load(cell) != defaults.get(key)
+    }
+    assert wrong == {}, "docs/configuration.md default (left) differs from the model's (right)"
