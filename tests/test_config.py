@@ -183,9 +183,10 @@ DOCS = ROOT / "docs" / "configuration.md"
 _ROW = re.compile(r"^\| ((?:`[\w.]+`(?:, )?)+) \| ([^|]+) \|")
 
 
-def _documented() -> dict[str, str]:
-    """``dotted.key -> default cell`` of every row of the reference tables (peers' keys as ``peers.*.key``)."""
-    rows: dict[str, str] = {}
+def _documented() -> dict[str, str | None]:
+    """``dotted.key -> default`` of every row of the reference tables (peers' keys as ``peers.*.key``); the default
+    is None where the table gives none in backquotes."""
+    rows: dict[str, str | None] = {}
     prefix = None
     for line in DOCS.read_text().splitlines():
         if line.startswith("## "):
@@ -198,8 +199,8 @@ def _documented() -> dict[str, str]:
         if prefix is None or not row:
             continue
         keys = re.findall(r"`([\w.]+)`", row.group(1))
-        cells = re.findall(r"`([^`]*)`", row.group(2)) or [row.group(2).strip()] * len(keys)
-        cells = cells if len(cells) == len(keys) else [row.group(2).strip()] * len(keys)
+        cells: list[str | None] = list(re.findall(r"`([^`]*)`", row.group(2)))  # none: "—", "local zone" ...
+        cells = cells if len(cells) == len(keys) else [None] * len(keys)
         rows.update({prefix + key: cell for key, cell in zip(keys, cells, strict=True)})
     return rows
 
@@ -210,11 +211,13 @@ def _model_defaults() -> dict[str, Any]:
             return {k: v for key, sub in value.items() for k, v in leaves(sub, f"{prefix}{key}.").items()}
         return {prefix.rstrip("."): value}
 
-    from router.config import Peer
+    from router.config import DicomPeer, DicomwebPeer, MllpPeer
 
     found = leaves(RouterConfig().model_dump(mode="json", exclude={"peers"}), "")
-    for name, field in Peer.model_fields.items():
-        found[f"peers.*.{name}"] = None if field.is_required() else field.get_default(call_default_factory=True)
+    for kind in (DicomPeer, MllpPeer, DicomwebPeer):  # the built-in peer types share one table
+        for name, field in kind.model_fields.items():
+            default = None if field.is_required() else field.get_default(call_default_factory=True)
+            found[f"peers.*.{name}"] = default if name != "type" else None  # told by the keys when not given
     return found
 
 
@@ -228,6 +231,6 @@ def test_reference_tables_state_the_models_defaults() -> None:
     wrong = {
         key: (cell, defaults.get(key))
         for key, cell in documented.items()
-        if cell not in ("—", "local zone") and yaml.safe_load(cell) != defaults.get(key)
+        if cell is not None and yaml.safe_load(cell) != defaults.get(key)
     }
     assert wrong == {}, "docs/configuration.md default (left) differs from the model's (right)"
