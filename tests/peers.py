@@ -25,15 +25,10 @@ from pynetdicom import AE, _config
 from pynetdicom.association import Association
 from pynetdicom.dsutils import split_dataset
 
+from tools import dcmtk
+
 DATA_ROOT = Path(pydicom.__file__).parent / "data"
 DCMTK_ENV = {**os.environ, "TCP_NODELAY": "1"}
-DCMTK_BIN = Path(os.environ.get("DCMTK_BIN", "/usr/bin"))  # pynetdicom installs look-alike apps on PATH
-
-
-def dcmtk(tool: str) -> str:
-    """The DCMTK tool itself, never pynetdicom's same-named console script."""
-    return str(DCMTK_BIN / tool)
-
 
 SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
 CT_IMAGE = "1.2.840.10008.5.1.4.1.1.2"
@@ -436,7 +431,3 @@ def running(*procs: Process) -> Iterator[None]:
     finally:
         for p in reversed(procs):
             p.stop()
-
-
-def dcmtk_missing() -> list[str]:
-    return [t for t in ("storescu", "storescp", "echoscu", "dcmdump") if not Path(dcmtk(t)).exists()]

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 from pynetdicom.association import Association
 
-from peers import DCMTK_ENV, RouterProcess, associate, context_of, dcmtk, make_instance, query, wait_for
+from peers import DCMTK_ENV, RouterProcess, associate, context_of, make_instance, query, wait_for
+from tools import dcmtk
 
 VERIFICATION = "1.2.840.10008.1.1"
 ALLOWED = "CT1"
@@ -62,20 +63,27 @@ def test_unknown_calling_ae_rejected_permanent_by_service_user(policy_router: Ro
     finally:
         allowed.release()
 
-    ok = echoscu(policy_router.port, ALLOWED)
-    assert ok.returncode == 0, ok.stdout + ok.stderr
-    refused_dcmtk = echoscu(policy_router.port, "OTHER")
-    assert refused_dcmtk.returncode != 0
-    assert "Calling AE Title Not Recognized" in refused_dcmtk.stderr, refused_dcmtk.stderr
-
 
 def test_wrong_called_ae_rejected_permanent_by_service_user(policy_router: RouterProcess) -> None:
     refused = associate(policy_router.port, calling=ALLOWED, called="NOTROUTER")
     assert rejection(refused) == (1, 1, 7)  # rejected-permanent, service-user, called-AE-title-not-recognized
 
-    refused_dcmtk = echoscu(policy_router.port, ALLOWED, called="NOTROUTER")
+
+@pytest.mark.interop  # DCMTK echoscu
+@pytest.mark.parametrize(
+    "calling, called, reason",
+    [("OTHER", "ROUTER", "Calling AE Title Not Recognized"), (ALLOWED, "NOTROUTER", "Called AE Title Not Recognized")],
+    ids=["unknown calling AE", "wrong called AE"],
+)
+def test_dcmtk_echoscu_is_told_why_it_was_rejected(
+    policy_router: RouterProcess, calling: str, called: str, reason: str
+) -> None:
+    """The same rejections (above), as DCMTK's echoscu reads them; the allowed AE gets in."""
+    ok = echoscu(policy_router.port, ALLOWED)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    refused_dcmtk = echoscu(policy_router.port, calling, called=called)
     assert refused_dcmtk.returncode != 0
-    assert "Called AE Title Not Recognized" in refused_dcmtk.stderr, refused_dcmtk.stderr
+    assert reason in refused_dcmtk.stderr, refused_dcmtk.stderr
 
 
 # -- how many at once, how large -----------------------------------------------------------------------------

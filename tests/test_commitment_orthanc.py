@@ -6,11 +6,15 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
+import pytest
+
 from router.store.files import object_relpath
 
+from orthanc import Orthanc
 from peers import RouterProcess, free_port, make_instance, running, send_datasets, wait_for
 from test_forward_resilience import jobs, query, wait_while_up
-from workflow_peers import Orthanc
+
+pytestmark = pytest.mark.interop  # Orthanc
 
 RULES = {"10-commit.yaml": [{"name": "to-orthanc", "when": {"kind": "dicom"},
                              "then": [{"forward": {"to": "ORTHANC", "commit": True}}]}]}  # fmt: skip
@@ -18,7 +22,8 @@ RULES = {"10-commit.yaml": [{"name": "to-orthanc", "when": {"kind": "dicom"},
 
 def test_orthanc_commits_and_the_local_copy_goes(workdir: Path) -> None:
     port = free_port()
-    orthanc = Orthanc(workdir, port)  # knows the router as a modality allowed to ask for commitment
+    router_as_modality = {"AET": "ROUTER", "Host": "127.0.0.1", "Port": port, "AllowStorageCommitment": True}
+    orthanc = Orthanc(workdir, DicomCheckCalledAet=False, StableAge=1, DicomModalities={"router": router_as_modality})
     router = RouterProcess(
         workdir,
         rules=RULES,

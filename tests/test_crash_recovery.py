@@ -6,6 +6,7 @@ import threading
 from collections import Counter
 from pathlib import Path
 
+import pytest
 from pydicom.dataset import Dataset
 
 from peers import StoreSCP, dataset_bytes, running
@@ -21,6 +22,8 @@ from test_forward_resilience import (
     send_ok,
     wait_while_up,
 )
+
+pytestmark = pytest.mark.interop  # DCMTK storescp
 
 BATCH_SIZE = 64  # forward.batch_size default: at most one batch per sender can be in flight
 

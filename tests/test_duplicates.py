@@ -17,6 +17,8 @@ from pydicom.dataset import Dataset
 
 from peers import RouterProcess, StoreSCP, make_instance, query, send_datasets, wait_for, write_instances
 
+pytestmark = pytest.mark.interop  # DCMTK storescp
+
 SUCCESS, DUPLICATE_SOP_INSTANCE = 0x0000, 0x0111
 FORWARD_ALL = {"10-all.yaml": [{"name": "all-to-dest", "when": {"kind": "dicom"}, "then": [{"forward": "DEST"}]}]}
 

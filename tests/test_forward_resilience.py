@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pydicom
+import pytest
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
 from pynetdicom import AE, evt
@@ -194,6 +195,7 @@ def wait_for_states(router: RouterProcess, expected: dict[str, int], timeout: fl
 
 
 # -- tests --------------------------------------------------------------------------------------------------
+@pytest.mark.interop  # DCMTK storescp
 def test_destination_down_then_up_all_arrive_once(workdir: Path) -> None:
     dest = StoreSCP(workdir, "DEST", port=free_port())  # not started: the port is closed
     router = router_to_dest(workdir, dest.port)  # default max_attempts

@@ -25,7 +25,6 @@ from peers import (
     RouterProcess,
     StoreSCP,
     dataset_bytes,
-    dcmtk,
     echo,
     make_instance,
     pydicom_corpus,
@@ -36,6 +35,9 @@ from peers import (
     write_instances,
 )
 from qr_peers import MR_IMAGE, Corpus, PynetdicomSCP, consistent, findscu, generated_corpus, record_of, text
+from tools import dcmtk
+
+pytestmark = pytest.mark.interop  # DCMTK movescu, getscu, storescp, dcmdump
 
 STUDY_FIND, STUDY_MOVE, STUDY_GET = (f"1.2.840.10008.5.1.4.1.2.2.{n}" for n in (1, 2, 3))
 PATIENT_MOVE = "1.2.840.10008.5.1.4.1.2.1.2"

@@ -26,7 +26,10 @@ from pydicom.dataset import Dataset
 from router.hl7.ack import ack_code_of
 
 from hl7msg import encode, message, seg, send
-from peers import DCMTK_ENV, RouterProcess, dcmtk
+from peers import DCMTK_ENV, RouterProcess
+from tools import dcmtk
+
+pytestmark = pytest.mark.interop  # DCMTK findscu
 
 SUCCESS, PENDING, PENDING_WARNING, IDENTIFIER_DOES_NOT_MATCH = 0x0000, 0xFF00, 0xFF01, 0xA900
 STATIONS = {"CT": ["CT1"], "US": ["US1"], "MR": ["MR1"]}  # hl7.worklist.station_ae_by_modality

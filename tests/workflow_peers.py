@@ -1,17 +1,14 @@
-"""Peers for the storage commitment and MPPS tests: pynetdicom SCUs and SCPs on loopback, and Orthanc.
+"""Peers for the storage commitment and MPPS tests: pynetdicom SCUs and SCPs on loopback.
 
 Every server here is started on a free port and stopped by the test that started it (``with ...serving()``)."""
 
 from __future__ import annotations
 
 import contextlib
-import json
 import threading
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from pydicom.dataset import Dataset
@@ -19,13 +16,12 @@ from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
 from pynetdicom import AE, AllStoragePresentationContexts, build_role, evt
 
-from peers import Process, free_port, wait_for
+from peers import free_port
 
 COMMITMENT = "1.2.840.10008.1.20.1"
 COMMITMENT_INSTANCE = "1.2.840.10008.1.20.1.1"
 MPPS = "1.2.840.10008.3.1.2.3.3"
 SYNTAXES = [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
-ORTHANC = "/usr/sbin/Orthanc"
 
 
 def refs(*pairs: tuple[str, str]) -> Dataset:
@@ -284,45 +280,3 @@ def mpps_scu(port: int, calling: str = "MODALITY") -> Any:
     assoc = ae.associate("127.0.0.1", port, ae_title="ROUTER")
     assert assoc.is_established
     return assoc
-
-
-# -- Orthanc ------------------------------------------------------------------------------------------------------
-class Orthanc(Process):
-    """Orthanc (Debian package) on free ports, storing in ``workdir``, knowing the router as a modality allowed
-    to ask for storage commitment."""
-
-    def __init__(self, workdir: Path, router_port: int, aet: str = "ORTHANC") -> None:
-        self.aet = aet
-        self.port, self.http_port = free_port(), free_port()
-        home = workdir / "orthanc"
-        home.mkdir(parents=True, exist_ok=True)
-        config = {
-            "Name": "router-test", "DicomAet": aet, "DicomPort": self.port, "HttpPort": self.http_port,
-            "StorageDirectory": str(home / "storage"), "IndexDirectory": str(home / "index"),
-            "RemoteAccessAllowed": False, "AuthenticationEnabled": False, "DicomCheckCalledAet": False,
-            "DicomModalities": {"router": {"AET": "ROUTER", "Host": "127.0.0.1", "Port": router_port,
-                                           "AllowStorageCommitment": True}},
-            "Plugins": [], "HttpServerEnabled": True, "StableAge": 1,
-        }  # fmt: skip
-        (home / "orthanc.json").write_text(json.dumps(config))
-        super().__init__([ORTHANC, str(home / "orthanc.json")], workdir / "orthanc.log")
-
-    def start(self) -> Orthanc:
-        super().start()
-        wait_for(lambda: not self.alive() or self._http_ok(), 30, what="Orthanc to listen")
-        assert self.alive(), self.output()
-        return self
-
-    def _http_ok(self) -> bool:
-        try:
-            self.get("/system")
-            return True
-        except OSError:
-            return False
-
-    def get(self, path: str) -> Any:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}{path}", timeout=5) as rsp:
-            return json.loads(rsp.read())
-
-    def instances(self) -> set[str]:
-        return {self.get(f"/instances/{i}/simplified-tags")["SOPInstanceUID"] for i in self.get("/instances")}
