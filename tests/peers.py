@@ -11,7 +11,9 @@ import sqlite3
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Iterable, Iterator
+from io import BytesIO
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +26,8 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from pynetdicom import AE, _config
 from pynetdicom.association import Association
 from pynetdicom.dsutils import split_dataset
+
+from router.intake.envelope import _check_complete
 
 from tools import dcmtk
 
@@ -182,6 +186,18 @@ def meta_names_data_set(path: Path) -> bool:
         ds.get("SOPClassUID"),
         ds.get("SOPInstanceUID"),
     )
+
+
+def pydicom_reads_whole(raw: bytes) -> bool:
+    """Whether pydicom reads these Part 10 bytes as a complete object (the router's own completeness check on
+    what pydicom decoded, router.intake.envelope._check_complete, included)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            _check_complete(pydicom.dcmread(BytesIO(raw), force=False))
+    except Exception:
+        return False
+    return True
 
 
 def dcmtk_reads(path: Path) -> bool:

@@ -17,8 +17,8 @@ import pytest
 from router.forward.process import ALL_PEERS, END, ForwardProcess, _wakes
 from router.store.writelock import WriteLock, shared_between_processes, sqlite_file, write_lock_for
 
+from forwarding import generated, job_states, received_uids, router_to_dest, send_ok, wait_while_up
 from peers import RouterProcess, StoreSCP, running, wait_for
-from test_forward_resilience import generated, job_states, received_uids, router_to_dest, send_ok, wait_while_up
 
 
 def children(pid: int) -> list[int]:

@@ -7,8 +7,7 @@ from pathlib import Path
 
 from pydicom.dataset import Dataset
 
-from peers import RouterProcess, free_port, running
-from test_forward_resilience import (
+from forwarding import (
     DATASET_MISMATCH,
     SUCCESS,
     ScriptedSCP,
@@ -18,6 +17,7 @@ from test_forward_resilience import (
     send_ok,
     wait_while_up,
 )
+from peers import RouterProcess, free_port, running
 
 STATES = ("pending", "inflight", "committing", "done", "dead")
 
