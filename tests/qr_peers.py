@@ -208,7 +208,7 @@ class PynetdicomSCP:
         self.server: ThreadedAssociationServer | None = None
 
     def _on_store(self, event: evt.Event) -> int:
-        time.sleep(self.delay)
+        time.sleep(self.delay)  # the scenario, not a synchronisation: a slow peer
         ds = event.dataset
         if self.refuse is not None and self.refuse(ds):
             return 0xA700

@@ -96,11 +96,9 @@ def _established(port: int, timeout: float = 5) -> Association:
         assoc = associate(port, calling=ALLOWED)
         if assoc.is_established:
             opened.append(assoc)
-            return True
-        time.sleep(0.05)
-        return False
+        return assoc.is_established
 
-    wait_for(attempt, timeout, interval=0, what="an association to be accepted")
+    wait_for(attempt, timeout, interval=0.05, what="an association to be accepted")
     return opened[0]
 
 
@@ -194,7 +192,7 @@ def test_idle_association_closed_after_network_timeout(short_timeout_router: Rou
         deadline = opened + 5
         while idle.is_established and time.monotonic() < deadline:
             assert busy.send_c_echo().Status == 0x0000
-            time.sleep(0.3)
+            time.sleep(0.3)  # the scenario, not a synchronisation: the busy association's pace
         closed_after = time.monotonic() - opened
         assert not idle.is_established, "idle association still open after 5 s with a 1 s network timeout"
         assert idle.is_aborted or idle.is_released

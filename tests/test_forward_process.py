@@ -159,7 +159,7 @@ from router.store.writelock import WriteLock
 lock = WriteLock(Path(sys.argv[1]))
 with lock:
     print("held", flush=True)
-    time.sleep(float(sys.argv[2]))
+    time.sleep(float(sys.argv[2]))  # the scenario: the lock stays held this long
 """
 
 
