@@ -69,12 +69,7 @@ def in_progress(study_uid: str, accession: str = ACCESSION, **changes: Any) -> D
     ds.StudyID = "1"
     ds.PerformedProtocolCodeSequence = Sequence()
     ds.PerformedSeriesSequence = Sequence()
-    for keyword, value in changes.items():
-        if value is None:
-            delattr(ds, keyword)
-        else:
-            setattr(ds, keyword, value)
-    return ds
+    return changed(ds, changes)
 
 
 def final(status: str = "COMPLETED", series: Sequence | None = None, **changes: Any) -> Dataset:
@@ -84,6 +79,11 @@ def final(status: str = "COMPLETED", series: Sequence | None = None, **changes: 
     ds.PerformedProcedureStepEndTime = "104500"
     if series is not None:
         ds.PerformedSeriesSequence = series
+    return changed(ds, changes)
+
+
+def changed(ds: Dataset, changes: dict[str, Any]) -> Dataset:
+    """``ds`` with each keyword set to its value, or removed where the value is None."""
     for keyword, value in changes.items():
         if value is None:
             delattr(ds, keyword)
