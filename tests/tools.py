@@ -79,7 +79,8 @@ def dcmtk(tool: str) -> str:
         candidate = Path(folder) / tool
         if _is_binary(candidate):
             return str(candidate)
-    missing(f"DCMTK's {tool}", "dcmtk", f"no executable binary of that name in {os.pathsep.join(folders)}")
+    where = f"$DCMTK_BIN={folders[0]}" if os.environ.get("DCMTK_BIN") else "PATH (Python apps so named do not count)"
+    missing(f"DCMTK's {tool}", "dcmtk", f"no binary of that name on {where}")
 
 
 # -- Orthanc ---------------------------------------------------------------------------------------------------
