@@ -1,19 +1,24 @@
-"""Shared fixtures. Peers live in peers.py; every server a test starts is stopped by the test's fixture."""
+"""Shared fixtures. Peers live in peers.py; every server a test starts is stopped by the test's fixture.
+
+Tests that run a program outside Python (DCMTK, Orthanc, PostgreSQL) are marked ``interop``; tools.py fails an
+unmarked test that runs one, and a marked one on a machine without it (naming the Debian package)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 
 import pytest
 
-from peers import RouterProcess, StoreSCP, dcmtk_missing
+import tools
+from peers import RouterProcess, StoreSCP
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    missing = dcmtk_missing()
-    if missing:
-        raise pytest.UsageError(f"DCMTK tools missing ({', '.join(missing)}): install the Debian package dcmtk")
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Generator[None, object, object]:
+    """tools.py checks the mark of the test that is running (its fixtures' setup and teardown included)."""
+    with tools.running(item):
+        return (yield)
 
 
 @pytest.fixture
@@ -23,6 +28,7 @@ def workdir(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def dest(workdir: Path) -> Iterator[StoreSCP]:
+    """A DCMTK storescp (tests that use it are interop)."""
     scp = StoreSCP(workdir, "DEST").start()
     try:
         yield scp

@@ -11,7 +11,9 @@ import sqlite3
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Iterable, Iterator
+from io import BytesIO
 from pathlib import Path
 from typing import Any
 
@@ -25,15 +27,12 @@ from pynetdicom import AE, _config
 from pynetdicom.association import Association
 from pynetdicom.dsutils import split_dataset
 
+from router.intake.envelope import _check_complete
+
+from tools import dcmtk
+
 DATA_ROOT = Path(pydicom.__file__).parent / "data"
 DCMTK_ENV = {**os.environ, "TCP_NODELAY": "1"}
-DCMTK_BIN = Path(os.environ.get("DCMTK_BIN", "/usr/bin"))  # pynetdicom installs look-alike apps on PATH
-
-
-def dcmtk(tool: str) -> str:
-    """The DCMTK tool itself, never pynetdicom's same-named console script."""
-    return str(DCMTK_BIN / tool)
-
 
 SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
 CT_IMAGE = "1.2.840.10008.5.1.4.1.1.2"
@@ -187,6 +186,18 @@ def meta_names_data_set(path: Path) -> bool:
         ds.get("SOPClassUID"),
         ds.get("SOPInstanceUID"),
     )
+
+
+def pydicom_reads_whole(raw: bytes) -> bool:
+    """Whether pydicom reads these Part 10 bytes as a complete object (the router's own completeness check on
+    what pydicom decoded, router.intake.envelope._check_complete, included)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            _check_complete(pydicom.dcmread(BytesIO(raw), force=False))
+    except Exception:
+        return False
+    return True
 
 
 def dcmtk_reads(path: Path) -> bool:
@@ -436,7 +447,3 @@ def running(*procs: Process) -> Iterator[None]:
     finally:
         for p in reversed(procs):
             p.stop()
-
-
-def dcmtk_missing() -> list[str]:
-    return [t for t in ("storescu", "storescp", "echoscu", "dcmdump") if not Path(dcmtk(t)).exists()]

@@ -7,7 +7,6 @@ with the matching rules of PS3.4 C.2.2.2 written as plain string and regex compa
 
 from __future__ import annotations
 
-import json
 import re
 import subprocess
 import time
@@ -23,7 +22,8 @@ from pydicom.uid import generate_uid
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
 from pynetdicom.transport import ThreadedAssociationServer
 
-from peers import CT_IMAGE, DCMTK_ENV, Process, dcmtk, echo, free_port, make_instance, wait_for
+from peers import CT_IMAGE, DCMTK_ENV, free_port, make_instance
+from tools import dcmtk
 
 MR_IMAGE = "1.2.840.10008.5.1.4.1.1.4"
 PATIENT_FIELDS = ("PatientID", "IssuerOfPatientID", "PatientName", "PatientBirthDate", "PatientSex")
@@ -208,7 +208,7 @@ class PynetdicomSCP:
         self.server: ThreadedAssociationServer | None = None
 
     def _on_store(self, event: evt.Event) -> int:
-        time.sleep(self.delay)
+        time.sleep(self.delay)  # the scenario, not a synchronisation: a slow peer
         ds = event.dataset
         if self.refuse is not None and self.refuse(ds):
             return 0xA700
@@ -263,55 +263,3 @@ def findscu(port: int, model: str, keys: list[str], workdir: Path, *extra: str) 
     statuses = [int(m, 16) for m in STATUS_LINE.findall(log)]
     responses = [pydicom.dcmread(p) for p in sorted(out_dir.glob("rsp*.dcm"))]
     return FindResult(statuses, responses, log)
-
-
-# -- Orthanc --------------------------------------------------------------------------------------------------------
-def orthanc_exe() -> str:
-    """Debian's package installs /usr/sbin/Orthanc."""
-    import shutil
-
-    found = shutil.which("Orthanc") or shutil.which("Orthanc", path="/usr/sbin:/usr/local/sbin:/usr/bin")
-    if found is None:
-        raise RuntimeError("Orthanc not found: install the Debian package orthanc")
-    return found
-
-
-class Orthanc(Process):
-    """Orthanc on free DICOM and HTTP ports (HTTP on localhost only), its storage in ``workdir``, no plugins."""
-
-    def __init__(self, workdir: Path, modalities: dict[str, tuple[str, int]], aet: str = "ORTHANC") -> None:
-        self.aet = aet
-        self.port, self.http_port = free_port(), free_port()
-        config = {
-            "Name": "router-tests",
-            "DicomAet": aet,
-            "DicomPort": self.port,
-            "HttpPort": self.http_port,
-            "StorageDirectory": str(workdir / "orthanc-storage"),
-            "IndexDirectory": str(workdir / "orthanc-index"),
-            "RemoteAccessAllowed": False,
-            "AuthenticationEnabled": False,
-            "DicomCheckCalledAet": False,
-            "DicomModalities": {name.lower(): [ae, "127.0.0.1", port] for name, (ae, port) in modalities.items()},
-        }  # no "Plugins" key: Debian's Orthanc then loads none
-        config_path = workdir / "orthanc.json"
-        config_path.write_text(json.dumps(config, indent=2))
-        super().__init__([orthanc_exe(), str(config_path)], workdir / "orthanc.log")
-
-    def start(self) -> Orthanc:
-        super().start()
-        wait_for(lambda: not self.alive() or echo(self.port, self.aet), 30, what="Orthanc to listen")
-        if not self.alive():
-            raise AssertionError(f"Orthanc did not start:\n{self.output()}")
-        return self
-
-    def rest(self, method: str, path: str, body: Any = None) -> Any:
-        import httpx
-
-        url = f"http://127.0.0.1:{self.http_port}{path}"
-        if isinstance(body, str):  # a plain text body (e.g. /tools/lookup)
-            rsp = httpx.request(method, url, content=body.encode(), timeout=60)
-        else:
-            rsp = httpx.request(method, url, json=body, timeout=60)
-        rsp.raise_for_status()
-        return rsp.json()

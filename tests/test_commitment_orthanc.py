@@ -6,11 +6,15 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
+import pytest
+
 from router.store.files import object_relpath
 
+from forwarding import db_rows, jobs, wait_while_up
+from orthanc import Orthanc
 from peers import RouterProcess, free_port, make_instance, running, send_datasets, wait_for
-from test_forward_resilience import jobs, query, wait_while_up
-from workflow_peers import Orthanc
+
+pytestmark = pytest.mark.interop  # Orthanc
 
 RULES = {"10-commit.yaml": [{"name": "to-orthanc", "when": {"kind": "dicom"},
                              "then": [{"forward": {"to": "ORTHANC", "commit": True}}]}]}  # fmt: skip
@@ -18,7 +22,8 @@ RULES = {"10-commit.yaml": [{"name": "to-orthanc", "when": {"kind": "dicom"},
 
 def test_orthanc_commits_and_the_local_copy_goes(workdir: Path) -> None:
     port = free_port()
-    orthanc = Orthanc(workdir, port)  # knows the router as a modality allowed to ask for commitment
+    router_as_modality = {"AET": "ROUTER", "Host": "127.0.0.1", "Port": port, "AllowStorageCommitment": True}
+    orthanc = Orthanc(workdir, DicomCheckCalledAet=False, StableAge=1, DicomModalities={"router": router_as_modality})
     router = RouterProcess(
         workdir,
         rules=RULES,
@@ -36,12 +41,12 @@ def test_orthanc_commits_and_the_local_copy_goes(workdir: Path) -> None:
         states = lambda: Counter(j["state"] for j in jobs(router))  # noqa: E731
         wait_while_up(router, lambda: states() == Counter({"done": 5}), 60, "Orthanc's commitment of all five")
         assert orthanc.instances() == uids
-        txs = query(router, "select transaction_uid, state from committransaction")
+        txs = db_rows(router, "select transaction_uid, state from committransaction")
         assert txs and {t["state"] for t in txs} == {"done"}
-        committed = query(router, "select sop_uid from commititem where outcome='committed'")
+        committed = db_rows(router, "select sop_uid from commititem where outcome='committed'")
         assert {r["sop_uid"] for r in committed} == uids
         wait_for(lambda: not any(p.exists() for p in paths), 10, what="the local copies removed")
-        assert query(router, "select count(*) as n from instance") == [{"n": 0}]
+        assert db_rows(router, "select count(*) as n from instance") == [{"n": 0}]
         removed = "committed by its peer: local copy removed"
         wait_for(lambda: router.output().count(removed) == 5, 10, what="five removals logged")
         assert "association from ORTHANC" in router.output(), "the report came on Orthanc's own association"

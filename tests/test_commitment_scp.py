@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from forwarding import db_rows, jobs
 from peers import CT_IMAGE, SECONDARY_CAPTURE, RouterProcess, make_instance, running, send_datasets, wait_for
-from test_forward_resilience import jobs, query
 from workflow_peers import CommitSCU, ReportSink, listed, refs
 
 
@@ -27,7 +27,7 @@ def test_same_association_report_with_each_failure_reason(workdir: Path) -> None
     with running(router.start()), sink.serving():
         assert send_datasets(router.port, stored, calling="MODALITY") == [0, 0, 0]
         a, b, d = (str(ds.SOPInstanceUID) for ds in stored)
-        [(path,)] = [(r["path"],) for r in query(router, "select path from instance where sop_uid=?", d)]
+        [(path,)] = [(r["path"],) for r in db_rows(router, "select path from instance where sop_uid=?", d)]
         target = router.data_dir / str(path)
         target.write_bytes(target.read_bytes()[:-10])  # damaged behind the router's back
 

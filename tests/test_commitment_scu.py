@@ -8,8 +8,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from forwarding import db_rows, jobs, wait_while_up
 from peers import RouterProcess, make_instance, running, send_datasets, wait_for
-from test_forward_resilience import jobs, query, wait_while_up
 from workflow_peers import CommitPACS
 
 COMMIT_TO_PACS = {"10-commit.yaml": [{"name": "to-pacs", "when": {"kind": "dicom"},
@@ -29,11 +29,11 @@ def states(router: RouterProcess, peer: str = "PACS") -> Counter[str]:
 
 
 def transactions(router: RouterProcess) -> list[dict[str, Any]]:
-    return query(router, "select transaction_uid, state, detail from committransaction order by id")
+    return db_rows(router, "select transaction_uid, state, detail from committransaction order by id")
 
 
 def items_of(router: RouterProcess, sop_uid: str) -> list[tuple[Any, ...]]:
-    rows = query(router, "select request_no, outcome, failure_reason from commititem where sop_uid=? order by id",
+    rows = db_rows(router, "select request_no, outcome, failure_reason from commititem where sop_uid=? order by id",
                  sop_uid)  # fmt: skip
     return [(r["request_no"], r["outcome"], r["failure_reason"]) for r in rows]
 
@@ -54,7 +54,7 @@ def test_report_on_the_same_association(workdir: Path) -> None:
         assert all(t["state"] == "done" for t in transactions(router))
         assert [t["transaction_uid"] for t in transactions(router)] == [r.transaction_uid for r in pacs.requests]
         assert Counter(pacs.stored) == Counter(uids), "sent once each"
-        assert (router.data_dir / query(router, "select path from instance")[0]["path"]).is_file(), "copy kept"
+        assert (router.data_dir / db_rows(router, "select path from instance")[0]["path"]).is_file(), "copy kept"
 
 
 def test_failed_instance_is_resent_and_requested_again_under_a_new_uid(workdir: Path) -> None:
@@ -120,10 +120,12 @@ def test_delete_after_commit_removes_the_copy_unless_another_job_needs_it(workdi
     router = setup(workdir, pacs, rules, delete_after_commit=True, others=down)
     with pacs.serving(), running(router.start()):
         assert send_datasets(router.port, [gone, kept]) == [0, 0]
-        paths = {r["sop_uid"]: router.data_dir / r["path"] for r in query(router, "select sop_uid, path from instance")}
+        paths = {
+            r["sop_uid"]: router.data_dir / r["path"] for r in db_rows(router, "select sop_uid, path from instance")
+        }
         wait_while_up(router, lambda: states(router) == Counter({"done": 2}), 30, "both committed")
         wait_for(lambda: not paths[str(gone.SOPInstanceUID)].exists(), 10, what="the committed copy removed")
-        remaining = [r["sop_uid"] for r in query(router, "select sop_uid from instance")]
+        remaining = [r["sop_uid"] for r in db_rows(router, "select sop_uid from instance")]
         assert remaining == [str(kept.SOPInstanceUID)], "the index row goes with the file"
         assert paths[str(kept.SOPInstanceUID)].is_file(), "DOWN still needs it"
         wait_for(lambda: f"{kept.SOPInstanceUID} committed, local copy kept" in router.output(), 10, what="the log")

@@ -6,21 +6,24 @@ import threading
 from collections import Counter
 from pathlib import Path
 
+import pytest
 from pydicom.dataset import Dataset
 
-from peers import StoreSCP, dataset_bytes, running
-from test_forward_resilience import (
+from forwarding import (
     SUCCESS,
     ScriptedSCP,
+    db_rows,
     generated,
     job_states,
-    query,
     received_uids,
     router_to_dest,
     send,
     send_ok,
     wait_while_up,
 )
+from peers import StoreSCP, dataset_bytes, running
+
+pytestmark = pytest.mark.interop  # DCMTK storescp
 
 BATCH_SIZE = 64  # forward.batch_size default: at most one batch per sender can be in flight
 
@@ -47,7 +50,7 @@ def test_sigkill_mid_transfer_loses_nothing_acknowledged(workdir: Path) -> None:
         assert results[-1][1] is None, "the C-STORE in progress at the kill gets no response"
 
         # before any restart: every acknowledged object is indexed, with its complete file
-        stored = {row["sop_uid"]: row for row in query(router, "select sop_uid, path, size from instance")}
+        stored = {row["sop_uid"]: row for row in db_rows(router, "select sop_uid, path, size from instance")}
         missing = [uid for uid in acked if uid not in stored]
         assert not missing, f"{len(missing)} acknowledged object(s) not in the index, e.g. {missing[:3]}"
         for uid in acked:

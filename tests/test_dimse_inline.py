@@ -21,7 +21,9 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from router._pynetdicom import reactor
 from router._pynetdicom.inline import SERVING, MessageQueue
-from tests.peers import DCMTK_ENV, SECONDARY_CAPTURE, dcmtk, make_instance, storescu, write_instances
+
+from peers import DCMTK_ENV, SECONDARY_CAPTURE, make_instance, storescu, write_instances
+from tools import dcmtk
 
 VERIFICATION = "1.2.840.10008.1.1"
 
@@ -63,6 +65,7 @@ def port_of(server: ThreadedAssociationServer) -> int:
     return int(server.server_address[1])
 
 
+@pytest.mark.interop  # DCMTK storescu / echoscu
 def test_stores_from_storescu_are_served_on_the_dul_thread(
     scp: tuple[ThreadedAssociationServer, Recorder], tmp_path: Path
 ) -> None:
@@ -85,6 +88,7 @@ def test_stores_from_storescu_are_served_on_the_dul_thread(
     assert where.count("dul") >= count * 3 // 4, f"a C-STORE request should be served where it was received: {where}"
 
 
+@pytest.mark.interop  # DCMTK storescu / echoscu
 def test_echo_is_served_by_the_reactor_as_before(scp: tuple[ThreadedAssociationServer, Recorder]) -> None:
     server, recorder = scp
     done = subprocess.run(

@@ -17,6 +17,8 @@ from pydicom.dataset import Dataset
 
 from peers import RouterProcess, StoreSCP, make_instance, query, send_datasets, wait_for, write_instances
 
+pytestmark = pytest.mark.interop  # DCMTK storescp
+
 SUCCESS, DUPLICATE_SOP_INSTANCE = 0x0000, 0x0111
 FORWARD_ALL = {"10-all.yaml": [{"name": "all-to-dest", "when": {"kind": "dicom"}, "then": [{"forward": "DEST"}]}]}
 
@@ -26,12 +28,13 @@ def start_router(workdir: Path) -> Iterator[Callable[..., RouterProcess]]:
     """Routers forwarding everything to the storescp on ``dest_port``; all stopped when the test ends."""
     started: list[RouterProcess] = []
 
-    def start(dest_port: int, duplicates: str) -> RouterProcess:
+    def start(dest_port: int, duplicates: str | None) -> RouterProcess:
+        """``duplicates=None``: the router's default policy."""
         router = RouterProcess(
             workdir,
             peers={"DEST": {"ae_title": "DEST", "host": "127.0.0.1", "port": dest_port}},
             rules=FORWARD_ALL,
-            dicom={"duplicates": duplicates},
+            dicom={"duplicates": duplicates} if duplicates else {},
         )
         started.append(router)
         return router.start()
@@ -104,29 +107,21 @@ def test_identical_resend_accepted_stored_and_forwarded_once(
 
 
 # -- different object, same SOP Instance UID -----------------------------------------------------------------
-def test_different_object_rejected_by_default(dest: StoreSCP, forwarding_router: RouterProcess) -> None:
-    first = make_instance()
-    assert send(forwarding_router, first) == [SUCCESS]
-    wait_all_forwarded(forwarding_router, 1)
-    before = stored(forwarding_router, first)
-
-    assert send(forwarding_router, second_version(first)) == [DUPLICATE_SOP_INSTANCE]
-
-    assert stored(forwarding_router, first) == before
-    assert job_states(forwarding_router) == ["done"]
-    assert [r.get("SeriesDescription") for r in received(dest, first)] == [None]
-
-
-def test_different_object_ignored_first_version_kept(
-    dest: StoreSCP, start_router: Callable[..., RouterProcess]
+@pytest.mark.parametrize(
+    ("duplicates", "answer"),
+    [(None, DUPLICATE_SOP_INSTANCE), ("ignore", SUCCESS)],
+    ids=["rejected by default", "ignored"],
+)
+def test_different_object_refused_or_ignored_first_version_kept(
+    dest: StoreSCP, start_router: Callable[..., RouterProcess], duplicates: str | None, answer: int
 ) -> None:
-    router = start_router(dest.port, duplicates="ignore")
+    router = start_router(dest.port, duplicates=duplicates)
     first = make_instance()
     assert send(router, first) == [SUCCESS]
     wait_all_forwarded(router, 1)
     before = stored(router, first)
 
-    assert send(router, second_version(first)) == [SUCCESS]
+    assert send(router, second_version(first)) == [answer]
 
     assert stored(router, first) == before
     assert "SeriesDescription" not in pydicom.dcmread(router.data_dir / before[0])

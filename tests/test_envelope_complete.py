@@ -12,22 +12,12 @@ import pytest
 from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
 
-from router.intake.envelope import Envelope, Source, _check_complete
+from router.intake.envelope import Envelope, Source
 
-from peers import DATA_ROOT
+from peers import DATA_ROOT, pydicom_reads_whole
 
 FILES = sorted((DATA_ROOT / "test_files").glob("*.dcm")) + sorted((DATA_ROOT / "charset_files").glob("*.dcm"))
 SOURCE = Source("file")
-
-
-def pydicom_reads_whole(raw: bytes) -> bool:
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            _check_complete(dcmread(BytesIO(raw), force=False))
-    except Exception:
-        return False
-    return True
 
 
 def decodes(raw: bytes) -> bool:

@@ -12,11 +12,13 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import pytest
+
 from router.forward.process import ALL_PEERS, END, ForwardProcess, _wakes
 from router.store.writelock import WriteLock, shared_between_processes, sqlite_file, write_lock_for
 
+from forwarding import generated, job_states, received_uids, router_to_dest, send_ok, wait_while_up
 from peers import RouterProcess, StoreSCP, running, wait_for
-from test_forward_resilience import generated, job_states, received_uids, router_to_dest, send_ok, wait_while_up
 
 
 def children(pid: int) -> list[int]:
@@ -53,6 +55,7 @@ def gone(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")
 
 
+@pytest.mark.interop  # DCMTK storescp
 def test_killed_forward_process_is_restarted_and_nothing_is_lost(workdir: Path) -> None:
     files = generated(workdir / "in", 90)
     dest = StoreSCP(workdir, "DEST")
@@ -75,6 +78,7 @@ def test_killed_forward_process_is_restarted_and_nothing_is_lost(workdir: Path) 
         assert len(arrived) - len(set(arrived)) <= 64, "at most the batch in flight at the kill is sent again"
 
 
+@pytest.mark.interop  # DCMTK storescp
 def test_forward_process_ends_with_a_killed_router(workdir: Path) -> None:
     dest = StoreSCP(workdir, "DEST")
     router = router_to_dest(workdir, dest.port)
@@ -85,6 +89,7 @@ def test_forward_process_ends_with_a_killed_router(workdir: Path) -> None:
         wait_for(lambda: gone(child), 10, what="the forward process to end with the router")
 
 
+@pytest.mark.interop  # DCMTK storescp
 def test_stopped_router_stops_its_forward_process(workdir: Path) -> None:
     dest = StoreSCP(workdir, "DEST")
     router = router_to_dest(workdir, dest.port)
@@ -97,6 +102,7 @@ def test_stopped_router_stops_its_forward_process(workdir: Path) -> None:
         assert "router stopped" in router.output()
 
 
+@pytest.mark.interop  # DCMTK storescp
 def test_thread_mode_forwards_without_a_process(workdir: Path) -> None:
     files = generated(workdir / "in", 20)
     dest = StoreSCP(workdir, "DEST")
@@ -153,7 +159,7 @@ from router.store.writelock import WriteLock
 lock = WriteLock(Path(sys.argv[1]))
 with lock:
     print("held", flush=True)
-    time.sleep(float(sys.argv[2]))
+    time.sleep(float(sys.argv[2]))  # the scenario: the lock stays held this long
 """
 
 

@@ -15,6 +15,8 @@ from router.hl7.message import Hl7Error, parse_message
 from router.hl7.mllp import MllpClient, MllpConnectionClosed, MllpTimeout, frame
 from router.listeners.mllp import MllpServer
 
+from peers import wait_for
+
 VT, END = b"\x0b", b"\x1c\r"
 
 
@@ -105,7 +107,8 @@ def test_one_message_is_framed_and_acknowledged(start_server: Callable[..., Mllp
 
 @pytest.mark.parametrize("count", [2, 3])
 def test_pipelined_messages_are_answered_in_order(start_server: Callable[..., MllpServer], count: int) -> None:
-    # the first message is the slowest: a server answering out of order would send M2 first
+    # the first message is the slowest (the scenario, not a synchronisation): a server answering out of order
+    # would send M2 first
     handler = EchoHandler(hook=lambda raw: time.sleep(0.2 if b"|M1|" in raw else 0))
     server = start_server(handler)
     ids = [f"M{n}" for n in range(1, count + 1)]
@@ -124,7 +127,7 @@ def test_frames_split_across_reads_and_sharing_one_read(
     with connect(server) as sock:
         for i in range(0, len(data), 7):  # 7-byte pieces: VT, FS and CR land in different reads
             sock.sendall(data[i : i + 7])
-            time.sleep(0.002)
+            time.sleep(0.002)  # the scenario, not a synchronisation: the pieces arrive apart, in separate reads
         assert [ack_code_of(r) for r in read_frames(sock, 2)] == [("AA", "S1"), ("AA", "S2")]
 
 
@@ -258,9 +261,7 @@ def test_half_sent_message_then_disconnect_loses_only_that_message(
         sock.sendall(frame(adt("H1")))
         assert ack_code_of(read_frames(sock, 1)[0]) == ("AA", "H1")
         sock.sendall(VT + adt("H2")[:30])
-    deadline = time.monotonic() + 5
-    while server.stats.incomplete < 1 and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_for(lambda: server.stats.incomplete >= 1, 5, 0.01, what="the server to count the incomplete message")
     assert server.stats.incomplete == 1
     assert [parse_message(c).control_id for c in echo.calls] == ["H1"]  # the half message never reached the handler
     with MllpClient("127.0.0.1", server.port, timeout=5) as client:
@@ -283,7 +284,7 @@ def test_client_reconnects_after_the_server_closed_an_idle_connection(
     server = start_server(echo, idle_timeout=0.2)
     with MllpClient("127.0.0.1", server.port, timeout=5) as client:
         assert ack_code_of(client.send(adt("R1"))) == ("AA", "R1")
-        time.sleep(0.6)
+        wait_for(lambda: server.stats.idle_closed >= 1, 5, 0.02, what="the server to close the idle connection")
         assert ack_code_of(client.send(adt("R2"))) == ("AA", "R2")
     assert server.stats.connections == 2 and server.stats.idle_closed >= 1
 

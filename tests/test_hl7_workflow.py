@@ -22,6 +22,8 @@ from router.listeners.mllp import MllpServer
 from hl7msg import adt, message, seg, send
 from peers import RouterProcess, StoreSCP, free_port, make_instance, query, storescu, wait_for
 
+pytestmark = pytest.mark.interop  # DCMTK storescu, storescp
+
 BSN = "111222333"
 BSN_OID = "2.16.840.1.113883.2.4.6.3"
 HOSP_OID = "1.2.3.4.5.6"

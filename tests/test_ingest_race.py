@@ -63,15 +63,16 @@ def leftovers(router: Router) -> list[Path]:
 
 
 @pytest.mark.parametrize(
-    ("policy", "same_bytes", "outcome"),
+    ("policy", "same_bytes", "outcome", "kept"),
     [
-        ("reject", False, StoreOutcome.DUPLICATE_REJECTED),
-        ("ignore", False, StoreOutcome.DUPLICATE_IGNORED),
-        ("reject", True, StoreOutcome.DUPLICATE_IDENTICAL),
+        ("reject", False, StoreOutcome.DUPLICATE_REJECTED, "winner"),
+        ("ignore", False, StoreOutcome.DUPLICATE_IGNORED, "winner"),
+        ("reject", True, StoreOutcome.DUPLICATE_IDENTICAL, "winner"),
+        ("overwrite", False, StoreOutcome.OVERWRITTEN, "loser"),  # under overwrite the loser is the new version
     ],
 )
-def test_the_loser_is_a_duplicate_and_the_winner_stays(
-    workdir: Path, monkeypatch: pytest.MonkeyPatch, policy: str, same_bytes: bool, outcome: StoreOutcome
+def test_the_loser_is_a_duplicate_or_the_new_version_and_one_file_stays(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch, policy: str, same_bytes: bool, outcome: StoreOutcome, kept: str
 ) -> None:
     router = make_router(workdir, policy)
     try:
@@ -84,32 +85,14 @@ def test_the_loser_is_a_duplicate_and_the_winner_stays(
         lose_the_race(monkeypatch)
         assert router.ingestor.ingest(loser, SOURCE).outcome is outcome
 
+        expected = winner if kept == "winner" else loser
         [(path, digest)] = stored(router)
-        assert (router.config.data_dir / path).read_bytes() == winner
-        assert digest == hashlib.sha256(winner).hexdigest()
+        assert (router.config.data_dir / path).read_bytes() == expected
+        assert digest == hashlib.sha256(expected).hexdigest()
+        objects = [p for p in (router.config.data_dir / "objects").rglob("*.dcm")]
+        assert objects == [router.config.data_dir / path]  # an overwritten version's file is gone with its row
         router.ingestor.close()  # the writer thread is done with its temp files
         assert leftovers(router) == []
-    finally:
-        router.ingestor.close()
-        router.engine.dispose()
-
-
-def test_under_overwrite_the_loser_is_the_new_version(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    router = make_router(workdir, "overwrite")
-    try:
-        ds = make_instance()
-        first = p10(ds)
-        ds.PatientName = "NEW^VERSION"
-        second = p10(ds)
-        assert router.ingestor.ingest(first, SOURCE).outcome is StoreOutcome.STORED
-        lose_the_race(monkeypatch)
-        assert router.ingestor.ingest(second, SOURCE).outcome is StoreOutcome.OVERWRITTEN
-
-        [(path, digest)] = stored(router)
-        assert (router.config.data_dir / path).read_bytes() == second
-        assert digest == hashlib.sha256(second).hexdigest()
-        objects = [p for p in (router.config.data_dir / "objects").rglob("*.dcm")]
-        assert objects == [router.config.data_dir / path]  # the first version's file is gone with its row
     finally:
         router.ingestor.close()
         router.engine.dispose()

@@ -6,6 +6,7 @@ import sqlite3
 from pathlib import Path
 
 import pydicom
+import pytest
 
 from peers import (
     RouterProcess,
@@ -18,6 +19,8 @@ from peers import (
     wait_for,
     write_instances,
 )
+
+pytestmark = pytest.mark.interop  # DCMTK storescu, storescp, dcmdump
 
 DEFLATED = "1.2.840.10008.1.2.1.99"
 # storescu proposes one family of syntaxes per run (as a modality configured for one compression would)

@@ -14,9 +14,9 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from pydicom.uid import generate_uid
 
+from forwarding import db_rows
 from hl7msg import message, seg, send
 from peers import SECONDARY_CAPTURE, RouterProcess, make_instance, send_datasets, wait_for
-from test_forward_resilience import query
 from workflow_peers import MPPS, MppsSCP, mpps_scu
 
 ACCESSION = "ACC900"
@@ -69,12 +69,7 @@ def in_progress(study_uid: str, accession: str = ACCESSION, **changes: Any) -> D
     ds.StudyID = "1"
     ds.PerformedProtocolCodeSequence = Sequence()
     ds.PerformedSeriesSequence = Sequence()
-    for keyword, value in changes.items():
-        if value is None:
-            delattr(ds, keyword)
-        else:
-            setattr(ds, keyword, value)
-    return ds
+    return changed(ds, changes)
 
 
 def final(status: str = "COMPLETED", series: Sequence | None = None, **changes: Any) -> Dataset:
@@ -84,6 +79,11 @@ def final(status: str = "COMPLETED", series: Sequence | None = None, **changes: 
     ds.PerformedProcedureStepEndTime = "104500"
     if series is not None:
         ds.PerformedSeriesSequence = series
+    return changed(ds, changes)
+
+
+def changed(ds: Dataset, changes: dict[str, Any]) -> Dataset:
+    """``ds`` with each keyword set to its value, or removed where the value is None."""
     for keyword, value in changes.items():
         if value is None:
             delattr(ds, keyword)
@@ -113,7 +113,7 @@ def ref(image: Dataset) -> Dataset:
 
 
 def worklist_status(router: RouterProcess, accession: str = ACCESSION) -> str:
-    [row] = query(router, "select status from worklistitem where accession_number=?", accession)
+    [row] = db_rows(router, "select status from worklistitem where accession_number=?", accession)
     return str(row["status"])
 
 
@@ -166,7 +166,7 @@ def test_step_completed_is_forwarded_in_order_with_the_received_images(
     finally:
         assoc.release()
     assert worklist_status(router) == "COMPLETED"
-    [row] = query(router, "select status, messages, calling_ae, accession_number from performedprocedurestep")
+    [row] = db_rows(router, "select status, messages, calling_ae, accession_number from performedprocedurestep")
     assert row == {"status": "COMPLETED", "messages": 2, "calling_ae": "MODALITY", "accession_number": ACCESSION}
 
     with ris.serving():  # the RIS was down: both messages waited in the outbox, and arrive in order
@@ -186,7 +186,7 @@ def test_step_completed_is_forwarded_in_order_with_the_received_images(
     with ris2.serving():
         wait_for(lambda: len(ris2.received) == 1, 30, what="the N-SET at RIS2")
     assert [(op, got) for op, _uid, got in ris2.received] == [("N-SET", expected)]
-    wait_for(lambda: {r["state"] for r in query(router, "select state from job")} == {"done"}, 10, what="jobs done")
+    wait_for(lambda: {r["state"] for r in db_rows(router, "select state from job")} == {"done"}, 10, what="jobs done")
 
 
 def statuses(router: RouterProcess, operations: list[tuple[str, Dataset, str | None]]) -> list[tuple[int, str, int]]:
@@ -240,7 +240,7 @@ def test_each_refusal(router: RouterProcess, ris: MppsSCP) -> None:
         (0x0000, "", 0),
         (0x0110, "Performed Procedure Step Object may no longer be updated", 0xA710),
     ]
-    [row] = query(router, "select sop_uid, status, messages from performedprocedurestep")
+    [row] = db_rows(router, "select sop_uid, status, messages from performedprocedurestep")
     assert row == {"sop_uid": uid, "status": "DISCONTINUED", "messages": 2}, "refused messages changed nothing"
     with ris.serving():
         wait_for(lambda: len(ris.received) == 2, 30, what="the accepted messages at the RIS")

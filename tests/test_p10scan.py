@@ -15,8 +15,7 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from router.intake.envelope import Envelope, HeaderValues, Source, dataset_text, read_values_as_they_came
 from router.intake.p10scan import _text_vr, scan_p10
 
-from peers import DATA_ROOT
-from test_envelope_complete import pydicom_reads_whole
+from peers import DATA_ROOT, pydicom_reads_whole
 
 FILES = sorted((DATA_ROOT / "test_files").glob("**/*.dcm")) + sorted((DATA_ROOT / "charset_files").glob("*.dcm"))
 

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pydicom
+import pytest
 
 from router.hooks import specs as hookspecs
 
@@ -16,6 +17,7 @@ PLUGIN = Path(__file__).parent / "sample_plugins" / "stamp.py"
 DOCS = Path(__file__).parent.parent / "docs" / "plugins.md"
 
 
+@pytest.mark.interop  # DCMTK storescu, storescp
 def test_plugin_stage_used_from_rule_file_and_notified(workdir: Path, dest: StoreSCP) -> None:
     events = workdir / "events.jsonl"
     router = RouterProcess(

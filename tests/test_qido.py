@@ -16,6 +16,8 @@ from router.listeners.http.multipart import media_type_params, parts
 
 from peers import RouterProcess, make_instance, storescu, write_instances
 
+pytestmark = pytest.mark.interop  # DCMTK storescu loads the router
+
 STUDIES = {  # study date, patient name, modality, instances
     "1.2.826.0.1.3680043.10.543.1": ("20240105", "Müller^Anna", "CT", 3),
     "1.2.826.0.1.3680043.10.543.2": ("20240220", "Jansen^Piet", "MR", 2),

@@ -20,8 +20,8 @@ from router.config import parse_config
 from router.listeners.dimse.qr_retrieve import RETRIEVER_ATTR
 
 from peers import CT_IMAGE, echo, free_port, send_datasets, write_instances
+from postgres import postgres_cluster
 from qr_peers import MR_IMAGE, Corpus, PynetdicomSCP, generated_corpus, record_of, text, text_matches
-from test_postgres import postgres_cluster
 
 FIND, MOVE, GET = (f"1.2.840.10008.5.1.4.1.2.2.{n}" for n in (1, 2, 3))
 
@@ -81,6 +81,7 @@ def sink() -> Iterator[PynetdicomSCP]:
         scp.stop()
 
 
+@pytest.mark.interop  # PostgreSQL
 def test_queries_and_moves_on_postgresql(tmp_path: Path, sink: PynetdicomSCP) -> None:
     files = write_instances(tmp_path / "generated", generated_corpus())
     corpus = Corpus([record_of(p) for p in files])

@@ -26,6 +26,8 @@ from qr_peers import (
     time_ceil,
 )
 
+pytestmark = pytest.mark.interop  # DCMTK findscu, dcmdump
+
 BULK = 150  # images in one series, for the cancel test
 
 Loaded = tuple[RouterProcess, Corpus, Path]

@@ -15,8 +15,11 @@ from pathlib import Path
 import pydicom
 import pytest
 
+from orthanc import Orthanc
 from peers import RouterProcess, free_port, query, write_instances
-from qr_peers import Corpus, Orthanc, generated_corpus, record_of
+from qr_peers import Corpus, generated_corpus, record_of
+
+pytestmark = pytest.mark.interop  # Orthanc
 
 
 @dataclass
@@ -39,7 +42,9 @@ def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
     workdir = tmp_path_factory.mktemp("qr-orthanc")
     files = write_instances(workdir / "generated", generated_corpus())
     router_port = free_port()
-    orthanc = Orthanc(workdir, {"router": ("ROUTER", router_port)})
+    orthanc = Orthanc(
+        workdir, DicomCheckCalledAet=False, DicomModalities={"router": ["ROUTER", "127.0.0.1", router_port]}
+    )
     router = RouterProcess(
         workdir, peers={"ORTHANC": {"ae_title": "ORTHANC", "host": "127.0.0.1", "port": orthanc.port}},
         dicom={"port": router_port},

@@ -24,7 +24,7 @@ from router.query.matching import (
     time_ceil,
 )
 
-from test_postgres import postgres_cluster
+from postgres import postgres_cluster
 
 META = MetaData()
 ROWS = Table(
@@ -47,7 +47,7 @@ def pg_url() -> Iterator[str]:
         yield cluster.url()
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.interop)])
 def engine(request: pytest.FixtureRequest) -> Iterator[Engine]:
     url = "sqlite://" if request.param == "sqlite" else request.getfixturevalue("pg_url")
     eng = create_engine(url)

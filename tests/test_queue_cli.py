@@ -7,8 +7,7 @@ from pathlib import Path
 
 from pydicom.dataset import Dataset
 
-from peers import RouterProcess, free_port, running
-from test_forward_resilience import (
+from forwarding import (
     DATASET_MISMATCH,
     SUCCESS,
     ScriptedSCP,
@@ -18,6 +17,7 @@ from test_forward_resilience import (
     send_ok,
     wait_while_up,
 )
+from peers import RouterProcess, free_port, running
 
 STATES = ("pending", "inflight", "committing", "done", "dead")
 
@@ -66,6 +66,23 @@ def counts(**by_state: int) -> dict[str, int]:
     return {s: by_state.get(s, 0) for s in STATES}
 
 
+def assert_listing(router: RouterProcess, settled: dict[str, dict[str, int]], gone_port: int) -> None:
+    """list: the per-peer table; with --state, the jobs and their last error; --peer and --limit narrow it."""
+    assert queue_counts(router) == settled
+    assert "last error" not in queue(router, "list"), "no job lines without --state/--peer"
+    listed = listed_jobs(router, "--state", "dead")
+    assert set(listed) == dead_ids(router, "DEST") | dead_ids(router, "GONE")
+    for job_id in dead_ids(router, "DEST"):
+        assert "peer answered 0xA900" in listed[job_id], listed[job_id]
+    for job_id in dead_ids(router, "GONE"):
+        assert f"association to GONE@127.0.0.1:{gone_port}" in listed[job_id], listed[job_id]
+    assert set(listed_jobs(router, "--state", "dead", "--peer", "DEST")) == dead_ids(router, "DEST")
+    newest = queue(router, "list", "--state", "dead", "--limit", "1")
+    total = len(dead_ids(router, "DEST") | dead_ids(router, "GONE"))
+    assert len(listed_jobs(router, "--state", "dead", "--limit", "1")) == 1
+    assert f"(the newest 1 of {total}; --limit N shows more)" in newest, "a cut list says so"
+
+
 def test_queue_list_retry_purge(workdir: Path) -> None:
     accept_all = threading.Event()
 
@@ -86,20 +103,7 @@ def test_queue_list_retry_purge(workdir: Path) -> None:
         settled = {"DEST": counts(done=2, dead=2), "GONE": counts(dead=4)}
         wait_while_up(router, lambda: states_by_peer(router) == settled, 30, f"jobs {settled}")
 
-        # list: the per-peer table; with --state, the jobs and their last error
-        assert queue_counts(router) == settled
-        assert "last error" not in queue(router, "list"), "no job lines without --state/--peer"
-        listed = listed_jobs(router, "--state", "dead")
-        assert set(listed) == dead_ids(router, "DEST") | dead_ids(router, "GONE")
-        for job_id in dead_ids(router, "DEST"):
-            assert "peer answered 0xA900" in listed[job_id], listed[job_id]
-        for job_id in dead_ids(router, "GONE"):
-            assert f"association to GONE@127.0.0.1:{gone_port}" in listed[job_id], listed[job_id]
-        assert set(listed_jobs(router, "--state", "dead", "--peer", "DEST")) == dead_ids(router, "DEST")
-        newest = queue(router, "list", "--state", "dead", "--limit", "1")
-        total = len(dead_ids(router, "DEST") | dead_ids(router, "GONE"))
-        assert len(listed_jobs(router, "--state", "dead", "--limit", "1")) == 1
-        assert f"(the newest 1 of {total}; --limit N shows more)" in newest, "a cut list says so"
+        assert_listing(router, settled, gone_port)
 
         # retry needs ids or --all
         bare = router.cli("queue", "retry", check=False)

@@ -1,4 +1,4 @@
-"""`router rules check` / `router rules test`, and rules reloaded while the router runs."""
+"""`router rules check` / `router rules test` (transcode stages included), and rules reloaded while the router runs."""
 
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ import sys
 from pathlib import Path
 
 import pydicom
+import pytest
 import yaml
+from pydicom.data import get_testdata_file
 
 from peers import RouterProcess, StoreSCP, make_instance, storescu, wait_for, write_instances
 
@@ -73,6 +75,30 @@ def test_rules_test_is_a_dry_run(workdir: Path) -> None:
     assert "no rule matches (1 rule(s) checked)" in other.stdout
 
 
+def test_rules_check_and_dry_run_with_transcode(workdir: Path) -> None:
+    config = make_config(workdir, {})
+    rules = workdir / "rules" / "10.yaml"
+    rules.write_text("- name: squeeze\n  then:\n    - transcode: {to: jpeg2000}\n    - transcode: jpg\n")
+    done = cli(config, "rules", "check")
+    assert done.returncode == 1
+    lossy = "jpeg2000 is lossy: it must be asked for explicitly (add 'lossy: true')"
+    assert f"{rules}:3: transcode: {lossy}" in done.stdout
+    assert f"{rules}:4: transcode: unknown transfer syntax 'jpg' (names: explicit-le," in done.stdout
+
+    rules.write_text("- name: squeeze\n  then:\n    - transcode: {to: jpeg2000-lossless}\n    - forward: PACS\n")
+    assert cli(config, "rules", "check").returncode == 0
+    source = Path(get_testdata_file("MR_small_RLE.dcm"))  # type: ignore[arg-type]
+    before = source.read_bytes()
+    done = cli(config, "rules", "test", str(source))
+    assert done.returncode == 0, done.stderr
+    assert "[10.yaml:3] would transcode rle to jpeg2000-lossless (" in done.stdout
+    assert "[10.yaml:4] would forward to PACS (as changed by earlier stages)" in done.stdout
+    assert "dry run: nothing was stored, changed or sent" in done.stdout
+    assert source.read_bytes() == before
+    assert not (workdir / "var").exists(), "a dry run creates no store"
+
+
+@pytest.mark.interop  # DCMTK storescu, storescp
 def test_rules_reload_while_running_and_broken_edit_keeps_previous(workdir: Path, dest: StoreSCP) -> None:
     router = RouterProcess(
         workdir,

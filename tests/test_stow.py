@@ -61,6 +61,7 @@ def refs(answer: dict, key: str) -> list[tuple[str, str, int | None]]:  # type: 
     ]
 
 
+@pytest.mark.interop  # the router fixture forwards to DCMTK storescp
 def test_stow_stores_and_routes_like_c_store(router: RouterProcess, dest: StoreSCP) -> None:
     study = pydicom.uid.generate_uid()
     a, b = make_instance(study), make_instance(study)
@@ -87,6 +88,7 @@ def dataset_bytes_of(ds: Dataset, folder: Path) -> bytes:
     return dataset_bytes(path)
 
 
+@pytest.mark.interop  # the router fixture forwards to DCMTK storescp
 def test_partial_failure_is_202_and_none_stored_is_409(router: RouterProcess) -> None:
     good = make_instance()
     response = httpx.post(
@@ -108,6 +110,7 @@ def test_partial_failure_is_202_and_none_stored_is_409(router: RouterProcess) ->
                  other_study.SOPInstanceUID) == [(0,)]  # fmt: skip
 
 
+@pytest.mark.interop  # the router fixture forwards to DCMTK storescp
 def test_bad_requests(router: RouterProcess) -> None:
     ds = p10(make_instance())
     assert httpx.post(url(router), content=ds, headers={"Content-Type": "application/dicom"}).status_code == 415
@@ -127,6 +130,7 @@ def test_bad_requests(router: RouterProcess) -> None:
     assert {"/dicomweb/studies", "/dicomweb/studies/{study}"} <= set(spec["paths"])
 
 
+@pytest.mark.interop  # the router fixture forwards to DCMTK storescp
 def test_dicomweb_client_stores(router: RouterProcess) -> None:
     client = DICOMwebClient(url=f"http://127.0.0.1:{router.http_port}/dicomweb")
     ds = make_instance()

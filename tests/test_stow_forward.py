@@ -12,10 +12,12 @@ from pydicom.dataset import Dataset
 from orthanc import Orthanc
 from peers import RouterProcess, make_instance, query, storescu, wait_for, write_instances
 
+pytestmark = pytest.mark.interop  # Orthanc with its DICOMweb plugin; DCMTK storescu
+
 
 @pytest.fixture
 def orthanc(workdir: Path) -> Iterator[Orthanc]:
-    server = Orthanc(workdir).start()
+    server = Orthanc(workdir, dicomweb=True, StorageCompression=False, HttpTimeout=60).start()
     try:
         yield server
     finally:
@@ -41,7 +43,7 @@ def test_every_instance_lands_in_orthanc(workdir: Path, orthanc: Orthanc) -> Non
         datasets = [make_instance(study) for _ in range(12)]
         result = storescu(router.port, write_instances(workdir / "in", datasets))
         assert result.returncode == 0, result.stderr
-        expected = sorted(d.SOPInstanceUID for d in datasets)
+        expected = {d.SOPInstanceUID for d in datasets}
         wait_for(lambda: orthanc.instances() == expected, 60, what="every instance in Orthanc")
         wait_for(lambda: {s for _, s in states(router)} == {"done"}, 30, what="jobs done")
     finally:

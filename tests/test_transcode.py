@@ -48,7 +48,7 @@ from router.transcode import (
     transcode,
 )
 
-from peers import dcmtk
+from tools import dcmtk
 
 LOSSLESS_TARGETS = ["explicit-le", "implicit-le", "deflated", "rle", "jpeg2000-lossless"]
 # source file -> (its transfer syntax, what pydicom's decoder reports as Photometric Interpretation)
@@ -311,6 +311,7 @@ def dcmtk_run(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(list(args), capture_output=True, text=True, errors="replace", timeout=60)
 
 
+@pytest.mark.interop  # DCMTK dcmdump, dcmdrle, dcmconv
 @pytest.mark.parametrize(
     "name, target, lossy",
     [

@@ -1,10 +1,9 @@
 """Transcoding in a running router, against DCMTK's storescp: the transcode stage, the forward fallback to a peer
-that accepts only uncompressed syntaxes, and the rules CLI. Loopback only; every server is stopped."""
+that accepts only uncompressed syntaxes, a peer's transfer syntaxes setting. Loopback only; every server is stopped.
+(The rules CLI on transcode stages: test_rules_cli.py.)"""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -12,11 +11,12 @@ from typing import Any
 import numpy as np
 import pydicom
 import pytest
-import yaml
 from pydicom.data import get_testdata_file
 from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless
 
 from peers import RouterProcess, StoreSCP, dataset_bytes, query, same_content, send_datasets, wait_for
+
+pytestmark = pytest.mark.interop  # DCMTK storescp
 
 SUCCESS = 0
 
@@ -136,45 +136,6 @@ def test_peer_accepting_only_uncompressed_gets_a_lossless_transcode(workdir: Pat
     state, error = states[damaged_uid]
     assert state == "dead" and "only in explicit-le, not in jpeg-extended, and transcoding failed" in error
     assert "in explicit-le: it did not accept jpeg2000-lossless" in router.output()
-
-
-def cli(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "router", "--config", str(config), *args], capture_output=True, text=True, timeout=60
-    )
-
-
-def test_rules_check_and_dry_run_with_transcode(workdir: Path) -> None:
-    (workdir / "rules").mkdir()
-    config = workdir / "router.yaml"
-    config.write_text(
-        yaml.safe_dump(
-            {
-                "rules_dir": "rules",
-                "data_dir": "var",
-                "peers": {"PACS": {"ae_title": "PACS", "host": "127.0.0.1", "port": 104}},
-            }
-        )
-    )
-    rules = workdir / "rules" / "10.yaml"
-    rules.write_text("- name: squeeze\n  then:\n    - transcode: {to: jpeg2000}\n    - transcode: jpg\n")
-    done = cli(config, "rules", "check")
-    assert done.returncode == 1
-    lossy = "jpeg2000 is lossy: it must be asked for explicitly (add 'lossy: true')"
-    assert f"{rules}:3: transcode: {lossy}" in done.stdout
-    assert f"{rules}:4: transcode: unknown transfer syntax 'jpg' (names: explicit-le," in done.stdout
-
-    rules.write_text("- name: squeeze\n  then:\n    - transcode: {to: jpeg2000-lossless}\n    - forward: PACS\n")
-    assert cli(config, "rules", "check").returncode == 0
-    source = sample("MR_small_RLE.dcm")
-    before = source.read_bytes()
-    done = cli(config, "rules", "test", str(source))
-    assert done.returncode == 0, done.stderr
-    assert "[10.yaml:3] would transcode rle to jpeg2000-lossless (" in done.stdout
-    assert "[10.yaml:4] would forward to PACS (as changed by earlier stages)" in done.stdout
-    assert "dry run: nothing was stored, changed or sent" in done.stdout
-    assert source.read_bytes() == before
-    assert not (workdir / "var").exists(), "a dry run creates no store"
 
 
 def test_peer_transfer_syntaxes_setting(workdir: Path, dest: StoreSCP) -> None:

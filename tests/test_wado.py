@@ -18,6 +18,8 @@ from router.listeners.http.multipart import media_type_params, parts
 
 from peers import RouterProcess, query, storescu
 
+pytestmark = pytest.mark.interop  # DCMTK storescu loads the router
+
 FILES = {"CT_small.dcm": (), "MR_small_jp2klossless.dcm": ("-xv",), "SC_rgb_rle_2frame.dcm": ("-xr",)}
 EXPLICIT = "1.2.840.10008.1.2.1"
 

@@ -1,31 +1,48 @@
-"""Peers for the storage commitment and MPPS tests: pynetdicom SCUs and SCPs on loopback, and Orthanc.
+"""Peers for the storage commitment and MPPS tests: pynetdicom SCUs and SCPs on loopback.
 
 Every server here is started on a free port and stopped by the test that started it (``with ...serving()``)."""
 
 from __future__ import annotations
 
 import contextlib
-import json
 import threading
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
+from io import BytesIO
 from typing import Any
 
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
 from pynetdicom import AE, AllStoragePresentationContexts, build_role, evt
+from pynetdicom.dsutils import decode
+from pynetdicom.pdu import P_DATA_TF
 
-from peers import Process, free_port, wait_for
+from peers import free_port
 
 COMMITMENT = "1.2.840.10008.1.20.1"
 COMMITMENT_INSTANCE = "1.2.840.10008.1.20.1.1"
 MPPS = "1.2.840.10008.3.1.2.3.3"
 SYNTAXES = [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
-ORTHANC = "/usr/sbin/Orthanc"
+
+
+N_EVENT_REPORT_RSP, N_ACTION_RSP = 0x8100, 0x8130  # Command Field (PS3.7 E.1)
+
+
+def commands_sent(event: evt.Event) -> list[int]:
+    """The Command Field of each command set an EVT_PDU_SENT event's P-DATA-TF carried: it fires once the PDU is
+    written to the socket, so a response seen here is on the wire, ahead of anything sent after it."""
+    if not isinstance(event.pdu, P_DATA_TF):
+        return []
+    raw, offset, found = bytes(event.pdu.encode()), 6, []
+    while offset + 6 <= len(raw):
+        length, header = int.from_bytes(raw[offset : offset + 4], "big"), raw[offset + 5]
+        if header & 0x03 == 0x03:  # a command set, in one (last) fragment: responses are
+            command = decode(BytesIO(raw[offset + 6 : offset + 4 + length]), True, True)
+            found.append(int(command.CommandField))
+        offset += 4 + length
+    return found
 
 
 def refs(*pairs: tuple[str, str]) -> Dataset:
@@ -72,26 +89,29 @@ class CommitSCU:
 
     def request(self, action: Dataset, action_type: int = 1, wait: float = 10.0) -> tuple[int | None, Dataset]:
         """N-ACTION, then wait up to ``wait`` for a report on the association; (status, status dataset)."""
-        got = threading.Event()
+        got, answered = threading.Event(), threading.Event()
 
         def on_report(event: evt.Event) -> tuple[int, None]:
             self.reports.append(Report(self.calling, event.event_type, event.event_information, True))
             got.set()
             return self.answer, None
 
+        def on_sent(event: evt.Event) -> None:
+            if N_EVENT_REPORT_RSP in commands_sent(event):
+                answered.set()
+
         ae = AE(ae_title=self.calling)
         ae.add_requested_context(COMMITMENT, SYNTAXES)
         ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 15
-        assoc = ae.associate(
-            "127.0.0.1", self.port, ae_title="ROUTER", evt_handlers=[(evt.EVT_N_EVENT_REPORT, on_report)]
-        )
+        handlers = [(evt.EVT_N_EVENT_REPORT, on_report), (evt.EVT_PDU_SENT, on_sent)]
+        assoc = ae.associate("127.0.0.1", self.port, ae_title="ROUTER", evt_handlers=handlers)
         assert assoc.is_established
         try:
             status, _reply = assoc.send_n_action(action, action_type, COMMITMENT, COMMITMENT_INSTANCE)
             code = int(status.Status) if "Status" in status else None
-            if code == 0x0000 and wait:
-                got.wait(wait)
-                time.sleep(0.3)  # let the router take our answer before we release
+            if code == 0x0000 and wait and got.wait(wait):
+                # our answer to the report goes out before the release: the router records it as delivered
+                assert answered.wait(15), "the answer to the router's report was never sent"
             return code, status
         finally:
             if assoc.is_established:
@@ -163,12 +183,30 @@ class CommitPACS:
         self.holding = threading.Event()  # set once an N-ACTION request has arrived and waits for ``hold``
         self._threads: list[threading.Thread] = []
         self._stop = threading.Event()
+        self._actions: dict[Any, list[int]] = {}  # per association: N-ACTIONs received, N-ACTION responses sent
+        self._action_answered = threading.Condition()
 
     def _on_store(self, event: evt.Event) -> int:
         self.stored.append(str(event.request.AffectedSOPInstanceUID))
         return 0x0000
 
+    def _on_pdu_sent(self, event: evt.Event) -> None:
+        answered = commands_sent(event).count(N_ACTION_RSP)
+        if answered:
+            with self._action_answered:
+                self._actions.setdefault(event.assoc, [0, 0])[1] += answered
+                self._action_answered.notify_all()
+
+    def _wake(self, _event: evt.Event | None = None) -> None:
+        """A connection closed, or the test is over: a report thread waiting for a response stops waiting."""
+        with self._action_answered:
+            self._action_answered.notify_all()
+
     def _on_action(self, event: evt.Event) -> tuple[int, None]:
+        with self._action_answered:
+            counts = self._actions.setdefault(event.assoc, [0, 0])
+            counts[0] += 1
+            nth = counts[0]
         if not self.hold.is_set():
             self.holding.set()
         self.hold.wait(60)
@@ -195,14 +233,18 @@ class CommitPACS:
         if bad:
             report.FailedSOPSequence = Sequence(bad)
         if self.report != "never":
-            thread = threading.Thread(target=self._send_report, args=(event.assoc, report, 2 if bad else 1))
+            thread = threading.Thread(target=self._send_report, args=(event.assoc, nth, report, 2 if bad else 1))
             thread.start()
             self._threads.append(thread)
         return 0x0000, None
 
-    def _send_report(self, assoc: Any, report: Dataset, event_type: int) -> None:
+    def _send_report(self, assoc: Any, nth: int, report: Dataset, event_type: int) -> None:
+        """Report on the association of the ``nth`` N-ACTION it carried ("same") or on a new one."""
         if self.report == "same":
-            time.sleep(0.2)  # our N-ACTION response first
+            with self._action_answered:  # our N-ACTION response first
+                self._action_answered.wait_for(
+                    lambda: self._actions[assoc][1] >= nth or self._stop.is_set() or not assoc.is_established, 30
+                )
             if not assoc.is_established:  # the router went away (killed)
                 self.report_statuses.append(None)
                 return
@@ -225,7 +267,7 @@ class CommitPACS:
                 if "Status" in status:
                     self.report_statuses.append(int(status.Status))
                     return
-            time.sleep(0.3)  # the router is down (a restart): try again
+            self._stop.wait(0.3)  # the router is down (a restart): try again, unless the test is over
 
     @contextlib.contextmanager
     def serving(self) -> Iterator[CommitPACS]:
@@ -234,13 +276,19 @@ class CommitPACS:
             ae.add_supported_context(cx.abstract_syntax, SYNTAXES)
         ae.add_supported_context(COMMITMENT, SYNTAXES)
         ae.dimse_timeout = ae.network_timeout = 30
-        handlers = [(evt.EVT_C_STORE, self._on_store), (evt.EVT_N_ACTION, self._on_action)]
+        handlers = [
+            (evt.EVT_C_STORE, self._on_store),
+            (evt.EVT_N_ACTION, self._on_action),
+            (evt.EVT_PDU_SENT, self._on_pdu_sent),
+            (evt.EVT_CONN_CLOSE, self._wake),
+        ]
         server = ae.start_server(("127.0.0.1", self.port), block=False, evt_handlers=handlers)
         try:
             yield self
         finally:
             self._stop.set()
             self.hold.set()
+            self._wake()
             for thread in self._threads:
                 thread.join(20)
             server.shutdown()
@@ -284,45 +332,3 @@ def mpps_scu(port: int, calling: str = "MODALITY") -> Any:
     assoc = ae.associate("127.0.0.1", port, ae_title="ROUTER")
     assert assoc.is_established
     return assoc
-
-
-# -- Orthanc ------------------------------------------------------------------------------------------------------
-class Orthanc(Process):
-    """Orthanc (Debian package) on free ports, storing in ``workdir``, knowing the router as a modality allowed
-    to ask for storage commitment."""
-
-    def __init__(self, workdir: Path, router_port: int, aet: str = "ORTHANC") -> None:
-        self.aet = aet
-        self.port, self.http_port = free_port(), free_port()
-        home = workdir / "orthanc"
-        home.mkdir(parents=True, exist_ok=True)
-        config = {
-            "Name": "router-test", "DicomAet": aet, "DicomPort": self.port, "HttpPort": self.http_port,
-            "StorageDirectory": str(home / "storage"), "IndexDirectory": str(home / "index"),
-            "RemoteAccessAllowed": False, "AuthenticationEnabled": False, "DicomCheckCalledAet": False,
-            "DicomModalities": {"router": {"AET": "ROUTER", "Host": "127.0.0.1", "Port": router_port,
-                                           "AllowStorageCommitment": True}},
-            "Plugins": [], "HttpServerEnabled": True, "StableAge": 1,
-        }  # fmt: skip
-        (home / "orthanc.json").write_text(json.dumps(config))
-        super().__init__([ORTHANC, str(home / "orthanc.json")], workdir / "orthanc.log")
-
-    def start(self) -> Orthanc:
-        super().start()
-        wait_for(lambda: not self.alive() or self._http_ok(), 30, what="Orthanc to listen")
-        assert self.alive(), self.output()
-        return self
-
-    def _http_ok(self) -> bool:
-        try:
-            self.get("/system")
-            return True
-        except OSError:
-            return False
-
-    def get(self, path: str) -> Any:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}{path}", timeout=5) as rsp:
-            return json.loads(rsp.read())
-
-    def instances(self) -> set[str]:
-        return {self.get(f"/instances/{i}/simplified-tags")["SOPInstanceUID"] for i in self.get("/instances")}
