@@ -1,1 +1,92 @@
-"""Every change the router makes to the internals of pynetdicom, in one place."""
+"""Every change the router makes to pynetdicom, in one place, applied by ``install()`` at start-up.
+
+Importing a router module changes nothing in pynetdicom. ``install()`` (idempotent, thread-safe) is called by
+``Router``, the forward process, ``DicomListener`` and ``make_requestor`` (so by every CLI command that opens an
+association) before the first association. It
+
+1. sets the documented ``pynetdicom._config`` options the router relies on, on any version of pynetdicom:
+   ``STORE_SEND_CHUNKED_DATASET`` (a forwarded object is sent from its file, byte for byte: without it pynetdicom
+   decodes and re-encodes it, so ``install()`` refuses to go on, ``UnsupportedPynetdicom``, on a pynetdicom that
+   does not have it) and ``ENFORCE_UID_CONFORMANCE`` off (forward what was received, never "fix" it);
+2. checks the versions of pynetdicom and pydicom against ``SUPPORTED`` and only then imports the patch modules of
+   this package (the only router modules that import pynetdicom's private names or touch its private attributes)
+   and applies them. On another version it logs one warning and applies none of them: the router then runs on
+   pynetdicom's own code, slower, with the races those patches close (docs/pynetdicom.md says what each buys).
+
+The rest of the router reaches pynetdicom's internals only through the functions below, which fall back to
+pynetdicom's plain behaviour when the patches are not installed.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+import pydicom
+import pynetdicom
+
+log = logging.getLogger(__name__)
+
+SUPPORTED = {"pynetdicom": "3.0.", "pydicom": "3.0."}  # version prefixes the patches were written and tested for
+_lock = threading.Lock()
+_patched: bool | None = None  # None: install() has not run yet
+
+
+class UnsupportedPynetdicom(RuntimeError):
+    """This pynetdicom lacks an option the router cannot run correctly without."""
+
+
+def unsupported_versions() -> list[str]:
+    """The libraries whose version the patches were not written for, as "name version"; empty when all are."""
+    versions = {"pynetdicom": str(pynetdicom.__version__), "pydicom": str(pydicom.__version__)}
+    return [f"{name} {version}" for name, version in versions.items() if not version.startswith(SUPPORTED[name])]
+
+
+def install() -> bool:
+    """Configure and patch pynetdicom for the router, once per process; True when the patches are applied."""
+    global _patched
+    with _lock:
+        if _patched is None:
+            _configure()
+            _patched = _apply_patches()
+        return _patched
+
+
+def installed() -> bool:
+    """Whether ``install()`` applied the patches of pynetdicom's internals in this process."""
+    return bool(_patched)
+
+
+def _configure() -> None:
+    from pynetdicom import _config  # documented options (pynetdicom's "Configuration Options" reference)
+
+    if not hasattr(_config, "STORE_SEND_CHUNKED_DATASET"):
+        raise UnsupportedPynetdicom(
+            f"pynetdicom {pynetdicom.__version__} has no STORE_SEND_CHUNKED_DATASET option: it would re-encode "
+            f"every forwarded object; install pynetdicom {SUPPORTED['pynetdicom']}x"
+        )
+    _config.STORE_SEND_CHUNKED_DATASET = True
+    _config.ENFORCE_UID_CONFORMANCE = False
+
+
+def _apply_patches() -> bool:
+    problems = unsupported_versions()
+    if problems:
+        log.warning(
+            "%s: not the versions the router's pynetdicom patches were written for (pynetdicom %sx, pydicom %sx); "
+            "running on pynetdicom's own code, without them",
+            ", ".join(problems), SUPPORTED["pynetdicom"], SUPPORTED["pydicom"],
+        )  # fmt: skip
+        return False
+    from router._pynetdicom import reactor  # the first import of pynetdicom's private names
+
+    reactor.install()
+    return True
+
+
+# -- what the rest of the router calls ---------------------------------------------------------------------------
+def quiet_event_logging() -> None:
+    """Bind none of pynetdicom's standard logging handlers (documented option ``LOG_HANDLER_LEVEL``)."""
+    from pynetdicom import _config
+
+    _config.LOG_HANDLER_LEVEL = "none"

@@ -24,8 +24,10 @@ pieces appended to a growing bytearray: a 256 KiB PDU took 64 system calls and a
 
 An acceptor's C-STORE requests are served on the DUL thread itself, without either hand-off (``inline``).
 
-Installed once for the whole process, for the listener's associations and the forwarder's alike. A pynetdicom
-other than 3.0.x is left alone (its loops may differ); the router then runs on the polling loops.
+Installed once for the whole process, for the listener's associations and the forwarder's alike, by
+``router._pynetdicom.install()`` once it has checked the versions (this module imports pynetdicom's private names).
+The DUL's ``_run_loop_delay`` is set to ``DUL_POLL_DELAY``: with these loops it only paces pynetdicom's wait for a
+stopping DUL (``stop_dul``).
 """
 
 from __future__ import annotations
@@ -39,7 +41,6 @@ import threading
 import time
 from typing import Any
 
-import pynetdicom
 from pynetdicom import evt
 from pynetdicom.association import Association
 from pynetdicom.dimse import DIMSEServiceProvider
@@ -56,7 +57,7 @@ log = logging.getLogger(__name__)
 MAX_WAIT = 0.05  # s: the longest either thread sleeps without looking at its timers
 MAX_QUEUED = 32  # primitives waiting to be sent before the service user is held back
 CHECKPOINT_POLL = 0.005  # s: while a send_*() has the reactor paused (see _assoc_run_reactor)
-SUPPORTED = ("3.0.",)
+DUL_POLL_DELAY = 0.0002  # s: pynetdicom's _run_loop_delay (1 ms), now only for stop_dul's wait
 _installed = False
 
 
@@ -105,6 +106,7 @@ _dimse_init = DIMSEServiceProvider.__init__
 
 def _patched_dul_init(self: DULServiceProvider, assoc: Association) -> None:
     _dul_init(self, assoc)
+    self._run_loop_delay = DUL_POLL_DELAY
     bell = _Doorbell()
     self._router_bell = bell  # type: ignore[attr-defined]
     self.to_user_queue = WakingQueue(_wake_event(assoc).set)
@@ -301,14 +303,12 @@ def _recv(self: AssociationSocket, nr_bytes: int) -> bytearray:
     return buffer
 
 
-def install() -> bool:
-    """Replace pynetdicom's polling loops (idempotent). False when this pynetdicom is not one we know."""
+def install() -> None:
+    """Replace pynetdicom's polling loops, its socket reads and its message encoding (idempotent). Call through
+    ``router._pynetdicom.install()``, which checks the versions first."""
     global _installed
     if _installed:
-        return True
-    if not pynetdicom.__version__.startswith(SUPPORTED):
-        log.warning("pynetdicom %s: keeping its polling loops (event-driven loops need 3.0)", pynetdicom.__version__)
-        return False
+        return
     DULServiceProvider.__init__ = _patched_dul_init  # type: ignore[method-assign]
     DIMSEServiceProvider.__init__ = _patched_dimse_init  # type: ignore[method-assign]
     DULServiceProvider.send_pdu = _patched_send_pdu  # type: ignore[method-assign]
@@ -319,4 +319,3 @@ def install() -> bool:
     pdata.install()
     command.install()
     _installed = True
-    return True

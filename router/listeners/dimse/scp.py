@@ -33,6 +33,7 @@ from pynetdicom.service_class import ServiceClass, StorageServiceClass
 from pynetdicom.sop_class import uid_to_service_class
 from pynetdicom.transport import ThreadedAssociationServer
 
+from router import _pynetdicom
 from router.config import RouterConfig
 from router.hooks.manager import notify
 from router.intake.dicom import Ingestor
@@ -180,7 +181,8 @@ class DicomListener:
         self.config = config
         self.ingestor = ingestor
         self.pm = pm
-        install()
+        _pynetdicom.install()
+        install()  # C-MOVE, C-GET: qr_retrieve
         self.qr = QueryRetrieveSCP(config, ingestor.engine)
         self.c_find: dict[str, Callable[[evt.Event], Iterator[FindResult]]] = {
             uid: self.qr.on_find for uid in FIND_SOP_CLASSES
