@@ -21,9 +21,13 @@ from __future__ import annotations
 
 import logging
 import threading
+from typing import TYPE_CHECKING
 
 import pydicom
 import pynetdicom
+
+if TYPE_CHECKING:
+    from pynetdicom.association import Association
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +89,15 @@ def _apply_patches() -> bool:
 
 
 # -- what the rest of the router calls ---------------------------------------------------------------------------
+def keep_responses(assoc: Association) -> None:
+    """For an association we requested: a response the reactor takes by mistake goes back to the ``send_*()`` call
+    waiting for it (``responses.keep_responses``). Nothing without the patches."""
+    if installed():
+        from router._pynetdicom import responses
+
+        responses.keep_responses(assoc)
+
+
 def quiet_event_logging() -> None:
     """Bind none of pynetdicom's standard logging handlers (documented option ``LOG_HANDLER_LEVEL``)."""
     from pynetdicom import _config

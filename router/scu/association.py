@@ -93,24 +93,6 @@ def make_requestor(config: RouterConfig) -> AE:
     return ae
 
 
-def keep_responses(assoc: Association) -> None:
-    """Work around a pynetdicom race: ``send_c_store`` pauses the association's reactor by waiting for its
-    ``_is_paused`` flag, which the reactor may still show for an instant after it went past the pause. The reactor
-    then takes the C-STORE response off the DIMSE queue as an "unexpected C-STORE service message" and drops it, and
-    the send waits out the DIMSE timeout (seen once in a C-MOVE of 12 instances). Responses the reactor takes are
-    put back on the queue for the send that waits for them; requests (an N-EVENT-REPORT) are served as before."""
-    serve = assoc._serve_request
-
-    def serve_or_requeue(msg: Any, context_id: int) -> None:
-        if msg is not None and not msg.is_valid_request and msg.is_valid_response and not hasattr(msg, "_requeued"):
-            msg._requeued = True  # once: a response nobody waits for any more is then dropped as before
-            assoc.dimse.msg_queue.put((context_id, msg))
-            return
-        serve(msg, context_id)
-
-    assoc._serve_request = serve_or_requeue  # type: ignore[method-assign]
-
-
 class StoreAssociation:
     """``with StoreAssociation(ae, peer, items) as a: a.send(item)`` -> status.
 
@@ -146,7 +128,7 @@ class StoreAssociation:
         if not assoc.is_established:
             reason = "rejected" if assoc.is_rejected else "aborted" if assoc.is_aborted else "not established"
             raise AssociationFailed(f"association to {self.peer.ae_title}@{self.peer.host}:{self.peer.port} {reason}")
-        keep_responses(assoc)
+        _pynetdicom.keep_responses(assoc)
         self.assoc = assoc
         self._accepted_by_class = None
         return self
