@@ -27,7 +27,9 @@ import pydicom
 import pynetdicom
 
 if TYPE_CHECKING:
+    from pynetdicom import AE
     from pynetdicom.association import Association
+    from pynetdicom.transport import ThreadedAssociationServer
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +98,27 @@ def keep_responses(assoc: Association) -> None:
         from router._pynetdicom import responses
 
         responses.keep_responses(assoc)
+
+
+def listener_ae(ae_title: str) -> AE:
+    """The listener's AE: one that counts only the associations still in use against ``maximum_associations``
+    (``server.ListenerAE``); pynetdicom's own AE without the patches."""
+    if installed():
+        from router._pynetdicom.server import ListenerAE
+
+        return ListenerAE(ae_title=ae_title)
+    from pynetdicom import AE
+
+    return AE(ae_title=ae_title)
+
+
+def tune_server(server: ThreadedAssociationServer) -> None:
+    """Copy the listener's supported contexts cheaply for each association (``server.ContextList``); nothing
+    without the patches."""
+    if installed():
+        from router._pynetdicom.server import ContextList
+
+        server.contexts = ContextList(server.contexts)
 
 
 def quiet_event_logging() -> None:
