@@ -29,6 +29,7 @@ import pynetdicom
 if TYPE_CHECKING:
     from pynetdicom import AE
     from pynetdicom.association import Association
+    from pynetdicom.service_class import ServiceClass
     from pynetdicom.transport import ThreadedAssociationServer
 
 log = logging.getLogger(__name__)
@@ -119,6 +120,14 @@ def tune_server(server: ThreadedAssociationServer) -> None:
         from router._pynetdicom.server import ContextList
 
         server.contexts = ContextList(server.contexts)
+
+
+def replace_service_class(original: type[ServiceClass], replacement: type[ServiceClass]) -> None:
+    """Have pynetdicom serve the SOP classes of ``original`` with ``replacement`` (a subclass), idempotent. Applied on
+    any version: it replaces a public function, and the listener's C-MOVE and C-GET depend on it."""
+    from router._pynetdicom import services
+
+    services.replace(original, replacement)
 
 
 def quiet_event_logging() -> None:

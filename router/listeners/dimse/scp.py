@@ -27,7 +27,7 @@ import pluggy
 from pydicom.uid import UID
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt, register_uid, sop_class
 from pynetdicom.presentation import build_context
-from pynetdicom.service_class import ServiceClass, StorageServiceClass
+from pynetdicom.service_class import QueryRetrieveServiceClass, ServiceClass, StorageServiceClass
 from pynetdicom.sop_class import uid_to_service_class
 from pynetdicom.transport import ThreadedAssociationServer
 
@@ -38,7 +38,7 @@ from router.intake.dicom import Ingestor
 from router.intake.envelope import Source
 from router.listeners.dimse.p10 import p10
 from router.listeners.dimse.qr import FIND_SOP_CLASSES, QR_SOP_CLASSES, FindResult, QueryRetrieveSCP, on_extended
-from router.listeners.dimse.qr_retrieve import RETRIEVER_ATTR, Retriever, install
+from router.listeners.dimse.qr_retrieve import RETRIEVER_ATTR, Retriever, RetrieveService
 from router.listeners.dimse.workflow import WorkflowServices
 from router.scu.association import set_nodelay
 from router.statuses import FAILURE_PROCESSING
@@ -150,7 +150,7 @@ class DicomListener:
         self.ingestor = ingestor
         self.pm = pm
         _pynetdicom.install()
-        install()  # C-MOVE, C-GET: qr_retrieve
+        _pynetdicom.replace_service_class(QueryRetrieveServiceClass, RetrieveService)  # C-MOVE, C-GET: qr_retrieve
         self.qr = QueryRetrieveSCP(config, ingestor.engine)
         self.c_find: dict[str, Callable[[evt.Event], Iterator[FindResult]]] = {
             uid: self.qr.on_find for uid in FIND_SOP_CLASSES
