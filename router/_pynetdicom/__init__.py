@@ -32,6 +32,8 @@ if TYPE_CHECKING:
     from pynetdicom.service_class import ServiceClass
     from pynetdicom.transport import ThreadedAssociationServer
 
+    from router._pynetdicom.gate import Gate
+
 log = logging.getLogger(__name__)
 
 SUPPORTED = {"pynetdicom": "3.0.", "pydicom": "3.0."}  # version prefixes the patches were written and tested for
@@ -120,6 +122,17 @@ def tune_server(server: ThreadedAssociationServer) -> None:
         from router._pynetdicom.server import ContextList
 
         server.contexts = ContextList(server.contexts)
+
+
+def reply_gate(assoc: Association) -> Gate | None:
+    """On an association the peer opened, from its reactor thread (an event handler): a ``Gate`` through which a
+    request can be sent to the peer once our response to the request being served is out; None without the
+    patches (pynetdicom offers no way to do that)."""
+    if not installed():
+        return None
+    from router._pynetdicom import gate
+
+    return gate.install(assoc)
 
 
 def replace_service_class(original: type[ServiceClass], replacement: type[ServiceClass]) -> None:
