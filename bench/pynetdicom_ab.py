@@ -9,6 +9,9 @@ pair run back to back in a rotating order, and the medians over the pairs are pr
 runs on 127.0.0.1 in a temporary folder removed at the end. Needs DCMTK (storescu, storescp) and the repo on
 PYTHONPATH. The machine is shared: compare the variants of one run, not runs of different days.
 
+Variants "patched-X" leave one patch out (X: loops, inline, recv, pdata, command; see ``setup``): what it buys;
+for subops, "files:plain" or "files:patched-pdata" say which (default "patched").
+
 receive: a pynetdicom C-STORE SCP (only what the router's listener does to get the object's bytes: ``p10(event)``
 from memory, or ``event.dataset_path`` read back under ``STORE_RECV_CHUNKED_DATASET``) takes a DCMTK storescu run
 of the corpus over one association; objects/s, and the SCP process's CPU per object.
@@ -81,18 +84,68 @@ def cpu() -> float:
 
 
 # -- children: one variant, one run ------------------------------------------------------------------------------
+def setup(variant: str) -> None:
+    """Configure this interpreter for ``variant``: "plain" (pynetdicom's own code) or "patched" (install()), the
+    latter optionally less one patch ("patched-loops", "-inline", "-recv", "-pdata", "-command"), put back to
+    pynetdicom's original after install() to see what that patch alone buys."""
+    from pynetdicom import _config
+    from pynetdicom.association import Association
+    from pynetdicom.dimse import DIMSEServiceProvider
+    from pynetdicom.dimse_messages import DIMSEMessage
+    from pynetdicom.dsutils import encode
+    from pynetdicom.dul import DULServiceProvider
+    from pynetdicom.pdu import P_DATA_TF
+    from pynetdicom.transport import AssociationSocket
+
+    from router import _pynetdicom
+
+    _pynetdicom.quiet_event_logging()
+    if not variant.startswith("patched"):
+        _config.STORE_SEND_CHUNKED_DATASET = True  # the router's documented options, without its patches
+        return
+
+    def saved(cls: Any, *names: str) -> dict[tuple[Any, str], Any]:
+        return {(cls, name): getattr(cls, name) for name in names}
+
+    originals: dict[str, dict[tuple[Any, str], Any]] = {
+        "loops": saved(DULServiceProvider, "__init__", "run_reactor", "send_pdu", "kill_dul")
+        | saved(Association, "_run_reactor")
+        | saved(DIMSEServiceProvider, "__init__"),
+        "recv": saved(AssociationSocket, "recv"),
+        "pdata": saved(DIMSEServiceProvider, "send_msg") | saved(P_DATA_TF, "from_primitive", "encode"),
+        "command": saved(DIMSEMessage, "_set_command_group_length", "message_to_primitive"),
+    }
+    assert _pynetdicom.install()
+    left_out = variant.split("-")[1:]
+    for name in left_out:
+        if name == "inline":
+            from router._pynetdicom import reactor
+            from router._pynetdicom.queues import WakingQueue
+
+            def dimse_init(self: Any, assoc: Any) -> None:
+                reactor._dimse_init(self, assoc)
+                self.msg_queue = WakingQueue(reactor.wake_event(assoc).set)
+
+            DIMSEServiceProvider.__init__ = dimse_init  # type: ignore[method-assign]
+            continue
+        for (cls, attr), value in originals[name].items():
+            setattr(cls, attr, value)
+        if name == "command":  # pdata's own use of the command encoders too
+            from router._pynetdicom import pdata
+
+            pdata.encode_primitive = lambda *args: None
+            pdata.encode_command_set = lambda ds: encode(ds, True, True) or b""
+
+
 def child_receive(variant: str, corpus: Path) -> dict[str, Any]:
     from pydicom.uid import CTImageStorage, SecondaryCaptureImageStorage
     from pynetdicom import AE, _config, evt
 
-    from router import _pynetdicom
     from router.listeners.dimse.p10 import p10
     from router.scu.association import set_nodelay
 
-    _pynetdicom.quiet_event_logging()
-    if variant.startswith("patched"):
-        assert _pynetdicom.install()
-    chunked = variant.endswith("chunked")
+    chunked = variant.endswith("+chunked") or variant == "chunked"
+    setup(variant.removesuffix("+chunked").replace("chunked", "plain"))
     _config.STORE_RECV_CHUNKED_DATASET = chunked
     digest, count = hashlib.sha256(), [0]
 
@@ -123,10 +176,8 @@ def child_subops(variant: str, corpus: Path) -> dict[str, Any]:
     from pydicom.uid import CTImageStorage
     from pynetdicom import AE, build_context
 
-    from router import _pynetdicom
-
-    _pynetdicom.quiet_event_logging()
-    assert _pynetdicom.install()
+    files_or_datasets, _, patches = variant.partition(":")
+    setup(patches or "patched")
     port = free_port()
     with tempfile.TemporaryDirectory() as out:
         scp = subprocess.Popen([dcmtk("storescp"), "-aet", "DEST", "-od", out, str(port)], env=ENV)
@@ -141,7 +192,7 @@ def child_subops(variant: str, corpus: Path) -> dict[str, Any]:
                 time.sleep(0.1)
             files = sorted(corpus.iterdir())
             before, started = cpu(), time.perf_counter()
-            statuses = [int(assoc.send_c_store(f if variant == "files" else dcmread(f), msg_id=i + 1).Status)
+            statuses = [int(assoc.send_c_store(f if files_or_datasets == "files" else dcmread(f), msg_id=i + 1).Status)
                         for i, f in enumerate(files)]  # fmt: skip
             seconds, used = time.perf_counter() - started, cpu() - before
             assoc.release()
