@@ -61,7 +61,8 @@ DUL_POLL_DELAY = 0.0002  # s: pynetdicom's _run_loop_delay (1 ms), now only for 
 _installed = False
 
 
-def _wake_event(assoc: Association) -> threading.Event:
+def wake_event(assoc: Association) -> threading.Event:
+    """The event the association's reactor waits on between looks at its queues (at most ``MAX_WAIT``)."""
     wake = assoc.__dict__.get("_router_wake")
     if wake is None:
         wake = assoc.__dict__.setdefault("_router_wake", threading.Event())
@@ -109,7 +110,7 @@ def _patched_dul_init(self: DULServiceProvider, assoc: Association) -> None:
     self._run_loop_delay = DUL_POLL_DELAY
     bell = _Doorbell()
     self._router_bell = bell  # type: ignore[attr-defined]
-    self.to_user_queue = WakingQueue(_wake_event(assoc).set)
+    self.to_user_queue = WakingQueue(wake_event(assoc).set)
 
     def ring_from_elsewhere() -> None:  # the DUL thread itself looks at its queues before it waits
         if threading.current_thread() is not self:
@@ -121,7 +122,7 @@ def _patched_dul_init(self: DULServiceProvider, assoc: Association) -> None:
 
 def _patched_dimse_init(self: DIMSEServiceProvider, assoc: Association) -> None:
     _dimse_init(self, assoc)
-    self.msg_queue = MessageQueue(assoc, _wake_event(assoc).set)
+    self.msg_queue = MessageQueue(assoc, wake_event(assoc).set)
 
 
 def _patched_send_pdu(self: DULServiceProvider, primitive: Any) -> None:
@@ -207,7 +208,7 @@ def _dul_run_reactor(self: DULServiceProvider) -> None:
             self.state_machine.do_action(event)
             idle = False
     finally:
-        _wake_event(self.assoc).set()  # the reactor checks whether we are still alive
+        wake_event(self.assoc).set()  # the reactor checks whether we are still alive
         self._router_bell.close()  # type: ignore[attr-defined]
 
 
@@ -219,7 +220,7 @@ def _has_work(assoc: Association) -> bool:
 
 def _assoc_run_reactor(self: Association) -> None:
     """pynetdicom's ``Association._run_reactor`` with the 1 ms sleep replaced by a wait for the DUL."""
-    wake = _wake_event(self)
+    wake = wake_event(self)
     self._is_paused = False
     while not self._kill:
         # Waiting counts as paused: nothing here touches the queues until the checkpoint is passed, so a send_*()
