@@ -228,9 +228,6 @@ def child_commit(variant: str, requests: int) -> dict[str, Any]:
     from pydicom.uid import generate_uid
     from pynetdicom import AE, evt
 
-    from router.app import Router
-    from router.config import parse_config
-
     commitment, instance = "1.2.840.10008.1.20.1", "1.2.840.10008.1.20.1.1"
     syntaxes = ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"]
     got: dict[str, float] = {}
@@ -249,13 +246,7 @@ def child_commit(variant: str, requests: int) -> dict[str, Any]:
         ("127.0.0.1", sink_port), block=False, evt_handlers=[(evt.EVT_N_EVENT_REPORT, on_report)]
     )
     work = Path(tempfile.mkdtemp())
-    (work / "rules").mkdir()
-    peer = {"ae_title": "MODALITY", "host": "127.0.0.1", "port": sink_port,
-            "commit_new_association": variant == "new-association"}  # fmt: skip
-    settings = {"data_dir": "var", "rules_dir": "rules", "log_level": "WARNING", "peers": {"MODALITY": peer},
-                "dicom": {"host": "127.0.0.1", "port": free_port()}, "hl7": {"host": "127.0.0.1", "port": free_port()},
-                "http": {"host": "127.0.0.1", "port": free_port()}}  # fmt: skip
-    router = Router(parse_config(settings, work))
+    router = _router(work, sink_port, new_association=variant == "new-association")
     router.start()
     assert server is not None and router.dicom_port is not None
     latencies = []
@@ -282,6 +273,19 @@ def child_commit(variant: str, requests: int) -> dict[str, Any]:
         server.shutdown()
         shutil.rmtree(work, ignore_errors=True)
     return {"ms": statistics.median(latencies), "max_ms": max(latencies), "n": len(latencies)}
+
+
+def _router(work: Path, sink_port: int, new_association: bool) -> Any:
+    """A router (not started) whose peer MODALITY listens on ``sink_port``; its data under ``work``."""
+    from router.app import Router
+    from router.config import parse_config
+
+    (work / "rules").mkdir()
+    peer = {"ae_title": "MODALITY", "host": "127.0.0.1", "port": sink_port, "commit_new_association": new_association}
+    settings = {"data_dir": "var", "rules_dir": "rules", "log_level": "WARNING", "peers": {"MODALITY": peer},
+                "dicom": {"host": "127.0.0.1", "port": free_port()}, "hl7": {"host": "127.0.0.1", "port": free_port()},
+                "http": {"host": "127.0.0.1", "port": free_port()}}  # fmt: skip
+    return Router(parse_config(settings, work))
 
 
 # -- parent: pairs, medians ----------------------------------------------------------------------------------------
