@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from router import _pynetdicom
+
 from peers import RouterProcess, StoreSCP, dcmtk_missing
 
 
@@ -14,6 +16,14 @@ def pytest_configure(config: pytest.Config) -> None:
     missing = dcmtk_missing()
     if missing:
         raise pytest.UsageError(f"DCMTK tools missing ({', '.join(missing)}): install the Debian package dcmtk")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def pynetdicom_as_the_router_runs_it() -> None:
+    """The in-process pynetdicom peers (peers.py, workflow_peers.py) run with the router's pynetdicom patches, as they
+    did when importing router.scu.association applied them (now router._pynetdicom.install(), docs/pynetdicom.md);
+    without them a peer's send_c_store can lose its response to pynetdicom's reactor race (a 30 s DIMSE timeout)."""
+    _pynetdicom.install()
 
 
 @pytest.fixture
