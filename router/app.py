@@ -9,6 +9,7 @@ from types import FrameType
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
+from router import _pynetdicom
 from router.commitment.ledger import CommitLedger
 from router.commitment.scp import CommitmentSCP
 from router.config import RouterConfig
@@ -41,6 +42,10 @@ class StartupError(Exception):
 class Router:
     def __init__(self, config: RouterConfig) -> None:
         self.config = config
+        try:
+            _pynetdicom.install()  # before any association: pynetdicom configured and patched
+        except _pynetdicom.UnsupportedPynetdicom as exc:
+            raise StartupError(str(exc)) from exc
         read_values_as_they_came()
         self.pm = build_plugin_manager(config.plugins)
         self.stages = collect_stages(self.pm)

@@ -11,6 +11,6 @@ def configure_logging(level: str) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     # pynetdicom's standard event handlers describe every PDU and DIMSE message for INFO and DEBUG lines that the
     # WARNING level above then drops: about 6 % of the DUL thread's time per small C-STORE. Do not bind them.
-    from pynetdicom import _config as pynetdicom_config
+    from router._pynetdicom import quiet_event_logging
 
-    pynetdicom_config.LOG_HANDLER_LEVEL = "none"
+    quiet_event_logging()

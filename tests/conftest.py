@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from router import _pynetdicom
+
 import tools
 from peers import RouterProcess, StoreSCP
 
@@ -19,6 +21,14 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> 
     """tools.py checks the mark of the test that is running (its fixtures' setup and teardown included)."""
     with tools.running(item):
         return (yield)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def pynetdicom_as_the_router_runs_it() -> None:
+    """The in-process pynetdicom peers (peers.py, workflow_peers.py) run with the router's pynetdicom patches, as they
+    did when importing router.scu.association applied them (now router._pynetdicom.install(), docs/pynetdicom.md);
+    without them a peer's send_c_store can lose its response to pynetdicom's reactor race (a 30 s DIMSE timeout)."""
+    _pynetdicom.install()
 
 
 @pytest.fixture

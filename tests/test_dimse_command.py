@@ -12,10 +12,15 @@ from pynetdicom import dimse_messages as msgs
 from pynetdicom import dimse_primitives as prims
 from pynetdicom.dsutils import encode
 
+from router import _pynetdicom
 from router._pynetdicom import command
 from router._pynetdicom.command import encode_command, encode_command_set, encode_primitive
 
-command.install()  # what router._pynetdicom.reactor.install() does for the router
+
+@pytest.fixture(autouse=True, scope="module")
+def patched() -> None:
+    """The router's patches, command.install() among them, as the router applies them at start-up."""
+    assert _pynetdicom.install()
 
 
 def message(primitive: Any, message_class: type) -> Any:

@@ -19,7 +19,7 @@ from pynetdicom import AE, AllStoragePresentationContexts, evt
 from pynetdicom.dimse_primitives import C_ECHO, C_STORE
 from pynetdicom.transport import ThreadedAssociationServer
 
-from router._pynetdicom import reactor
+from router import _pynetdicom
 from router._pynetdicom.inline import SERVING, MessageQueue
 
 from peers import DCMTK_ENV, SECONDARY_CAPTURE, make_instance, storescu, write_instances
@@ -46,7 +46,7 @@ class Recorder:
 
 @pytest.fixture
 def scp() -> Iterator[tuple[ThreadedAssociationServer, Recorder]]:
-    assert reactor.install()
+    assert _pynetdicom.install()
     recorder = Recorder()
     ae = AE(ae_title="INLINE")
     for cx in AllStoragePresentationContexts:

@@ -17,6 +17,7 @@ from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import split_dataset
 from pynetdicom.pdu import P_DATA_TF
 
+from router import _pynetdicom
 from router._pynetdicom import pdata
 
 
@@ -119,6 +120,6 @@ def test_a_response_without_data_set_is_one_pdu() -> None:
 
 
 def test_the_pdu_sends_the_encoded_bytes_as_they_are() -> None:
-    pdata.install()
+    assert _pynetdicom.install()  # pdata.install() among the router's patches
     primitive = pdata.EncodedPData(bytearray(b"\x04\x00\x00\x00\x00\x07\x00\x00\x00\x03\x01\x03\xff"))
     assert bytes(P_DATA_TF(primitive).encode()) == bytes(primitive.encoded)

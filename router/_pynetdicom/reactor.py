@@ -24,8 +24,10 @@ pieces appended to a growing bytearray: a 256 KiB PDU took 64 system calls and a
 
 An acceptor's C-STORE requests are served on the DUL thread itself, without either hand-off (``inline``).
 
-Installed once for the whole process, for the listener's associations and the forwarder's alike. A pynetdicom
-other than 3.0.x is left alone (its loops may differ); the router then runs on the polling loops.
+Installed once for the whole process, for the listener's associations and the forwarder's alike, by
+``router._pynetdicom.install()`` once it has checked the versions (this module imports pynetdicom's private names).
+The DUL's ``_run_loop_delay`` is set to ``DUL_POLL_DELAY``: with these loops it only paces pynetdicom's wait for a
+stopping DUL (``stop_dul``).
 """
 
 from __future__ import annotations
@@ -39,7 +41,6 @@ import threading
 import time
 from typing import Any
 
-import pynetdicom
 from pynetdicom import evt
 from pynetdicom.association import Association
 from pynetdicom.dimse import DIMSEServiceProvider
@@ -56,11 +57,12 @@ log = logging.getLogger(__name__)
 MAX_WAIT = 0.05  # s: the longest either thread sleeps without looking at its timers
 MAX_QUEUED = 32  # primitives waiting to be sent before the service user is held back
 CHECKPOINT_POLL = 0.005  # s: while a send_*() has the reactor paused (see _assoc_run_reactor)
-SUPPORTED = ("3.0.",)
+DUL_POLL_DELAY = 0.0002  # s: pynetdicom's _run_loop_delay (1 ms), now only for stop_dul's wait
 _installed = False
 
 
-def _wake_event(assoc: Association) -> threading.Event:
+def wake_event(assoc: Association) -> threading.Event:
+    """The event the association's reactor waits on between looks at its queues (at most ``MAX_WAIT``)."""
     wake = assoc.__dict__.get("_router_wake")
     if wake is None:
         wake = assoc.__dict__.setdefault("_router_wake", threading.Event())
@@ -105,9 +107,10 @@ _dimse_init = DIMSEServiceProvider.__init__
 
 def _patched_dul_init(self: DULServiceProvider, assoc: Association) -> None:
     _dul_init(self, assoc)
+    self._run_loop_delay = DUL_POLL_DELAY
     bell = _Doorbell()
     self._router_bell = bell  # type: ignore[attr-defined]
-    self.to_user_queue = WakingQueue(_wake_event(assoc).set)
+    self.to_user_queue = WakingQueue(wake_event(assoc).set)
 
     def ring_from_elsewhere() -> None:  # the DUL thread itself looks at its queues before it waits
         if threading.current_thread() is not self:
@@ -119,7 +122,7 @@ def _patched_dul_init(self: DULServiceProvider, assoc: Association) -> None:
 
 def _patched_dimse_init(self: DIMSEServiceProvider, assoc: Association) -> None:
     _dimse_init(self, assoc)
-    self.msg_queue = MessageQueue(assoc, _wake_event(assoc).set)
+    self.msg_queue = MessageQueue(assoc, wake_event(assoc).set)
 
 
 def _patched_send_pdu(self: DULServiceProvider, primitive: Any) -> None:
@@ -205,7 +208,7 @@ def _dul_run_reactor(self: DULServiceProvider) -> None:
             self.state_machine.do_action(event)
             idle = False
     finally:
-        _wake_event(self.assoc).set()  # the reactor checks whether we are still alive
+        wake_event(self.assoc).set()  # the reactor checks whether we are still alive
         self._router_bell.close()  # type: ignore[attr-defined]
 
 
@@ -217,7 +220,7 @@ def _has_work(assoc: Association) -> bool:
 
 def _assoc_run_reactor(self: Association) -> None:
     """pynetdicom's ``Association._run_reactor`` with the 1 ms sleep replaced by a wait for the DUL."""
-    wake = _wake_event(self)
+    wake = wake_event(self)
     self._is_paused = False
     while not self._kill:
         # Waiting counts as paused: nothing here touches the queues until the checkpoint is passed, so a send_*()
@@ -301,14 +304,12 @@ def _recv(self: AssociationSocket, nr_bytes: int) -> bytearray:
     return buffer
 
 
-def install() -> bool:
-    """Replace pynetdicom's polling loops (idempotent). False when this pynetdicom is not one we know."""
+def install() -> None:
+    """Replace pynetdicom's polling loops, its socket reads and its message encoding (idempotent). Call through
+    ``router._pynetdicom.install()``, which checks the versions first."""
     global _installed
     if _installed:
-        return True
-    if not pynetdicom.__version__.startswith(SUPPORTED):
-        log.warning("pynetdicom %s: keeping its polling loops (event-driven loops need 3.0)", pynetdicom.__version__)
-        return False
+        return
     DULServiceProvider.__init__ = _patched_dul_init  # type: ignore[method-assign]
     DIMSEServiceProvider.__init__ = _patched_dimse_init  # type: ignore[method-assign]
     DULServiceProvider.send_pdu = _patched_send_pdu  # type: ignore[method-assign]
@@ -319,4 +320,3 @@ def install() -> bool:
     pdata.install()
     command.install()
     _installed = True
-    return True

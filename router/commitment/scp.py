@@ -20,7 +20,7 @@ import threading
 import uuid
 from collections.abc import Callable
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydicom.dataset import Dataset
 from pynetdicom import evt
@@ -29,7 +29,7 @@ from sqlalchemy import select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from router._pynetdicom import gate as reactor_gate
+from router._pynetdicom import reply_gate
 from router.commitment import REQUEST_COMMITMENT, STORAGE_COMMITMENT, WELL_KNOWN_INSTANCE
 from router.commitment.datasets import BadRequest, Ref, event_information, read_action, to_bytes
 from router.config import RouterConfig
@@ -46,6 +46,9 @@ from router.statuses import (
 from router.store import files
 from router.store.models import JobState, utcnow
 from router.store.tables import INSTANCE, JOB
+
+if TYPE_CHECKING:
+    from router._pynetdicom.gate import Gate
 
 log = logging.getLogger(__name__)
 
@@ -109,10 +112,11 @@ class CommitmentSCP:
         peer = self.config.peer_by_ae(calling)
         dicom = self.config.dicom_peer(peer) if peer is not None else None
         new_association = dicom is not None and dicom.commit_new_association
+        gate = None if new_association else reply_gate(event.assoc)  # None: pynetdicom's own code cannot report here
         try:
             outcomes = verify(self.engine, self.config, refs)
             event_type, info = event_information(uid, outcomes, self.config.ae_title)
-            job_id = self._queue(peer, uid, info, due_now=new_association) if peer is not None else None
+            job_id = self._queue(peer, uid, info, due_now=gate is None) if peer is not None else None
         except (SQLAlchemyError, OSError) as exc:
             log.error("storage commitment request %s from %s cannot be processed now: %s", uid, calling, exc)
             return dimse_status(PROCESSING_FAILURE, "cannot check or record the request now"), None
@@ -120,13 +124,15 @@ class CommitmentSCP:
         log.info(
             "storage commitment %s from %s: %d instance(s), %d committed, %d failed; report %s",
             uid, calling, len(refs), len(refs) - failed, failed,
-            "on a new association" if new_association else "on this association",
+            "on a new association" if gate is None else "on this association",
         )  # fmt: skip
-        if new_association:
-            assert peer is not None
-            self.wake({peer})
+        if gate is None:
+            if peer is not None:
+                self.wake({peer})
+            else:
+                log.error("storage commitment report %s cannot be sent: not on this association without the "
+                          "pynetdicom patches, and %s is not in peers", uid, calling)  # fmt: skip
         else:
-            gate = reactor_gate.install(event.assoc)
             threading.Thread(
                 target=self._report_here,
                 args=(event.assoc, gate, uid, event_type, info, peer, job_id),
@@ -156,7 +162,7 @@ class CommitmentSCP:
     def _report_here(
         self,
         assoc: Association,
-        gate: reactor_gate.Gate,
+        gate: Gate,
         uid: str,
         event_type: int,
         info: Dataset,
@@ -165,9 +171,8 @@ class CommitmentSCP:
     ) -> None:
         status: int | None = None
         try:
-            result = reactor_gate.after_response(
+            result = gate.after_response(
                 assoc,
-                gate,
                 PARK_TIMEOUT,
                 lambda: assoc.send_n_event_report(info, event_type, STORAGE_COMMITMENT, WELL_KNOWN_INSTANCE),
             )

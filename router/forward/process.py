@@ -36,6 +36,7 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+from router import _pynetdicom
 from router.commitment.ledger import CommitLedger
 from router.config import RouterConfig
 from router.forward.workers import make_forwarder
@@ -209,6 +210,7 @@ def _wakes(fd: int) -> Iterator[set[str] | None]:
 
 
 def run(config: RouterConfig, wake_fd: int, ready_fd: int) -> None:
+    _pynetdicom.install()  # before any association: pynetdicom configured and patched
     read_values_as_they_came()
     pm = build_plugin_manager(config.plugins)
     engine = make_engine(config.effective_database_url)

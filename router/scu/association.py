@@ -21,44 +21,27 @@ from typing import Any
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pynetdicom import AE, _config, evt
+from pynetdicom import AE, evt
 from pynetdicom.association import Association
 from pynetdicom.presentation import PresentationContext, build_context
 
-from router._pynetdicom import reactor
+from router import _pynetdicom
 from router.config import DicomPeer, RouterConfig
 from router.transcode import TranscodeError, syntax_name, transcode
 
 log = logging.getLogger(__name__)
-
-# Send datasets straight from their files: no decode, no re-encode (byte-identical forwarding).
-_config.STORE_SEND_CHUNKED_DATASET = True
-# Forwarding must be transparent: never "fix" what we pass on.
-_config.ENFORCE_UID_CONFORMANCE = False
-# Event-driven association threads instead of pynetdicom's polling ones (router._pynetdicom.reactor).
-reactor.install()
 
 MAX_CONTEXTS = 128
 UNCOMPRESSED = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
 STORAGE_COMMITMENT = "1.2.840.10008.1.20.1"
 COMMITMENT_INSTANCE = "1.2.840.10008.1.20.1.1"
 ReportHandler = Callable[[evt.Event], Any]  # EVT_N_EVENT_REPORT: the peer's storage commitment report
-
-
-# pynetdicom's DUL thread sleeps this long between polls when idle (its default is 1 ms). With
-# router._pynetdicom.reactor installed it no longer polls and this only paces pynetdicom's wait for a stopping
-# DUL; on a pynetdicom the reactor does not patch, 0.2 ms took a no-op SCP from 335 to 455 objects/s with storescu.
-DUL_POLL_DELAY = 0.0002
 REPORT_ANSWER_WAIT = 5.0  # s: the longest a request waits for our answer to the peer's N-EVENT-REPORT to go out
 
 
 def set_nodelay(event: evt.Event) -> None:
-    """Tune a new DICOM connection: no Nagle (DIMSE is request/response; Nagle adds 40 ms stalls) and a short
-    DUL poll delay."""
-    dul = event.assoc.dul
-    if hasattr(dul, "_run_loop_delay"):
-        dul._run_loop_delay = DUL_POLL_DELAY
-    sock = getattr(getattr(dul, "socket", None), "socket", None)
+    """EVT_CONN_OPEN: no Nagle on a new DICOM connection (DIMSE is request/response; Nagle adds 40 ms stalls)."""
+    sock = getattr(getattr(event.assoc.dul, "socket", None), "socket", None)
     if sock is not None:
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -98,6 +81,8 @@ def context_count(items: Iterable[Item]) -> int:
 
 
 def make_requestor(config: RouterConfig) -> AE:
+    """The AE the router requests associations with (pynetdicom configured and patched first: ``install()``)."""
+    _pynetdicom.install()
     ae = AE(ae_title=config.ae_title)
     t = config.dicom.timeouts
     ae.acse_timeout = t.acse
@@ -106,24 +91,6 @@ def make_requestor(config: RouterConfig) -> AE:
     ae.connection_timeout = t.connect
     ae.maximum_pdu_size = config.dicom.max_pdu
     return ae
-
-
-def keep_responses(assoc: Association) -> None:
-    """Work around a pynetdicom race: ``send_c_store`` pauses the association's reactor by waiting for its
-    ``_is_paused`` flag, which the reactor may still show for an instant after it went past the pause. The reactor
-    then takes the C-STORE response off the DIMSE queue as an "unexpected C-STORE service message" and drops it, and
-    the send waits out the DIMSE timeout (seen once in a C-MOVE of 12 instances). Responses the reactor takes are
-    put back on the queue for the send that waits for them; requests (an N-EVENT-REPORT) are served as before."""
-    serve = assoc._serve_request
-
-    def serve_or_requeue(msg: Any, context_id: int) -> None:
-        if msg is not None and not msg.is_valid_request and msg.is_valid_response and not hasattr(msg, "_requeued"):
-            msg._requeued = True  # once: a response nobody waits for any more is then dropped as before
-            assoc.dimse.msg_queue.put((context_id, msg))
-            return
-        serve(msg, context_id)
-
-    assoc._serve_request = serve_or_requeue  # type: ignore[method-assign]
 
 
 class StoreAssociation:
@@ -161,7 +128,7 @@ class StoreAssociation:
         if not assoc.is_established:
             reason = "rejected" if assoc.is_rejected else "aborted" if assoc.is_aborted else "not established"
             raise AssociationFailed(f"association to {self.peer.ae_title}@{self.peer.host}:{self.peer.port} {reason}")
-        keep_responses(assoc)
+        _pynetdicom.keep_responses(assoc)
         self.assoc = assoc
         self._accepted_by_class = None
         return self

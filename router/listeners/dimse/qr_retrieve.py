@@ -1,14 +1,14 @@
 """C-MOVE and C-GET SCP: send stored instances, byte-identical, as C-STORE sub-operations.
 
-pynetdicom's own Q/R retrieve service only sends datasets a handler yields decoded: every object would be decoded
-and re-encoded, and one stored compressed could only go to a peer accepting exactly that syntax after a full
-decode. ``install()`` therefore has pynetdicom serve the Q/R SOP classes with ``RetrieveService``, which hands
-C-MOVE and C-GET requests to the ``Retriever`` of the listener's AE and leaves everything else (C-FIND) to
-pynetdicom as before. The sub-operations send the files as stored. Only when the receiver accepted none of the
-stored transfer syntax but an uncompressed one, the object is re-encoded, decompressing it if it is compressed
-(``store_over``). A C-MOVE opens a new association to the destination (``router.scu.association.StoreAssociation``,
-proposing for each stored SOP class its stored syntax plus Explicit and Implicit VR Little Endian), more than one
-in turn when the matches need more than 128 presentation contexts.
+pynetdicom's own Q/R retrieve service only sends datasets a handler yields decoded: every object would be decoded and
+re-encoded, and one stored compressed could only go to a peer accepting exactly that syntax after a full decode. The
+listener therefore has pynetdicom serve the Q/R SOP classes with ``RetrieveService``
+(``router._pynetdicom.replace_service_class``), which hands C-MOVE and C-GET requests to the ``Retriever`` of the
+listener's AE and leaves everything else (C-FIND) to pynetdicom as before. The sub-operations send the files as
+stored. Only when the receiver accepted none of the stored transfer syntax but an uncompressed one, the object is
+re-encoded, decompressing it if it is compressed (``store_over``). A C-MOVE opens a new association to the destination
+(``router.scu.association.StoreAssociation``, proposing for each stored SOP class its stored syntax plus Explicit and
+Implicit VR Little Endian), more than one in turn when the matches need more than 128 presentation contexts.
 
 Statuses (PS3.4 C.4.2.1.5, C.4.3.1.4): a pending response (0xFF00) with the remaining, completed, failed and
 warning counts after each sub-operation; finally 0x0000, 0xB000 when some failed (with the Failed SOP Instance UID
@@ -83,22 +83,6 @@ class RetrieveService(QueryRetrieveServiceClass):
             retriever.serve(self, req, context)
             return
         super().SCP(req, context)
-
-
-def install() -> None:
-    """Have pynetdicom use ``RetrieveService`` for the Q/R SOP classes (idempotent)."""
-    from pynetdicom import association
-
-    lookup = association.uid_to_service_class
-    if getattr(lookup, "router_retrieve", False):
-        return
-
-    def router_lookup(uid: str) -> Any:
-        found = lookup(uid)
-        return RetrieveService if found is QueryRetrieveServiceClass else found
-
-    router_lookup.router_retrieve = True  # type: ignore[attr-defined]
-    association.uid_to_service_class = router_lookup
 
 
 @dataclass

@@ -18,7 +18,6 @@ C-GET sub-operations can come back on its association. Query/Retrieve lives in `
 
 from __future__ import annotations
 
-import copy
 import logging
 import re
 from collections.abc import Callable, Iterator
@@ -27,19 +26,19 @@ from typing import Any
 import pluggy
 from pydicom.uid import UID
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt, register_uid, sop_class
-from pynetdicom.association import Association
 from pynetdicom.presentation import build_context
-from pynetdicom.service_class import ServiceClass, StorageServiceClass
+from pynetdicom.service_class import QueryRetrieveServiceClass, ServiceClass, StorageServiceClass
 from pynetdicom.sop_class import uid_to_service_class
 from pynetdicom.transport import ThreadedAssociationServer
 
+from router import _pynetdicom
 from router.config import RouterConfig
 from router.hooks.manager import notify
 from router.intake.dicom import Ingestor
 from router.intake.envelope import Source
 from router.listeners.dimse.p10 import p10
 from router.listeners.dimse.qr import FIND_SOP_CLASSES, QR_SOP_CLASSES, FindResult, QueryRetrieveSCP, on_extended
-from router.listeners.dimse.qr_retrieve import RETRIEVER_ATTR, Retriever, install
+from router.listeners.dimse.qr_retrieve import RETRIEVER_ATTR, Retriever, RetrieveService
 from router.listeners.dimse.workflow import WorkflowServices
 from router.scu.association import set_nodelay
 from router.statuses import PROCESSING_FAILURE
@@ -77,20 +76,6 @@ _UNCOMPRESSED_ORDER = [
 # caller's compressed syntax when it offers one, then explicit before implicit, big endian last.
 PREFERRED_SYNTAXES = [ts for ts in ALL_TRANSFER_SYNTAXES if ts not in _UNCOMPRESSED_ORDER] + _UNCOMPRESSED_ORDER
 VERIFICATION = "1.2.840.10008.1.1"
-
-
-class _ContextList(list[Any]):
-    """The listener's supported contexts. pynetdicom deep-copies them for every association it accepts: with ~190
-    contexts of ~35 transfer syntaxes each that took about 40 ms per association. UIDs are immutable strings, so a
-    copy of each context with its own list of the same UIDs is as good and takes well under a millisecond."""
-
-    def __deepcopy__(self, memo: dict[int, Any]) -> list[Any]:
-        out = []
-        for cx in self:
-            dup = copy.copy(cx)
-            dup._transfer_syntax = list(cx._transfer_syntax)
-            out.append(dup)
-        return out
 
 
 def _keyword(uid: str) -> str:
@@ -152,22 +137,6 @@ def _source(event: evt.Event) -> Source:
     )
 
 
-class ListenerAE(AE):
-    """pynetdicom's AE, counting against ``maximum_associations`` only the associations still in use.
-
-    pynetdicom counts every association thread still alive, so one that was released, aborted or rejected a moment
-    ago and is only winding down (its DUL waiting for the peer to close the connection) took a place: a modality
-    that releases and at once opens the next association could be refused "local limit exceeded"."""
-
-    @property
-    def active_associations(self) -> list[Association]:
-        return [
-            assoc
-            for assoc in super().active_associations
-            if not (assoc._kill or assoc.is_released or assoc.is_aborted or assoc.is_rejected)
-        ]
-
-
 class DicomListener:
     def __init__(
         self,
@@ -180,7 +149,8 @@ class DicomListener:
         self.config = config
         self.ingestor = ingestor
         self.pm = pm
-        install()
+        _pynetdicom.install()
+        _pynetdicom.replace_service_class(QueryRetrieveServiceClass, RetrieveService)  # C-MOVE, C-GET: qr_retrieve
         self.qr = QueryRetrieveSCP(config, ingestor.engine)
         self.c_find: dict[str, Callable[[evt.Event], Iterator[FindResult]]] = {
             uid: self.qr.on_find for uid in FIND_SOP_CLASSES
@@ -194,7 +164,7 @@ class DicomListener:
 
     def _make_ae(self) -> AE:
         cfg = self.config.dicom
-        ae = ListenerAE(ae_title=self.config.ae_title)
+        ae = _pynetdicom.listener_ae(self.config.ae_title)
         ae.maximum_associations = cfg.max_associations
         ae.maximum_pdu_size = cfg.max_pdu
         ae.acse_timeout = cfg.timeouts.acse
@@ -232,7 +202,7 @@ class DicomListener:
         cfg = self.config.dicom
         server = self.ae.start_server((cfg.host, cfg.port), block=False, evt_handlers=self.handlers())
         assert server is not None
-        server.contexts = _ContextList(server.contexts)
+        _pynetdicom.tune_server(server)
         self.server = server
         port = int(server.server_address[1])
         log.info("DICOM listener %s on %s:%d", self.config.ae_title, cfg.host, port)
