@@ -22,15 +22,20 @@ from peers import RouterProcess, StoreSCP, running, wait_for
 
 
 def children(pid: int) -> list[int]:
+    """The children of ``pid``'s threads; a thread or process that ends while they are read is passed over."""
     found: list[int] = []
     for task in Path(f"/proc/{pid}/task").iterdir():
-        found += [int(c) for c in (task / "children").read_text().split()]
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+            found += [int(c) for c in (task / "children").read_text().split()]
     return found
 
 
 def forward_process_of(pid: int) -> int | None:
     for child in children(pid):
-        cmdline = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
+        try:
+            cmdline = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
+        except (FileNotFoundError, ProcessLookupError):  # it ended meanwhile
+            continue
         if b"router.forward.process" in cmdline:
             return child
     return None
