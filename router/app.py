@@ -40,7 +40,7 @@ class Router:
     def __init__(self, config: RouterConfig) -> None:
         self.config = config
         read_values_as_they_came()
-        self.pm = build_plugin_manager(config.plugins)
+        self.pm = build_plugin_manager(config)
         self.stages = collect_stages(self.pm)
         for sub in ("objects", "tmp", "quarantine", "derived", "commitment", "mpps"):
             (config.data_dir / sub).mkdir(parents=True, exist_ok=True)
@@ -88,7 +88,7 @@ class Router:
         if self.rules.last_problems:
             raise StartupError("rules are invalid:\n" + "\n".join(self.rules.last_problems))
         self._clear_partial_writes()
-        notify(self.pm, "router_startup", config=self.config, process="serve")
+        notify(self.pm, "router_startup", config=self.config, process="serve", plugin_settings=self.pm.settings)
         self.forwarder.start()
         self.scheduler.add_job(
             self.rules.reload_if_changed,

@@ -39,7 +39,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def _stages(cfg: RouterConfig) -> dict[str, Stage]:
     from router.hooks.manager import build_plugin_manager, collect_stages
 
-    return collect_stages(build_plugin_manager(cfg.plugins))
+    return collect_stages(build_plugin_manager(cfg))
 
 
 def cmd_rules_check(args: argparse.Namespace) -> int:
