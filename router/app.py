@@ -77,7 +77,7 @@ class Router:
             max_connections=config.hl7.max_connections,
         )
         self.hl7_port: int | None = None
-        self.web = WebServer(config.http, make_app(config, self.ingestor, self.engine))
+        self.web = WebServer(config.http, make_app(config, self.ingestor, self.engine, self.pm))
         self.http_port: int | None = None
         self.scheduler = BackgroundScheduler(daemon=True)
         self.dicom_port: int | None = None
