@@ -62,7 +62,7 @@ class Router:
         self.hl7.on_jobs_committed = wake
         self.hl7.on_patients_merged = self.ingestor.ids.clear
         self.worklist = WorklistService(config, self.engine)
-        self.commitment = CommitmentSCP(config, self.engine)
+        self.commitment = CommitmentSCP(config, self.engine, self.pm)
         self.commitment.wake = wake
         self.mpps = MppsService(config, self.engine, lambda: self.rules.current, self.stages, self.pm, self.write_lock)
         self.mpps.on_jobs_committed = wake

@@ -30,7 +30,7 @@ from router.destinations.corrections import queue_patient_resends
 from router.hl7.ack import build_ack
 from router.hl7.codes import INTERNAL_ERROR, UNSUPPORTED_EVENT, UNSUPPORTED_MESSAGE_TYPE
 from router.hl7.errors import Hl7Error
-from router.hl7.message import Hl7Message, parse_message
+from router.hl7.message import Hl7Header, Hl7Message, parse_message
 from router.hl7.orders import apply_order, order_groups, person_name_at
 from router.hl7.patients import (
     MERGE_EVENTS,
@@ -41,6 +41,7 @@ from router.hl7.patients import (
     upsert_patient,
 )
 from router.hl7.segments import Segment, segments_of
+from router.hooks.manager import notify
 from router.intake.envelope import Envelope, Source
 from router.intake.pipeline import run_pipeline
 from router.intake.stage import PlannedForward, Stage, StageError
@@ -101,16 +102,29 @@ class Hl7Intake:
             msg = parse_message(raw, accepted_processing_ids=self.config.hl7.accepted_processing_ids)
         except Hl7Error as exc:
             log.warning("HL7 from %s refused: %s", peer_address, exc)
+            self._announce("router_hl7_acknowledged", exc.partial, peer_address, ack_code=exc.ack_code, error=str(exc))
             return build_ack(exc.partial, exc.ack_code, [exc])
+        self._announce("router_hl7_received", msg, peer_address)
         try:
-            return self._handle(msg, peer_address)
+            ack = self._handle(msg, peer_address)
         except Hl7Error as exc:
             log.warning("HL7 %s %s from %s: %s", msg.message_type, msg.control_id, peer_address, exc)
+            self._announce("router_hl7_acknowledged", msg, peer_address, ack_code=exc.ack_code, error=str(exc))
             return build_ack(msg, exc.ack_code, [exc])
         except (SQLAlchemyError, OSError) as exc:
             log.error("HL7 %s %s cannot be processed now: %s", msg.message_type, msg.control_id, exc)
             err = Hl7Error("AR", INTERNAL_ERROR, "the router cannot store this message now; send it again")
+            self._announce("router_hl7_acknowledged", msg, peer_address, ack_code="AR", error=str(err))
             return build_ack(msg, "AR", [err])
+        self._announce("router_hl7_acknowledged", msg, peer_address, ack_code="AA", error="")
+        return ack
+
+    def _announce(self, hook: str, msg: Hl7Header | None, address: str, **more: str) -> None:
+        """``router_hl7_received`` / ``router_hl7_acknowledged`` (``msg``: the header, or None if unreadable)."""
+        header = msg or Hl7Header()
+        notify(self.pm, hook, message_type=header.message_type, control_id=header.control_id,
+               sending_application=header.sending_application, sending_facility=header.sending_facility,
+               address=address, message=msg, **more)  # fmt: skip
 
     # -- steps --------------------------------------------------------------------------------------------
     def _handle(self, msg: Hl7Message, peer_address: str) -> bytes:

@@ -27,6 +27,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from router.config import RouterConfig
+from router.hooks.manager import notify
 from router.intake.envelope import Envelope, Source
 from router.intake.pipeline import PipelineResult, run_pipeline
 from router.intake.stage import Stage, StageError
@@ -153,6 +154,7 @@ class MppsService:
             self._cleanup(written)
             raise
         self._committed(plan)
+        self._announce("router_mpps_created", uid, message, source)
         return f"{message.status}, {moved} worklist item(s) moved, {len(plan.forwards)} forward job(s)"
 
     # -- N-SET ----------------------------------------------------------------------------------------------
@@ -194,6 +196,7 @@ class MppsService:
             self._cleanup(written)
             raise
         self._committed(plan)
+        self._announce("router_mpps_updated", uid, message, source)
         return (f"{message.status}, {moved} worklist item(s) moved, {len(plan.forwards)} forward job(s)"
                 f"{f' with {added} received instance(s) added' if added else ''}")  # fmt: skip
 
@@ -230,6 +233,10 @@ class MppsService:
     def _committed(self, plan: PipelineResult) -> None:
         if plan.forwards:
             self.on_jobs_committed({f.peer for f in plan.forwards})
+
+    def _announce(self, hook: str, uid: str, message: MppsMessage, source: Source) -> None:
+        notify(self.pm, hook, sop_instance_uid=uid, status=message.status, calling_ae=source.calling_ae,
+               address=source.address, dataset=message.state)  # fmt: skip
 
 
 def _step_value(ds: Dataset, keyword: str) -> str:
