@@ -45,7 +45,7 @@ class Router:
         for sub in ("objects", "tmp", "quarantine", "derived", "commitment", "mpps"):
             (config.data_dir / sub).mkdir(parents=True, exist_ok=True)
         self.engine = make_engine(config.effective_database_url)
-        self.rules = LiveRules(config.rules_dir, self.stages, config)
+        self.rules = LiveRules(config.rules_dir, self.stages, config, self.pm)
         self.write_lock = write_lock_for(config.effective_database_url)  # one writer at a time (SQLite)
         self.ingestor = Ingestor(config, self.engine, lambda: self.rules.current, self.stages, self.pm, self.write_lock)
         self.ledger = CommitLedger(config, self.engine, self.pm, self.write_lock)
@@ -123,6 +123,7 @@ class Router:
         if self.scheduler.running:
             self.scheduler.shutdown(wait=False)
         self.forwarder.stop()
+        notify(self.pm, "router_shutdown", process="serve")
         self.ingestor.close()
         self.write_lock.close()
         self.engine.dispose()
