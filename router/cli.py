@@ -1,4 +1,4 @@
-"""The ``router`` command: serve, rules check|test, queue list|retry|purge, echo|find|move|get|send."""
+"""The ``router`` command: serve, rules check|test, plugins, queue list|retry|purge, echo|find|move|get|send."""
 
 from __future__ import annotations
 
@@ -95,6 +95,23 @@ def cmd_rules_test(args: argparse.Namespace) -> int:
         for step in (s for s in result.steps if s.rule == rule.name):
             print(f"  [{step.where}] {step.text}")
     print("dry run: nothing was stored, changed or sent")
+    return EXIT_OK
+
+
+def cmd_plugins(args: argparse.Namespace) -> int:
+    """Every loaded plugin: where it comes from, the hooks it implements, the stages it provides."""
+    from router.hooks.manager import build_plugin_manager, stages_by_plugin
+
+    pm = build_plugin_manager(_config(args))
+    stages = stages_by_plugin(pm)
+    for name, plugin in pm.list_name_plugin():
+        print(f"{name}: {pm.origins.get(name, '?')}")
+        hooks = sorted(caller.name for caller in pm.get_hookcallers(plugin) or [])
+        print(f"  hooks: {', '.join(hooks) or '-'}")
+        if stages.get(name):
+            print(f"  stages: {', '.join(stages[name])}")
+        if name in pm.settings:
+            print(f"  settings: plugins.{name} ({type(pm.settings[name]).__name__})")
     return EXIT_OK
 
 
@@ -306,6 +323,9 @@ def build_parser() -> argparse.ArgumentParser:
     test.add_argument("--rules", help="rules directory (default: rules_dir of the config)")
     test.set_defaults(func=cmd_rules_test)
 
+    plugins = sub.add_parser("plugins", help="the loaded plugins: origin, hooks, stages")
+    plugins.set_defaults(func=cmd_plugins)
+
     queue = sub.add_parser("queue", help="the forward queue").add_subparsers(dest="queue_cmd", required=True)
     ls = queue.add_parser("list", help="counts per peer and state; jobs with --state/--peer")
     ls.add_argument("--state", choices=list(JOB_STATES))
@@ -348,7 +368,7 @@ def build_parser() -> argparse.ArgumentParser:
     send.set_defaults(func=cmd_send)
 
     # `router serve --config X` reads naturally too: accept --config after the sub-command
-    for p in (serve, check, test, ls, retry, purge, echo, find, move, get, send):
+    for p in (serve, check, test, plugins, ls, retry, purge, echo, find, move, get, send):
         p.add_argument("--config", dest="config", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     return parser
 
