@@ -19,6 +19,7 @@ import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pluggy
 from sqlalchemy import Connection, insert, select
@@ -65,6 +66,14 @@ class Applied:
     patient_fk: int | None = None  # the patient the message changed
 
 
+def _about(msg: Hl7Header | None, address: str) -> dict[str, Any]:
+    """The arguments ``router_hl7_received`` and ``router_hl7_acknowledged`` share (``msg``: None if unreadable)."""
+    header = msg or Hl7Header()
+    return {"message_type": header.message_type, "control_id": header.control_id, "address": address,
+            "sending_application": header.sending_application, "sending_facility": header.sending_facility,
+            "message": msg}  # fmt: skip
+
+
 def _first(segments: list[Segment], name: str) -> Segment | None:
     return next((s for s in segments if s.name == name), None)
 
@@ -102,29 +111,24 @@ class Hl7Intake:
             msg = parse_message(raw, accepted_processing_ids=self.config.hl7.accepted_processing_ids)
         except Hl7Error as exc:
             log.warning("HL7 from %s refused: %s", peer_address, exc)
-            self._announce("router_hl7_acknowledged", exc.partial, peer_address, ack_code=exc.ack_code, error=str(exc))
+            notify(self.pm, "router_hl7_acknowledged", **_about(exc.partial, peer_address), ack_code=exc.ack_code,
+                   error=str(exc))  # fmt: skip
             return build_ack(exc.partial, exc.ack_code, [exc])
-        self._announce("router_hl7_received", msg, peer_address)
+        notify(self.pm, "router_hl7_received", **_about(msg, peer_address))
         try:
             ack = self._handle(msg, peer_address)
         except Hl7Error as exc:
             log.warning("HL7 %s %s from %s: %s", msg.message_type, msg.control_id, peer_address, exc)
-            self._announce("router_hl7_acknowledged", msg, peer_address, ack_code=exc.ack_code, error=str(exc))
+            notify(self.pm, "router_hl7_acknowledged", **_about(msg, peer_address), ack_code=exc.ack_code,
+                   error=str(exc))  # fmt: skip
             return build_ack(msg, exc.ack_code, [exc])
         except (SQLAlchemyError, OSError) as exc:
             log.error("HL7 %s %s cannot be processed now: %s", msg.message_type, msg.control_id, exc)
             err = Hl7Error("AR", INTERNAL_ERROR, "the router cannot store this message now; send it again")
-            self._announce("router_hl7_acknowledged", msg, peer_address, ack_code="AR", error=str(err))
+            notify(self.pm, "router_hl7_acknowledged", **_about(msg, peer_address), ack_code="AR", error=str(err))
             return build_ack(msg, "AR", [err])
-        self._announce("router_hl7_acknowledged", msg, peer_address, ack_code="AA", error="")
+        notify(self.pm, "router_hl7_acknowledged", **_about(msg, peer_address), ack_code="AA", error="")
         return ack
-
-    def _announce(self, hook: str, msg: Hl7Header | None, address: str, **more: str) -> None:
-        """``router_hl7_received`` / ``router_hl7_acknowledged`` (``msg``: the header, or None if unreadable)."""
-        header = msg or Hl7Header()
-        notify(self.pm, hook, message_type=header.message_type, control_id=header.control_id,
-               sending_application=header.sending_application, sending_facility=header.sending_facility,
-               address=address, message=msg, **more)  # fmt: skip
 
     # -- steps --------------------------------------------------------------------------------------------
     def _handle(self, msg: Hl7Message, peer_address: str) -> bytes:

@@ -154,7 +154,7 @@ class MppsService:
             self._cleanup(written)
             raise
         self._committed(plan)
-        self._announce("router_mpps_created", uid, message, source)
+        notify(self.pm, "router_mpps_created", **_about(uid, message, source))
         return f"{message.status}, {moved} worklist item(s) moved, {len(plan.forwards)} forward job(s)"
 
     # -- N-SET ----------------------------------------------------------------------------------------------
@@ -196,7 +196,7 @@ class MppsService:
             self._cleanup(written)
             raise
         self._committed(plan)
-        self._announce("router_mpps_updated", uid, message, source)
+        notify(self.pm, "router_mpps_updated", **_about(uid, message, source))
         return (f"{message.status}, {moved} worklist item(s) moved, {len(plan.forwards)} forward job(s)"
                 f"{f' with {added} received instance(s) added' if added else ''}")  # fmt: skip
 
@@ -234,9 +234,11 @@ class MppsService:
         if plan.forwards:
             self.on_jobs_committed({f.peer for f in plan.forwards})
 
-    def _announce(self, hook: str, uid: str, message: MppsMessage, source: Source) -> None:
-        notify(self.pm, hook, sop_instance_uid=uid, status=message.status, calling_ae=source.calling_ae,
-               address=source.address, dataset=message.state)  # fmt: skip
+
+def _about(uid: str, message: MppsMessage, source: Source) -> dict[str, Any]:
+    """The arguments of ``router_mpps_created`` / ``router_mpps_updated``."""
+    return {"sop_instance_uid": uid, "status": message.status, "calling_ae": source.calling_ae,
+            "address": source.address, "dataset": message.state}  # fmt: skip
 
 
 def _step_value(ds: Dataset, keyword: str) -> str:
