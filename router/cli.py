@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from router.config import ConfigError, RouterConfig, load_config
 
@@ -304,6 +304,26 @@ def _add_qr_options(p: argparse.ArgumentParser, level: str) -> None:
     )  # fmt: skip
 
 
+def _add_queue_commands(sub: Any) -> tuple[argparse.ArgumentParser, ...]:
+    queue = sub.add_parser("queue", help="the forward queue").add_subparsers(dest="queue_cmd", required=True)
+    ls = queue.add_parser("list", help="counts per peer and state; jobs with --state/--peer")
+    ls.add_argument("--state", choices=list(JOB_STATES))
+    ls.add_argument("--peer")
+    ls.add_argument("--limit", type=int, default=50)
+    ls.set_defaults(func=cmd_queue_list)
+    retry = queue.add_parser("retry", help="requeue dead jobs (attempts start again)")
+    retry.add_argument("ids", nargs="*", type=int)
+    retry.add_argument("--all", action="store_true", help="every dead job")
+    retry.add_argument("--peer")
+    retry.set_defaults(func=cmd_queue_retry)
+    purge = queue.add_parser("purge", help="delete finished jobs")
+    purge.add_argument("--done", action="store_true")
+    purge.add_argument("--dead", action="store_true")
+    purge.add_argument("--peer")
+    purge.set_defaults(func=cmd_queue_purge)
+    return ls, retry, purge
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="router", description="HL7 + DICOM routing engine")
     parser.add_argument("--config", help="configuration file (default: $ROUTER_CONFIG, else the embedded one)")
@@ -326,22 +346,7 @@ def build_parser() -> argparse.ArgumentParser:
     plugins = sub.add_parser("plugins", help="the loaded plugins: origin, hooks, stages")
     plugins.set_defaults(func=cmd_plugins)
 
-    queue = sub.add_parser("queue", help="the forward queue").add_subparsers(dest="queue_cmd", required=True)
-    ls = queue.add_parser("list", help="counts per peer and state; jobs with --state/--peer")
-    ls.add_argument("--state", choices=list(JOB_STATES))
-    ls.add_argument("--peer")
-    ls.add_argument("--limit", type=int, default=50)
-    ls.set_defaults(func=cmd_queue_list)
-    retry = queue.add_parser("retry", help="requeue dead jobs (attempts start again)")
-    retry.add_argument("ids", nargs="*", type=int)
-    retry.add_argument("--all", action="store_true", help="every dead job")
-    retry.add_argument("--peer")
-    retry.set_defaults(func=cmd_queue_retry)
-    purge = queue.add_parser("purge", help="delete finished jobs")
-    purge.add_argument("--done", action="store_true")
-    purge.add_argument("--dead", action="store_true")
-    purge.add_argument("--peer")
-    purge.set_defaults(func=cmd_queue_purge)
+    ls, retry, purge = _add_queue_commands(sub)
 
     echo = sub.add_parser("echo", help="C-ECHO a peer")
     echo.add_argument("peer", help="a peer name from the configuration (or its AE title)")

@@ -271,21 +271,8 @@ class Retriever:
                 return
             pairs = context_pairs(self.engine, plan)
             cancelled = self._run(service, req, responder, plan, pairs, peer, tally)
-        except QueryError as exc:
-            log.warning("%s refused (0x%04X): %s", what, exc.status, exc.reason)
-            responder.send(exc.status)
-            return
-        except OUT_OF_RESOURCES_ERRORS as exc:
-            log.error("%s: out of resources: %s", what, exc)
-            responder.send(QR_OUT_OF_RESOURCES)
-            return
-        except DBAPIError as exc:
-            log.error("%s: database error: %s", what, exc)
-            responder.send(QR_INTERNAL_ERROR)
-            return
-        except Exception:
-            log.exception("%s failed unexpectedly", what)
-            responder.send(QR_INTERNAL_ERROR)
+        except Exception as exc:
+            responder.send(_failure_status(what, exc))
             return
         if cancelled:
             responder.send(QR_CANCELLED, tally, failed_list=True)
@@ -333,6 +320,21 @@ class Retriever:
             finally:
                 link.close()
         return False
+
+
+def _failure_status(what: str, exc: Exception) -> int:
+    """The status answering a request that failed with ``exc`` (logged); called while handling it."""
+    if isinstance(exc, QueryError):
+        log.warning("%s refused (0x%04X): %s", what, exc.status, exc.reason)
+        return exc.status
+    if isinstance(exc, OUT_OF_RESOURCES_ERRORS):
+        log.error("%s: out of resources: %s", what, exc)
+        return QR_OUT_OF_RESOURCES
+    if isinstance(exc, DBAPIError):
+        log.error("%s: database error: %s", what, exc)
+        return QR_INTERNAL_ERROR
+    log.exception("%s failed unexpectedly", what)
+    return QR_INTERNAL_ERROR
 
 
 def _message_ids(start: int) -> Iterator[int]:
