@@ -249,3 +249,23 @@ def test_router_plugins_lists_origin_hooks_and_stages(tmp_path: Path, capsys: py
     assert f"recorder: plugin_modules ({SAMPLES / 'recorder.py'})\n" in out
     assert "  settings: plugins.recorder (Settings)\n" in out
     assert "broken: plugin_modules" in out and "  hooks: router_association_accepted, router_hl7_acknowledged" in out
+
+
+def test_third_party_entry_points_are_loaded_and_never_shadow_a_built_in(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    dist = tmp_path / "router_audit-1.2.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: router-audit\nVersion: 1.2\n")
+    (dist / "entry_points.txt").write_text("[router]\naudit = router_audit_plugin\ncoerce = router_audit_plugin\n")
+    (tmp_path / "router_audit_plugin.py").write_text(
+        "from router.hooks.specs import hookimpl\n\n\n@hookimpl\ndef router_shutdown(process):\n    pass\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with caplog.at_level(logging.WARNING, logger="router.hooks.manager"):
+        pm = build_plugin_manager()
+    assert pm.origins["audit"] == "entry point (router-audit 1.2)"
+    assert pm.origins["coerce"] == "built-in (plugins.coerce)"
+    assert "entry point plugin coerce (router_audit_plugin) is not loaded: a built-in (plugins.coerce) plugin" in (
+        caplog.text
+    )

@@ -17,7 +17,9 @@ validated settings reach the plugin as ``plugin_settings[NAME]`` in ``router_sta
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
 import importlib.util
+import logging
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -53,6 +55,8 @@ DEFAULT_PLUGINS = (
     "plugins.transcode",
 )
 SETTINGS_ATTR = "settings_model"
+
+log = logging.getLogger(__name__)
 
 
 class PluginError(ConfigError):
@@ -99,6 +103,10 @@ def _plugin_name(ref: str) -> str:
 
 
 def _load_entry_points(pm: RouterPlugins) -> None:
+    for ep in importlib.metadata.entry_points(group=hookspecs.PROJECT):
+        taken = pm.origins.get(ep.name, "")
+        if taken and taken != f"built-in ({ep.value})":  # the same module under its own name: an older install's
+            log.warning("entry point plugin %s (%s) is not loaded: a %s plugin has that name", ep.name, ep.value, taken)
     before = set(pm.get_plugins())
     try:
         pm.load_setuptools_entrypoints(hookspecs.PROJECT)
