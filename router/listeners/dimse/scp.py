@@ -283,10 +283,13 @@ class DicomListener:
             verdict = POLICY_FAILED
         if isinstance(verdict, Reject):
             setattr(event.assoc, POLICY_REJECTION_ATTR, verdict)
-            event.assoc.requestor.ae_title = _requested(event)[0]  # as pynetdicom's negotiation would have
-            event.assoc.acse.send_reject(verdict.result, verdict.source, verdict.diagnostic)
-            evt.trigger(event.assoc, evt.EVT_REJECTED, {})
-            event.assoc.kill()  # as pynetdicom does after its own rejections: the A-ASSOCIATE-RJ goes out first
+            try:
+                event.assoc.requestor.ae_title = _requested(event)[0]  # as pynetdicom's negotiation would have
+                event.assoc.acse.send_reject(verdict.result, verdict.source, verdict.diagnostic)
+                evt.trigger(event.assoc, evt.EVT_REJECTED, {})
+                event.assoc.kill()  # as pynetdicom does after its own rejections: the A-ASSOCIATE-RJ goes out first
+            finally:
+                event.assoc.is_rejected = True  # whatever failed above, pynetdicom must not negotiate it
             return
         _accept_proposed_storage(event)
 
