@@ -47,7 +47,7 @@ class Router:
         except _pynetdicom.UnsupportedPynetdicom as exc:
             raise StartupError(str(exc)) from exc
         read_values_as_they_came()
-        self.pm = build_plugin_manager(config.plugins)
+        self.pm = build_plugin_manager(config)
         self.stages = collect_stages(self.pm)
         problems = peer_problems(self.pm, config)
         if problems:
@@ -55,7 +55,7 @@ class Router:
         for sub in ("objects", "tmp", "quarantine", "derived", "commitment", "mpps"):
             (config.data_dir / sub).mkdir(parents=True, exist_ok=True)
         self.engine = make_engine(config.effective_database_url)
-        self.rules = LiveRules(config.rules_dir, self.stages, config)
+        self.rules = LiveRules(config.rules_dir, self.stages, config, self.pm)
         self.write_lock = write_lock_for(config.effective_database_url)  # one writer at a time (SQLite)
         intake = IntakeContext(config, self.engine, lambda: self.rules.current, self.stages, self.pm, self.write_lock)
         self.ingestor = Ingestor(intake)
@@ -73,7 +73,7 @@ class Router:
         self.hl7.on_jobs_committed = wake
         self.hl7.on_patients_merged = self.ingestor.ids.clear
         self.worklist = WorklistService(config, self.engine)
-        self.commitment = CommitmentSCP(config, self.engine)
+        self.commitment = CommitmentSCP(config, self.engine, self.pm)
         self.commitment.wake = wake
         self.mpps = MppsService(intake)
         self.mpps.on_jobs_committed = wake
@@ -88,7 +88,7 @@ class Router:
             max_connections=config.hl7.max_connections,
         )
         self.hl7_port: int | None = None
-        self.web = WebServer(config.http, make_app(config, self.ingestor, self.engine))
+        self.web = WebServer(config.http, make_app(config, self.ingestor, self.engine, self.pm))
         self.http_port: int | None = None
         self.scheduler = BackgroundScheduler(daemon=True)
         self.dicom_port: int | None = None
@@ -99,7 +99,7 @@ class Router:
         if self.rules.last_problems:
             raise StartupError("rules are invalid:\n" + "\n".join(self.rules.last_problems))
         self._clear_partial_writes()
-        notify(self.pm, "router_startup", config=self.config, process="serve")
+        notify(self.pm, "router_startup", config=self.config, process="serve", plugin_settings=self.pm.settings)
         self.forwarder.start()
         self.scheduler.add_job(
             self.rules.reload_if_changed,
@@ -134,6 +134,7 @@ class Router:
         if self.scheduler.running:
             self.scheduler.shutdown(wait=False)
         self.forwarder.stop()
+        notify(self.pm, "router_shutdown", process="serve")
         self.ingestor.close()
         self.write_lock.close()
         self.engine.dispose()

@@ -1,11 +1,11 @@
-"""The ``router`` command: serve, rules check|test, queue list|retry|purge, echo|find|move|get|send."""
+"""The ``router`` command: serve, rules check|test, plugins, queue list|retry|purge, echo|find|move|get|send."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from router.config import ConfigError, RouterConfig, load_config
 from router.store.models import JobState
@@ -39,7 +39,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def _stages(cfg: RouterConfig) -> dict[str, Stage]:
     from router.hooks.manager import build_plugin_manager, collect_stages
 
-    return collect_stages(build_plugin_manager(cfg.plugins))
+    return collect_stages(build_plugin_manager(cfg))
 
 
 def cmd_rules_check(args: argparse.Namespace) -> int:
@@ -100,6 +100,23 @@ def cmd_rules_test(args: argparse.Namespace) -> int:
         for step in (s for s in result.steps if s.rule == rule.name):
             print(f"  [{step.where}] {step.text}")
     print("dry run: nothing was stored, changed or sent")
+    return EXIT_OK
+
+
+def cmd_plugins(args: argparse.Namespace) -> int:
+    """Every loaded plugin: where it comes from, the hooks it implements, the stages it provides."""
+    from router.hooks.manager import build_plugin_manager, stages_by_plugin
+
+    pm = build_plugin_manager(_config(args))
+    stages = stages_by_plugin(pm)
+    for name, plugin in pm.list_name_plugin():
+        print(f"{name}: {pm.origins.get(name, '?')}")
+        hooks = sorted(caller.name for caller in pm.get_hookcallers(plugin) or [])
+        print(f"  hooks: {', '.join(hooks) or '-'}")
+        if stages.get(name):
+            print(f"  stages: {', '.join(stages[name])}")
+        if name in pm.settings:
+            print(f"  settings: plugins.{name} ({type(pm.settings[name]).__name__})")
     return EXIT_OK
 
 
@@ -324,6 +341,26 @@ class _Version(argparse.Action):
         parser.exit()
 
 
+def _add_queue_commands(sub: Any) -> tuple[argparse.ArgumentParser, ...]:
+    queue = sub.add_parser("queue", help="the forward queue").add_subparsers(dest="queue_cmd", required=True)
+    ls = queue.add_parser("list", help="counts per peer and state; jobs with --state/--peer")
+    ls.add_argument("--state", choices=list(JobState.ALL))
+    ls.add_argument("--peer")
+    ls.add_argument("--limit", type=int, default=50)
+    ls.set_defaults(func=cmd_queue_list)
+    retry = queue.add_parser("retry", help="requeue dead jobs (attempts start again)")
+    retry.add_argument("ids", nargs="*", type=int)
+    retry.add_argument("--all", action="store_true", help="every dead job")
+    retry.add_argument("--peer")
+    retry.set_defaults(func=cmd_queue_retry)
+    purge = queue.add_parser("purge", help="delete finished jobs")
+    purge.add_argument("--done", action="store_true")
+    purge.add_argument("--dead", action="store_true")
+    purge.add_argument("--peer")
+    purge.set_defaults(func=cmd_queue_purge)
+    return ls, retry, purge
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="router", description="HL7 + DICOM routing engine")
     parser.add_argument("--version", action=_Version)
@@ -344,22 +381,10 @@ def build_parser() -> argparse.ArgumentParser:
     test.add_argument("--rules", help="rules directory (default: rules_dir of the config)")
     test.set_defaults(func=cmd_rules_test)
 
-    queue = sub.add_parser("queue", help="the forward queue").add_subparsers(dest="queue_cmd", required=True)
-    ls = queue.add_parser("list", help="counts per peer and state; jobs with --state/--peer")
-    ls.add_argument("--state", choices=list(JobState.ALL))
-    ls.add_argument("--peer")
-    ls.add_argument("--limit", type=int, default=50)
-    ls.set_defaults(func=cmd_queue_list)
-    retry = queue.add_parser("retry", help="requeue dead jobs (attempts start again)")
-    retry.add_argument("ids", nargs="*", type=int)
-    retry.add_argument("--all", action="store_true", help="every dead job")
-    retry.add_argument("--peer")
-    retry.set_defaults(func=cmd_queue_retry)
-    purge = queue.add_parser("purge", help="delete finished jobs")
-    purge.add_argument("--done", action="store_true")
-    purge.add_argument("--dead", action="store_true")
-    purge.add_argument("--peer")
-    purge.set_defaults(func=cmd_queue_purge)
+    plugins = sub.add_parser("plugins", help="the loaded plugins: origin, hooks, stages")
+    plugins.set_defaults(func=cmd_plugins)
+
+    ls, retry, purge = _add_queue_commands(sub)
 
     echo = sub.add_parser("echo", help="C-ECHO a peer")
     echo.add_argument("peer", help="a peer name from the configuration (or its AE title)")
@@ -386,7 +411,7 @@ def build_parser() -> argparse.ArgumentParser:
     send.set_defaults(func=cmd_send)
 
     # `router serve --config X` reads naturally too: accept --config after the sub-command
-    for p in (serve, check, test, ls, retry, purge, echo, find, move, get, send):
+    for p in (serve, check, test, plugins, ls, retry, purge, echo, find, move, get, send):
         p.add_argument("--config", dest="config", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     return parser
 

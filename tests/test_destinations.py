@@ -33,7 +33,7 @@ def test_a_plugin_destination_receives_what_the_rules_forward(workdir: Path) -> 
     events = workdir / "events.jsonl"
     router = RouterProcess(
         workdir,
-        plugins=[str(PLUGIN), str(RECORDER)],
+        plugin_modules=[str(PLUGIN), str(RECORDER)],
         peers={"ARCHIVE": {"type": "folder", "path": str(archive)}},
         rules=ALL_TO_ARCHIVE,
     )
@@ -58,7 +58,7 @@ def test_a_plugin_destination_refusal_is_dead_lettered_and_an_absent_folder_retr
     instance = make_instance()
     router = RouterProcess(
         workdir,
-        plugins=[str(PLUGIN)],
+        plugin_modules=[str(PLUGIN)],
         peers={"ARCHIVE": {"type": "folder", "path": str(archive)}},
         rules=ALL_TO_ARCHIVE,
     )
@@ -82,7 +82,7 @@ def test_a_plugin_destination_refusal_is_dead_lettered_and_an_absent_folder_retr
 def test_a_destination_that_cannot_be_made_is_retried_then_dead_lettered(workdir: Path) -> None:
     router = RouterProcess(
         workdir,
-        plugins=[str(PLUGIN)],
+        plugin_modules=[str(PLUGIN)],
         peers={"ARCHIVE": {"type": "broken", "path": str(workdir)}},
         rules=ALL_TO_ARCHIVE,
         forward={"max_attempts": 3},
@@ -102,7 +102,7 @@ def test_a_destination_that_cannot_be_made_is_retried_then_dead_lettered(workdir
 
 def _serve_problems(workdir: Path, peers: dict[str, object]) -> str:
     config = workdir / "router.yaml"
-    config.write_text(yaml.safe_dump({"plugins": [str(PLUGIN)], "data_dir": "var", "peers": peers,
+    config.write_text(yaml.safe_dump({"plugin_modules": [str(PLUGIN)], "data_dir": "var", "peers": peers,
                                       "dicom": {"port": 0}, "hl7": {"port": 0}, "http": {"port": 0}}))  # fmt: skip
     done = subprocess.run(
         [sys.executable, "-m", "router", "serve", "--config", str(config)],

@@ -22,7 +22,7 @@ def test_plugin_stage_used_from_rule_file_and_notified(workdir: Path, dest: Stor
     events = workdir / "events.jsonl"
     router = RouterProcess(
         workdir,
-        plugins=[str(PLUGIN)],
+        plugin_modules=[str(PLUGIN)],
         peers={"DEST": {"ae_title": "DEST", "host": "127.0.0.1", "port": dest.port}},
         rules={
             "10.yaml": [

@@ -111,6 +111,12 @@ def read_report(ds: Dataset) -> Report:
     return report
 
 
+def report_uids(ds: Dataset) -> tuple[list[str], list[str]]:
+    """The SOP Instance UIDs an Event Information reports committed, and those it reports failed."""
+    committed = [str(i.ReferencedSOPInstanceUID) for i in ds.get("ReferencedSOPSequence", [])]
+    return committed, [str(i.ReferencedSOPInstanceUID) for i in ds.get("FailedSOPSequence", [])]
+
+
 def event_type_of(ds: Dataset) -> int:
     return EVENT_FAILURES if ds.get("FailedSOPSequence") else EVENT_ALL_COMMITTED
 

@@ -16,9 +16,10 @@ from pydicom.dataset import Dataset
 from pynetdicom import AE, evt
 
 from router.commitment import STORAGE_COMMITMENT
-from router.commitment.datasets import Ref, action_information
+from router.commitment.datasets import Ref, action_information, read_report
 from router.commitment.ledger import CommitLedger
 from router.config import RouterConfig
+from router.hooks.manager import notify
 from router.scu.association import AssociationFailed, StoreAssociation
 from router.statuses import PROCESSING_FAILURE, UNRECOGNISED_OPERATION, dimse_status, is_success
 from router.store.models import Job
@@ -38,7 +39,18 @@ def handle_report(ledger: CommitLedger, event: evt.Event, remote_ae: str) -> tup
     status, comment = ledger.apply_report(remote_ae, info)
     if status:
         log.warning("storage commitment report from %s refused (0x%04X): %s", remote_ae, status, comment)
+    else:
+        _announce_report(ledger, event, remote_ae, info)
     return dimse_status(status, comment), None
+
+
+def _announce_report(ledger: CommitLedger, event: evt.Event, remote_ae: str, info: Dataset) -> None:
+    """``router_commitment_reported`` (inbound): the peer's report, as it named the instances."""
+    report = read_report(info)
+    other = event.assoc.acceptor if event.assoc.is_requestor else event.assoc.requestor
+    notify(ledger.pm, "router_commitment_reported", transaction_uid=report.transaction_uid, direction="inbound",
+           peer_ae=remote_ae, address=f"{other.address}:{other.port}", committed=sorted(report.committed),
+           failed=sorted(report.failed))  # fmt: skip
 
 
 class CommitRequester:
@@ -97,6 +109,9 @@ class CommitRequester:
             return None
         self.ledger.accepted(uid)
         log.info("storage commitment %s requested from %s for %d instance(s)", uid, peer_name, len(refs))
+        notify(self.ledger.pm, "router_commitment_requested", transaction_uid=uid, direction="outbound",
+               peer_ae=peer.ae_title, address=f"{peer.host}:{peer.port}",
+               sop_instance_uids=[ref.sop_uid for ref in refs])  # fmt: skip
         if self.ledger.wait(uid, peer.commit_wait, self.stop):
             return assoc
         log.info(

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
+import pluggy
 from pydicom.dataset import Dataset
 from pynetdicom import evt
 from pynetdicom.association import Association
@@ -31,8 +32,9 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from router._pynetdicom import reply_gate
 from router.commitment import REQUEST_COMMITMENT, STORAGE_COMMITMENT, WELL_KNOWN_INSTANCE
-from router.commitment.datasets import BadRequest, Ref, event_information, read_action, to_bytes
+from router.commitment.datasets import BadRequest, Ref, event_information, read_action, report_uids, to_bytes
 from router.config import RouterConfig
+from router.hooks.manager import notify
 from router.outbox.jobs import JobKind, NewJob, enqueue_one
 from router.statuses import (
     CLASS_INSTANCE_CONFLICT,
@@ -91,9 +93,10 @@ def _intact(config: RouterConfig, row: Any) -> bool:
 
 
 class CommitmentSCP:
-    def __init__(self, config: RouterConfig, engine: Engine) -> None:
+    def __init__(self, config: RouterConfig, engine: Engine, pm: pluggy.PluginManager) -> None:
         self.config = config
         self.engine = engine
+        self.pm = pm
         self.wake: Callable[[set[str]], None] = lambda peers: None  # the forward workers: a report job is due
 
     def on_action(self, event: evt.Event) -> tuple[Dataset, None]:
@@ -121,6 +124,9 @@ class CommitmentSCP:
             log.error("storage commitment request %s from %s cannot be processed now: %s", uid, calling, exc)
             return dimse_status(PROCESSING_FAILURE, "cannot check or record the request now"), None
         failed = sum(1 for _ref, reason in outcomes if reason is not None)
+        address = f"{event.assoc.requestor.address}:{event.assoc.requestor.port}"
+        notify(self.pm, "router_commitment_requested", transaction_uid=uid, direction="inbound", peer_ae=calling,
+               address=address, sop_instance_uids=[ref.sop_uid for ref in refs])  # fmt: skip
         log.info(
             "storage commitment %s from %s: %d instance(s), %d committed, %d failed; report %s",
             uid, calling, len(refs), len(refs) - failed, failed,
@@ -180,6 +186,8 @@ class CommitmentSCP:
                 status = int(result[0].Status)
         except Exception:
             log.exception("storage commitment report %s on the requesting association failed", uid)
+        if status == 0x0000:
+            self._announce_report(assoc, uid, info)
         try:
             self._settle(uid, status, peer, job_id)
         except Exception:
@@ -207,6 +215,14 @@ class CommitmentSCP:
                          .values(next_attempt_at=now, last_error=why, last_status=status, updated_at=now))  # fmt: skip
         assert peer is not None
         self.wake({peer})
+
+    def _announce_report(self, assoc: Association, uid: str, info: Dataset) -> None:
+        """``router_commitment_reported`` (outbound) for a report delivered on the requesting association."""
+        peer = assoc.requestor
+        committed, failed = report_uids(info)
+        notify(self.pm, "router_commitment_reported", transaction_uid=uid, direction="outbound",
+               peer_ae=str(peer.ae_title).strip(), address=f"{peer.address}:{peer.port}", committed=committed,
+               failed=failed)  # fmt: skip
 
     def _drop_report_file(self, job_id: int) -> None:
         with self.engine.connect() as conn:

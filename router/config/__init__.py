@@ -95,7 +95,7 @@ def parse_config(data: Any, base_dir: Path, source: Path | None = None) -> Route
     resolved = {
         "data_dir": (base_dir / cfg.data_dir).resolve(),
         "rules_dir": (base_dir / cfg.rules_dir).resolve(),
-        "plugins": [str((base_dir / p).resolve()) if p.endswith(".py") else p for p in cfg.plugins],
+        "plugin_modules": [str((base_dir / p).resolve()) if p.endswith(".py") else p for p in cfg.plugin_modules],
         "source": source,
     }
     if cfg.http.tls is not None:

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from router.config.base import AETitle, HttpAuth, PeerName, Port, Strict
 from router.config.peers import DicomPeer, Peer
@@ -108,13 +108,27 @@ class RouterConfig(Strict):
     rules_dir: Path = Path("rules")
     rules_reload_interval: float = Field(2.0, gt=0)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-    plugins: list[str] = Field(default_factory=list, description="extra plugin modules or .py files")
+    plugin_modules: list[str] = Field(
+        default_factory=list, description="extra plugin modules or .py files (beside the built-in and installed ones)"
+    )
+    plugins: dict[str, dict[str, Any] | None] = Field(
+        default_factory=dict, description="each plugin's own settings, by plugin name, validated by the plugin"
+    )
     dicom: DicomListener = DicomListener()
     hl7: Hl7Listener = Hl7Listener()
     http: HttpListener = HttpListener()
     forward: ForwardSettings = ForwardSettings()
     peers: dict[PeerName, Peer] = Field(default_factory=dict)
     source: Path | None = Field(None, exclude=True)
+
+    @field_validator("plugins", mode="before")
+    @classmethod
+    def _plugins_by_name(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            raise ValueError(
+                "a mapping of plugin name to that plugin's settings; list extra plugin modules under plugin_modules"
+            )
+        return value
 
     def peer_by_ae(self, ae_title: str) -> str | None:
         """The name of the first DICOM peer with this AE title (for reports to a requesting peer)."""

@@ -95,8 +95,8 @@ class Destination(Protocol):
 
 
 class DestinationType(Protocol):
-    """Makes the destination for a peer. ``settings`` (optional): a pydantic model the peer entry's own keys are
-    checked against when the router starts (a plugin's destination type; built-in peer types are validated with
+    """Makes the destination for a peer. ``settings_model`` (optional): a pydantic model the peer entry's own keys
+    are checked against when the router starts (a plugin's destination type; built-in peer types are validated with
     the configuration)."""
 
     def __call__(self, name: str, peer: AnyPeer, context: DestinationContext) -> Destination: ...
@@ -104,5 +104,5 @@ class DestinationType(Protocol):
 
 def settings_model(kind: DestinationType) -> type[BaseModel] | None:
     """The settings model a destination type declares, if any."""
-    model = getattr(kind, "settings", None)
+    model = getattr(kind, "settings_model", None)
     return model if isinstance(model, type) else None

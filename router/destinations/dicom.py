@@ -50,7 +50,7 @@ class DicomDestination:
     def send(self, jobs: Sequence[Job]) -> Iterator[Outcome]:
         n_jobs = [j for j in jobs if j.kind in DIMSE_N_KINDS]
         if n_jobs:  # commitment reports and MPPS messages: over an association of their own
-            yield from dimse_n.send_jobs(self.ctx.requestor, self.peer, self.ctx.config.data_dir, n_jobs)
+            yield from dimse_n.send_jobs(self.ctx.requestor, self.peer, self.ctx.config.data_dir, n_jobs, self.ctx.pm)
         stores = [j for j in jobs if j.kind not in DIMSE_N_KINDS]
         if stores:
             yield from self._send_stores(stores)

@@ -18,15 +18,17 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import pluggy
 from pydicom.dataset import Dataset
 from pynetdicom import AE, build_role, evt
 from pynetdicom.association import Association
 from pynetdicom.presentation import build_context
 
 from router.commitment import STORAGE_COMMITMENT, WELL_KNOWN_INSTANCE
-from router.commitment.datasets import event_type_of
+from router.commitment.datasets import event_type_of, report_uids
 from router.config import DicomPeer
 from router.destinations.base import Outcome, Unreachable
+from router.hooks.calls import notify
 from router.mpps import MPPS
 from router.outbox.jobs import JobKind
 from router.scu.association import UNCOMPRESSED, AssociationFailed, set_nodelay
@@ -90,7 +92,9 @@ def _send(assoc: Association, job: Job, ds: Dataset) -> Dataset:
     return status
 
 
-def send_jobs(ae: AE, peer: DicomPeer, data_dir: Path, jobs: Sequence[Job]) -> Iterator[Outcome]:
+def send_jobs(
+    ae: AE, peer: DicomPeer, data_dir: Path, jobs: Sequence[Job], pm: pluggy.PluginManager
+) -> Iterator[Outcome]:
     """Send ``jobs`` over one association of their own, in order: the outcome of each job attempted. Raises
     Unreachable when no association could be made; stops early when the association is lost."""
     try:
@@ -100,7 +104,7 @@ def send_jobs(ae: AE, peer: DicomPeer, data_dir: Path, jobs: Sequence[Job]) -> I
     accepted = {str(cx.abstract_syntax) for cx in assoc.accepted_contexts}
     try:
         for job in jobs:
-            outcome = _one(assoc, peer, data_dir, job, accepted)
+            outcome = _one(assoc, peer, data_dir, job, accepted, pm)
             yield outcome
             if outcome.verdict is SendVerdict.RETRY and outcome.status is None:
                 return  # the association was lost: the rest go back to the queue
@@ -109,7 +113,9 @@ def send_jobs(ae: AE, peer: DicomPeer, data_dir: Path, jobs: Sequence[Job]) -> I
             assoc.release()
 
 
-def _one(assoc: Association, peer: DicomPeer, data_dir: Path, job: Job, accepted: set[str]) -> Outcome:
+def _one(
+    assoc: Association, peer: DicomPeer, data_dir: Path, job: Job, accepted: set[str], pm: pluggy.PluginManager
+) -> Outcome:
     kind = JobKind(job.kind)
     what = _NAME[kind]
     if _CLASS[kind] not in accepted:
@@ -126,4 +132,14 @@ def _one(assoc: Association, peer: DicomPeer, data_dir: Path, job: Job, accepted
         return Outcome.retry(job, f"no valid {what} response (association lost)")
     status = int(rsp.Status)
     comment = f" ({rsp.ErrorComment})" if "ErrorComment" in rsp else ""
-    return Outcome(job, classify(job.kind, status), status, f"peer answered 0x{status:04X}{comment}")
+    verdict = classify(job.kind, status)
+    if kind == JobKind.COMMIT_REPORT and verdict is SendVerdict.DONE:
+        _announce_report(pm, peer, job.sop_uid, ds)
+    return Outcome(job, verdict, status, f"peer answered 0x{status:04X}{comment}")
+
+
+def _announce_report(pm: pluggy.PluginManager, peer: DicomPeer, transaction_uid: str, info: Dataset) -> None:
+    """``router_commitment_reported`` (outbound) for a report the outbox delivered on a new association."""
+    committed, failed = report_uids(info)
+    notify(pm, "router_commitment_reported", transaction_uid=transaction_uid, direction="outbound",
+           peer_ae=peer.ae_title, address=f"{peer.host}:{peer.port}", committed=committed, failed=failed)  # fmt: skip

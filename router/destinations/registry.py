@@ -2,7 +2,8 @@
 
 Each peer entry has a ``type`` (``router.config.peers``). The ``router_destinations`` hook answers, for a type, the
 destination type (a factory ``(name, peer, context) -> Destination``) that delivers to it; the first plugin that
-knows the type wins, and this module, registered as a default plugin, answers last for the built-in ones.
+knows the type wins, and the built-in plugin ``destinations`` (``plugins/destinations.py``) answers last with
+``BUILTIN``.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from router.destinations.base import DestinationType, settings_model
 from router.destinations.dicom import DicomDestination
 from router.destinations.mllp import MllpDestination
 from router.destinations.stow import StowDestination
-from router.hooks.specs import hookimpl
+from router.hooks.calls import decide
 
 BUILTIN: dict[str, DestinationType] = {
     "dicom": DicomDestination,
@@ -25,14 +26,9 @@ BUILTIN: dict[str, DestinationType] = {
 assert set(BUILTIN) == set(BUILTIN_PEER_TYPES)
 
 
-@hookimpl(trylast=True)
-def router_destinations(peer_type: str) -> DestinationType | None:
-    return BUILTIN.get(peer_type)
-
-
 def destination_type(pm: pluggy.PluginManager, peer_type: str) -> DestinationType | None:
     """The destination type for peers of ``peer_type``; None when no plugin provides it."""
-    found: DestinationType | None = pm.hook.router_destinations(peer_type=peer_type)
+    found: DestinationType | None = decide(pm, "router_destinations", on_error=None, peer_type=peer_type)
     return found
 
 

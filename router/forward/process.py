@@ -212,12 +212,12 @@ def _wakes(fd: int) -> Iterator[set[str] | None]:
 def run(config: RouterConfig, wake_fd: int, ready_fd: int) -> None:
     _pynetdicom.install()  # before any association: pynetdicom configured and patched
     read_values_as_they_came()
-    pm = build_plugin_manager(config.plugins)
+    pm = build_plugin_manager(config)
     engine = make_engine(config.effective_database_url)
     write_lock = write_lock_for(config.effective_database_url)
     try:
         with _sole_forwarder(config.data_dir):
-            notify(pm, "router_startup", config=config, process="forward")
+            notify(pm, "router_startup", config=config, process="forward", plugin_settings=pm.settings)
             forwarder = make_forwarder(config, engine, pm, CommitLedger(config, engine, pm, write_lock))
             forwarder.start()
             os.write(ready_fd, b"r")
@@ -227,6 +227,7 @@ def run(config: RouterConfig, wake_fd: int, ready_fd: int) -> None:
                     forwarder.wake(peers)
             finally:
                 forwarder.stop()
+                notify(pm, "router_shutdown", process="forward")
     finally:
         write_lock.close()
         engine.dispose()

@@ -19,6 +19,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import Connection, insert, select
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
@@ -26,7 +27,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from router.hl7.ack import build_ack
 from router.hl7.codes import INTERNAL_ERROR, UNSUPPORTED_EVENT, UNSUPPORTED_MESSAGE_TYPE
 from router.hl7.errors import Hl7Error
-from router.hl7.message import Hl7Message, parse_message
+from router.hl7.message import Hl7Header, Hl7Message, parse_message
 from router.hl7.orders import apply_order, order_groups, person_name_at
 from router.hl7.patients import (
     MERGE_EVENTS,
@@ -37,6 +38,7 @@ from router.hl7.patients import (
     upsert_patient,
 )
 from router.hl7.segments import Segment, segments_of
+from router.hooks.manager import notify
 from router.intake.base import Intake, IntakeContext
 from router.intake.envelope import Envelope, Source
 from router.intake.resends import queue_patient_resends
@@ -55,6 +57,14 @@ class Applied:
     summary: list[str] = field(default_factory=list)
     merged: bool = False
     patient_fk: int | None = None  # the patient the message changed
+
+
+def _about(msg: Hl7Header | None, address: str) -> dict[str, Any]:
+    """The arguments ``router_hl7_received`` and ``router_hl7_acknowledged`` share (``msg``: None if unreadable)."""
+    header = msg or Hl7Header()
+    return {"message_type": header.message_type, "control_id": header.control_id, "address": address,
+            "sending_application": header.sending_application, "sending_facility": header.sending_facility,
+            "message": msg}  # fmt: skip
 
 
 def _first(segments: list[Segment], name: str) -> Segment | None:
@@ -79,16 +89,24 @@ class Hl7Intake(Intake):
             msg = parse_message(raw, accepted_processing_ids=self.config.hl7.accepted_processing_ids)
         except Hl7Error as exc:
             log.warning("HL7 from %s refused: %s", peer_address, exc)
+            notify(self.pm, "router_hl7_acknowledged", **_about(exc.partial, peer_address), ack_code=exc.ack_code,
+                   error=str(exc))  # fmt: skip
             return build_ack(exc.partial, exc.ack_code, [exc])
+        notify(self.pm, "router_hl7_received", **_about(msg, peer_address))
         try:
-            return self._handle(msg, peer_address)
+            ack = self._handle(msg, peer_address)
         except Hl7Error as exc:
             log.warning("HL7 %s %s from %s: %s", msg.message_type, msg.control_id, peer_address, exc)
+            notify(self.pm, "router_hl7_acknowledged", **_about(msg, peer_address), ack_code=exc.ack_code,
+                   error=str(exc))  # fmt: skip
             return build_ack(msg, exc.ack_code, [exc])
         except (SQLAlchemyError, OSError) as exc:
             log.error("HL7 %s %s cannot be processed now: %s", msg.message_type, msg.control_id, exc)
             err = Hl7Error("AR", INTERNAL_ERROR, "the router cannot store this message now; send it again")
+            notify(self.pm, "router_hl7_acknowledged", **_about(msg, peer_address), ack_code="AR", error=str(err))
             return build_ack(msg, "AR", [err])
+        notify(self.pm, "router_hl7_acknowledged", **_about(msg, peer_address), ack_code="AA", error="")
+        return ack
 
     # -- steps --------------------------------------------------------------------------------------------
     def _handle(self, msg: Hl7Message, peer_address: str) -> bytes:

@@ -24,6 +24,7 @@ from pynetdicom import evt
 from sqlalchemy import Connection, insert, select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
+from router.hooks.manager import notify
 from router.intake.base import Intake
 from router.intake.envelope import Envelope, Source
 from router.intake.pipeline import PipelineResult
@@ -121,6 +122,7 @@ class MppsService(Intake):
             self.discard(written)
             raise
         self.committed({f.peer for f in plan.forwards})
+        notify(self.pm, "router_mpps_created", **_about(uid, message, source))
         return f"{message.status}, {moved} worklist item(s) moved, {len(plan.forwards)} forward job(s)"
 
     # -- N-SET ----------------------------------------------------------------------------------------------
@@ -161,6 +163,7 @@ class MppsService(Intake):
             self.discard(written)
             raise
         self.committed({f.peer for f in plan.forwards})
+        notify(self.pm, "router_mpps_updated", **_about(uid, message, source))
         return (f"{message.status}, {moved} worklist item(s) moved, {len(plan.forwards)} forward job(s)"
                 f"{f' with {added} received instance(s) added' if added else ''}")  # fmt: skip
 
@@ -176,6 +179,12 @@ class MppsService(Intake):
     @staticmethod
     def _queue(conn: Connection, kind: JobKind, uid: str, plan: PipelineResult, relpath: str) -> None:
         enqueue(conn, [NewJob(kind, fwd.peer, uid, relpath, MPPS, rule=fwd.rule) for fwd in plan.forwards])
+
+
+def _about(uid: str, message: MppsMessage, source: Source) -> dict[str, Any]:
+    """The arguments of ``router_mpps_created`` / ``router_mpps_updated``."""
+    return {"sop_instance_uid": uid, "status": message.status, "calling_ae": source.calling_ae,
+            "address": source.address, "dataset": message.state}  # fmt: skip
 
 
 def _step_value(ds: Dataset, keyword: str) -> str:

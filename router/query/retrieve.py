@@ -48,6 +48,7 @@ class RetrievePlan:
 class Match:
     sop_instance_uid: str
     item: Item
+    study_uid: str = ""
 
 
 def plan_retrieve(model: InfoModel, identifier: Dataset) -> RetrievePlan:
@@ -109,7 +110,7 @@ def iter_matches(
     """The matches of one (SOP class, transfer syntax), in the order they were stored."""
     sop_class, ts = pair
     query = (
-        select(INSTANCE_T.c.id, INSTANCE_T.c.sop_uid, INSTANCE_T.c.path)
+        select(INSTANCE_T.c.id, INSTANCE_T.c.sop_uid, INSTANCE_T.c.path, STUDY_T.c.study_uid)
         .select_from(_from(plan))
         .where(*plan.where, INSTANCE_T.c.sop_class_uid == sop_class, INSTANCE_T.c.transfer_syntax == ts)
         .order_by(INSTANCE_T.c.id)
@@ -119,8 +120,8 @@ def iter_matches(
     while True:
         with engine.connect() as conn:
             rows = conn.execute(query.where(INSTANCE_T.c.id > last)).all()
-        for _id, sop_uid, relpath in rows:
-            yield Match(str(sop_uid), Item(data_dir / relpath, sop_class, ts))
+        for _id, sop_uid, relpath, study_uid in rows:
+            yield Match(str(sop_uid), Item(data_dir / relpath, sop_class, ts), str(study_uid))
         if len(rows) < page_size:
             return
         last = rows[-1][0]

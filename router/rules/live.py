@@ -1,4 +1,7 @@
-"""The rules in force, re-read when the files change. A broken edit keeps the previous rules running."""
+"""The rules in force, re-read when the files change. A broken edit keeps the previous rules running.
+
+Every reload after the first (the start-up load) is announced with ``router_rules_reloaded``: a rule change is a
+configuration change an audit trail records, and so is an edit that was refused."""
 
 from __future__ import annotations
 
@@ -7,7 +10,10 @@ import threading
 from collections.abc import Mapping
 from pathlib import Path
 
+import pluggy
+
 from router.config import RouterConfig
+from router.hooks.manager import notify
 from router.intake.stage import Stage
 from router.rules.loader import directory_signature, load_rules
 from router.rules.model import RuleSet
@@ -16,8 +22,11 @@ log = logging.getLogger(__name__)
 
 
 class LiveRules:
-    def __init__(self, rules_dir: Path, stages: Mapping[str, Stage], config: RouterConfig) -> None:
+    def __init__(
+        self, rules_dir: Path, stages: Mapping[str, Stage], config: RouterConfig, pm: pluggy.PluginManager | None = None
+    ) -> None:
         self._dir = rules_dir
+        self._pm = pm
         self._stages = stages
         self._config = config
         self._lock = threading.Lock()
@@ -35,6 +44,7 @@ class LiveRules:
             signature = directory_signature(self._dir)
             if signature == self._seen_signature:
                 return False
+            first = self._seen_signature is None
             self._seen_signature = signature
             result = load_rules(self._dir, self._stages, self._config)
             if result.warnings and self._current.files:  # the folder went away under rules in force: keep them
@@ -44,13 +54,17 @@ class LiveRules:
                 for problem in result.problems:
                     log.error("rules not reloaded: %s", problem)
                 log.error("keeping the %d rules loaded before", len(self._current.rules))
-                return False
-            for warning in result.warnings:
-                log.warning("%s", warning)
-            self._current = result.ruleset
-            log.info(
-                "rules loaded: %d rules from %s",
-                len(result.ruleset.rules),
-                ", ".join(result.ruleset.files) or "no files",
-            )
-            return True
+            else:
+                for warning in result.warnings:
+                    log.warning("%s", warning)
+                self._current = result.ruleset
+                log.info(
+                    "rules loaded: %d rules from %s",
+                    len(result.ruleset.rules),
+                    ", ".join(result.ruleset.files) or "no files",
+                )
+        if self._pm is not None and not first:
+            current = self._current  # the new rules, or the previous ones kept
+            notify(self._pm, "router_rules_reloaded", ok=result.ok, rules=len(current.rules),
+                   files=list(current.files), problems=list(result.problems))  # fmt: skip
+        return result.ok

@@ -32,7 +32,7 @@ class FolderSettings(BaseModel):
 
 class FolderDestination:
     ordered: ClassVar[bool] = False
-    settings = FolderSettings
+    settings_model = FolderSettings
 
     def __init__(self, name: str, peer: Any, context: DestinationContext) -> None:
         settings = FolderSettings.model_validate(peer.settings)

@@ -27,6 +27,7 @@ from io import BytesIO
 from pathlib import Path
 from typing import Any
 
+import pluggy
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
@@ -40,6 +41,8 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError
 
 from router.config import DicomPeer, RouterConfig
+from router.hooks.answers import InstanceRef
+from router.hooks.manager import notify
 from router.listeners.dimse.qr import OUT_OF_RESOURCES_ERRORS
 from router.query.find import QueryError
 from router.query.model import GET, MOVE, SOP_CLASSES
@@ -94,12 +97,14 @@ class Tally:
     failed: int = 0
     warning: int = 0
     failed_uids: list[str] = field(default_factory=list)
+    sent: list[InstanceRef] = field(default_factory=list)  # success or warning, for router_instances_exported
 
     @property
     def remaining(self) -> int:
         return self.total - self.completed - self.failed - self.warning
 
-    def record(self, uid: str, status: int | None) -> None:
+    def record(self, match: Match, status: int | None) -> None:
+        uid = match.sop_instance_uid
         if status == SUCCESS:
             self.completed += 1
         elif status is not None and (status == 0x0001 or 0xB000 <= status <= 0xBFFF):
@@ -107,6 +112,8 @@ class Tally:
         else:
             self.failed += 1
             self.failed_uids.append(uid)
+            return
+        self.sent.append(InstanceRef(match.study_uid, match.item.sop_class_uid, uid))
 
 
 class Responder:
@@ -202,9 +209,10 @@ def chunk_pairs(pairs: list[tuple[str, str]]) -> list[list[tuple[str, str]]]:
 class Retriever:
     """Serves the C-MOVE and C-GET requests of one listener."""
 
-    def __init__(self, config: RouterConfig, engine: Engine) -> None:
+    def __init__(self, config: RouterConfig, engine: Engine, pm: pluggy.PluginManager) -> None:
         self.config = config
         self.engine = engine
+        self.pm = pm
         self.ae: AE = make_requestor(config)  # the C-MOVE sub-operation associations
 
     def destination(self, ae_title: str) -> DicomPeer | None:
@@ -248,32 +256,28 @@ class Retriever:
                 return
             pairs = context_pairs(self.engine, plan)
             cancelled = self._run(service, req, responder, plan, pairs, peer, tally)
-        except QueryError as exc:
-            log.warning("%s refused (0x%04X): %s", what, exc.status, exc.reason)
-            responder.send(exc.status)
-            return
-        except OUT_OF_RESOURCES_ERRORS as exc:
-            log.error("%s: out of resources: %s", what, exc)
-            responder.send(QR_OUT_OF_RESOURCES)
-            return
-        except DBAPIError as exc:
-            log.error("%s: database error: %s", what, exc)
-            responder.send(QR_INTERNAL_ERROR)
-            return
-        except Exception:
-            log.exception("%s failed unexpectedly", what)
-            responder.send(QR_INTERNAL_ERROR)
+        except Exception as exc:
+            responder.send(_failure_status(what, exc))
             return
         if cancelled:
             responder.send(QR_CANCELLED, tally, failed_list=True)
-            outcome = "cancelled"
-        else:
-            outcome = f"0x{responder.final(tally):04X}"
+        status = QR_CANCELLED if cancelled else responder.final(tally)
         log.info(
             "%s %s: %d instance(s), %d completed, %d failed, %d warning, %d not sent: %s in %.0f ms",
-            what, plan.level, tally.total, tally.completed, tally.failed, tally.warning, tally.remaining, outcome,
-            (time.monotonic() - started) * 1000,
+            what, plan.level, tally.total, tally.completed, tally.failed, tally.warning, tally.remaining,
+            "cancelled" if cancelled else f"0x{status:04X}", (time.monotonic() - started) * 1000,
         )  # fmt: skip
+        self._announce(service, req, peer, tally, status)
+
+    def _announce(
+        self, service: RetrieveService, req: C_MOVE | C_GET, peer: DicomPeer | None, tally: Tally, status: int
+    ) -> None:
+        requestor = service.assoc.requestor
+        calling = str(requestor.ae_title).strip()
+        notify(self.pm, "router_instances_exported", service="C-MOVE" if isinstance(req, C_MOVE) else "C-GET",
+               calling_ae=calling, user="", address=f"{requestor.address}:{requestor.port}",
+               destination=peer.ae_title if peer is not None else calling, instances=tally.sent,
+               failed=tally.total - len(tally.sent), status=status)  # fmt: skip
 
     def _run(
         self,
@@ -296,11 +300,26 @@ class Retriever:
                         if service.is_cancelled(int(req.MessageID or 0)):
                             return True
                         status = link.send(match, next(ids), originator if peer is not None else None)
-                        tally.record(match.sop_instance_uid, status)
+                        tally.record(match, status)
                         responder.send(QR_PENDING, tally, pending=True)
             finally:
                 link.close()
         return False
+
+
+def _failure_status(what: str, exc: Exception) -> int:
+    """The status answering a request that failed with ``exc`` (logged); called while handling it."""
+    if isinstance(exc, QueryError):
+        log.warning("%s refused (0x%04X): %s", what, exc.status, exc.reason)
+        return exc.status
+    if isinstance(exc, OUT_OF_RESOURCES_ERRORS):
+        log.error("%s: out of resources: %s", what, exc)
+        return QR_OUT_OF_RESOURCES
+    if isinstance(exc, DBAPIError):
+        log.error("%s: database error: %s", what, exc)
+        return QR_INTERNAL_ERROR
+    log.exception("%s failed unexpectedly", what)
+    return QR_INTERNAL_ERROR
 
 
 def _message_ids(start: int) -> Iterator[int]:

@@ -3,14 +3,17 @@
 
 Accepts every standard storage SOP class pynetdicom knows, the private classes named in the conformance
 statements, and any other private (non-``1.2.840.10008``) or newer standard storage class a caller proposes,
-each with every transfer syntax (objects are stored as received). Association policy (PS3.8 9.3.4):
+each with every transfer syntax (objects are stored as received). Association policy (PS3.8 9.3.4): first the
+``router_association_policy`` decision hook, whose built-in answer (``plugins/access.py``) is
 
-- calling AE not in ``dicom.allowed_calling_aets`` (when the list is not empty): rejected-permanent,
-  service-user, calling-AE-title-not-recognized;
 - called AE not ours (``dicom.check_called_aet``): rejected-permanent, service-user,
   called-AE-title-not-recognized;
-- more than ``dicom.max_associations`` at once: rejected-transient, service-provider (presentation),
-  local-limit-exceeded.
+- calling AE not in ``dicom.allowed_calling_aets`` (when the list is not empty): rejected-permanent,
+  service-user, calling-AE-title-not-recognized;
+
+then pynetdicom's limit: more than ``dicom.max_associations`` at once: rejected-transient, service-provider
+(presentation), local-limit-exceeded. Every rejection is announced (``router_association_rejected``), every
+C-FIND and worklist query answered too (``router_query_answered``).
 
 Storage contexts also accept the SCP role a C-GET requestor proposes for them (SCP/SCU role selection), so the
 C-GET sub-operations can come back on its association. Query/Retrieve lives in ``router.listeners.dimse.qr*``.
@@ -24,6 +27,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pluggy
+from pydicom.dataset import Dataset
 from pydicom.uid import UID
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt, register_uid, sop_class
 from pynetdicom.presentation import build_context
@@ -33,7 +37,8 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from router import _pynetdicom
 from router.config import RouterConfig
-from router.hooks.manager import notify
+from router.hooks.answers import POLICY_FAILED, Accept, Reject
+from router.hooks.manager import decide, notify
 from router.intake.dicom import Ingestor
 from router.intake.envelope import Source
 from router.listeners.dimse.p10 import p10
@@ -76,6 +81,8 @@ _UNCOMPRESSED_ORDER = [
 # caller's compressed syntax when it offers one, then explicit before implicit, big endian last.
 PREFERRED_SYNTAXES = [ts for ts in ALL_TRANSFER_SYNTAXES if ts not in _UNCOMPRESSED_ORDER] + _UNCOMPRESSED_ORDER
 VERIFICATION = "1.2.840.10008.1.1"
+PENDING_STATUSES = (0xFF00, 0xFF01)
+POLICY_REJECTION_ATTR = "router_policy_rejection"  # on an Association the policy rejected: its Reject
 
 
 def _keyword(uid: str) -> str:
@@ -127,6 +134,15 @@ def _accept_proposed_storage(event: evt.Event) -> None:
         acceptor.supported_contexts = [*acceptor.supported_contexts, *extra]
 
 
+def _requested(event: evt.Event) -> tuple[str, str, str]:
+    """Calling AE, called AE (as the caller asked for it) and address of an association request."""
+    req = event.assoc.requestor
+    rq = req.primitive
+    calling = str(rq.calling_ae_title if rq is not None else req.ae_title).strip()
+    called = str(rq.called_ae_title if rq is not None else event.assoc.acceptor.ae_title).strip()
+    return calling, called, f"{req.address}:{req.port}"
+
+
 def _source(event: evt.Event) -> Source:
     req = event.assoc.requestor
     return Source(
@@ -159,7 +175,7 @@ class DicomListener:
         self.c_find[MWL_FIND] = self._on_worklist_find
         self.workflow = workflow
         self.ae = self._make_ae()
-        setattr(self.ae, RETRIEVER_ATTR, Retriever(config, ingestor.engine))
+        setattr(self.ae, RETRIEVER_ATTR, Retriever(config, ingestor.engine, pm))
         self.server: ThreadedAssociationServer | None = None
 
     def _make_ae(self) -> AE:
@@ -170,8 +186,9 @@ class DicomListener:
         ae.acse_timeout = cfg.timeouts.acse
         ae.dimse_timeout = cfg.timeouts.dimse
         ae.network_timeout = cfg.timeouts.network
-        ae.require_called_aet = cfg.check_called_aet
-        ae.require_calling_aet = list(cfg.allowed_calling_aets)
+        # called / calling AE checks: the association policy (plugins.access by default), in _on_requested
+        ae.require_called_aet = False
+        ae.require_calling_aet = []
         ae.add_supported_context(VERIFICATION, _UNCOMPRESSED_ORDER)
         ae.add_supported_context(MWL_FIND, _UNCOMPRESSED_ORDER)
         for cx in AllStoragePresentationContexts:
@@ -187,7 +204,7 @@ class DicomListener:
     def handlers(self) -> list[Any]:
         return [
             (evt.EVT_CONN_OPEN, set_nodelay),
-            (evt.EVT_REQUESTED, _accept_proposed_storage),
+            (evt.EVT_REQUESTED, self._on_requested),
             (evt.EVT_ESTABLISHED, self._on_established),
             (evt.EVT_REJECTED, self._on_rejected),
             (evt.EVT_C_ECHO, lambda event: 0x0000),
@@ -226,31 +243,74 @@ class DicomListener:
             direction="inbound",
         )
 
+    def _on_requested(self, event: evt.Event) -> None:
+        """EVT_REQUESTED: the association policy first (PS3.8 A-ASSOCIATE-RJ from it), then the storage classes
+        not listed in advance. pynetdicom skips its negotiation of an association rejected here."""
+        try:
+            verdict = self._policy(event)
+        except Exception:  # never let an association through because the policy could not be asked
+            log.exception("association policy failed")
+            verdict = POLICY_FAILED
+        if isinstance(verdict, Reject):
+            setattr(event.assoc, POLICY_REJECTION_ATTR, verdict)
+            try:
+                event.assoc.requestor.ae_title = _requested(event)[0]  # as pynetdicom's negotiation would have
+                event.assoc.acse.send_reject(verdict.result, verdict.source, verdict.diagnostic)
+                evt.trigger(event.assoc, evt.EVT_REJECTED, {})
+                event.assoc.kill()  # as pynetdicom does after its own rejections: the A-ASSOCIATE-RJ goes out first
+            finally:
+                event.assoc.is_rejected = True  # whatever failed above, pynetdicom must not negotiate it
+            return
+        _accept_proposed_storage(event)
+
+    def _policy(self, event: evt.Event) -> Accept | Reject | None:
+        calling, called, address = _requested(event)
+        return decide(self.pm, "router_association_policy", on_error=POLICY_FAILED, calling_ae=calling,
+                      called_ae=called, address=address, config=self.config)  # fmt: skip
+
     def _on_rejected(self, event: evt.Event) -> None:
-        src = _source(event)
+        calling, called, address = _requested(event)
         prim = event.assoc.acceptor.primitive
-        reason = (
-            " / ".join(str(getattr(prim, attr, "")) for attr in ("result_str", "source_str", "reason_str"))
-            if prim is not None
-            else "rejected"
-        )
-        log.warning("association from %s (%s) to %s rejected: %s", src.calling_ae, src.address, src.called_ae, reason)
-        notify(
-            self.pm,
-            "router_association_rejected",
-            calling_ae=src.calling_ae,
-            called_ae=src.called_ae,
-            address=src.address,
-            reason=reason,
-        )
+        codes = (int(prim.result or 0), int(prim.result_source or 0), int(prim.diagnostic or 0)) if prim else (0, 0, 0)
+        rejection = getattr(event.assoc, POLICY_REJECTION_ATTR, None)
+        if rejection is not None:
+            reason = rejection.reason
+        elif prim is not None:
+            reason = " / ".join(str(getattr(prim, attr, "")) for attr in ("result_str", "source_str", "reason_str"))
+        else:
+            reason = "rejected"
+        log.warning("association from %s (%s) to %s rejected: %s", calling, address, called, reason)
+        notify(self.pm, "router_association_rejected", calling_ae=calling, called_ae=called, address=address,
+               reason=reason, result=codes[0], source=codes[1], diagnostic=codes[2])  # fmt: skip
 
     def _on_find(self, event: evt.Event) -> Iterator[FindResult]:
         """C-FIND, by SOP class (the Q/R information models; other services add theirs to ``c_find``)."""
-        handler = self.c_find.get(str(event.context.abstract_syntax))
+        sop_class = str(event.context.abstract_syntax)
+        handler = self.c_find.get(sop_class)
         if handler is None:
             yield 0x0122, None  # SOP class not supported
             return
-        yield from handler(event)
+        matches, status = 0, None
+        try:
+            for status, answer in handler(event):
+                matches += status in PENDING_STATUSES
+                yield status, answer
+        finally:  # also when the association ends first: then with the last status sent
+            self._announce_query(event, sop_class, matches, status)
+
+    def _announce_query(self, event: evt.Event, sop_class: str, matches: int, status: int | None) -> None:
+        identifier: Dataset | None = None
+        level = ""
+        try:
+            identifier = event.identifier
+            if sop_class != MWL_FIND:
+                level = str(event.identifier.get("QueryRetrieveLevel", "") or "")
+        except Exception:  # the handler answered a data set it could not decode
+            pass
+        calling, _called, address = _requested(event)
+        notify(self.pm, "router_query_answered", service="MWL" if sop_class == MWL_FIND else "C-FIND",
+               calling_ae=calling, user="", address=address, sop_class_uid=sop_class, level=level,
+               identifier=identifier, matches=matches, status=-1 if status is None else status)  # fmt: skip
 
     def _on_store(self, event: evt.Event) -> int:
         try:

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import base64
-import hmac
 import logging
 
+import pluggy
 from sqlalchemy.engine import Engine
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -14,7 +13,9 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from router.config import HttpAuth, RouterConfig
+from router.config import RouterConfig
+from router.hooks.answers import AUTHENTICATION_FAILED, Authenticated, Denied
+from router.hooks.manager import decide, notify
 from router.intake.dicom import Ingestor
 from router.listeners.http.openapi import openapi
 from router.listeners.http.qido import Qido
@@ -27,44 +28,48 @@ BASE = "/dicomweb"
 
 
 class Authentication:
-    """Bearer token or basic credentials when configured (401 with WWW-Authenticate otherwise)."""
+    """Who each request is from: the ``router_authenticate`` decision hook (the built-in answer checks
+    ``http.auth``: a bearer token or basic credentials), 401 with WWW-Authenticate when refused. Announces
+    ``router_authentication_succeeded`` / ``router_authentication_failed`` for every request that was checked."""
 
-    def __init__(self, app: ASGIApp, auth: HttpAuth) -> None:
+    def __init__(self, app: ASGIApp, config: RouterConfig, pm: pluggy.PluginManager) -> None:
         self.app = app
-        self.auth = auth
-
-    def _user(self, header: str) -> str | None:
-        scheme, _, value = header.partition(" ")
-        if self.auth.bearer_token and scheme.lower() == "bearer":
-            return "bearer" if hmac.compare_digest(value.strip(), self.auth.bearer_token) else None
-        if self.auth.username is not None and self.auth.password is not None and scheme.lower() == "basic":
-            try:
-                user, _, password = base64.b64decode(value.strip()).decode("utf-8").partition(":")
-            except (ValueError, UnicodeDecodeError):
-                return None
-            ok = hmac.compare_digest(user, self.auth.username) & hmac.compare_digest(password, self.auth.password)
-            return user if ok else None
-        return None
+        self.config = config
+        self.pm = pm
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not self.auth.enabled:
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         headers = dict(scope["headers"])
-        user = self._user(headers.get(b"authorization", b"").decode("latin-1"))
-        if user is None:
-            challenge = 'Bearer realm="dicomweb"' if self.auth.bearer_token else 'Basic realm="dicomweb"'
+        client = scope.get("client")
+        address = f"{client[0]}:{client[1]}" if client else ""
+        path = str(scope.get("path", ""))
+        answer = decide(
+            self.pm, "router_authenticate", on_error=AUTHENTICATION_FAILED,
+            authorization=headers.get(b"authorization", b"").decode("latin-1"), address=address,
+            method=str(scope.get("method", "")), path=path, config=self.config,
+        )  # fmt: skip
+        if isinstance(answer, Authenticated):
+            scope["router.user"] = answer.user
+            notify(self.pm, "router_authentication_succeeded", user=answer.user, method=answer.method,
+                   address=address, path=path)  # fmt: skip
+        elif isinstance(answer, Denied) or self.config.http.auth.enabled:
+            denied = answer if isinstance(answer, Denied) else Denied("no authentication plugin accepted it")
+            log.info("HTTP %s from %s refused: %s", path, address, denied.reason)
+            notify(self.pm, "router_authentication_failed", user=denied.user, reason=denied.reason,
+                   address=address, path=path)  # fmt: skip
+            challenge = 'Bearer realm="dicomweb"' if self.config.http.auth.bearer_token else 'Basic realm="dicomweb"'
             response = JSONResponse({"error": "authentication required"}, 401, {"WWW-Authenticate": challenge})
             await response(scope, receive, send)
             return
-        scope["router.user"] = user
         await self.app(scope, receive, send)
 
 
-def make_app(config: RouterConfig, ingestor: Ingestor, engine: Engine) -> Starlette:
+def make_app(config: RouterConfig, ingestor: Ingestor, engine: Engine, pm: pluggy.PluginManager) -> Starlette:
     stow = Stow(ingestor, config.http.max_upload_bytes)
-    wado = Wado(engine, config.data_dir)
-    qido = Qido(engine)
+    wado = Wado(engine, config.data_dir, pm)
+    qido = Qido(engine, pm)
     study = f"{BASE}/studies/{{study}}"
     series = f"{study}/series/{{series}}"
     instance = f"{series}/instances/{{instance}}"
@@ -89,4 +94,4 @@ def make_app(config: RouterConfig, ingestor: Ingestor, engine: Engine) -> Starle
         Route(f"{instance}/rendered", wado.rendered, methods=["GET"]),
         Route(f"{instance}/frames/{{frame}}/rendered", wado.rendered, methods=["GET"]),
     ]
-    return Starlette(routes=routes, middleware=[Middleware(Authentication, auth=config.http.auth)])
+    return Starlette(routes=routes, middleware=[Middleware(Authentication, config=config, pm=pm)])

@@ -16,9 +16,11 @@ from __future__ import annotations
 import itertools
 import logging
 import uuid
+from dataclasses import dataclass
 from typing import Any
 from xml.sax.saxutils import escape
 
+import pluggy
 from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
@@ -29,6 +31,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from router.hooks.manager import notify
 from router.listeners.http.multipart import media_type_params, public_base
 from router.listeners.http.store_lookup import BadUid, check_uid
 from router.query.find import QueryError, plan_find, run_find
@@ -160,32 +163,53 @@ def _xml_attrs(ds: Dataset, out: list[str]) -> None:
         out.append("</DicomAttribute>")
 
 
-class Qido:
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
+@dataclass
+class Asked:
+    """What a QIDO request asked (its C-FIND identifier) and how many matches it got, for the announcement."""
 
-    def _search(self, level: str, request: Request) -> tuple[list[Dataset], str]:
+    identifier: Dataset | None = None
+    matches: int = 0
+
+
+class Qido:
+    def __init__(self, engine: Engine, pm: pluggy.PluginManager) -> None:
+        self.engine = engine
+        self.pm = pm
+
+    def _search(self, level: str, request: Request, asked: Asked) -> tuple[list[Dataset], str]:
         path = {k: check_uid(v) for k, v in request.path_params.items()}
         keys = {"study": "StudyInstanceUID", "series": "SeriesInstanceUID"}
         ds, limit, offset = identifier(level, list(request.query_params.multi_items()),
                                        {keys[k]: v for k, v in path.items()})  # fmt: skip
+        asked.identifier = ds
         plan = plan_find(STUDY_ROOT, ds, relational=True, combined_datetime=True)
         base = public_base(request.scope.get("server"), request.headers.get("host", ""), request.url.scheme)
         found = list(itertools.islice(run_find(self.engine, plan), offset, offset + limit))
         for match in found:
             match.RetrieveURL = _url(base, level, match)
             del match.QueryRetrieveLevel
+        asked.matches = len(found)
         return found, base
 
     def handler(self, level: str) -> Any:
         async def search(request: Request) -> Response:
+            asked = Asked()
+            response = await answer(request, asked)
+            client = request.client
+            notify(self.pm, "router_query_answered", service="QIDO-RS", calling_ae="",
+                   user=str(request.scope.get("router.user", "")),
+                   address=f"{client.host}:{client.port}" if client else "", sop_class_uid="", level=level,
+                   identifier=asked.identifier, matches=asked.matches, status=response.status_code)  # fmt: skip
+            return response
+
+        async def answer(request: Request, asked: Asked) -> Response:
             try:
                 xml = _wants_xml(request)
             except BadQuery:
                 return JSONResponse({"error": "QIDO-RS answers application/dicom+json or "
                                      'multipart/related; type="application/dicom+xml"'}, 406)  # fmt: skip
             try:
-                found, _ = await run_in_threadpool(self._search, level, request)
+                found, _ = await run_in_threadpool(self._search, level, request, asked)
             except (BadQuery, BadUid) as exc:
                 return JSONResponse({"error": str(exc)}, 400)
             except QueryError as exc:

@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
+import pluggy
 from pydicom import dcmread
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
@@ -32,6 +33,8 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
+from router.hooks.answers import InstanceRef
+from router.hooks.manager import notify
 from router.listeners.http.multipart import media_type_params, public_base
 from router.listeners.http.store_lookup import BadUid, StoredRef, stored
 from router.transcode import TranscodeError, transcode
@@ -93,9 +96,19 @@ def _in_syntax(data: bytes, stored_syntax: str, wanted: str) -> bytes:
 
 
 class Wado:
-    def __init__(self, engine: Engine, data_dir: Any) -> None:
+    def __init__(self, engine: Engine, data_dir: Any, pm: pluggy.PluginManager) -> None:
         self.engine = engine
         self.data_dir = data_dir
+        self.pm = pm
+
+    def _exported(self, request: Request, what: str, refs: list[StoredRef], sent: int, status: int = 200) -> None:
+        """Announce ``router_instances_exported``: ``sent`` of ``refs`` went out (in order)."""
+        client = request.client
+        address = f"{client.host}:{client.port}" if client else ""
+        notify(self.pm, "router_instances_exported", service=f"WADO-RS{what}", calling_ae="",
+               user=str(request.scope.get("router.user", "")), address=address, destination=address,
+               instances=[InstanceRef(r.study_uid, r.sop_class_uid, r.sop_uid) for r in refs[:sent]],
+               failed=len(refs) - sent, status=status)  # fmt: skip
 
     def _refs(self, request: Request) -> list[StoredRef]:
         p = request.path_params
@@ -120,14 +133,19 @@ class Wado:
         boundary = _boundary()
 
         def parts() -> Iterator[tuple[str, bytes]]:
-            for ref in refs:
-                data = (self.data_dir / ref.path).read_bytes()
-                try:
-                    out = _in_syntax(data, ref.transfer_syntax, wanted)
-                    syntax = ref.transfer_syntax if wanted == "*" else wanted
-                except NotAcceptable:  # this one cannot be converted: sent as stored, its syntax says so
-                    out, syntax = data, ref.transfer_syntax
-                yield f"application/dicom; transfer-syntax={syntax}", out
+            sent = 0
+            try:
+                for ref in refs:
+                    data = (self.data_dir / ref.path).read_bytes()
+                    try:
+                        out = _in_syntax(data, ref.transfer_syntax, wanted)
+                        syntax = ref.transfer_syntax if wanted == "*" else wanted
+                    except NotAcceptable:  # this one cannot be converted: sent as stored, its syntax says so
+                        out, syntax = data, ref.transfer_syntax
+                    yield f"application/dicom; transfer-syntax={syntax}", out
+                    sent += 1
+            finally:  # also when the client went away: then with what it was given
+                self._exported(request, "", refs, sent)
 
         media = f'multipart/related; type="application/dicom"; boundary={boundary}'
         return StreamingResponse(_multipart(parts(), boundary), media_type=media)
@@ -141,6 +159,7 @@ class Wado:
             return JSONResponse({"error": "not found"}, 404)
         base = public_base(request.scope.get("server"), request.headers.get("host", ""), request.url.scheme)
         body = await run_in_threadpool(lambda: [self._metadata(ref, base) for ref in refs])
+        self._exported(request, "/metadata", refs, len(refs))
         return JSONResponse(body, media_type="application/dicom+json")
 
     def _metadata(self, ref: StoredRef, base: str) -> dict[str, Any]:
@@ -171,6 +190,7 @@ class Wado:
         except IndexError as exc:
             return JSONResponse({"error": str(exc)}, 404)
         boundary = _boundary()
+        self._exported(request, "/frames", [ref], 1)
         return StreamingResponse(
             _multipart(iter((media, f) for f in frames), boundary),
             media_type=f'multipart/related; type="{media}"; boundary={boundary}',
@@ -228,6 +248,7 @@ class Wado:
         if tag not in ds or ds[tag].value is None:
             return JSONResponse({"error": "no such attribute"}, 404)
         boundary = _boundary()
+        self._exported(request, "/bulkdata", [ref], 1)
         value = ds[tag].value
         payload = value if isinstance(value, bytes) else bytes(value)
         return StreamingResponse(
@@ -257,6 +278,7 @@ class Wado:
         except Exception as exc:
             log.warning("cannot render %s: %s", ref.sop_uid, exc)
             return JSONResponse({"error": f"cannot render this instance: {exc}"}, 406)
+        self._exported(request, "/rendered", [ref], 1)
         return Response(image, media_type=media)
 
 

@@ -1,0 +1,63 @@
+"""Who may come in: the built-in association policy and HTTP authentication, as ordinary (``trylast``) plugins.
+
+- ``router_association_policy``: ``dicom.check_called_aet`` (the called AE title must be ours) and
+  ``dicom.allowed_calling_aets`` (when not empty, the calling AE title must be one of them); both refusals are
+  rejected-permanent by the service user, as PS3.8 9.3.4 names them. The called AE title is checked first, the
+  order in which pynetdicom answered before this was a hook.
+- ``router_authenticate``: ``http.auth``: a bearer token, or basic credentials, compared in constant time.
+  Without ``http.auth`` no opinion: the request goes on unless another plugin refuses it.
+
+A plugin that wants to decide before these (a calling AE bound to an address, an LDAP login) implements the same
+hook; its answer (anything but ``None``) wins, as ``trylast`` puts these behind every other implementation.
+"""
+
+from __future__ import annotations
+
+import base64
+import hmac
+
+from router.config import RouterConfig
+from router.hooks.answers import (
+    CALLED_AE_NOT_RECOGNIZED,
+    CALLING_AE_NOT_RECOGNIZED,
+    REJECTED_PERMANENT,
+    SERVICE_USER,
+    Authenticated,
+    Denied,
+    Reject,
+)
+from router.hooks.specs import hookimpl
+
+
+@hookimpl(trylast=True)
+def router_association_policy(calling_ae: str, called_ae: str, config: RouterConfig) -> Reject | None:
+    dicom = config.dicom
+    if dicom.check_called_aet and called_ae.strip() != config.ae_title.strip():
+        return Reject(f"called AE title {called_ae!r} is not {config.ae_title!r}", REJECTED_PERMANENT, SERVICE_USER,
+                      CALLED_AE_NOT_RECOGNIZED)  # fmt: skip
+    allowed = [ae.strip() for ae in dicom.allowed_calling_aets]
+    if allowed and calling_ae.strip() not in allowed:
+        return Reject(f"calling AE title {calling_ae!r} is not in dicom.allowed_calling_aets", REJECTED_PERMANENT,
+                      SERVICE_USER, CALLING_AE_NOT_RECOGNIZED)  # fmt: skip
+    return None
+
+
+@hookimpl(trylast=True)
+def router_authenticate(authorization: str, config: RouterConfig) -> Authenticated | Denied | None:
+    auth = config.http.auth
+    if not auth.enabled:
+        return None
+    scheme, _, value = authorization.partition(" ")
+    if auth.bearer_token and scheme.lower() == "bearer":
+        if hmac.compare_digest(value.strip().encode(), auth.bearer_token.encode()):
+            return Authenticated("bearer", "bearer")
+        return Denied("wrong bearer token")
+    if auth.username is not None and auth.password is not None and scheme.lower() == "basic":
+        try:
+            user, _, password = base64.b64decode(value.strip()).decode("utf-8").partition(":")
+        except (ValueError, UnicodeDecodeError):
+            return Denied("unreadable basic credentials")
+        ok = hmac.compare_digest(user.encode(), auth.username.encode())
+        ok &= hmac.compare_digest(password.encode(), auth.password.encode())
+        return Authenticated(user, "basic") if ok else Denied("wrong user name or password", user)
+    return Denied("no credentials" if not authorization else f"{scheme or 'these'} credentials are not accepted")
