@@ -26,3 +26,11 @@ def test_every_module_of_a_package_is_named() -> None:
         if p.name != "__init__.py" and p.parent != ROOT / "router" and f"`{p.name}`" not in text
     )
     assert not missing, f"docs/architecture.md does not name {missing}"
+
+
+def test_every_hook_is_listed() -> None:
+    from router.hooks import specs
+
+    text = DOC.read_text(encoding="utf-8")
+    missing = [name for name in vars(specs) if name.startswith("router_") and f"`{name}`" not in text]
+    assert not missing, f"docs/architecture.md does not list the hooks {missing}"
