@@ -20,7 +20,7 @@ from typing import Any
 
 import pluggy
 from pydicom.dataset import Dataset
-from pynetdicom import AE, build_role, evt
+from pynetdicom import AE, build_role
 from pynetdicom.association import Association
 from pynetdicom.presentation import build_context
 
@@ -31,7 +31,7 @@ from router.destinations.base import Outcome, Unreachable
 from router.hooks.calls import notify
 from router.mpps import MPPS
 from router.outbox.jobs import JobKind
-from router.scu.association import UNCOMPRESSED, AssociationFailed, set_nodelay
+from router.scu.association import UNCOMPRESSED, AssociationFailed, open_association
 from router.statuses import (
     DUPLICATE_INSTANCE,
     PROCESSING_FAILURE,
@@ -62,24 +62,15 @@ def classify(kind: str, status: int) -> SendVerdict:
     return SendVerdict.RETRY
 
 
-def open_association(ae: AE, peer: DicomPeer, kinds: set[str]) -> Association:
+def _open(ae: AE, peer: DicomPeer, kinds: set[str]) -> Association:
+    """One association for these kinds of jobs: Storage Commitment with the router in the SCP role (PS3.4 J.3.3, the
+    SCP opens the association for its report), MPPS with the default roles."""
     classes = sorted({_CLASS[JobKind(k)] for k in kinds})
     contexts = [build_context(uid, list(UNCOMPRESSED)) for uid in classes]
     roles: list[Any] = []
     if STORAGE_COMMITMENT in classes:
         roles.append(build_role(STORAGE_COMMITMENT, scu_role=False, scp_role=True))
-    assoc = ae.associate(
-        peer.host,
-        peer.port,
-        contexts=contexts,
-        ae_title=peer.ae_title,
-        ext_neg=roles or None,
-        evt_handlers=[(evt.EVT_CONN_OPEN, set_nodelay)],
-    )
-    if not assoc.is_established:
-        reason = "rejected" if assoc.is_rejected else "aborted" if assoc.is_aborted else "not established"
-        raise AssociationFailed(f"association to {peer.ae_title}@{peer.host}:{peer.port} {reason}")
-    return assoc
+    return open_association(ae, peer, contexts, ext_neg=roles)
 
 
 def _send(assoc: Association, job: Job, ds: Dataset) -> Dataset:
@@ -98,7 +89,7 @@ def send_jobs(
     """Send ``jobs`` over one association of their own, in order: the outcome of each job attempted. Raises
     Unreachable when no association could be made; stops early when the association is lost."""
     try:
-        assoc = open_association(ae, peer, {j.kind for j in jobs})
+        assoc = _open(ae, peer, {j.kind for j in jobs})
     except AssociationFailed as exc:
         raise Unreachable(str(exc)) from exc
     accepted = {str(cx.abstract_syntax) for cx in assoc.accepted_contexts}

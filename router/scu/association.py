@@ -93,6 +93,24 @@ def make_requestor(config: RouterConfig) -> AE:
     return ae
 
 
+def open_association(
+    ae: AE, peer: DicomPeer, contexts: list[PresentationContext], ext_neg: list[Any] | None = None, handlers: Any = ()
+) -> Association:
+    """An association from ``ae`` to ``peer`` (TCP_NODELAY on its socket); AssociationFailed when none is made."""
+    assoc = ae.associate(
+        peer.host,
+        peer.port,
+        contexts=contexts,
+        ae_title=peer.ae_title,
+        ext_neg=ext_neg or None,
+        evt_handlers=[(evt.EVT_CONN_OPEN, set_nodelay), *handlers],
+    )
+    if not assoc.is_established:
+        reason = "rejected" if assoc.is_rejected else "aborted" if assoc.is_aborted else "not established"
+        raise AssociationFailed(f"association to {peer.ae_title}@{peer.host}:{peer.port} {reason}")
+    return assoc
+
+
 class StoreAssociation:
     """``with StoreAssociation(ae, peer, items) as a: a.send(item)`` -> status.
 
@@ -115,19 +133,8 @@ class StoreAssociation:
         return self.open()
 
     def open(self) -> StoreAssociation:
-        handlers: list[Any] = [(evt.EVT_CONN_OPEN, set_nodelay)]
-        if self.on_report is not None:
-            handlers.append((evt.EVT_N_EVENT_REPORT, self._report))
-        assoc = self.ae.associate(
-            self.peer.host,
-            self.peer.port,
-            contexts=self.contexts,
-            ae_title=self.peer.ae_title,
-            evt_handlers=handlers,
-        )
-        if not assoc.is_established:
-            reason = "rejected" if assoc.is_rejected else "aborted" if assoc.is_aborted else "not established"
-            raise AssociationFailed(f"association to {self.peer.ae_title}@{self.peer.host}:{self.peer.port} {reason}")
+        handlers = [(evt.EVT_N_EVENT_REPORT, self._report)] if self.on_report is not None else []
+        assoc = open_association(self.ae, self.peer, self.contexts, handlers=handlers)
         _pynetdicom.keep_responses(assoc)
         self.assoc = assoc
         self._accepted_by_class = None

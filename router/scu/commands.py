@@ -38,7 +38,7 @@ from router.scu.association import (
     StoreAssociation,
     context_count,
     make_requestor,
-    set_nodelay,
+    open_association,
 )
 from router.statuses import SUCCESS
 
@@ -157,18 +157,7 @@ def peer_named(config: RouterConfig, name: str) -> DicomPeer:
 def associate(
     config: RouterConfig, peer: DicomPeer, contexts: list[Any], ext_neg: list[Any] | None = None, handlers: Any = ()
 ) -> Iterator[Association]:
-    ae = make_requestor(config)
-    assoc = ae.associate(
-        peer.host,
-        peer.port,
-        contexts=contexts,
-        ae_title=peer.ae_title,
-        ext_neg=ext_neg or None,
-        evt_handlers=[(evt.EVT_CONN_OPEN, set_nodelay), *handlers],
-    )
-    if not assoc.is_established:
-        reason = "rejected" if assoc.is_rejected else "aborted" if assoc.is_aborted else "not established"
-        raise AssociationFailed(f"association to {peer.ae_title}@{peer.host}:{peer.port} {reason}")
+    assoc = open_association(make_requestor(config), peer, contexts, ext_neg, handlers)
     try:
         yield assoc
     finally:
