@@ -189,6 +189,33 @@ def test_step_completed_is_forwarded_in_order_with_the_received_images(
     wait_for(lambda: {r["state"] for r in db_rows(router, "select state from job")} == {"done"}, 10, what="jobs done")
 
 
+def test_a_step_forwarded_as_it_goes_takes_its_n_set_after_the_n_create_was_delivered(
+    router: RouterProcess, ris: MppsSCP
+) -> None:
+    """The RIS is up: the N-CREATE is delivered (its job done) before the N-SET comes. Delivering a job must not take
+    away the files the MPPS service keeps: the N-SET applies to the step as created, and both messages stay stored."""
+    uid = generate_uid()
+    created = in_progress(generate_uid())
+    with ris.serving():
+        assoc = mpps_scu(router.port)
+        try:
+            status, _ = assoc.send_n_create(created, MPPS, uid)
+            assert status.Status == 0x0000
+            wait_for(lambda: len(ris.received) == 1, 30, what="the N-CREATE at the RIS")
+            wait_for(lambda: [r["state"] for r in db_rows(router, "select state from job")] == ["done"], 30,
+                     what="the N-CREATE job done")  # fmt: skip
+            status, _ = assoc.send_n_set(final(), MPPS, uid)
+            assert status.Status == 0x0000, status
+        finally:
+            assoc.release()
+        wait_for(lambda: len(ris.received) == 2, 30, what="the N-SET at the RIS")
+    assert [(op, got_uid) for op, got_uid, _ in ris.received] == [("N-CREATE", uid), ("N-SET", uid)]
+    to_ris = "select state from job where peer='RIS_MPPS'"  # (RIS2, for completed CT steps, is not listening)
+    wait_for(lambda: {r["state"] for r in db_rows(router, to_ris)} == {"done"}, 10, what="the jobs to the RIS done")
+    kept = sorted(p.name.split("-")[1] for p in (router.data_dir / "mpps").rglob("*.dcm"))
+    assert kept == ["create", "set", "state"], "the step's messages and its state are kept after forwarding"
+
+
 def statuses(router: RouterProcess, operations: list[tuple[str, Dataset, str | None]]) -> list[tuple[int, str, int]]:
     """(Status, Error Comment, Error ID) for each (operation, dataset, SOP Instance UID) over one association."""
     assoc = mpps_scu(router.port)

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 from router.destinations.base import Destination, Outcome, Unreachable
 from router.hooks.manager import notify
+from router.outbox.jobs import KEPT_FILES
 from router.outbox.orphans import drop_orphans
 from router.statuses import SendVerdict
 from router.store.models import Job
@@ -171,7 +172,8 @@ class Sender:
             return False
         jobs, delivered.jobs, delivered.statuses = delivered.jobs, [], {}
         try:
-            drop_orphans(self.workers.engine, self.workers.config.data_dir, [(job.path, job.sop_uid) for job in jobs])
+            payloads = [(job.path, job.sop_uid) for job in jobs if job.kind not in KEPT_FILES]
+            drop_orphans(self.workers.engine, self.workers.config.data_dir, payloads)
         except Exception:
             log.exception("cannot look for files the delivered jobs left unused")
         return True

@@ -34,6 +34,10 @@ class JobKind(enum.StrEnum):
 
 
 DIMSE_N_KINDS = frozenset({JobKind.COMMIT_REPORT, JobKind.MPPS_CREATE, JobKind.MPPS_SET})
+# Kinds whose file is also a record another service keeps (the MPPS messages and the step's state, which the next
+# N-SET reads): a delivered job of these kinds never takes its file away. The files of the other kinds are payloads
+# only, removed once nothing refers to them (router.outbox.orphans).
+KEPT_FILES = frozenset({JobKind.MPPS_CREATE, JobKind.MPPS_SET})
 HL7_STREAM = "hl7"  # the sop_uid of every HL7 job: jobs of one sop_uid go to a peer in order (Outbox.claim)
 
 
