@@ -95,6 +95,13 @@ def router_association_rejected(
     in words (the text a policy plugin gave)."""
 
 
+@hookspec
+def router_tls_failed(direction: str, address: str, port: int, reason: str) -> None:
+    """A TLS handshake failed. ``inbound``: a client's handshake to the TLS listener (``dicom.tls``), ``address``
+    and ``port`` being the client's; ``outbound``: ours to a peer with ``tls``, ``address`` and ``port`` being the
+    peer's. ``reason`` says why in words (certificate verify failed: ..., no TLS handshake within 30 s, ...)."""
+
+
 # -- objects received ----------------------------------------------------------------------------------------
 @hookspec
 def router_instance_received(envelope: Envelope) -> None:
