@@ -51,6 +51,7 @@ def _context(protocol: int) -> ssl.SSLContext:
     ctx.maximum_version = ssl.TLSVersion.TLSv1_3
     ctx.set_ciphers(TLS12_CIPHERS)
     ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION | ssl.OP_CIPHER_SERVER_PREFERENCE
+    ctx.sslsocket_class = TlsSocket
     return ctx
 
 
@@ -61,6 +62,7 @@ def server_context(tls: DicomTls) -> ssl.SSLContext:
     if tls.ca is not None:
         ctx.load_verify_locations(cafile=tls.ca)
         ctx.verify_mode = ssl.CERT_REQUIRED
+    ctx.num_tickets = 0  # no session resumption: nothing for a client to read after the handshake
     return ctx
 
 
@@ -75,7 +77,7 @@ def client_context(peer: DicomPeer, on_failed: FailureHandler | None = None) -> 
         ctx.load_cert_chain(tls.cert, tls.key)
     ctx.sslsocket_class = type(
         "PeerSocket",
-        (_PeerSocket,),
+        (PeerSocket,),
         {
             "router_peer": (peer.host, peer.port),
             "router_pinned": tls.pinned,
@@ -110,11 +112,69 @@ def certificate_subject(conn: ssl.SSLSocket) -> Subject:
     return tuple(sorted((SUBJECT_NAMES.get(str(name), str(name)), str(value)) for rdn in rdns for name, value in rdn))
 
 
-class _PeerSocket(ssl.SSLSocket):
-    """The client socket of an association to one peer (``client_context`` makes a subclass per peer).
+class TlsSocket(ssl.SSLSocket):
+    """The router's TLS sockets (both sides): ``application_data_ready`` tells whether a read would return
+    application data now, reading (without blocking) whatever TLS records are there. A TLS 1.3 server sends session
+    tickets after the handshake, which make the socket readable without any data for DICOM in it: a blocking read
+    would then wait for the peer's next PDU (``router._pynetdicom.handshake`` has the DUL ask this instead). What
+    such a read returned is kept for the next ``recv``/``recv_into``."""
 
-    With TLS 1.3 a server that refuses the client's certificate says so after the client's handshake has completed:
-    the alert arrives with the first read, which therefore counts as part of the handshake here."""
+    _router_kept = b""  # application data read ahead by application_data_ready
+    _router_error: OSError | None = None  # what that read raised, for the next read to raise
+
+    def recv(self, buflen: int = 1024, flags: int = 0) -> bytes:
+        kept = self._take(buflen)
+        if kept is not None:
+            return kept
+        return self._read(lambda: super(TlsSocket, self).recv(buflen, flags))
+
+    def recv_into(self, buffer: Any, nbytes: int | None = None, flags: int = 0) -> int:
+        kept = self._take(nbytes or len(buffer))
+        if kept is not None:
+            buffer[: len(kept)] = kept
+            return len(kept)
+        return self._read(lambda: super(TlsSocket, self).recv_into(buffer, nbytes, flags))
+
+    def buffered(self) -> bool:
+        """Whether the next read is answered from what ``application_data_ready`` read."""
+        return bool(self._router_kept) or self._router_error is not None
+
+    def application_data_ready(self) -> bool:
+        """Whether a read would return application data, the end of the connection or an error without waiting."""
+        if self.buffered() or self.pending():
+            return True
+        timeout = self.gettimeout()
+        self.settimeout(0.0)
+        try:
+            got = self._read(lambda: super(TlsSocket, self).recv(65536))
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            return False  # only TLS records of its own (session tickets), or part of a record
+        except OSError as exc:
+            self._router_error = exc
+            return True
+        finally:
+            self.settimeout(timeout)
+        self._router_kept += got  # b"": the end of the connection, which the next read finds again
+        return True
+
+    def _take(self, size: int) -> bytes | None:
+        if self._router_error is not None:
+            exc, self._router_error = self._router_error, None
+            raise exc
+        if not self._router_kept:
+            return None
+        kept, self._router_kept = self._router_kept[:size], self._router_kept[size:]
+        return kept
+
+    def _read(self, read: Callable[[], _T]) -> _T:
+        return read()
+
+
+class PeerSocket(TlsSocket):
+    """The client socket of an association to one peer (``client_context`` makes a subclass per peer): the pinned
+    subject checked, a failed handshake recorded and announced. With TLS 1.3 a server that refuses the client's
+    certificate says so after the client's handshake has completed: the alert arrives with the first read, which
+    therefore counts as part of the handshake here."""
 
     router_peer: ClassVar[tuple[str, int]] = ("", 0)
     router_pinned: ClassVar[Subject | None] = None
@@ -135,20 +195,12 @@ class _PeerSocket(ssl.SSLSocket):
             _failures.pop(threading.current_thread(), None)
         self._router_first_read = True
 
-    def recv(self, buflen: int = 1024, flags: int = 0) -> bytes:
+    def _read(self, read: Callable[[], _T]) -> _T:
         if not self._router_first_read:
-            return super().recv(buflen, flags)
-        return self._first_read(lambda: super(_PeerSocket, self).recv(buflen, flags))
-
-    def recv_into(self, buffer: Any, nbytes: int | None = None, flags: int = 0) -> int:
-        if not self._router_first_read:
-            return super().recv_into(buffer, nbytes, flags)
-        return self._first_read(lambda: super(_PeerSocket, self).recv_into(buffer, nbytes, flags))
-
-    def _first_read(self, read: Callable[[], _T]) -> _T:
+            return read()
         try:
             got = read()
-        except ssl.SSLWantReadError:
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
             raise
         except ssl.SSLError as exc:  # an alert: the peer refused our certificate
             self._router_first_read = False

@@ -91,9 +91,10 @@ def _apply_patches() -> bool:
             ", ".join(problems), SUPPORTED["pynetdicom"], SUPPORTED["pydicom"],
         )  # fmt: skip
         return False
-    from router._pynetdicom import reactor  # the first import of pynetdicom's private names
+    from router._pynetdicom import handshake, reactor  # the first import of pynetdicom's private names
 
     reactor.install()
+    handshake.install()  # TLS client sockets: readable means application data (reactor.py reads before it sends)
     return True
 
 

@@ -11,9 +11,19 @@ a thread before the handler runs; ``TlsRequestHandler`` does the handshake there
 within ``timeout``, the ACSE timeout) and only then lets pynetdicom make the association from the TLS socket. A
 failed handshake closes the connection and is handed to ``on_failed`` (address, port, reason).
 
-Only public pynetdicom names are used, so this serves on any pynetdicom version (``install()`` does not gate it).
+The listener uses only public pynetdicom names, so it serves on any pynetdicom version (``install()`` does not gate it).
 Upstream would need: the handshake moved from ``get_request`` into the connection's thread, with a timeout, and an
 event for a failed one (EVT_CONN_OPEN is only triggered for a connection that got through).
+
+``install()`` (with the other patches, pynetdicom 3.0 only) also makes ``AssociationSocket.ready`` mean
+"application data to read" for the router's TLS sockets (``router.tls.TlsSocket``, the class of the sockets of
+its contexts). A TLS 1.3 server sends session tickets once the handshake is done: the socket turns readable with
+nothing for DICOM in it. pynetdicom's own DUL loop sends the A-ASSOCIATE-RQ before it looks at the socket, but the
+event-driven loop (``reactor.py``) takes turns reading and sending, and when it looked first it blocked in the
+read, waiting for an A-ASSOCIATE-AC to a request still in its queue, until the peer's ARTIM timer aborted the
+connection (about one association in seven to a TLS 1.3 peer on loopback). Upstream would need the same test in
+``AssociationSocket.ready`` (a non-blocking read, not ``select()``), which matters to any loop that reads before
+it sends.
 """
 
 from __future__ import annotations
@@ -27,10 +37,10 @@ from collections.abc import Callable
 from typing import Any
 
 from pynetdicom import AE
-from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
+from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
 
 from router.config.peers import subject_text
-from router.tls import FailureHandler, accept, certificate_subject, describe
+from router.tls import FailureHandler, TlsSocket, accept, certificate_subject, describe
 
 log = logging.getLogger(__name__)
 
@@ -95,3 +105,25 @@ def start_server(
     serve: Callable[[], None] = server.serve_forever
     threading.Thread(target=serve, name=f"TlsAcceptor@{server.server_address[1]}", daemon=True).start()
     return server
+
+
+# -- readiness of a TLS client socket (installed with the other patches) ------------------------------------------
+_socket_ready = AssociationSocket.ready
+_installed = False
+
+
+def _ready(self: AssociationSocket) -> bool:
+    """``AssociationSocket.ready``, true for a router's TLS socket only when application data (or the end) is there."""
+    sock = self.socket
+    if isinstance(sock, TlsSocket) and self._is_connected:
+        return sock.buffered() or (bool(_socket_ready.fget(self)) and sock.application_data_ready())  # type: ignore[attr-defined]
+    return bool(_socket_ready.fget(self))  # type: ignore[attr-defined]
+
+
+def install() -> None:
+    """Make ``AssociationSocket.ready`` wait for application data on TLS client sockets (idempotent). Called by
+    ``router._pynetdicom.install()`` after its version check, with ``reactor.install()``."""
+    global _installed
+    if not _installed:
+        AssociationSocket.ready = property(_ready)  # type: ignore[method-assign,assignment]
+        _installed = True
