@@ -36,11 +36,13 @@ class Pem:
 
 @dataclass(frozen=True)
 class Certs:
-    """A hospital CA, the router's and a modality's certificates from it, and a stranger's from another CA."""
+    """A hospital CA, the router's, a modality's and a PACS's certificates from it, and a stranger's from another
+    CA (all naming 127.0.0.1 and localhost)."""
 
     ca: Path
     router: Pem
     modality: Pem
+    pacs: Pem
     other_ca: Path
     stranger: Pem
 
@@ -63,10 +65,19 @@ def make_certs(folder: Path) -> Certs:
                       folder, "router"),
         modality=_write(ca.issue_cert(*LOOPBACK, common_name="CT1", organization_name="General Hospital"),
                         folder, "modality"),
+        pacs=_write(ca.issue_cert(*LOOPBACK, common_name="PACS", organization_name="General Hospital"), folder, "pacs"),
         other_ca=folder / "other-ca.pem",
         stranger=_write(other.issue_cert(*LOOPBACK, common_name="CT1", organization_name="Elsewhere"),
                         folder, "stranger"),
     )  # fmt: skip
+
+
+def subject_of(pem: Pem) -> str:
+    """The subject of a certificate as ``NAME=value, ...`` (trustme adds an organizational unit of its own)."""
+    from cryptography import x509
+
+    cert = x509.load_pem_x509_certificate(pem.cert.read_bytes())
+    return ", ".join(attr.rfc4514_string() for attr in cert.subject)
 
 
 def client_context(ca: Path, pem: Pem | None) -> ssl.SSLContext:
