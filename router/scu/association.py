@@ -31,6 +31,7 @@ from pynetdicom.presentation import PresentationContext, build_context
 
 from router import _pynetdicom, tls
 from router.config import DicomPeer, RouterConfig
+from router.hooks.calls import notify
 from router.transcode import TranscodeError, syntax_name, transcode
 
 if TYPE_CHECKING:
@@ -101,7 +102,6 @@ def make_requestor(config: RouterConfig, pm: pluggy.PluginManager | None = None)
     _pynetdicom.install()
     on_failed: tls.FailureHandler | None = None
     if pm is not None:
-        from router.hooks.manager import notify
 
         def on_failed(address: str, port: int, reason: str) -> None:
             notify(pm, "router_tls_failed", direction="outbound", address=address, port=port, reason=reason)
