@@ -8,6 +8,8 @@ from an AE title the configuration does not know must not add a label value the 
 
 from __future__ import annotations
 
+import os
+import signal
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,10 +18,10 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from forwarding import SUCCESS, ScriptedSCP, generated, peer_at
+from forwarding import SUCCESS, ScriptedSCP, generated, peer_at, router_to_dest, send_ok
 from hl7msg import adt
 from hl7msg import send as send_hl7
-from peers import RouterProcess, free_port, send_datasets, wait_for
+from peers import RouterProcess, associate, free_port, running, send_datasets, wait_for
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -141,3 +143,48 @@ def test_a_refused_object_counts_as_received_and_refused(site: Site) -> None:
                for o in ("unparseable", "invalid")) == 1  # fmt: skip
     assert moved(before, after, "router_dimse_requests_total", service="C-STORE", status_class="failure") == 1
     assert value(after, "router_quarantined_objects") >= 1
+
+
+def test_an_open_association_is_active_and_an_echo_is_counted(site: Site) -> None:
+    before = site.scrape()
+    assoc = associate(site.router.port, calling="CT1")
+    assert assoc.is_established
+    try:
+        wait_for(lambda: value(site.scrape(), "router_associations_active") == 1, 10, what="one active association")
+        assert assoc.send_c_echo().Status == SUCCESS
+    finally:
+        assoc.release()
+    wait_for(lambda: value(site.scrape(), "router_associations_active") == 0, 10, what="no active association")
+    after = site.scrape()
+    assert moved(before, after, "router_dimse_requests_total", service="C-ECHO", status_class="success") == 1
+    assert moved(before, after, "router_associations_accepted_total", calling_ae="CT1") == 1
+
+
+def delivered(router: RouterProcess) -> float:
+    response = httpx.get(f"http://127.0.0.1:{router.http_port}/metrics", timeout=30)
+    return value(parse(response.text), "router_forward_attempts_total", destination="DEST", result="delivered")
+
+
+def test_a_restarted_forward_process_keeps_the_counts_of_the_one_before(workdir: Path) -> None:
+    """The forward process's counts live in its multiprocess files (one per pid), which the scrape adds up."""
+    dest = ScriptedSCP(lambda ds: SUCCESS)
+    router = router_to_dest(workdir, dest.port)
+    with dest.serving(), running(router.start()):
+        send_ok(router.port, generated(workdir / "first", 3))
+        wait_for(lambda: delivered(router) == 3, 30, what="3 delivered")
+        [first] = {int(p.stem.rpartition("_")[2]) for p in (router.data_dir / "metrics").glob("counter_*.db")}
+        os.kill(first, signal.SIGKILL)
+        send_ok(router.port, generated(workdir / "second", 2))
+        wait_for(lambda: len(set(dest.accepted())) == 5, 60, what="5 objects at DEST")
+        # every delivery counted once: 5, and once more each object the killed process had not marked done
+        wait_for(lambda: delivered(router) == len(dest.accepted()), 30, what="each delivery counted")
+        assert len(list((router.data_dir / "metrics").glob("counter_*.db"))) == 2
+
+
+def test_forward_workers_as_threads_count_in_the_serving_process(workdir: Path) -> None:
+    dest = ScriptedSCP(lambda ds: SUCCESS)
+    router = router_to_dest(workdir, dest.port, forward={"process": False})
+    with dest.serving(), running(router.start()):
+        send_ok(router.port, generated(workdir / "objects", 4))
+        wait_for(lambda: delivered(router) == 4, 30, what="4 delivered")
+        assert not list((router.data_dir / "metrics").glob("*.db")), "no forward process, no multiprocess files"
