@@ -63,8 +63,6 @@ BEARER = {"http": {"auth": {"bearer_token": TOKEN}}}
         pytest.param(BEARER, LOOPBACK, "/dicomweb/studies", {}, 401, id="loopback-dicomweb-still-asks"),
         pytest.param({}, OFF_LOOPBACK, "/metrics", {}, 401, id="off-loopback-without-http-auth"),
         pytest.param({}, LOOPBACK, "/metrics", {}, 200, id="loopback-without-http-auth"),
-        pytest.param({**BEARER, "plugins": {"metrics": {"loopback_without_login": False}}}, LOOPBACK, "/metrics",
-                     {}, 401, id="loopback-login-asked-for"),
     ],
 )  # fmt: skip
 def test_who_may_scrape(

@@ -8,9 +8,10 @@
   forward process restarted after a crash does not take its counts with it.
 - Gauges that read the database, the disk or the process (outbox jobs, the oldest waiting job, free space, the
   quarantine, open associations) are measured on each scrape (``plugins.metrics.scrape``).
-- ``router_authenticate``: a scrape from loopback needs no login (``plugins: {metrics: {loopback_without_login:
-  false}}`` turns that off); from elsewhere it takes the credentials of ``http.auth``, and without ``http.auth`` it
-  is refused, as a listener behind a reverse proxy on the same host would otherwise serve it to anyone.
+- ``router_authenticate``: a scrape from loopback needs no login; from elsewhere it takes the credentials of
+  ``http.auth``, and without ``http.auth`` it is refused, as a listener behind a reverse proxy on the same host
+  would otherwise serve it to anyone. (A site that wants loopback scrapes to log in too answers the hook for
+  ``/metrics`` in a plugin of its own with ``tryfirst``: registered later, it is asked before this one.)
 
 Label values come from the configuration only (``plugins.metrics.labels``).
 """
@@ -22,12 +23,10 @@ import ipaddress
 import logging
 import os
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-
-from pydantic import BaseModel, ConfigDict
 
 from plugins.metrics import labels as lbl
 from router.config import RouterConfig
@@ -50,22 +49,12 @@ FOLDER = "metrics"  # under data_dir: the forward process's multiprocess files
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
-class Settings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    loopback_without_login: bool = True  # a scrape from 127.0.0.0/8 or ::1 needs no credentials
-
-
-settings_model = Settings
-
-
 class Metrics:
     """What this plugin keeps in one process, from ``router_startup`` to ``router_shutdown``."""
 
-    def __init__(self, config: RouterConfig, process: str, settings: Settings) -> None:
+    def __init__(self, config: RouterConfig, process: str) -> None:
         self.config = config
         self.process = process
-        self.settings = settings
         self.folder = config.data_dir / FOLDER
         self.labels = lbl.Labels(config)
         if process == "forward":
@@ -135,10 +124,9 @@ _state: Metrics | None = None  # this process's, between router_startup and rout
 
 # -- life cycle ----------------------------------------------------------------------------------------------
 @hookimpl
-def router_startup(config: RouterConfig, process: str, plugin_settings: Mapping[str, BaseModel]) -> None:
+def router_startup(config: RouterConfig, process: str) -> None:
     global _state
-    settings = plugin_settings.get("metrics")
-    _state = Metrics(config, process, settings if isinstance(settings, Settings) else Settings())
+    _state = Metrics(config, process)
 
 
 @hookimpl
@@ -169,8 +157,7 @@ def router_authenticate(address: str, path: str, config: RouterConfig) -> Authen
     ``anonymous``); from elsewhere the other plugins decide, and without ``http.auth`` nobody would: refused."""
     if path != PATH:
         return None
-    settings = _state.settings if _state is not None else Settings()
-    if _loopback(address) and settings.loopback_without_login:
+    if _loopback(address):
         return Authenticated("anonymous", "loopback") if config.http.auth.enabled else None
     if not config.http.auth.enabled:
         return Denied(f"{PATH} from off loopback needs http.auth")
