@@ -188,3 +188,12 @@ def test_forward_workers_as_threads_count_in_the_serving_process(workdir: Path) 
         send_ok(router.port, generated(workdir / "objects", 4))
         wait_for(lambda: delivered(router) == 4, 30, what="4 delivered")
         assert not list((router.data_dir / "metrics").glob("*.db")), "no forward process, no multiprocess files"
+
+
+def test_every_metric_is_documented_in_operations_md(site: Site) -> None:
+    text = (Path(__file__).parent.parent / "docs" / "operations.md").read_text()
+    response = httpx.get(f"http://127.0.0.1:{site.router.http_port}/metrics", timeout=30)
+    names = {family.name for family in text_string_to_metric_families(response.text)}
+    documented = {name for name in names if name.startswith("router_process_") or f"`{name}" in text}
+    assert names - documented == set(), "docs/operations.md does not describe these metrics"
+    assert all(name.startswith("router_") for name in names)
