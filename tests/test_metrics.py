@@ -17,6 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from pydicom.dataset import Dataset
 
 from forwarding import SUCCESS, ScriptedSCP, generated, peer_at, router_to_dest, send_ok
 from hl7msg import adt
@@ -197,3 +198,25 @@ def test_every_metric_is_documented_in_operations_md(site: Site) -> None:
     documented = {name for name in names if name.startswith("router_process_") or f"`{name}" in text}
     assert names - documented == set(), "docs/operations.md does not describe these metrics"
     assert all(name.startswith("router_") for name in names)
+
+
+def test_queries_and_a_refused_move_are_counted_by_status_class(site: Site) -> None:
+    study_find, study_move = "1.2.840.10008.5.1.4.1.2.2.1", "1.2.840.10008.5.1.4.1.2.2.2"
+    before = site.scrape()
+    query = Dataset()
+    query.QueryRetrieveLevel = "STUDY"
+    query.StudyInstanceUID = ""
+    assoc = associate(site.router.port, [(study_find, None), (study_move, None)], calling="CT1")
+    assert assoc.is_established
+    try:
+        statuses = [int(status.Status) for status, _ds in assoc.send_c_find(query, study_find)]
+        assert statuses[-1] == SUCCESS
+        query.StudyInstanceUID = "1.2.3"
+        [(status, _ds)] = list(assoc.send_c_move(query, "NOWHERE", study_move))
+        assert int(status.Status) == 0xA801  # move destination unknown
+    finally:
+        assoc.release()
+    after = site.scrape()
+    assert moved(before, after, "router_dimse_requests_total", service="C-FIND", status_class="success") == 1
+    assert moved(before, after, "router_queries_total", service="C-FIND") == 1
+    assert moved(before, after, "router_dimse_requests_total", service="C-MOVE", status_class="failure") == 1
