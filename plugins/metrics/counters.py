@@ -58,6 +58,7 @@ class Counters:
         self.registry = CollectorRegistry()
         self.counters = {what: Counter(name, doc, labels, registry=self.registry)
                          for what, (name, doc, labels) in COUNTERS.items()}  # fmt: skip
+        self._series: dict[tuple[str, ...], Counter] = {}
         name, doc, labels = DELIVERY
         self.delivery = Histogram(name, doc, labels, buckets=DELIVERY_BUCKETS, registry=self.registry)
         for destination in destinations:  # known series start at 0, so rates and alerts see them from the start
@@ -66,9 +67,15 @@ class Counters:
             self.delivery.labels(destination)
 
     def count(self, what: str, *labels: str, amount: float = 1.0) -> None:
-        """Add ``amount`` to counter ``what`` (a key of ``COUNTERS``) for these label values."""
-        counter = self.counters[what]
-        (counter.labels(*labels) if labels else counter).inc(amount)
+        """Add ``amount`` to counter ``what`` (a key of ``COUNTERS``) for these label values. Each series is looked
+        up once: prometheus_client's ``labels()`` checks and locks on every call, 3 to 4 us, several times per
+        object; the dictionary is bounded by the label values the configuration allows."""
+        key = (what, *labels)
+        series = self._series.get(key)
+        if series is None:
+            counter = self.counters[what]
+            series = self._series[key] = counter.labels(*labels) if labels else counter
+        series.inc(amount)
 
 
 def forward_process_families(directory: Path) -> list[Metric]:
