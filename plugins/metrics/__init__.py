@@ -64,19 +64,16 @@ class Metrics:
         from plugins.metrics.counters import Counters  # after the multiprocess folder is set, in the forward process
 
         self.counters: Counters = Counters(config.peers)
-        self.engine: Engine | None = None  # the serving process's reader, made at the first scrape
+        self.engine: Engine | None = None  # the serving process's reader (connections opened by scrapes)
+        if process != "forward":
+            from router.store.db import make_engine
+
+            self.engine = make_engine(config.effective_database_url, durable=False)
 
     def collectors(self) -> list[Collector]:
         from prometheus_client import ProcessCollector
 
         return [_Scrape(self), ProcessCollector(namespace="router", registry=None)]
-
-    def reader(self) -> Engine:
-        if self.engine is None:
-            from router.store.db import make_engine
-
-            self.engine = make_engine(self.config.effective_database_url, durable=False)
-        return self.engine
 
     def close(self) -> None:
         if self.engine is not None:
@@ -95,7 +92,8 @@ class _Scrape:
         m = self.metrics
         yield from counters.merged(m.counters.registry.collect(), counters.forward_process_families(m.folder))
         try:
-            yield from scrape.OutboxReading(m.reader(), m.labels).families()
+            if m.engine is not None:
+                yield from scrape.OutboxReading(m.engine, m.labels).families()
         except Exception:  # the database is away: the rest of the scrape still tells what it can
             log.exception("metrics: cannot read the outbox")
         yield from scrape.host_families(m.config)
