@@ -51,6 +51,7 @@ DEFAULT_PLUGINS = (
     "plugins.coerce",
     "plugins.destinations",
     "plugins.forward",
+    "plugins.metrics",
     "plugins.resend",
     "plugins.transcode",
 )
