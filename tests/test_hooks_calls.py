@@ -164,7 +164,8 @@ def test_built_in_authentication() -> None:
 def test_built_in_plugins_come_from_the_package_once() -> None:
     pm = build_plugin_manager()
     names = [name for name, _plugin in pm.list_name_plugin()]
-    assert names[: len(DEFAULT_PLUGINS)] == ["access", "coerce", "destinations", "forward", "resend", "transcode"]
+    built_in = ["access", "coerce", "destinations", "forward", "metrics", "resend", "transcode"]
+    assert names[: len(DEFAULT_PLUGINS)] == built_in
     assert len({id(p) for _n, p in pm.list_name_plugin()}) == len(names)
     assert all(pm.origins[n].startswith("built-in (plugins.") for n in names[: len(DEFAULT_PLUGINS)])
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]

@@ -66,6 +66,7 @@ __all__ = [
     "Port",
     "RouterConfig",
     "Timeouts",
+    "format_errors",
     "load_config",
     "parse_config",
 ]
@@ -82,10 +83,13 @@ def _key(loc: tuple[int | str, ...]) -> str:
     return ".".join(str(p) for p in loc) or "(top level)"
 
 
-def _format_errors(exc: ValidationError) -> str:
+def format_errors(exc: ValidationError, prefix: str = "") -> str:
+    """One ``key: message`` line per error; ``prefix`` is the key of what was validated (``plugins.audit``)."""
     lines = []
     for err in exc.errors():
         key = _key(err["loc"])
+        if prefix:
+            key = prefix if key == "(top level)" else f"{prefix}.{key}"
         if err["type"] == "extra_forbidden":
             lines.append(f"{key}: unknown key")
         else:
@@ -104,7 +108,7 @@ def parse_config(data: Any, base_dir: Path, source: Path | None = None) -> Route
     try:
         cfg = RouterConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_format_errors(exc)) from None
+        raise ConfigError(format_errors(exc)) from None
     resolved = {
         "data_dir": (base_dir / cfg.data_dir).resolve(),
         "rules_dir": (base_dir / cfg.rules_dir).resolve(),

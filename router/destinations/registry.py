@@ -11,7 +11,7 @@ from __future__ import annotations
 import pluggy
 from pydantic import ValidationError
 
-from router.config import BUILTIN_PEER_TYPES, PluginPeer, RouterConfig
+from router.config import BUILTIN_PEER_TYPES, PluginPeer, RouterConfig, format_errors
 from router.destinations.base import DestinationType, settings_model
 from router.destinations.dicom import DicomDestination
 from router.destinations.mllp import MllpDestination
@@ -49,9 +49,5 @@ def peer_problems(pm: pluggy.PluginManager, config: RouterConfig) -> list[str]:
             try:
                 model.model_validate(peer.settings)
             except ValidationError as exc:
-                for err in exc.errors():
-                    key = ".".join(str(p) for p in err["loc"])
-                    where = f"peers.{name}.{key}" if key else f"peers.{name}"
-                    message = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
-                    problems.append(f"{where}: {message}")
+                problems += format_errors(exc, f"peers.{name}").splitlines()
     return problems

@@ -29,8 +29,7 @@ from typing import Any, cast
 import pluggy
 from pydantic import BaseModel, ValidationError
 
-from router.config import ConfigError, RouterConfig
-from router.config import _format_errors as format_errors
+from router.config import ConfigError, RouterConfig, format_errors
 from router.hooks import specs as hookspecs
 from router.hooks.calls import check_no_wrappers, decide, notify
 from router.intake.stage import Stage
@@ -52,6 +51,7 @@ DEFAULT_PLUGINS = (
     "plugins.coerce",
     "plugins.destinations",
     "plugins.forward",
+    "plugins.metrics",
     "plugins.resend",
     "plugins.transcode",
 )
@@ -141,7 +141,7 @@ def _validate_settings(pm: RouterPlugins, sections: Mapping[str, Any], source: s
         try:
             pm.settings[name] = model.model_validate({} if section is None else section)
         except ValidationError as exc:
-            problems += [f"plugins.{name}.{line}" for line in format_errors(exc).splitlines()]
+            problems += format_errors(exc, f"plugins.{name}").splitlines()
     if problems:
         raise PluginError(f"{source}: invalid configuration\n" + "\n".join(problems))
 

@@ -2,7 +2,8 @@
 
 Three kinds, as in pynetdicom's notification and intervention events and pytest's ``firstresult`` hooks:
 
-- *provides*: ``router_stages`` returns what the plugin adds (stages that rules can name);
+- *provides*: ``router_stages`` returns what the plugin adds (stages that rules can name), ``router_metrics`` the
+  collectors a scrape of ``/metrics`` reads;
 - *decisions* (``firstresult=True``): ``router_association_policy`` and ``router_authenticate``. Implementations
   are asked in turn until one answers (returns something other than ``None``); the built-in answer (plugin
   ``access``) comes last. An implementation that raises is logged and the router takes the safe answer: refuse.
@@ -23,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 if TYPE_CHECKING:
+    from prometheus_client.registry import Collector
     from pydantic import BaseModel
     from pydicom.dataset import Dataset
 
@@ -43,6 +45,14 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 @hookspec
 def router_stages() -> list[Stage]:  # type: ignore[empty-body]
     """Return the stages this plugin provides, each with a unique ``name`` used in rule files."""
+
+
+@hookspec
+def router_metrics() -> list[Collector]:  # type: ignore[empty-body]
+    """Return the collectors (``prometheus_client`` ``Collector``: objects with ``collect()`` yielding metric
+    families) whose metrics ``/metrics`` exposes. Asked on every scrape, in the ``serve`` process, on a worker
+    thread: a collector may read the database. Name metrics ``router_...`` (or your plugin's prefix), in base units,
+    with label values from the configuration only (never UIDs or patient data)."""
 
 
 # -- life cycle ----------------------------------------------------------------------------------------------
@@ -100,6 +110,13 @@ def router_tls_failed(direction: str, address: str, port: int, reason: str) -> N
     """A TLS handshake failed. ``inbound``: a client's handshake to the TLS listener (``dicom.tls``), ``address``
     and ``port`` being the client's; ``outbound``: ours to a peer with ``tls``, ``address`` and ``port`` being the
     peer's. ``reason`` says why in words (certificate verify failed: ..., no TLS handshake within 30 s, ...)."""
+
+
+@hookspec
+def router_dimse_answered(service: str, sop_class_uid: str, calling_ae: str, address: str, status: int) -> None:
+    """A DIMSE request on an association a peer opened was answered with its final ``status`` (no pending
+    response). ``service``: ``C-ECHO``, ``C-STORE``, ``C-FIND``, ``C-MOVE``, ``C-GET``, ``N-ACTION``,
+    ``N-EVENT-REPORT``, ``N-CREATE`` or ``N-SET``; ``sop_class_uid`` the request's (affected) SOP class."""
 
 
 # -- objects received ----------------------------------------------------------------------------------------

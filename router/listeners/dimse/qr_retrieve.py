@@ -119,8 +119,13 @@ class Tally:
 class Responder:
     """Builds and sends the C-MOVE-RSP / C-GET-RSP messages of one request."""
 
-    def __init__(self, service: RetrieveService, req: C_MOVE | C_GET, context: PresentationContext) -> None:
+    def __init__(
+        self, service: RetrieveService, req: C_MOVE | C_GET, context: PresentationContext, pm: pluggy.PluginManager
+    ) -> None:
         self.service = service
+        self.pm = pm
+        self.kind = "C-MOVE" if isinstance(req, C_MOVE) else "C-GET"
+        self.sop_class = str(context.abstract_syntax)
         self.cx_id = int(context.context_id or 0)
         self.ts = UID(context.transfer_syntax[0])
         self.rsp: C_MOVE | C_GET = C_MOVE() if isinstance(req, C_MOVE) else C_GET()
@@ -144,6 +149,11 @@ class Responder:
             encoded = encode(ds, self.ts.is_implicit_VR, self.ts.is_little_endian, self.ts.is_deflated)
             rsp.Identifier = BytesIO(encoded or b"")
         self.service.dimse.send_msg(rsp, self.cx_id)
+        if not pending:
+            requestor = self.service.assoc.requestor
+            notify(self.pm, "router_dimse_answered", service=self.kind, sop_class_uid=self.sop_class,
+                   calling_ae=str(requestor.ae_title).strip(), address=f"{requestor.address}:{requestor.port}",
+                   status=status)  # fmt: skip
 
     def final(self, tally: Tally) -> int:
         if tally.failed == 0 and tally.warning == 0:
@@ -221,7 +231,7 @@ class Retriever:
 
     def serve(self, service: RetrieveService, req: C_MOVE | C_GET, context: PresentationContext) -> None:
         started = time.monotonic()
-        responder = Responder(service, req, context)
+        responder = Responder(service, req, context, self.pm)
         kind = MOVE if isinstance(req, C_MOVE) else GET
         model, _service = SOP_CLASSES[str(context.abstract_syntax)]
         calling = str(service.assoc.requestor.ae_title).strip()

@@ -16,7 +16,8 @@ each with every transfer syntax (objects are stored as received). Association po
 
 then pynetdicom's limit: more than ``dicom.max_associations`` at once: rejected-transient, service-provider
 (presentation), local-limit-exceeded. Every rejection is announced (``router_association_rejected``), every
-C-FIND and worklist query answered too (``router_query_answered``).
+C-FIND and worklist query answered too (``router_query_answered``), and the final status of every request
+(``router_dimse_answered``).
 
 With ``dicom.tls`` a second listener serves the same associations over TLS (``router.tls``: TLS 1.2 and 1.3, BCP
 195 suites, client certificates chaining to ``ca`` when it is set), each handshake on its connection's own thread
@@ -90,6 +91,11 @@ PREFERRED_SYNTAXES = [ts for ts in ALL_TRANSFER_SYNTAXES if ts not in _UNCOMPRES
 VERIFICATION = "1.2.840.10008.1.1"
 PENDING_STATUSES = (0xFF00, 0xFF01)
 POLICY_REJECTION_ATTR = "router_policy_rejection"  # on an Association the policy rejected: its Reject
+# Requests whose handler returns the final status, announced by _answered (C-FIND: _on_find; C-MOVE and C-GET:
+# qr_retrieve.Responder)
+ANSWERED_BY_HANDLER = {evt.EVT_C_ECHO: "C-ECHO", evt.EVT_C_STORE: "C-STORE", evt.EVT_N_ACTION: "N-ACTION",
+                       evt.EVT_N_EVENT_REPORT: "N-EVENT-REPORT", evt.EVT_N_CREATE: "N-CREATE",
+                       evt.EVT_N_SET: "N-SET"}  # fmt: skip
 
 
 def _keyword(uid: str) -> str:
@@ -148,6 +154,20 @@ def _requested(event: evt.Event) -> tuple[str, str, str]:
     calling = str(rq.calling_ae_title if rq is not None else req.ae_title).strip()
     called = str(rq.called_ae_title if rq is not None else event.assoc.acceptor.ae_title).strip()
     return calling, called, f"{req.address}:{req.port}"
+
+
+def _status_of(answer: Any) -> int:
+    """The status a handler answered: a number, or a status data set (alone or with the reply's data set)."""
+    if isinstance(answer, tuple):
+        answer = answer[0]
+    return int(answer.get("Status", PROCESSING_FAILURE) if isinstance(answer, Dataset) else answer)
+
+
+def announce_answer(pm: pluggy.PluginManager, event: evt.Event, service: str, status: int) -> None:
+    """``router_dimse_answered`` for the request of ``event`` (a handler's event on an inbound association)."""
+    calling, _called, address = _requested(event)
+    notify(pm, "router_dimse_answered", service=service, sop_class_uid=str(event.context.abstract_syntax),
+           calling_ae=calling, address=address, status=status)  # fmt: skip
 
 
 def _source(event: evt.Event) -> Source:
@@ -211,6 +231,21 @@ class DicomListener:
         return ae
 
     def handlers(self) -> list[Any]:
+        return [(kind, self._answered(kind, handler)) if kind in ANSWERED_BY_HANDLER else (kind, handler)
+                for kind, handler in self._handlers()]  # fmt: skip
+
+    def _answered(self, kind: Any, handler: Callable[[evt.Event], Any]) -> Callable[[evt.Event], Any]:
+        """``handler``, announcing the status it answers (``router_dimse_answered``)."""
+        service = ANSWERED_BY_HANDLER[kind]
+
+        def answer(event: evt.Event) -> Any:
+            answered = handler(event)
+            announce_answer(self.pm, event, service, _status_of(answered))
+            return answered
+
+        return answer
+
+    def _handlers(self) -> list[Any]:
         return [
             (evt.EVT_CONN_OPEN, set_nodelay),
             (evt.EVT_REQUESTED, self._on_requested),
@@ -312,15 +347,21 @@ class DicomListener:
         sop_class = str(event.context.abstract_syntax)
         handler = self.c_find.get(sop_class)
         if handler is None:
+            announce_answer(self.pm, event, "C-FIND", 0x0122)  # the generator is closed at the yield
             yield 0x0122, None  # SOP class not supported
             return
-        matches, status = 0, None
+        matches, status, exhausted = 0, None, False
         try:
             for status, answer in handler(event):
                 matches += status in PENDING_STATUSES
                 yield status, answer
+            exhausted = True
         finally:  # also when the association ends first: then with the last status sent
             self._announce_query(event, sop_class, matches, status)
+            if status is not None and status not in PENDING_STATUSES:
+                announce_answer(self.pm, event, "C-FIND", status)
+            elif exhausted:  # pynetdicom ends the pending responses with a success
+                announce_answer(self.pm, event, "C-FIND", 0x0000)
 
     def _announce_query(self, event: evt.Event, sop_class: str, matches: int, status: int | None) -> None:
         identifier: Dataset | None = None

@@ -1,12 +1,16 @@
-"""The DICOMweb application: routes under ``/dicomweb``, authentication, the OpenAPI description."""
+"""The HTTP application: DICOMweb under ``/dicomweb``, ``/metrics``, authentication, the OpenAPI description."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 
 import pluggy
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.metrics_core import Metric
 from sqlalchemy.engine import Engine
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -25,6 +29,8 @@ from router.listeners.http.wado import Wado
 log = logging.getLogger(__name__)
 
 BASE = "/dicomweb"
+# the text format every Prometheus reads; generate_latest writes it (metric names it cannot carry are escaped)
+METRICS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 class Authentication:
@@ -66,6 +72,23 @@ class Authentication:
         await self.app(scope, receive, send)
 
 
+class Scrape(CollectorRegistry):
+    """One scrape of ``/metrics``: the collectors every plugin provides (``router_metrics``), asked now. A collector
+    that raises is logged and left out; the others are still exposed."""
+
+    def __init__(self, pm: pluggy.PluginManager) -> None:
+        super().__init__()
+        self.pm = pm
+
+    def collect(self) -> Iterator[Metric]:
+        for provided in self.pm.hook.router_metrics():
+            for collector in provided:
+                try:
+                    yield from collector.collect()
+                except Exception:
+                    log.exception("/metrics: collector %r failed", collector)
+
+
 def make_app(config: RouterConfig, ingestor: Ingestor, engine: Engine, pm: pluggy.PluginManager) -> Starlette:
     stow = Stow(ingestor, config.http.max_upload_bytes)
     wado = Wado(engine, config.data_dir, pm)
@@ -77,7 +100,11 @@ def make_app(config: RouterConfig, ingestor: Ingestor, engine: Engine, pm: plugg
     async def openapi_json(request: Request) -> Response:
         return JSONResponse(openapi())
 
+    async def metrics(request: Request) -> Response:  # collectors may read the database: off the event loop
+        return Response(await run_in_threadpool(generate_latest, Scrape(pm)), media_type=METRICS_TYPE)
+
     routes = [
+        Route("/metrics", metrics, methods=["GET"]),
         Route(f"{BASE}/openapi.json", openapi_json, methods=["GET"]),
         Route(f"{BASE}/studies", stow.handle, methods=["POST"]),
         Route(study, stow.handle, methods=["POST"]),
