@@ -1,13 +1,15 @@
 """Who may come in: the built-in association policy and HTTP authentication, as ordinary (``trylast``) plugins.
 
-- ``router_association_policy``: ``dicom.check_called_aet`` (the called AE title must be ours) and
-  ``dicom.allowed_calling_aets`` (when not empty, the calling AE title must be one of them); both refusals are
+- ``router_association_policy``: ``dicom.check_called_aet`` (the called AE title must be ours),
+  ``dicom.allowed_calling_aets`` (when not empty, the calling AE title must be one of them) and the peers'
+  ``accept_from`` (a calling AE title that a DICOM peer with ``accept_from`` has may come only from the addresses
+  and networks listed there, those of every such peer with that AE title together); every refusal is
   rejected-permanent by the service user, as PS3.8 9.3.4 names them. The called AE title is checked first, the
   order in which pynetdicom answered before this was a hook.
 - ``router_authenticate``: ``http.auth``: a bearer token, or basic credentials, compared in constant time.
   Without ``http.auth`` no opinion: the request goes on unless another plugin refuses it.
 
-A plugin that wants to decide before these (a calling AE bound to an address, an LDAP login) implements the same
+A plugin that wants to decide before these (a calling AE bound to a certificate, an LDAP login) implements the same
 hook; its answer (anything but ``None``) wins, as ``trylast`` puts these behind every other implementation.
 """
 
@@ -16,7 +18,7 @@ from __future__ import annotations
 import base64
 import hmac
 
-from router.config import RouterConfig
+from router.config import DicomPeer, RouterConfig
 from router.hooks.answers import (
     CALLED_AE_NOT_RECOGNIZED,
     CALLING_AE_NOT_RECOGNIZED,
@@ -30,7 +32,7 @@ from router.hooks.specs import hookimpl
 
 
 @hookimpl(trylast=True)
-def router_association_policy(calling_ae: str, called_ae: str, config: RouterConfig) -> Reject | None:
+def router_association_policy(calling_ae: str, called_ae: str, address: str, config: RouterConfig) -> Reject | None:
     dicom = config.dicom
     if dicom.check_called_aet and called_ae.strip() != config.ae_title.strip():
         return Reject(f"called AE title {called_ae!r} is not {config.ae_title!r}", REJECTED_PERMANENT, SERVICE_USER,
@@ -39,7 +41,22 @@ def router_association_policy(calling_ae: str, called_ae: str, config: RouterCon
     if allowed and calling_ae.strip() not in allowed:
         return Reject(f"calling AE title {calling_ae!r} is not in dicom.allowed_calling_aets", REJECTED_PERMANENT,
                       SERVICE_USER, CALLING_AE_NOT_RECOGNIZED)  # fmt: skip
-    return None
+    return _wrong_address(calling_ae, address, config)
+
+
+def _wrong_address(calling_ae: str, address: str, config: RouterConfig) -> Reject | None:
+    """A Reject when ``calling_ae`` is bound to addresses (``peers.NAME.accept_from``) and ``address`` is not one."""
+    bound = {
+        name: peer
+        for name, peer in config.peers.items()
+        if isinstance(peer, DicomPeer) and peer.accept_from and peer.is_ae(calling_ae)
+    }
+    host = address.rpartition(":")[0] if ":" in address else address
+    if not bound or any(peer.accepts_from(host) for peer in bound.values()):
+        return None
+    keys = ", ".join(f"peers.{name}.accept_from" for name in bound)
+    return Reject(f"calling AE title {calling_ae!r} may not come from {host} ({keys})", REJECTED_PERMANENT,
+                  SERVICE_USER, CALLING_AE_NOT_RECOGNIZED)  # fmt: skip
 
 
 @hookimpl(trylast=True)

@@ -27,6 +27,10 @@ import pydicom
 import pynetdicom
 
 if TYPE_CHECKING:
+    import ssl
+    from collections.abc import Callable
+    from typing import Any
+
     from pynetdicom import AE
     from pynetdicom.association import Association
     from pynetdicom.service_class import ServiceClass
@@ -87,9 +91,10 @@ def _apply_patches() -> bool:
             ", ".join(problems), SUPPORTED["pynetdicom"], SUPPORTED["pydicom"],
         )  # fmt: skip
         return False
-    from router._pynetdicom import reactor  # the first import of pynetdicom's private names
+    from router._pynetdicom import handshake, reactor  # the first import of pynetdicom's private names
 
     reactor.install()
+    handshake.install()  # TLS client sockets: readable means application data (reactor.py reads before it sends)
     return True
 
 
@@ -122,6 +127,22 @@ def tune_server(server: ThreadedAssociationServer) -> None:
         from router._pynetdicom.server import ContextList
 
         server.contexts = ContextList(server.contexts)
+
+
+def tls_server(
+    ae: AE,
+    address: tuple[str, int],
+    context: ssl.SSLContext,
+    timeout: float,
+    on_failed: Callable[[str, int, str], None],
+    evt_handlers: list[Any],
+) -> ThreadedAssociationServer:
+    """A listener for ``ae`` serving associations over TLS, each connection's handshake on its own thread within
+    ``timeout`` seconds, every failed one handed to ``on_failed(address, port, reason)`` (``handshake.py``). On any
+    version: it uses pynetdicom's public server API only."""
+    from router._pynetdicom import handshake
+
+    return handshake.start_server(ae, address, context, timeout, on_failed, evt_handlers)
 
 
 def reply_gate(assoc: Association) -> Gate | None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 from pydantic import ValidationError
@@ -19,6 +19,7 @@ from pydantic import ValidationError
 from router.config.base import AETitle, ConfigError, HttpAuth, PeerName, Port
 from router.config.model import (
     DicomListener,
+    DicomTls,
     ForwardSettings,
     Hl7Listener,
     HttpListener,
@@ -27,7 +28,17 @@ from router.config.model import (
     Timeouts,
 )
 from router.config.peers import BUILTIN_TYPES as BUILTIN_PEER_TYPES
-from router.config.peers import UNION_TAGS, AnyPeer, DicomPeer, DicomwebPeer, MllpPeer, ObjectPeer, Peer, PluginPeer
+from router.config.peers import (
+    UNION_TAGS,
+    AnyPeer,
+    DicomPeer,
+    DicomwebPeer,
+    MllpPeer,
+    ObjectPeer,
+    Peer,
+    PeerTls,
+    PluginPeer,
+)
 
 __all__ = [
     "BUILTIN_PEER_TYPES",
@@ -39,6 +50,7 @@ __all__ = [
     "ConfigError",
     "DicomListener",
     "DicomPeer",
+    "DicomTls",
     "DicomwebPeer",
     "ForwardSettings",
     "Hl7Listener",
@@ -49,6 +61,7 @@ __all__ = [
     "ObjectPeer",
     "Peer",
     "PeerName",
+    "PeerTls",
     "PluginPeer",
     "Port",
     "RouterConfig",
@@ -103,11 +116,31 @@ def parse_config(data: Any, base_dir: Path, source: Path | None = None) -> Route
         "source": source,
     }
     if cfg.http.tls is not None:
-        tls = cfg.http.tls.model_copy(
-            update={"cert": (base_dir / cfg.http.tls.cert).resolve(), "key": (base_dir / cfg.http.tls.key).resolve()}
-        )
-        resolved["http"] = cfg.http.model_copy(update={"tls": tls})
-    return cfg.model_copy(update=resolved)
+        resolved["http"] = cfg.http.model_copy(update={"tls": _resolved(cfg.http.tls, base_dir)})
+    if cfg.dicom.tls is not None:
+        resolved["dicom"] = cfg.dicom.model_copy(update={"tls": _resolved(cfg.dicom.tls, base_dir)})
+    resolved["peers"] = {
+        name: peer.model_copy(update={"tls": _resolved(peer.tls, base_dir)})
+        if isinstance(peer, DicomPeer) and peer.tls is not None
+        else peer
+        for name, peer in cfg.peers.items()
+    }
+    cfg = cfg.model_copy(update=resolved)
+    from router import tls  # the TLS files must load: a key that names a missing or wrong file is refused here
+
+    problems = tls.problems(cfg)
+    if problems:
+        raise ConfigError("\n".join(problems))
+    return cfg
+
+
+_Files = TypeVar("_Files", HttpTls, DicomTls, PeerTls)
+
+
+def _resolved(files: _Files, base_dir: Path) -> _Files:
+    """``files`` with its paths (cert, key, ca) relative to ``base_dir``."""
+    paths = {k: (base_dir / v).resolve() for k, v in files if isinstance(v, Path)}
+    return files.model_copy(update=paths)
 
 
 def load_config(path: str | os.PathLike[str] | None = None) -> RouterConfig:

@@ -18,6 +18,15 @@ class Timeouts(Strict):
     connect: float = Field(10.0, gt=0, description="TCP connect timeout for outgoing associations")
 
 
+class DicomTls(Strict):
+    """The TLS listener (``dicom.tls``): a second DIMSE listener beside the plain one."""
+
+    port: Port = Field(2762, description="TCP port of the TLS listener (2762: dicom-tls)")
+    cert: Path = Field(description="the router's certificate (PEM; the chain after it)")
+    key: Path = Field(description="its private key (PEM, unencrypted)")
+    ca: Path | None = Field(None, description="present = clients must show a certificate chaining to these CAs")
+
+
 class DicomListener(Strict):
     host: str = "0.0.0.0"
     port: Port = 11112
@@ -27,6 +36,13 @@ class DicomListener(Strict):
     max_pdu: int = Field(262144, ge=65536, description="largest PDU we accept, bytes (0 is not allowed)")
     timeouts: Timeouts = Timeouts()
     duplicates: Literal["reject", "ignore", "overwrite"] = "reject"
+    tls: DicomTls | None = None
+
+    @model_validator(mode="after")
+    def _two_ports(self) -> DicomListener:
+        if self.tls is not None and self.tls.port == self.port and self.port != 0:
+            raise ValueError(f"tls.port must differ from port ({self.port}): the TLS listener is a second listener")
+        return self
 
 
 class AssigningAuthority(Strict):

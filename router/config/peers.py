@@ -9,9 +9,12 @@ one.
 
 from __future__ import annotations
 
+import ipaddress
+import re
+from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import ConfigDict, Discriminator, Field, StringConstraints, Tag, model_validator
+from pydantic import AfterValidator, ConfigDict, Discriminator, Field, StringConstraints, Tag, model_validator
 
 from router.config.base import HostPort, HttpAuth, Port, Strict, check_ae_title
 
@@ -19,7 +22,52 @@ BUILTIN_TYPES = ("dicom", "mllp", "dicomweb")
 PLUGIN_TAG = "plugin"  # the union member of every type a plugin provides
 _DICOM_KEYS = ("ae_title", "host", "port")
 _COMMIT_KEYS = ("commit_new_association", "commit_wait", "commit_timeout", "commit_requests", "delete_after_commit")
+_DICOM_ONLY = ("tls", "accept_from")
 _ONE_KIND = "a peer is one of DICOM (ae_title, host, port), HL7 (mllp) or DICOMweb (stow_url)"
+# the attributes a pinned certificate subject may name: RFC 4514 short names, and OpenSSL's long names for them
+SUBJECT_NAMES = {
+    "commonName": "CN", "organizationName": "O", "organizationalUnitName": "OU", "countryName": "C",
+    "localityName": "L", "stateOrProvinceName": "ST", "streetAddress": "STREET", "domainComponent": "DC",
+    "userId": "UID", "emailAddress": "emailAddress", "serialNumber": "serialNumber",
+}  # fmt: skip
+_SHORT = {name.lower(): short for long, short in SUBJECT_NAMES.items() for name in (long, short)}
+Subject = tuple[tuple[str, str], ...]  # (short name, value) pairs, sorted: compared as a whole
+
+
+def parse_subject(text: str) -> Subject:
+    """``CN=pacs.local, O=General Hospital`` -> sorted (short name, value) pairs; ``\\,`` escapes a comma."""
+    pairs = []
+    for part in re.split(r"(?<!\\),", text):
+        name, eq, value = part.partition("=")
+        short = _SHORT.get(name.strip().lower())
+        if not eq or short is None or not value.strip():
+            known = ", ".join(sorted(set(SUBJECT_NAMES.values())))
+            raise ValueError(f"{part.strip()!r} is not NAME=value with NAME one of {known}")
+        pairs.append((short, value.strip().replace("\\,", ",")))
+    return tuple(sorted(pairs))
+
+
+def subject_text(subject: Subject) -> str:
+    escaped = ((name, value.replace(",", "\\,")) for name, value in subject)
+    return ", ".join(f"{name}={value}" for name, value in escaped)
+
+
+def _check_subject(value: str | None) -> str | None:
+    if value is not None:
+        parse_subject(value)
+    return value
+
+
+def check_network(value: str) -> str:
+    """An IP address or a network (``10.1.2.3``, ``10.1.2.0/24``, ``fd00::/8``); host bits may be set."""
+    try:
+        ipaddress.ip_network(value.strip(), strict=False)
+    except ValueError:
+        raise ValueError(f"{value!r} is not an IP address or network (host names are not accepted)") from None
+    return value.strip()
+
+
+Network = Annotated[str, AfterValidator(check_network)]
 
 
 def peer_type(data: Any) -> str:
@@ -50,6 +98,9 @@ def _refuse_foreign_keys(data: Any, own: str) -> None:
         raise ValueError(f"{', '.join(commit)}: storage commitment settings are for DICOM peers")
     if "auth" in data and own != "dicomweb":
         raise ValueError("auth is for DICOMweb peers (stow_url)")
+    dicom_only = [k for k in _DICOM_ONLY if k in data]
+    if dicom_only and own != "dicom":
+        raise ValueError(f"{', '.join(dicom_only)}: for DICOM peers (ae_title, host, port)")
 
 
 class PeerBase(Strict):
@@ -82,6 +133,28 @@ class ObjectPeer(PeerBase):
         return self
 
 
+class PeerTls(Strict):
+    """TLS to a DICOM peer (``peers.NAME.tls``): everything the router opens to it goes over TLS."""
+
+    ca: Path = Field(description="the CA certificates the peer's certificate must chain to (PEM)")
+    cert: Path | None = Field(None, description="the router's client certificate (PEM), for a peer asking one")
+    key: Path | None = Field(None, description="its private key (PEM, unencrypted)")
+    subject: Annotated[str | None, AfterValidator(_check_subject)] = Field(
+        None, description="pinned: the peer's certificate must have exactly this subject (CN=..., O=...)"
+    )
+    check_hostname: bool = Field(True, description="the peer's certificate must name its host (DNS name or IP)")
+
+    @model_validator(mode="after")
+    def _pairs(self) -> PeerTls:
+        if (self.cert is None) != (self.key is None):
+            raise ValueError("cert and key go together")
+        return self
+
+    @property
+    def pinned(self) -> Subject | None:
+        return parse_subject(self.subject) if self.subject is not None else None
+
+
 class DicomPeer(ObjectPeer):
     """A DICOM AE: C-STORE for objects, DIMSE-N for MPPS and storage commitment reports."""
 
@@ -104,6 +177,10 @@ class DicomPeer(ObjectPeer):
         3, ge=1, le=100, description="commitment requests per object (each after a re-send) before dead-lettering"
     )
     delete_after_commit: bool = Field(False, description="remove the local copy once this peer has committed it")
+    tls: PeerTls | None = Field(None, description="open every association to this peer over TLS")
+    accept_from: list[Network] = Field(
+        default_factory=list, description="its AE title is accepted only from these addresses or networks"
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -129,6 +206,16 @@ class DicomPeer(ObjectPeer):
     def is_ae(self, ae_title: str) -> bool:
         """Whether this peer is called ``ae_title`` (AE titles compare without their padding)."""
         return self.ae_title.strip() == ae_title.strip()
+
+    def accepts_from(self, host: str) -> bool:
+        """Whether ``host`` (an IP address) is in ``accept_from``; an IPv4-mapped IPv6 address counts as IPv4."""
+        try:
+            address = ipaddress.ip_address(host.strip("[]").partition("%")[0])
+        except ValueError:
+            return False
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped
+        return any(address in ipaddress.ip_network(net, strict=False) for net in self.accept_from)
 
 
 class MllpPeer(PeerBase):

@@ -67,7 +67,7 @@ class Forwarder:
         self._stop = threading.Event()
         self._dispatcher: threading.Thread | None = None
         self._senders: set[threading.Thread] = set()
-        self.context = DestinationContext(config, engine, pm, self._stop, make_requestor(config), ledger)
+        self.context = DestinationContext(config, engine, pm, self._stop, make_requestor(config, pm), ledger)
         self._types: dict[str, DestinationType | None] = {
             name: destination_type(pm, peer.type) for name, peer in config.peers.items()
         }

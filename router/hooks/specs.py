@@ -106,6 +106,13 @@ def router_association_rejected(
 
 
 @hookspec
+def router_tls_failed(direction: str, address: str, port: int, reason: str) -> None:
+    """A TLS handshake failed. ``inbound``: a client's handshake to the TLS listener (``dicom.tls``), ``address``
+    and ``port`` being the client's; ``outbound``: ours to a peer with ``tls``, ``address`` and ``port`` being the
+    peer's. ``reason`` says why in words (certificate verify failed: ..., no TLS handshake within 30 s, ...)."""
+
+
+@hookspec
 def router_dimse_answered(service: str, sop_class_uid: str, calling_ae: str, address: str, status: int) -> None:
     """A DIMSE request on an association a peer opened was answered with its final ``status`` (no pending
     response). ``service``: ``C-ECHO``, ``C-STORE``, ``C-FIND``, ``C-MOVE``, ``C-GET``, ``N-ACTION``,

@@ -4,6 +4,10 @@ Objects are sent from their files without being decoded (byte-identical forwardi
 propose the object's own transfer syntax and, as separate contexts, Explicit and Implicit VR Little Endian, so
 the peer can accept each independently. When the peer takes only an uncompressed syntax for a compressed object,
 the object is transcoded (losslessly) to it rather than not delivered.
+
+Every association the router opens to a peer goes through ``open_association``: over TLS when the peer has
+``tls`` (``router.tls``, one client context per peer, kept by the requesting AE), a failed handshake announced
+(``router_tls_failed``, direction ``outbound``) when the AE was made with a plugin manager.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
@@ -25,9 +29,13 @@ from pynetdicom import AE, evt
 from pynetdicom.association import Association
 from pynetdicom.presentation import PresentationContext, build_context
 
-from router import _pynetdicom
+from router import _pynetdicom, tls
 from router.config import DicomPeer, RouterConfig
+from router.hooks.calls import notify
 from router.transcode import TranscodeError, syntax_name, transcode
+
+if TYPE_CHECKING:
+    import pluggy
 
 log = logging.getLogger(__name__)
 
@@ -80,10 +88,25 @@ def context_count(items: Iterable[Item]) -> int:
     return len(context_keys(items))
 
 
-def make_requestor(config: RouterConfig) -> AE:
-    """The AE the router requests associations with (pynetdicom configured and patched first: ``install()``)."""
+class Requestor(AE):
+    """pynetdicom's AE, holding the client TLS contexts of the peers it opens associations to."""
+
+    def __init__(self, ae_title: str, tls_contexts: tls.ClientContexts) -> None:
+        super().__init__(ae_title=ae_title)
+        self.tls_contexts = tls_contexts
+
+
+def make_requestor(config: RouterConfig, pm: pluggy.PluginManager | None = None) -> Requestor:
+    """The AE the router requests associations with (pynetdicom configured and patched first: ``install()``); with
+    ``pm``, a failed TLS handshake to a peer is announced (``router_tls_failed``)."""
     _pynetdicom.install()
-    ae = AE(ae_title=config.ae_title)
+    on_failed: tls.FailureHandler | None = None
+    if pm is not None:
+
+        def on_failed(address: str, port: int, reason: str) -> None:
+            notify(pm, "router_tls_failed", direction="outbound", address=address, port=port, reason=reason)
+
+    ae = Requestor(config.ae_title, tls.ClientContexts(on_failed))
     t = config.dicom.timeouts
     ae.acse_timeout = t.acse
     ae.dimse_timeout = t.dimse
@@ -96,7 +119,12 @@ def make_requestor(config: RouterConfig) -> AE:
 def open_association(
     ae: AE, peer: DicomPeer, contexts: list[PresentationContext], ext_neg: list[Any] | None = None, handlers: Any = ()
 ) -> Association:
-    """An association from ``ae`` to ``peer`` (TCP_NODELAY on its socket); AssociationFailed when none is made."""
+    """An association from ``ae`` to ``peer`` (TCP_NODELAY on its socket; over TLS when the peer has ``tls``);
+    AssociationFailed when none is made."""
+    tls_args = None
+    if peer.tls is not None:
+        contexts_of = ae.tls_contexts if isinstance(ae, Requestor) else tls.ClientContexts()
+        tls_args = (contexts_of.get(peer), peer.host)
     assoc = ae.associate(
         peer.host,
         peer.port,
@@ -104,9 +132,13 @@ def open_association(
         ae_title=peer.ae_title,
         ext_neg=ext_neg or None,
         evt_handlers=[(evt.EVT_CONN_OPEN, set_nodelay), *handlers],
+        tls_args=tls_args,
     )
     if not assoc.is_established:
         reason = "rejected" if assoc.is_rejected else "aborted" if assoc.is_aborted else "not established"
+        failure = tls.failure_on(assoc.dul) if peer.tls is not None else None
+        if failure is not None:
+            reason += f": TLS handshake failed: {failure}"
         raise AssociationFailed(f"association to {peer.ae_title}@{peer.host}:{peer.port} {reason}")
     return assoc
 

@@ -223,7 +223,7 @@ class Retriever:
         self.config = config
         self.engine = engine
         self.pm = pm
-        self.ae: AE = make_requestor(config)  # the C-MOVE sub-operation associations
+        self.ae: AE = make_requestor(config, pm)  # the C-MOVE sub-operation associations (TLS failures announced)
 
     def destination(self, ae_title: str) -> DicomPeer | None:
         peers = self.config.peers.values()

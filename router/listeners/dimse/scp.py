@@ -11,10 +11,17 @@ each with every transfer syntax (objects are stored as received). Association po
 - calling AE not in ``dicom.allowed_calling_aets`` (when the list is not empty): rejected-permanent,
   service-user, calling-AE-title-not-recognized;
 
+- calling AE title of a peer with ``accept_from`` presented from an address not in it: rejected-permanent,
+  service-user, calling-AE-title-not-recognized;
+
 then pynetdicom's limit: more than ``dicom.max_associations`` at once: rejected-transient, service-provider
 (presentation), local-limit-exceeded. Every rejection is announced (``router_association_rejected``), every
 C-FIND and worklist query answered too (``router_query_answered``), and the final status of every request
 (``router_dimse_answered``).
+
+With ``dicom.tls`` a second listener serves the same associations over TLS (``router.tls``: TLS 1.2 and 1.3, BCP
+195 suites, client certificates chaining to ``ca`` when it is set), each handshake on its connection's own thread
+within the ACSE timeout; every failed handshake is announced (``router_tls_failed``, direction ``inbound``).
 
 Storage contexts also accept the SCP role a C-GET requestor proposes for them (SCP/SCU role selection), so the
 C-GET sub-operations can come back on its association. Query/Retrieve lives in ``router.listeners.dimse.qr*``.
@@ -36,7 +43,7 @@ from pynetdicom.service_class import QueryRetrieveServiceClass, ServiceClass, St
 from pynetdicom.sop_class import uid_to_service_class
 from pynetdicom.transport import ThreadedAssociationServer
 
-from router import _pynetdicom
+from router import _pynetdicom, tls
 from router.config import RouterConfig
 from router.hooks.answers import POLICY_FAILED, Accept, Reject
 from router.hooks.manager import decide, notify
@@ -197,6 +204,8 @@ class DicomListener:
         self.ae = self._make_ae()
         setattr(self.ae, RETRIEVER_ATTR, Retriever(config, ingestor.engine, pm))
         self.server: ThreadedAssociationServer | None = None
+        self.tls_server: ThreadedAssociationServer | None = None
+        self.tls_port: int | None = None
 
     def _make_ae(self) -> AE:
         cfg = self.config.dicom
@@ -258,12 +267,27 @@ class DicomListener:
         self.server = server
         port = int(server.server_address[1])
         log.info("DICOM listener %s on %s:%d", self.config.ae_title, cfg.host, port)
+        if cfg.tls is not None:
+            context = tls.server_context(cfg.tls)
+            tls_server = _pynetdicom.tls_server(
+                self.ae, (cfg.host, cfg.tls.port), context, cfg.timeouts.acse, self._tls_failed, self.handlers()
+            )
+            _pynetdicom.tune_server(tls_server)
+            self.tls_server = tls_server
+            self.tls_port = int(tls_server.server_address[1])
+            mutual = "client certificates required" if cfg.tls.ca is not None else "no client certificates asked"
+            log.info("DICOM TLS listener %s on %s:%d (%s)", self.config.ae_title, cfg.host, self.tls_port, mutual)
         return port
 
     def stop(self) -> None:
-        if self.server is not None:
-            self.server.shutdown()
-            self.server = None
+        for server in (self.server, self.tls_server):
+            if server is not None:
+                server.shutdown()
+        self.server = self.tls_server = None
+
+    def _tls_failed(self, address: str, port: int, reason: str) -> None:
+        log.warning("TLS handshake from %s:%d failed: %s", address, port, reason)
+        notify(self.pm, "router_tls_failed", direction="inbound", address=address, port=port, reason=reason)
 
     # -- handlers -----------------------------------------------------------------------------------------
     def _on_established(self, event: evt.Event) -> None:
