@@ -43,7 +43,8 @@ def timestamp(when: datetime) -> str:
 
 def syslog_message(xml: str, when: datetime, host: str, app_name: str, procid: int | None = None) -> bytes:
     """One SYSLOG-MSG carrying one audit message."""
-    header = f"<{PRI}>1 {timestamp(when)} {host} {_field(app_name, 48)} {procid or os.getpid()} {MSGID} {NIL} "
+    fields = [timestamp(when), _field(host, 255), _field(app_name, 48), str(procid or os.getpid()), MSGID, NIL]
+    header = f"<{PRI}>1 {' '.join(fields)} "
     return header.encode("ascii") + BOM + xml.encode("utf-8")
 
 
