@@ -74,8 +74,21 @@ class TlsDelivery:
             raise DeliveryError(f"TLS handshake failed: {exc}") from exc
 
     def _closed_by_peer(self, sock: ssl.SSLSocket) -> bool:
+        """Whether the repository closed the connection. What it may send otherwise is TLS housekeeping (TLS 1.3
+        session tickets), which reading consumes without application data."""
         readable, _, _ = select.select([sock], [], [], 0)
-        return bool(readable) or sock.pending() > 0
+        if not readable and not sock.pending():
+            return False
+        sock.setblocking(False)
+        try:
+            sock.recv(4096)  # b"": closed; data: a syslog receiver sends none, so something is wrong
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            return False
+        except OSError:
+            return True
+        finally:
+            sock.settimeout(self.timeout)
+        return True
 
     def deliver(self, messages: Sequence[bytes]) -> None:
         if self.sock is not None and self._closed_by_peer(self.sock):
