@@ -84,12 +84,18 @@ def router_forwarded(job: Job, status: int) -> None:
         for subject in subjects:
             state.record(events.instances_transferred(subject, "R", state.local.participant(True), remote, [],
                                                       description=f"delivered, status 0x{status:04X}"))  # fmt: skip
-    elif job.kind == JobKind.HL7:
-        raw = (state.config.data_dir / job.path).read_bytes()
-        on_hl7.record_message(state, parse_message(raw), "R", [state.local.participant(True), remote])
-    elif job.kind in MPPS_JOBS:
-        step = dcmread(BytesIO((state.config.data_dir / job.path).read_bytes()), force=True)
-        _procedure(state, "R", job.sop_uid, step, [state.local.participant(True), remote])
+    elif job.kind in MPPS_JOBS or job.kind == JobKind.HL7:
+        try:
+            raw = (state.config.data_dir / job.path).read_bytes()
+        except OSError as exc:  # its file went with the job: what was sent cannot be told any more
+            log.warning("audit: forwarded %s job %s: its message cannot be read (%s); not audited", job.kind,
+                        job.id, exc.strerror)  # fmt: skip
+            return
+        users = [state.local.participant(True), remote]
+        if job.kind == JobKind.HL7:
+            on_hl7.record_message(state, parse_message(raw), "R", users)
+        else:
+            _procedure(state, "R", job.sop_uid, dcmread(BytesIO(raw), force=True), users)
 
 
 @hookimpl
