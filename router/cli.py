@@ -1,4 +1,5 @@
-"""The ``router`` command: serve, rules check|test, plugins, queue list|retry|purge, echo|find|move|get|send."""
+"""The ``router`` command: serve, rules check|test, plugins, queue list|retry|purge, audit status,
+echo|find|move|get|send."""
 
 from __future__ import annotations
 
@@ -175,6 +176,23 @@ def cmd_queue_purge(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     n = _outbox(_config(args)).purge(states, peer=args.peer)
     print(f"purged {n} job(s)")
+    return EXIT_OK
+
+
+def cmd_audit_status(args: argparse.Namespace) -> int:
+    """The audit trail's spool depth per repository (plugins.audit)."""
+    from plugins.audit.settings import Settings
+    from plugins.audit.status import status_lines
+    from router.hooks.manager import build_plugin_manager
+
+    cfg = _config(args)
+    settings = build_plugin_manager(cfg).settings.get("audit")
+    if not isinstance(settings, Settings):
+        print("the audit plugin is not loaded", file=sys.stderr)
+        return EXIT_PROBLEMS
+    base = cfg.source.parent if cfg.source else Path.cwd()
+    for line in status_lines(settings.resolved(base), cfg.data_dir):
+        print(line)
     return EXIT_OK
 
 
@@ -385,6 +403,9 @@ def build_parser() -> argparse.ArgumentParser:
     plugins.set_defaults(func=cmd_plugins)
 
     ls, retry, purge = _add_queue_commands(sub)
+    audit = sub.add_parser("audit", help="the audit trail").add_subparsers(dest="audit_cmd", required=True)
+    audit_status = audit.add_parser("status", help="messages waiting in the spool, per audit record repository")
+    audit_status.set_defaults(func=cmd_audit_status)
 
     echo = sub.add_parser("echo", help="C-ECHO a peer")
     echo.add_argument("peer", help="a peer name from the configuration (or its AE title)")
@@ -411,7 +432,7 @@ def build_parser() -> argparse.ArgumentParser:
     send.set_defaults(func=cmd_send)
 
     # `router serve --config X` reads naturally too: accept --config after the sub-command
-    for p in (serve, check, test, plugins, ls, retry, purge, echo, find, move, get, send):
+    for p in (serve, check, test, plugins, ls, retry, purge, audit_status, echo, find, move, get, send):
         p.add_argument("--config", dest="config", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     return parser
 

@@ -164,7 +164,7 @@ def test_built_in_authentication() -> None:
 def test_built_in_plugins_come_from_the_package_once() -> None:
     pm = build_plugin_manager()
     names = [name for name, _plugin in pm.list_name_plugin()]
-    built_in = ["access", "coerce", "destinations", "forward", "metrics", "resend", "transcode"]
+    built_in = ["access", "audit", "coerce", "destinations", "forward", "metrics", "resend", "transcode"]
     assert names[: len(DEFAULT_PLUGINS)] == built_in
     assert len({id(p) for _n, p in pm.list_name_plugin()}) == len(names)
     assert all(pm.origins[n].startswith("built-in (plugins.") for n in names[: len(DEFAULT_PLUGINS)])
@@ -211,8 +211,8 @@ def test_settings_are_validated_by_the_plugins_model(tmp_path: Path) -> None:
          ["plugins.recorder.reject_calling: Input should be a valid list (got 'X')",
           "plugins.recorder.colour: unknown key"]),
         ({"recorder": {"events": "e"}, "broken": {"a": 1}}, ["plugins.broken: this plugin takes no settings"]),
-        ({"recorder": {"events": "e"}, "audit": {}},
-         ["plugins.audit: no plugin of this name is loaded (see `router plugins`)"]),
+        ({"recorder": {"events": "e"}, "metrics": {}},
+         ["plugins.metrics: no plugin of this name is loaded (see `router plugins`)"]),
     ],
 )  # fmt: skip
 def test_settings_problems_are_reported_like_configuration_errors(
@@ -255,18 +255,20 @@ def test_router_plugins_lists_origin_hooks_and_stages(tmp_path: Path, capsys: py
 def test_third_party_entry_points_are_loaded_and_never_shadow_a_built_in(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    dist = tmp_path / "router_audit-1.2.dist-info"
+    dist = tmp_path / "router_metrics-1.2.dist-info"
     dist.mkdir()
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: router-audit\nVersion: 1.2\n")
-    (dist / "entry_points.txt").write_text("[router]\naudit = router_audit_plugin\ncoerce = router_audit_plugin\n")
-    (tmp_path / "router_audit_plugin.py").write_text(
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: router-metrics\nVersion: 1.2\n")
+    (dist / "entry_points.txt").write_text(
+        "[router]\nmetrics = router_metrics_plugin\ncoerce = router_metrics_plugin\n"
+    )
+    (tmp_path / "router_metrics_plugin.py").write_text(
         "from router.hooks.specs import hookimpl\n\n\n@hookimpl\ndef router_shutdown(process):\n    pass\n"
     )
     monkeypatch.syspath_prepend(str(tmp_path))
     with caplog.at_level(logging.WARNING, logger="router.hooks.manager"):
         pm = build_plugin_manager()
-    assert pm.origins["audit"] == "entry point (router-audit 1.2)"
+    assert pm.origins["metrics"] == "entry point (router-metrics 1.2)"
     assert pm.origins["coerce"] == "built-in (plugins.coerce)"
-    assert "entry point plugin coerce (router_audit_plugin) is not loaded: a built-in (plugins.coerce) plugin" in (
+    assert "entry point plugin coerce (router_metrics_plugin) is not loaded: a built-in (plugins.coerce) plugin" in (
         caplog.text
     )

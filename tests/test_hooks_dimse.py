@@ -121,10 +121,11 @@ def test_a_raising_plugin_is_logged_and_the_recorder_still_hears(site: Site) -> 
     assert "plugin broken: router_association_accepted failed" in log
     assert "plugin broken: router_instance_stored failed" in log
     assert "Boom: broken plugin on a stored instance" in log
-    # both processes started, each with the recorder's settings
+    # both processes started, each with the validated settings of every plugin that has some: the recorder's and
+    # the built-in audit plugin's (its defaults: off)
     startups = recorded(site.events, "startup")
     assert {e["process"] for e in startups} == {"serve", "forward"}
-    assert all(e["settings"] == ["recorder"] for e in startups)
+    assert all(e["settings"] == ["audit", "recorder"] for e in startups)
 
 
 # -- queries and exports -------------------------------------------------------------------------------------

@@ -124,3 +124,28 @@ def postgres_bin() -> Path:
         if (folder / "initdb").is_file() and (folder / "pg_ctl").is_file():
             return folder
     missing("PostgreSQL server binaries (initdb, pg_ctl)", "postgresql", "under /usr/lib/postgresql/*/bin or $PG_BIN")
+
+
+# -- rsyslog (an audit record repository) and jing (RELAX NG) ------------------------------------------------------
+RSYSLOG_SBIN = "/usr/sbin:/sbin"  # Debian's rsyslogd is not on a plain user's PATH
+
+
+def rsyslogd() -> str:
+    """rsyslogd (Debian package rsyslog); its TLS driver comes from rsyslog-gnutls."""
+    require("rsyslogd", "rsyslog")
+    found = shutil.which("rsyslogd") or shutil.which("rsyslogd", path=RSYSLOG_SBIN)
+    if found is None:
+        missing("rsyslogd", "rsyslog", f"not on PATH nor in {RSYSLOG_SBIN}")
+    gtls = [*Path("/usr/lib").glob("*/rsyslog/lmnsd_gtls.so"), *Path("/usr/lib/rsyslog").glob("lmnsd_gtls.so")]
+    if not gtls:
+        missing("rsyslog's TLS driver (lmnsd_gtls.so)", "rsyslog-gnutls", "under /usr/lib/*/rsyslog")
+    return found
+
+
+def jing() -> str:
+    """jing, the RELAX NG validator (Debian package jing)."""
+    require("jing", "jing")
+    found = shutil.which("jing")
+    if found is None:
+        missing("jing", "jing", "not on PATH")
+    return found

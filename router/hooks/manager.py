@@ -48,6 +48,7 @@ __all__ = [
 # The built-in plugins, registered from inside the installed package (never through the entry point group).
 DEFAULT_PLUGINS = (
     "plugins.access",
+    "plugins.audit",
     "plugins.coerce",
     "plugins.destinations",
     "plugins.forward",

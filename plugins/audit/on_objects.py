@@ -1,0 +1,182 @@
+"""Hooks about objects: received, forwarded, exported, queried; MPPS steps (docs/audit.md, message by message)."""
+
+from __future__ import annotations
+
+import logging
+from io import BytesIO
+
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_dataset
+from sqlalchemy import select
+
+from plugins.audit import events, facts, on_hl7, stage
+from plugins.audit.message import Participant
+from plugins.audit.state import Running, running
+from router.hl7.message import parse_message
+from router.hooks.answers import InstanceRef
+from router.hooks.specs import hookimpl
+from router.intake.envelope import Envelope
+from router.outbox.jobs import JobKind
+from router.store.models import Job, JobState
+from router.store.tables import JOB
+
+log = logging.getLogger("router.audit")
+
+STORE_ACTIONS = {"stored": "C", "overwritten": "U"}  # else R: the router held the object already
+OBJECT_JOBS = {JobKind.DICOM_STORE, JobKind.DICOM_STORE_COMMIT, JobKind.DICOM_CORRECTED}
+MPPS_JOBS = {JobKind.MPPS_CREATE, JobKind.MPPS_SET}
+STUDY_ROOT_FIND = "1.2.840.10008.5.1.4.1.2.2.1"  # QIDO-RS is the Study Root query model over HTTP (PS3.18)
+DIMSE_SUCCESS = {0x0000, 0xFE00}  # success, cancelled at the caller's request
+
+
+def _sender(env: Envelope) -> Participant:
+    src = env.source
+    if src.protocol == "stow":
+        return events.http_client("", src.address, True)
+    return events.dicom_node(src.calling_ae, src.address, True)
+
+
+@hookimpl
+def router_instance_stored(envelope: Envelope, outcome: str, jobs: int) -> None:
+    state = running()
+    if state is None:
+        return
+    subject = facts.from_envelope(envelope)
+    action = STORE_ACTIONS.get(outcome, "R")
+    state.record(events.instances_transferred(subject, action, _sender(envelope), state.local.participant(), []))
+    if jobs:
+        _begin_transferring(state, envelope.sop_instance_uid, subject)
+    stage.flush(state, stage.key_of(envelope))
+
+
+def _begin_transferring(state: Running, sop_uid: str, subject: facts.Subject) -> None:
+    """The object is queued for its peers: one Begin Transferring message per peer it will go to."""
+    query = (
+        select(JOB.c.peer)
+        .distinct()
+        .where(
+            JOB.c.sop_uid == sop_uid, JOB.c.state == JobState.PENDING, JOB.c.kind.in_([k.value for k in OBJECT_JOBS])
+        )
+    )
+    with state.engine().connect() as conn:
+        peers = sorted(row.peer for row in conn.execute(query))
+    for peer in peers:
+        remote, _ = state.peer(peer)
+        state.record(events.begin_transferring(subject, state.local.participant(requestor=True), remote))
+
+
+@hookimpl
+def router_instance_refused(sop_instance_uid: str) -> None:
+    stage.drop(("dicom", sop_instance_uid))
+
+
+@hookimpl
+def router_forwarded(job: Job, status: int) -> None:
+    state = running()
+    if state is None:
+        return
+    remote, _ = state.peer(job.peer)
+    if job.kind in OBJECT_JOBS:
+        with state.engine().connect() as conn:
+            subjects = facts.instances(conn, [job.sop_uid])
+        for subject in subjects:
+            state.record(events.instances_transferred(subject, "R", state.local.participant(True), remote, [],
+                                                      description=f"delivered, status 0x{status:04X}"))  # fmt: skip
+    elif job.kind in MPPS_JOBS or job.kind == JobKind.HL7:
+        try:
+            raw = (state.config.data_dir / job.path).read_bytes()
+        except OSError as exc:  # its file went with the job: what was sent cannot be told any more
+            log.warning("audit: forwarded %s job %s: its message cannot be read (%s); not audited", job.kind,
+                        job.id, exc.strerror)  # fmt: skip
+            return
+        users = [state.local.participant(True), remote]
+        if job.kind == JobKind.HL7:
+            on_hl7.record_message(state, parse_message(raw), "R", users)
+        else:
+            _procedure(state, "R", job.sop_uid, dcmread(BytesIO(raw), force=True), users)
+
+
+@hookimpl
+def router_instances_exported(service: str, calling_ae: str, user: str, address: str, destination: str,
+                              instances: list[InstanceRef], failed: int, status: int) -> None:  # fmt: skip
+    state = running()
+    if state is None or not instances:
+        return
+    with state.engine().connect() as conn:
+        subjects = facts.from_index(conn, [(i.study_uid, i.sop_class_uid, i.sop_instance_uid) for i in instances])
+    others: list[Participant] = []
+    if service.startswith("WADO"):
+        to = events.http_client(user, address, True)
+    elif service == "C-GET":
+        to = events.dicom_node(calling_ae, address, True)
+    else:  # C-MOVE: the requestor asks, the move destination receives
+        to = state.peer_by_ae(destination)
+        others = [events.dicom_node(calling_ae, address, True)]
+    outcome = events.MINOR if failed else events.SUCCESS
+    text = f"{service}: {len(instances)} sent, {failed} not sent, status " + (
+        f"{status}" if service.startswith("WADO") else f"0x{status:04X}"
+    )
+    for subject in subjects:
+        state.record(events.instances_transferred(subject, "R", state.local.participant(), to, others, outcome, text))
+
+
+def encode(identifier: Dataset | None) -> bytes:
+    """The query keys as PS3.15 A.5.3.10 asks: the data set, Explicit VR Little Endian."""
+    if identifier is None:
+        return b""
+    out = DicomBytesIO()
+    out.is_little_endian, out.is_implicit_VR = True, False
+    try:
+        write_dataset(out, identifier)
+    except Exception:  # an identifier pydicom cannot write back (odd values): audit the query without its keys
+        log.warning("audit: a query's keys could not be encoded; its message carries none")
+        return b""
+    return out.getvalue()
+
+
+@hookimpl
+def router_query_answered(service: str, calling_ae: str, user: str, address: str, sop_class_uid: str, level: str,
+                          identifier: Dataset | None, matches: int, status: int) -> None:  # fmt: skip
+    state = running()
+    if state is None:
+        return
+    if service == "QIDO-RS":
+        querying = events.http_client(user, address, True)
+        ok = 200 <= status < 300
+        shown = f"HTTP {status}"
+    else:
+        querying = events.dicom_node(calling_ae, address, True)
+        ok = status in DIMSE_SUCCESS
+        shown = f"status 0x{status:04X}"
+    text = f"{service} {level or 'worklist'} query: {matches} match(es), {shown}"
+    state.record(events.query(querying, state.local.participant(), sop_class_uid or STUDY_ROOT_FIND,
+                              encode(identifier), events.SUCCESS if ok else events.MINOR, text))  # fmt: skip
+
+
+def _procedure(state: Running, action: str, sop_uid: str, step: Dataset, users: list[Participant]) -> None:
+    subject = facts.from_dataset(step)
+    for study in subject.studies.values():
+        study.mpps.append(sop_uid)
+    state.record(events.record(events.PROCEDURE_RECORD, action, users, subject.patient, [],
+                               studies=list(subject.studies.values())))  # fmt: skip
+
+
+def _mpps(action: str, sop_instance_uid: str, calling_ae: str, address: str, dataset: Dataset) -> None:
+    state = running()
+    if state is None:
+        return
+    users = [events.dicom_node(calling_ae, address, True), state.local.participant()]
+    _procedure(state, action, sop_instance_uid, dataset, users)
+    stage.flush(state, ("mpps", sop_instance_uid))
+
+
+@hookimpl
+def router_mpps_created(sop_instance_uid: str, calling_ae: str, address: str, dataset: Dataset) -> None:
+    _mpps("C", sop_instance_uid, calling_ae, address, dataset)
+
+
+@hookimpl
+def router_mpps_updated(sop_instance_uid: str, calling_ae: str, address: str, dataset: Dataset) -> None:
+    _mpps("U", sop_instance_uid, calling_ae, address, dataset)
