@@ -211,8 +211,8 @@ def test_settings_are_validated_by_the_plugins_model(tmp_path: Path) -> None:
          ["plugins.recorder.reject_calling: Input should be a valid list (got 'X')",
           "plugins.recorder.colour: unknown key"]),
         ({"recorder": {"events": "e"}, "broken": {"a": 1}}, ["plugins.broken: this plugin takes no settings"]),
-        ({"recorder": {"events": "e"}, "metrics": {}},
-         ["plugins.metrics: no plugin of this name is loaded (see `router plugins`)"]),
+        ({"recorder": {"events": "e"}, "sitelog": {}},
+         ["plugins.sitelog: no plugin of this name is loaded (see `router plugins`)"]),
     ],
 )  # fmt: skip
 def test_settings_problems_are_reported_like_configuration_errors(
@@ -255,20 +255,20 @@ def test_router_plugins_lists_origin_hooks_and_stages(tmp_path: Path, capsys: py
 def test_third_party_entry_points_are_loaded_and_never_shadow_a_built_in(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    dist = tmp_path / "router_metrics-1.2.dist-info"
+    dist = tmp_path / "router_sitelog-1.2.dist-info"
     dist.mkdir()
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: router-metrics\nVersion: 1.2\n")
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: router-sitelog\nVersion: 1.2\n")
     (dist / "entry_points.txt").write_text(
-        "[router]\nmetrics = router_metrics_plugin\ncoerce = router_metrics_plugin\n"
+        "[router]\nsitelog = router_sitelog_plugin\ncoerce = router_sitelog_plugin\n"
     )
-    (tmp_path / "router_metrics_plugin.py").write_text(
+    (tmp_path / "router_sitelog_plugin.py").write_text(
         "from router.hooks.specs import hookimpl\n\n\n@hookimpl\ndef router_shutdown(process):\n    pass\n"
     )
     monkeypatch.syspath_prepend(str(tmp_path))
     with caplog.at_level(logging.WARNING, logger="router.hooks.manager"):
         pm = build_plugin_manager()
-    assert pm.origins["metrics"] == "entry point (router-metrics 1.2)"
+    assert pm.origins["sitelog"] == "entry point (router-sitelog 1.2)"
     assert pm.origins["coerce"] == "built-in (plugins.coerce)"
-    assert "entry point plugin coerce (router_metrics_plugin) is not loaded: a built-in (plugins.coerce) plugin" in (
+    assert "entry point plugin coerce (router_sitelog_plugin) is not loaded: a built-in (plugins.coerce) plugin" in (
         caplog.text
     )
