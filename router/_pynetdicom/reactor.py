@@ -19,8 +19,8 @@ original: a ``send_*()`` call that pauses the reactor while it is between its ch
 DIMSE queue no longer loses the response to it, and one that pauses it while pynetdicom's N-EVENT-REPORT thread
 finishes (which clears the reactor's "paused" flag) no longer waits for ever.
 
-It also makes ``AssociationSocket.recv`` read a PDU straight into one buffer (``recv_into``) instead of in 4 KiB
-pieces appended to a growing bytearray: a 256 KiB PDU took 64 system calls and as many copies.
+The DUL reads each PDU through ``reads.read_pdu``: into one buffer (``recv_into``) instead of in 4 KiB pieces
+appended to a growing bytearray (a 256 KiB PDU took 64 system calls and as many copies), bounded in length and time.
 
 An acceptor's C-STORE requests are served on the DUL thread itself, without either hand-off (``inline``).
 
@@ -46,9 +46,8 @@ from pynetdicom.association import Association
 from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu import A_ABORT_RQ
-from pynetdicom.transport import AssociationSocket
 
-from router._pynetdicom import command, pdata
+from router._pynetdicom import command, pdata, reads
 from router._pynetdicom.inline import SERVING, MessageQueue
 from router._pynetdicom.queues import WakingQueue
 
@@ -285,27 +284,8 @@ def _assoc_run_reactor(self: Association) -> None:
             return
 
 
-# -- socket reads -----------------------------------------------------------------------------------------------
-def _recv(self: AssociationSocket, nr_bytes: int) -> bytearray:
-    """pynetdicom's ``AssociationSocket.recv``: up to ``nr_bytes`` (fewer only when the peer closed), blocking."""
-    sock = self.socket
-    assert sock is not None
-    buffer = bytearray(nr_bytes)
-    view = memoryview(buffer)
-    nr_read = 0
-    while nr_read < nr_bytes:
-        got = sock.recv_into(view[nr_read:], nr_bytes - nr_read)
-        if not got:  # the connection was closed: what we have so far, as the original
-            view.release()
-            del buffer[nr_read:]
-            return buffer
-        nr_read += got
-    view.release()
-    return buffer
-
-
 def install() -> None:
-    """Replace pynetdicom's polling loops, its socket reads and its message encoding (idempotent). Call through
+    """Replace pynetdicom's polling loops, its PDU reads and its message encoding (idempotent). Call through
     ``router._pynetdicom.install()``, which checks the versions first."""
     global _installed
     if _installed:
@@ -316,7 +296,7 @@ def install() -> None:
     DULServiceProvider.kill_dul = _patched_kill_dul  # type: ignore[method-assign]
     DULServiceProvider.run_reactor = _dul_run_reactor  # type: ignore[method-assign]
     Association._run_reactor = _assoc_run_reactor  # type: ignore[method-assign]
-    AssociationSocket.recv = _recv  # type: ignore[method-assign]
+    reads.install()
     pdata.install()
     command.install()
     _installed = True
