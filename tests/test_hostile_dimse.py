@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 from pydicom.uid import ExplicitVRLittleEndian
+from pynetdicom import AE
 from pynetdicom.dimse_messages import C_ECHO_RQ, C_STORE_RQ
 from pynetdicom.dimse_primitives import C_ECHO, C_STORE
 from pynetdicom.pdu import A_ASSOCIATE_RQ, P_DATA_TF
@@ -319,3 +320,23 @@ def test_router_as_requestor_refuses_a_4gib_answer(tmp_path: Path) -> None:
     assert time.monotonic() - started < 5
     wait_for(lambda: not thread.is_alive(), 10, what="the hostile acceptor to see the connection end")
     assert received and received[0][:1] == b"\x01"
+
+
+def test_sends_to_a_peer_that_stops_reading_are_bounded() -> None:
+    """A peer that stops reading our answers: a plain TCP send that cannot hand the kernel a byte for the network
+    timeout fails (SO_SNDTIMEO), and the connection is closed, instead of holding the DUL thread for ever. (Filling
+    the kernel's send buffer for real takes megabytes of answers on loopback: the option is checked instead.)"""
+    ae = AE(ae_title="ROUTER")
+    ae.add_supported_context(VERIFICATION)
+    ae.network_timeout = 1.5
+    port = free_port()
+    server = ae.start_server(("127.0.0.1", port), block=False)
+    try:
+        with connection(port) as sock:
+            associated(sock)
+            wait_for(lambda: server.active_associations, 5, what="the association")
+            raw = server.active_associations[0].dul.socket.socket
+            seconds, micros = struct.unpack("ll", raw.getsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, 16))
+            assert seconds + micros / 1e6 == pytest.approx(1.5)
+    finally:
+        server.shutdown()
