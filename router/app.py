@@ -85,6 +85,7 @@ class Router:
             self.hl7.handle,
             max_message_bytes=config.hl7.max_message_bytes,
             idle_timeout=config.hl7.idle_timeout,
+            message_timeout=config.hl7.message_timeout,
             max_connections=config.hl7.max_connections,
         )
         self.hl7_port: int | None = None
