@@ -111,6 +111,9 @@ class ForwardSettings(Strict):
 class RouterConfig(Strict):
     ae_title: AETitle = "ROUTER"
     data_dir: Path = Path("var")
+    data_access: Literal["owner", "group"] = Field(
+        "owner", description="who may read data_dir: the router's user (0600/0700), or its group too (0640/0750)"
+    )
     database_url: str | None = None
     rules_dir: Path = Path("rules")
     rules_reload_interval: float = Field(2.0, gt=0)
