@@ -1,6 +1,7 @@
 """Hostile DICOM peers against a live router: malformed PDUs, PDUs out of order, a 4 GiB length, associations that
 stop half-way, a slow drip. Each ends with an A-ABORT or a timeout, costs no memory it did not receive, and the
-router serves another association meanwhile (docs/security.md lists them; router/_pynetdicom/reads.py bounds them).
+router serves another association meanwhile (docs/security.md lists them; ``read_pdu`` in router/_pynetdicom/reactor.py
+bounds them).
 
 The router runs as a process (``router serve``) with short timeouts: ACSE 2 s, network 3 s. The hostile peer is a
 raw socket on loopback.

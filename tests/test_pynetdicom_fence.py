@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-PATCH_MODULES = ["command", "gate", "inline", "pdata", "queues", "reactor", "reads", "responses", "server", "services"]
+PATCH_MODULES = ["command", "gate", "inline", "pdata", "queues", "reactor", "responses", "server", "services"]
 
 # A fingerprint of what the patches replace: the attributes of pynetdicom's patched classes, the module function
 # the retrieve service goes through, and the documented options install() sets.
@@ -89,7 +89,7 @@ def test_importing_router_modules_patches_nothing_install_does() -> None:
                  "DIMSEServiceProvider.send_msg", "P_DATA_TF.encode", "DIMSEMessage.message_to_primitive"):  # fmt: skip
         assert name in on_install["classes"], name
     assert on_install["options"] == ["STORE_SEND_CHUNKED_DATASET"]  # ENFORCE_UID_CONFORMANCE is off already in 3.0
-    assert set(result["loaded"]) >= {"reactor", "reads", "pdata", "command", "inline", "queues"}
+    assert set(result["loaded"]) >= {"reactor", "pdata", "command", "inline", "queues"}
 
 
 def test_install_is_idempotent_and_thread_safe() -> None:
