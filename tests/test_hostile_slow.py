@@ -141,3 +141,22 @@ def test_slow_drip_mllp_client_is_closed(router: RouterProcess, payload: bytes) 
         lasted, answer = drip(sock, payload, 30, lambda: hl7_served(router, f"MEANWHILE{next(served)}"))
     assert answer == b"", "the dripped message was acknowledged: the drip ended before the deadline"
     assert TIMEOUT - 0.5 < lasted < TIMEOUT + 2, f"closed after {lasted:.1f}s, expected about {TIMEOUT}s"
+
+
+def test_the_servers_defaults_are_the_configuration_defaults() -> None:
+    """The timeouts a server built without a configuration uses are the documented defaults."""
+    from router.config import Hl7Listener, HttpListener
+    from router.listeners.http.server import GuardedH11Protocol
+    from router.listeners.mllp import MllpServer
+
+    server = MllpServer("127.0.0.1", 0, lambda raw, peer: b"")
+    assert server.message_timeout == Hl7Listener().message_timeout == 120
+    http = HttpListener()
+    assert (
+        (GuardedH11Protocol.header_timeout, GuardedH11Protocol.body_timeout)
+        == (
+            http.header_timeout,
+            http.body_timeout,
+        )
+        == (30, 60)
+    )
