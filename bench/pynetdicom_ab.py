@@ -95,7 +95,6 @@ def setup(variant: str) -> None:
     from pynetdicom.dsutils import encode
     from pynetdicom.dul import DULServiceProvider
     from pynetdicom.pdu import P_DATA_TF
-    from pynetdicom.transport import AssociationSocket
 
     from router import _pynetdicom
 
@@ -111,7 +110,7 @@ def setup(variant: str) -> None:
         "loops": saved(DULServiceProvider, "__init__", "run_reactor", "send_pdu", "kill_dul")
         | saved(Association, "_run_reactor")
         | saved(DIMSEServiceProvider, "__init__"),
-        "recv": saved(AssociationSocket, "recv"),
+        "recv": saved(DULServiceProvider, "_read_pdu_data"),
         "pdata": saved(DIMSEServiceProvider, "send_msg") | saved(P_DATA_TF, "from_primitive", "encode"),
         "command": saved(DIMSEMessage, "_set_command_group_length", "message_to_primitive"),
     }

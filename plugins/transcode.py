@@ -21,6 +21,7 @@ from router.config import RouterConfig
 from router.hooks.specs import hookimpl
 from router.intake.envelope import Envelope
 from router.intake.stage import Stage, StageContext, StageError
+from router.logs import redact
 from router.transcode import TranscodeError, syntax_name, syntax_uid, target_problems, transcode
 
 log = logging.getLogger(__name__)
@@ -91,7 +92,9 @@ class TranscodeStage:
             if request.on_error == "refuse":
                 raise StageError(f"cannot transcode {route}: {exc}") from exc
             if not ctx.dry_run:
-                log.warning("transcode of %s from %s failed, passed on unchanged: %s", env.sop_instance_uid, route, exc)
+                log.warning(
+                    "transcode of %s from %s failed, passed on unchanged: %s", env.sop_instance_uid, route, redact(exc)
+                )
             verb = "would pass" if ctx.dry_run else "passed"
             return f"transcode: cannot transcode {route} ({exc}); {verb} on unchanged"
         env.replace_payload(data, target, f"transcode: {route}")

@@ -28,8 +28,9 @@ from router.listeners.http.server import WebServer
 from router.listeners.mllp import MllpServer
 from router.mpps.service import MppsService
 from router.rules.live import LiveRules
+from router.store import files
 from router.store.db import make_engine
-from router.store.writelock import shared_between_processes, write_lock_for
+from router.store.writelock import shared_between_processes, sqlite_file, write_lock_for
 from router.worklist.service import WorklistService
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,9 @@ log = logging.getLogger(__name__)
 
 class StartupError(Exception):
     pass
+
+
+DATA_FOLDERS = ("objects", "tmp", "quarantine", "derived", "commitment", "mpps")  # made at start-up
 
 
 class Router:
@@ -52,8 +56,8 @@ class Router:
         problems = peer_problems(self.pm, config)
         if problems:
             raise StartupError(f"{config.source or 'configuration'}: invalid configuration\n" + "\n".join(problems))
-        for sub in ("objects", "tmp", "quarantine", "derived", "commitment", "mpps"):
-            (config.data_dir / sub).mkdir(parents=True, exist_ok=True)
+        files.set_access(config.data_access)  # modes of everything under data_dir (router/store/files.py)
+        files.secure_data_dir(config.data_dir, DATA_FOLDERS, sqlite_file(config.effective_database_url))
         self.engine = make_engine(config.effective_database_url)
         self.rules = LiveRules(config.rules_dir, self.stages, config, self.pm)
         self.write_lock = write_lock_for(config.effective_database_url)  # one writer at a time (SQLite)
@@ -85,6 +89,7 @@ class Router:
             self.hl7.handle,
             max_message_bytes=config.hl7.max_message_bytes,
             idle_timeout=config.hl7.idle_timeout,
+            message_timeout=config.hl7.message_timeout,
             max_connections=config.hl7.max_connections,
         )
         self.hl7_port: int | None = None

@@ -85,7 +85,7 @@ def test_importing_router_modules_patches_nothing_install_does() -> None:
     assert result["loaded_on_import"] == []
     assert result["patched"] is True
     on_install = result["on_install"]
-    for name in ("DULServiceProvider.run_reactor", "Association._run_reactor", "AssociationSocket.recv",
+    for name in ("DULServiceProvider.run_reactor", "Association._run_reactor", "DULServiceProvider._read_pdu_data",
                  "DIMSEServiceProvider.send_msg", "P_DATA_TF.encode", "DIMSEMessage.message_to_primitive"):  # fmt: skip
         assert name in on_install["classes"], name
     assert on_install["options"] == ["STORE_SEND_CHUNKED_DATASET"]  # ENFORCE_UID_CONFORMANCE is off already in 3.0

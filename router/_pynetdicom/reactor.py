@@ -19,8 +19,21 @@ original: a ``send_*()`` call that pauses the reactor while it is between its ch
 DIMSE queue no longer loses the response to it, and one that pauses it while pynetdicom's N-EVENT-REPORT thread
 finishes (which clears the reactor's "paused" flag) no longer waits for ever.
 
-It also makes ``AssociationSocket.recv`` read a PDU straight into one buffer (``recv_into``) instead of in 4 KiB
-pieces appended to a growing bytearray: a 256 KiB PDU took 64 system calls and as many copies.
+The DUL reads each PDU through ``read_pdu`` (pynetdicom's ``_read_pdu_data`` read the claimed length in 4 KiB
+``recv`` calls on a blocking socket, unbounded; the router's first replacement allocated the claimed length up front:
+a header claiming 4 GiB took the process to 4.2 GB and stalled every association, half a PDU held the DUL for ever):
+
+- a PDU may be as long as the association allows: before it is established (an A-ASSOCIATE-RQ/AC/RJ, or anything
+  sent out of order) ``ASSOCIATION_CAP``; once established a P-DATA-TF as long as the maximum PDU length we
+  announced plus its 6-byte header (for peers that count it in), other PDUs ``ASSOCIATION_CAP``. A longer claim, an
+  unknown type or an undecodable PDU gets an A-ABORT (the state machine's Evt19) and nothing more is read: the
+  connection is closed once the A-ABORT is out;
+- one buffer filled with ``recv_into`` (not 4 KiB pieces appended), starting at ``FIRST_READ`` and doubling as the
+  bytes arrive: a claim costs memory only once it is sent;
+- every wait for more bytes lasts at most the ACSE timeout (before the association) or the network timeout (after),
+  and the whole PDU must come within that plus its length at ``MIN_RATE``; else the connection is closed (Evt17);
+- a plain TCP ``send`` that moves no byte for the network timeout fails (``SO_SNDTIMEO``), so a peer that stops
+  reading cannot hold the DUL either (a TLS socket's write is retried by Python's ssl module: not bounded so).
 
 An acceptor's C-STORE requests are served on the DUL thread itself, without either hand-off (``inline``).
 
@@ -37,6 +50,7 @@ import logging
 import queue
 import select
 import socket
+import struct
 import threading
 import time
 from typing import Any
@@ -46,7 +60,6 @@ from pynetdicom.association import Association
 from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu import A_ABORT_RQ
-from pynetdicom.transport import AssociationSocket
 
 from router._pynetdicom import command, pdata
 from router._pynetdicom.inline import SERVING, MessageQueue
@@ -285,27 +298,181 @@ def _assoc_run_reactor(self: Association) -> None:
             return
 
 
-# -- socket reads -----------------------------------------------------------------------------------------------
-def _recv(self: AssociationSocket, nr_bytes: int) -> bytearray:
-    """pynetdicom's ``AssociationSocket.recv``: up to ``nr_bytes`` (fewer only when the peer closed), blocking."""
-    sock = self.socket
-    assert sock is not None
-    buffer = bytearray(nr_bytes)
-    view = memoryview(buffer)
-    nr_read = 0
-    while nr_read < nr_bytes:
-        got = sock.recv_into(view[nr_read:], nr_bytes - nr_read)
-        if not got:  # the connection was closed: what we have so far, as the original
-            view.release()
-            del buffer[nr_read:]
-            return buffer
-        nr_read += got
-    view.release()
+# -- PDU reads --------------------------------------------------------------------------------------------------
+HEADER = struct.Struct(">BxL")  # PDU type, reserved, PDU length (PS3.8 9.3)
+PDU_TYPES = frozenset(range(0x01, 0x08))
+P_DATA_TF = 0x04
+ASSOCIATION_CAP = 1 << 20  # bytes: the longest PDU accepted outside an established association's P-DATA-TF
+FIRST_READ = 64 * 1024  # bytes allocated for a PDU before its bytes arrive (then doubled as they do)
+MIN_RATE = 16 * 1024  # bytes/s: a PDU must arrive within the timeout plus its length at this rate
+ESTABLISHED = frozenset(f"Sta{n}" for n in range(6, 13))  # data transfer and release (PS3.8 table 9-10)
+REFUSED = "_router_refused"  # set on a DUL once it refused a PDU: what follows is not read
+_SEND_TIMEOUT = "_router_send_timeout"
+
+
+class Incomplete(Exception):
+    """The peer closed the connection, or stopped sending, before a whole PDU arrived."""
+
+    def __init__(self, reason: str, got: int) -> None:
+        super().__init__(reason)
+        self.got = got  # bytes of the PDU that did arrive
+
+
+def _peer(dul: DULServiceProvider) -> str:
+    assoc = dul.assoc
+    remote = assoc.acceptor if assoc.is_requestor else assoc.requestor
+    info = remote.address_info
+    return "{}:{}".format(*info.as_tuple) if info is not None else "?"
+
+
+def pdu_limit(dul: DULServiceProvider, pdu_type: int, established: bool) -> int | None:
+    """The longest PDU (its length field) accepted now; None: no limit (we announced no maximum PDU length)."""
+    if pdu_type != P_DATA_TF or not established:
+        return ASSOCIATION_CAP
+    assoc = dul.assoc
+    announced = (assoc.acceptor if assoc.is_acceptor else assoc.requestor).maximum_length
+    return announced + HEADER.size if announced else None
+
+
+def _timeout(dul: DULServiceProvider, established: bool) -> float | None:
+    assoc = dul.assoc
+    return assoc.network_timeout if established else assoc.acse_timeout
+
+
+def _wait_readable(sock: Any, until: float | None) -> bool:
+    """Block until ``sock`` has bytes to read (or was closed): False when ``until`` passed first."""
+    pending = getattr(sock, "pending", None)  # an SSLSocket may hold decrypted bytes select() cannot see
+    if pending is not None and pending():
+        return True
+    while True:
+        remaining = None if until is None else until - time.monotonic()
+        if remaining is not None and remaining <= 0:
+            return False
+        readable, _, _ = select.select([sock], [], [], remaining)
+        if readable:
+            return True
+
+
+def read_exactly(
+    sock: Any, count: int, timeout: float | None, *, prefix: bytes | bytearray = b"", known_readable: bool = False
+) -> bytearray:
+    """``prefix`` followed by ``count`` bytes from ``sock``. Each wait for more lasts at most ``timeout`` s, and all
+    the waits end within ``timeout`` plus ``count`` at ``MIN_RATE``; the buffer grows with what arrives. Bytes
+    already received are taken without a wait (``MSG_DONTWAIT``; a TLS socket is asked whether it holds some).
+    Raises ``Incomplete``, or the socket's OSError."""
+    plain = type(sock) is socket.socket
+    total = len(prefix) + count
+    buffer = bytearray(len(prefix) + min(count, FIRST_READ))
+    buffer[: len(prefix)] = prefix
+    got = len(prefix)
+    deadline: float | None = None
+    while got < total:
+        if got == len(buffer):
+            buffer.extend(bytes(min(len(buffer), total - len(buffer))))
+        n = -1  # nothing read: wait for bytes
+        with memoryview(buffer) as view:
+            if known_readable:
+                n = sock.recv_into(view[got:], len(buffer) - got)
+            elif plain:
+                with contextlib.suppress(BlockingIOError):
+                    n = sock.recv_into(view[got:], len(buffer) - got, socket.MSG_DONTWAIT)
+        known_readable = False
+        if n < 0:
+            now = time.monotonic()
+            if deadline is None and timeout is not None:
+                deadline = now + timeout + count / MIN_RATE
+            until = None if deadline is None or timeout is None else min(deadline, now + timeout)
+            if not _wait_readable(sock, until):
+                raise Incomplete(f"{got - len(prefix)} of {count} bytes came within the timeout", got - len(prefix))
+            known_readable = True
+            continue
+        if not n:
+            raise Incomplete(f"closed after {got - len(prefix)} of {count} bytes", got - len(prefix))
+        got += n
     return buffer
 
 
+def _bound_sends(dul: DULServiceProvider, sock: Any, timeout: float | None) -> None:
+    """Once per connection: a plain TCP send that makes no progress for ``timeout`` s fails (``SO_SNDTIMEO``)."""
+    if timeout is None or dul.__dict__.get(_SEND_TIMEOUT) == timeout or not isinstance(sock, socket.socket):
+        return
+    dul.__dict__[_SEND_TIMEOUT] = timeout
+    if type(sock) is socket.socket:  # an SSLSocket would retry the failed write for ever: left as it is
+        seconds = int(timeout)
+        value = struct.pack("ll", seconds, int((timeout - seconds) * 1_000_000))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, value)
+
+
+def _discard_received(sock: Any) -> None:
+    """Drop what the peer sent after a refused PDU and is already here (up to ``ASSOCIATION_CAP``): closing a socket
+    with unread bytes resets the connection, and the peer's system may then drop our A-ABORT unread."""
+    if type(sock) is not socket.socket:  # TLS: a record may be incomplete; the reset is the peer's risk
+        return
+    dropped = 0
+    with contextlib.suppress(OSError):  # BlockingIOError: nothing more for now
+        while dropped < ASSOCIATION_CAP and (chunk := sock.recv(65536, socket.MSG_DONTWAIT)):
+            dropped += len(chunk)
+
+
+def _refuse(dul: DULServiceProvider, why: str) -> None:
+    """An invalid PDU: the state machine answers it with an A-ABORT (Evt19); what follows is not read (the next read
+    closes the connection), and an acceptor still waiting for its A-ASSOCIATE-RQ stops waiting at once."""
+    log.warning("DICOM connection from %s: %s: aborted", _peer(dul), why)
+    dul.__dict__[REFUSED] = True
+    dul.event_queue.put("Evt19")
+    if dul.assoc.is_acceptor and dul.state_machine.current_state == "Sta2":
+        dul.to_user_queue.put(None)  # read as "no A-ASSOCIATE-RQ in time": the association thread ends
+
+
+def _closed(dul: DULServiceProvider, exc: Exception, began: bool) -> None:
+    """The connection ended or stalled: Evt17 (logged when a PDU had begun, not when the peer closed after one)."""
+    if began:
+        log.warning("DICOM connection from %s: no whole PDU (%s): closed", _peer(dul), exc or type(exc).__name__)
+    dul.event_queue.put("Evt17")
+
+
+def read_pdu(self: DULServiceProvider) -> None:
+    """pynetdicom's ``DULServiceProvider._read_pdu_data``, bounded (see the module's doc): one PDU read and decoded,
+    its event queued (Evt3/4/6/10/12/13/16; Evt17 when the connection ended or stalled; Evt19 when refused)."""
+    assoc_sock = self.socket
+    assert assoc_sock is not None
+    sock = assoc_sock.socket
+    if self.__dict__.get(REFUSED):  # nothing more is read; once our A-ABORT is sent (Sta13), the connection ends
+        if self.state_machine.current_state == "Sta13":
+            _discard_received(sock)
+            assoc_sock.close()  # Evt17
+        return
+    established = self.state_machine.current_state in ESTABLISHED
+    timeout = _timeout(self, established)
+    try:
+        _bound_sends(self, sock, self.assoc.network_timeout)
+        header = read_exactly(sock, HEADER.size, timeout, known_readable=True)
+    except Incomplete as exc:
+        return _closed(self, exc, began=exc.got > 0)
+    except OSError as exc:
+        return _closed(self, exc, began=False)
+    pdu_type, length = HEADER.unpack(header)
+    if pdu_type not in PDU_TYPES:
+        return _refuse(self, f"unknown PDU type 0x{pdu_type:02X}")
+    limit = pdu_limit(self, pdu_type, established)
+    if limit is not None and length > limit:
+        return _refuse(self, f"a PDU of type 0x{pdu_type:02X} claims {length} bytes, more than the {limit} accepted")
+    try:
+        pdu_bytes = read_exactly(sock, length, timeout, prefix=header)
+    except (Incomplete, OSError) as exc:
+        return _closed(self, exc, began=True)
+    try:
+        pdu, event = self._decode_pdu(pdu_bytes)
+    except Exception as exc:  # pynetdicom's decoders raise a variety on malformed PDUs
+        return _refuse(
+            self, f"a PDU of type 0x{pdu_type:02X} ({length} bytes) cannot be decoded ({type(exc).__name__})"
+        )
+    self.event_queue.put(event)
+    self._recv_pdu.put(pdu)
+
+
 def install() -> None:
-    """Replace pynetdicom's polling loops, its socket reads and its message encoding (idempotent). Call through
+    """Replace pynetdicom's polling loops, its PDU reads and its message encoding (idempotent). Call through
     ``router._pynetdicom.install()``, which checks the versions first."""
     global _installed
     if _installed:
@@ -316,7 +483,7 @@ def install() -> None:
     DULServiceProvider.kill_dul = _patched_kill_dul  # type: ignore[method-assign]
     DULServiceProvider.run_reactor = _dul_run_reactor  # type: ignore[method-assign]
     Association._run_reactor = _assoc_run_reactor  # type: ignore[method-assign]
-    AssociationSocket.recv = _recv  # type: ignore[method-assign]
+    DULServiceProvider._read_pdu_data = read_pdu  # type: ignore[method-assign]
     pdata.install()
     command.install()
     _installed = True

@@ -20,6 +20,7 @@ from router.commitment.datasets import Ref, action_information, read_report
 from router.commitment.ledger import CommitLedger
 from router.config import RouterConfig
 from router.hooks.manager import notify
+from router.logs import redact
 from router.scu.association import AssociationFailed, StoreAssociation
 from router.statuses import PROCESSING_FAILURE, UNRECOGNISED_OPERATION, dimse_status, is_success
 from router.store.models import Job
@@ -34,11 +35,11 @@ def handle_report(ledger: CommitLedger, event: evt.Event, remote_ae: str) -> tup
     try:
         info = event.event_information
     except Exception as exc:
-        log.warning("storage commitment report from %s cannot be decoded: %s", remote_ae, exc)
+        log.warning("storage commitment report from %s cannot be decoded: %s", remote_ae, redact(exc))
         return dimse_status(PROCESSING_FAILURE, "cannot decode the Event Information"), None
     status, comment = ledger.apply_report(remote_ae, info)
     if status:
-        log.warning("storage commitment report from %s refused (0x%04X): %s", remote_ae, status, comment)
+        log.warning("storage commitment report from %s refused (0x%04X): %s", remote_ae, status, redact(comment))
     else:
         _announce_report(ledger, event, remote_ae, info)
     return dimse_status(status, comment), None

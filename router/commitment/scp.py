@@ -35,6 +35,7 @@ from router.commitment import REQUEST_COMMITMENT, STORAGE_COMMITMENT, WELL_KNOWN
 from router.commitment.datasets import BadRequest, Ref, event_information, read_action, report_uids, to_bytes
 from router.config import RouterConfig
 from router.hooks.manager import notify
+from router.logs import database_error, redact
 from router.outbox.jobs import JobKind, NewJob, enqueue_one
 from router.statuses import (
     CLASS_INSTANCE_CONFLICT,
@@ -107,10 +108,10 @@ class CommitmentSCP:
         try:
             uid, refs = read_action(event.action_information)
         except BadRequest as exc:
-            log.warning("storage commitment request from %s refused: %s", calling, exc)
+            log.warning("storage commitment request from %s refused: %s", calling, redact(exc))
             return dimse_status(INVALID_ARGUMENT, str(exc)), None
         except Exception as exc:  # the Action Information cannot be decoded
-            log.warning("storage commitment request from %s cannot be decoded: %s", calling, exc)
+            log.warning("storage commitment request from %s cannot be decoded: %s", calling, redact(exc))
             return dimse_status(PROCESSING_FAILURE, "cannot decode the Action Information"), None
         peer = self.config.peer_by_ae(calling)
         dicom = self.config.dicom_peer(peer) if peer is not None else None
@@ -121,7 +122,9 @@ class CommitmentSCP:
             event_type, info = event_information(uid, outcomes, self.config.ae_title)
             job_id = self._queue(peer, uid, info, due_now=gate is None) if peer is not None else None
         except (SQLAlchemyError, OSError) as exc:
-            log.error("storage commitment request %s from %s cannot be processed now: %s", uid, calling, exc)
+            log.error(
+                "storage commitment request %s from %s cannot be processed now: %s", uid, calling, database_error(exc)
+            )
             return dimse_status(PROCESSING_FAILURE, "cannot check or record the request now"), None
         failed = sum(1 for _ref, reason in outcomes if reason is not None)
         address = f"{event.assoc.requestor.address}:{event.assoc.requestor.port}"

@@ -68,6 +68,9 @@ class Hl7Listener(Strict):
     port: Port = 2575
     max_message_bytes: int = Field(1_048_576, ge=1024, description="a larger message closes its connection")
     idle_timeout: float = Field(300.0, gt=0, description="close a connection idle this long, seconds")
+    message_timeout: float = Field(
+        120.0, gt=0, description="close a connection whose message has not ended this long after it began, seconds"
+    )
     max_connections: int = Field(64, ge=1, description="simultaneous MLLP connections; more are closed at once")
     accepted_processing_ids: list[Literal["P", "T", "D"]] = Field(["P"], min_length=1, description="MSH-11 accepted")
     assigning_authorities: dict[str, AssigningAuthority] = Field(default_factory=dict)
@@ -85,6 +88,10 @@ class HttpListener(Strict):
     auth: HttpAuth = HttpAuth()
     tls: HttpTls | None = None
     max_upload_bytes: int = Field(4 * 1024**3, ge=1024, description="a larger STOW-RS request is answered 413")
+    header_timeout: float = Field(
+        30.0, gt=0, description="a request's headers must be in this long after the connection or the last response"
+    )
+    body_timeout: float = Field(60.0, gt=0, description="the longest pause in a request body, seconds")
 
     @model_validator(mode="after")
     def _protected_off_loopback(self) -> HttpListener:
@@ -120,6 +127,9 @@ class ForwardSettings(Strict):
 class RouterConfig(Strict):
     ae_title: AETitle = "ROUTER"
     data_dir: Path = Path("var")
+    data_access: Literal["owner", "group"] = Field(
+        "owner", description="who may read data_dir: the router's user (0600/0700), or its group too (0640/0750)"
+    )
     database_url: str | None = None
     rules_dir: Path = Path("rules")
     rules_reload_interval: float = Field(2.0, gt=0)

@@ -43,6 +43,7 @@ from router.forward.workers import make_forwarder
 from router.hooks.manager import build_plugin_manager, notify
 from router.intake.envelope import read_values_as_they_came
 from router.logs import configure_logging
+from router.store import files
 from router.store.db import make_engine
 from router.store.writelock import write_lock_for
 
@@ -211,6 +212,7 @@ def _wakes(fd: int) -> Iterator[set[str] | None]:
 
 def run(config: RouterConfig, wake_fd: int, ready_fd: int) -> None:
     _pynetdicom.install()  # before any association: pynetdicom configured and patched
+    files.set_access(config.data_access)  # the modes of the files it writes under data_dir
     read_values_as_they_came()
     pm = build_plugin_manager(config)
     engine = make_engine(config.effective_database_url)

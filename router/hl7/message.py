@@ -322,7 +322,8 @@ def _hl7apy_message(segments: list[str], header: Hl7Header) -> Any:
         reason = f"version {header.version} is not supported by the parser"
         raise Hl7Error("AR", 203, reason, location=("MSH", 1, 12), partial=header) from None
     except HL7apyException as exc:
-        raise Hl7Error("AE", 102, f"cannot parse the message: {exc}", partial=header) from None
+        # quoted: the parser's text may hold a field's value, which a log line then leaves out (router.logs.redact)
+        raise Hl7Error("AE", 102, f"cannot parse the message: {str(exc)!r}", partial=header) from None
 
 
 def _check_header(

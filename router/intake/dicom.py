@@ -37,6 +37,7 @@ from router.intake.base import Intake, IntakeContext
 from router.intake.envelope import UNLIMITED, Envelope, Source, sha256
 from router.intake.pipeline import PipelineResult
 from router.intake.stage import PlannedForward, StageError
+from router.logs import database_error, redact
 from router.outbox.jobs import JobKind, NewJob, enqueue
 from router.outbox.orphans import drop_if_orphaned
 from router.statuses import StoreOutcome, c_store_status
@@ -179,7 +180,7 @@ class Ingestor(Intake):
             with self.engine.connect() as conn:
                 existing = find_instance(conn, sop_uid)
         except SQLAlchemyError as exc:
-            return self._refuse(env, StoreOutcome.OUT_OF_RESOURCES, f"database unavailable: {exc}")
+            return self._refuse(env, StoreOutcome.OUT_OF_RESOURCES, f"database unavailable: {database_error(exc)}")
         verdict = self._duplicate_verdict(existing.sha256 if existing else None, digest)
         if verdict is not None:
             return self._finish_duplicate(env, verdict)
@@ -211,7 +212,7 @@ class Ingestor(Intake):
             return self._refuse(env, StoreOutcome.OUT_OF_RESOURCES, f"cannot write: {exc}")
         except SQLAlchemyError as exc:
             self.discard(written)
-            return self._refuse(env, StoreOutcome.OUT_OF_RESOURCES, f"database failure: {exc}")
+            return self._refuse(env, StoreOutcome.OUT_OF_RESOURCES, f"database failure: {database_error(exc)}")
         except Exception as exc:
             self.discard(written)
             log.exception("storing %s failed", env.sop_instance_uid)
@@ -333,7 +334,7 @@ class Ingestor(Intake):
             "refused %s from %s: %s (0x%04X)",
             result.sop_instance_uid,
             env.source.calling_ae,
-            reason,
+            redact(reason),
             result.status,
         )
         notify(
@@ -363,24 +364,23 @@ class Ingestor(Intake):
             f"{utcnow():%Y%m%dT%H%M%S}-{files.safe_component(source.calling_ae or source.protocol)}-"
             f"{uuid.uuid4().hex[:8]}"
         )
+        # A decoder's error may quote the object's values: the log line says what kind of refusal it is, the whole
+        # reason goes to the sender's Error Comment and the quarantine's .txt file (readable by the router only).
+        logged = "cannot decode" if outcome == StoreOutcome.UNPARSEABLE else redact(reason)
         try:
             tmp = early.take() or files.write_temp(self.tmp_dir, raw)  # the bytes as received: already written
             files.commit_file(tmp, self.quarantine_dir / f"{name}.dcm")
-            (self.quarantine_dir / f"{name}.txt").write_text(
+            files.write_private(
+                self.quarantine_dir / f"{name}.txt",
                 f"reason: {reason}\ncalling_ae: {source.calling_ae}\ncalled_ae: {source.called_ae}\n"
-                f"address: {source.address}\nprotocol: {source.protocol}\nsop_instance_uid: {sop_uid}\n",
-                encoding="utf-8",
+                f"address: {source.address}\nprotocol: {source.protocol}\nsop_instance_uid: {sop_uid}\n".encode(),
             )
         except OSError as exc:
             outcome, reason = StoreOutcome.OUT_OF_RESOURCES, f"{reason}; quarantine failed: {exc}"
+            logged += f"; quarantine failed: {exc}"
         result = IngestResult(outcome, sop_uid, reason)
-        log.warning(
-            "refused object from %s into quarantine %s: %s (0x%04X)",
-            source.calling_ae,
-            name,
-            reason,
-            result.status,
-        )
+        log.warning("refused object from %s into quarantine %s: %s (0x%04X)", source.calling_ae, name, logged,
+                    result.status)  # fmt: skip
         notify(
             self.pm,
             "router_instance_refused",

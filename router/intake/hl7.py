@@ -43,6 +43,7 @@ from router.intake.base import Intake, IntakeContext
 from router.intake.envelope import Envelope, Source
 from router.intake.resends import queue_patient_resends
 from router.intake.stage import PlannedForward, StageError
+from router.logs import database_error, redact
 from router.outbox.jobs import HL7_STREAM, JobKind, NewJob, enqueue
 from router.store.models import utcnow
 from router.store.tables import HL7_LOG as LOG
@@ -88,7 +89,7 @@ class Hl7Intake(Intake):
         try:
             msg = parse_message(raw, accepted_processing_ids=self.config.hl7.accepted_processing_ids)
         except Hl7Error as exc:
-            log.warning("HL7 from %s refused: %s", peer_address, exc)
+            log.warning("HL7 from %s refused: %s", peer_address, redact(exc))
             notify(self.pm, "router_hl7_acknowledged", **_about(exc.partial, peer_address), ack_code=exc.ack_code,
                    error=str(exc))  # fmt: skip
             return build_ack(exc.partial, exc.ack_code, [exc])
@@ -96,12 +97,12 @@ class Hl7Intake(Intake):
         try:
             ack = self._handle(msg, peer_address)
         except Hl7Error as exc:
-            log.warning("HL7 %s %s from %s: %s", msg.message_type, msg.control_id, peer_address, exc)
+            log.warning("HL7 %s %s from %s: %s", msg.message_type, msg.control_id, peer_address, redact(exc))
             notify(self.pm, "router_hl7_acknowledged", **_about(msg, peer_address), ack_code=exc.ack_code,
                    error=str(exc))  # fmt: skip
             return build_ack(msg, exc.ack_code, [exc])
         except (SQLAlchemyError, OSError) as exc:
-            log.error("HL7 %s %s cannot be processed now: %s", msg.message_type, msg.control_id, exc)
+            log.error("HL7 %s %s cannot be processed now: %s", msg.message_type, msg.control_id, database_error(exc))
             err = Hl7Error("AR", INTERNAL_ERROR, "the router cannot store this message now; send it again")
             notify(self.pm, "router_hl7_acknowledged", **_about(msg, peer_address), ack_code="AR", error=str(err))
             return build_ack(msg, "AR", [err])

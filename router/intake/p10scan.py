@@ -31,6 +31,7 @@ UNDEFINED_LENGTH = 0xFFFFFFFF
 PIXEL_DATA = 0x7FE00010
 _ITEM, _ITEM_DELIMITER, _SEQUENCE_DELIMITER = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
 _PREAMBLE = 128
+MAX_NESTING = 64  # sequences within sequences the scan walks; deeper ones are pydicom's (it refuses them, deep enough)
 TRANSFER_SYNTAX_UID = 0x00020010
 IMPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2"
 EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1"
@@ -81,6 +82,7 @@ def _data_set(
     in_item: bool,
     delimited: bool = False,
     group_only: int | None = None,
+    depth: int = 0,
 ) -> int:
     """Walk one data set's elements from ``pos``: the object's (``found`` collects its elements), or an item's, up
     to ``end`` (a defined-length item's end, or the object's) or, when ``delimited``, to its Item Delimitation
@@ -124,7 +126,7 @@ def _data_set(
         elif tag == PIXEL_DATA and not in_item:
             pos = _items(raw, start, enc, fragments=True)
         elif vr is None or vr == b"SQ":
-            pos = _items(raw, start, enc)
+            pos = _items(raw, start, enc, depth=depth + 1)
         else:
             raise Unsure(f"({group:04X},{element:04X}) {vr!r} of undefined length")
         if found is not None:
@@ -134,9 +136,11 @@ def _data_set(
     return pos
 
 
-def _items(raw: bytes, pos: int, enc: _Encoding, fragments: bool = False) -> int:
+def _items(raw: bytes, pos: int, enc: _Encoding, fragments: bool = False, depth: int = 0) -> int:
     """An undefined-length sequence (or, with ``fragments``, encapsulated Pixel Data) from its first item: the
-    position after its Sequence Delimitation Item."""
+    position after its Sequence Delimitation Item. ``depth``: sequences it is nested in (itself included)."""
+    if depth > MAX_NESTING:
+        raise Unsure(f"sequences nested more than {MAX_NESTING} deep")
     end = len(raw)
     while end - pos >= 8:
         group, element, length = enc.tag_len.unpack_from(raw, pos)
@@ -155,12 +159,12 @@ def _items(raw: bytes, pos: int, enc: _Encoding, fragments: bool = False) -> int
         if tag != _ITEM:
             raise Unsure(f"({group:04X},{element:04X}) where an item belongs")
         if length == UNDEFINED_LENGTH:
-            pos = _data_set(raw, pos + 8, end, enc, None, in_item=True, delimited=True)
+            pos = _data_set(raw, pos + 8, end, enc, None, in_item=True, delimited=True, depth=depth)
             continue
         item_end = pos + 8 + length
         if item_end > end:
             raise InvalidDicomError(f"a sequence item is truncated: {end - pos - 8} of {length} bytes")
-        if _data_set(raw, pos + 8, item_end, enc, None, in_item=True) != item_end:
+        if _data_set(raw, pos + 8, item_end, enc, None, in_item=True, depth=depth) != item_end:
             raise Unsure("bytes left over at the end of an item")
         pos = item_end
     if fragments:

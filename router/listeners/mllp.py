@@ -12,7 +12,7 @@ import contextlib
 import logging
 import socket
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -37,8 +37,71 @@ class MllpStats:
     discarded_bytes: int = 0  # outside a frame, or of a frame restarted by a new VT
     oversized: int = 0  # connections closed because a message exceeded max_message_bytes
     idle_closed: int = 0  # connections closed after idle_timeout without data
+    slow_closed: int = 0  # connections closed because a message took longer than message_timeout to arrive
     incomplete: int = 0  # connections that ended in the middle of a frame
     max_buffered: int = 0  # largest message buffer held, bytes (never above max_message_bytes)
+
+
+class MessageTooLarge(Exception):
+    """A message passed ``max_message_bytes`` before its end block."""
+
+
+class Deframer:
+    """MLLP framing of one connection's byte stream (``VT message FS``, the CR after FS optional): ``feed`` a chunk as
+    it was read and get the complete messages in it, as they complete. Bytes outside a frame, and a frame restarted
+    by a new VT before its end, are discarded (counted in ``discarded`` until ``take_discarded``). The buffer never
+    holds more than ``max_message_bytes``: ``feed`` raises ``MessageTooLarge`` as soon as a message passes it."""
+
+    def __init__(self, max_message_bytes: int) -> None:
+        self.max_message_bytes = max_message_bytes
+        self.buf = bytearray()
+        self.inside = False  # between a VT and its FS
+        self.skip_cr = False  # an FS was the last byte seen: a CR right after it belongs to the frame
+        self.discarded = 0
+        self.max_buffered = 0
+
+    def take_discarded(self) -> int:
+        count, self.discarded = self.discarded, 0
+        return count
+
+    def feed(self, chunk: bytes) -> Iterator[bytes]:
+        pos = 0
+        while pos < len(chunk):
+            if self.skip_cr:
+                self.skip_cr = False
+                if chunk[pos] == CR:
+                    pos += 1
+                    continue
+            if not self.inside:
+                vt = chunk.find(VT, pos)
+                self.discarded += (vt if vt >= 0 else len(chunk)) - pos
+                if vt < 0:
+                    return
+                self.inside, pos = True, vt + 1
+                continue
+            fs = chunk.find(FS, pos)
+            end = fs if fs >= 0 else len(chunk)
+            restart = chunk.find(VT, pos, end)
+            if restart >= 0:  # a new frame began before this one ended: the sender gave up on it
+                self.discarded += len(self.buf) + restart - pos
+                self.buf.clear()
+                pos = restart + 1
+                continue
+            if len(self.buf) + end - pos > self.max_message_bytes:
+                raise MessageTooLarge(f"a message exceeds {self.max_message_bytes} bytes")
+            self.buf += chunk[pos:end]
+            self.max_buffered = max(self.max_buffered, len(self.buf))
+            if fs < 0:
+                return
+            self.inside, self.skip_cr, pos = False, True, fs + 1
+            message = bytes(self.buf)
+            self.buf.clear()
+            yield message
+
+    @property
+    def pending(self) -> int:
+        """Bytes of a message begun and not ended (0 between messages)."""
+        return len(self.buf) + int(self.inside)
 
 
 class MllpServer:
@@ -48,8 +111,10 @@ class MllpServer:
     connection and waits for running handlers. A handler exception is logged and answered with an AR ACK
     (error 207) when the message's MSH can be read, else the connection is closed; the server keeps serving.
     A message longer than ``max_message_bytes`` closes its connection as soon as the limit is passed (the
-    buffer never grows beyond it); so does ``idle_timeout`` seconds without data. A connection over
-    ``max_connections`` is closed at once. A connection lost mid-message loses only that unacknowledged message.
+    buffer never grows beyond it); so does ``idle_timeout`` seconds without data, and a message that has not ended
+    ``message_timeout`` seconds after the first byte that followed the previous one (a slow drip, or bytes outside
+    any frame, cannot hold a connection either). A connection over ``max_connections`` is closed at once. A
+    connection lost mid-message loses only that unacknowledged message.
     """
 
     def __init__(
@@ -60,12 +125,14 @@ class MllpServer:
         *,
         max_message_bytes: int = 1_048_576,
         idle_timeout: float = 300.0,
+        message_timeout: float = 120.0,
         max_connections: int = 64,
         handler_threads: int = 4,
     ) -> None:
         self.host, self.port, self.handler = host, port, handler
         self.max_message_bytes = max_message_bytes
         self.idle_timeout = idle_timeout
+        self.message_timeout = message_timeout
         self.max_connections = max_connections
         self.handler_threads = handler_threads
         self.stats = MllpStats()
@@ -167,68 +234,60 @@ class MllpServer:
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
 
-    async def _converse(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: str) -> None:
-        buf = bytearray()
-        inside = skip_cr = False
-        while True:
-            try:
-                async with asyncio.timeout(self.idle_timeout):  # not wait_for: it can swallow a cancellation
-                    chunk = await reader.read(READ_CHUNK)
-            except TimeoutError:
+    async def _read(self, reader: asyncio.StreamReader, deadline: float | None, peer: str) -> bytes | None:
+        """The next chunk ("" at the end of the stream); None when the connection must close: idle for
+        ``idle_timeout``, or ``deadline`` (the message's, on the loop's clock) passed."""
+        loop = asyncio.get_running_loop()
+        wait = self.idle_timeout if deadline is None else min(self.idle_timeout, deadline - loop.time())
+        try:
+            async with asyncio.timeout(max(wait, 0)):  # not wait_for: it can swallow a cancellation
+                return await reader.read(READ_CHUNK)
+        except TimeoutError:
+            if deadline is not None and loop.time() >= deadline:
+                self.stats.slow_closed += 1
+                log.warning("MLLP connection from %s: no whole message within %ss: closed", peer, self.message_timeout)
+            else:
                 self.stats.idle_closed += 1
                 log.info("MLLP connection from %s idle for %ss: closed", peer, self.idle_timeout)
+            return None
+
+    async def _converse(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: str) -> None:
+        frames = Deframer(self.max_message_bytes)
+        loop = asyncio.get_running_loop()
+        deadline: float | None = None  # the current message must end by then (set by its first byte)
+        while True:
+            chunk = await self._read(reader, deadline, peer)
+            if chunk is None:
                 return
             if not chunk:
-                if inside:
+                if frames.inside:
                     self.stats.incomplete += 1
-                    log.warning("MLLP connection from %s closed mid-message (%d bytes dropped)", peer, len(buf))
+                    log.warning("MLLP connection from %s closed mid-message (%d bytes dropped)", peer, len(frames.buf))
                 return
-            pos, discarded = 0, 0
-            while pos < len(chunk):
-                if skip_cr:
-                    skip_cr = False
-                    if chunk[pos] == CR:
-                        pos += 1
-                        continue
-                if not inside:
-                    vt = chunk.find(VT, pos)
-                    discarded += (vt if vt >= 0 else len(chunk)) - pos
-                    if vt < 0:
-                        break
-                    inside, pos = True, vt + 1
-                    continue
-                fs = chunk.find(FS, pos)
-                end = fs if fs >= 0 else len(chunk)
-                restart = chunk.find(VT, pos, end)
-                if restart >= 0:  # a new frame began before this one ended: the sender gave up on it
-                    discarded += len(buf) + restart - pos
-                    buf.clear()
-                    pos = restart + 1
-                    continue
-                if len(buf) + end - pos > self.max_message_bytes:
-                    self.stats.oversized += 1
-                    limit = self.max_message_bytes
-                    log.warning("MLLP message from %s exceeds %d bytes: connection closed", peer, limit)
-                    return
-                buf += chunk[pos:end]
-                self.stats.max_buffered = max(self.stats.max_buffered, len(buf))
-                if fs < 0:
-                    break
-                inside, skip_cr, pos = False, True, fs + 1
-                if discarded:
-                    self._discarded(peer, discarded)
-                    discarded = 0
-                reply = await self._handle(bytes(buf), peer)
-                buf.clear()
-                if reply is None:
-                    return
-                writer.write(frame(reply))
-                async with asyncio.timeout(self.idle_timeout):
-                    await writer.drain()
-            if discarded:
-                self._discarded(peer, discarded)
+            if deadline is None:
+                deadline = loop.time() + self.message_timeout
+            try:
+                for message in frames.feed(chunk):
+                    self.stats.max_buffered = max(self.stats.max_buffered, frames.max_buffered)
+                    self._discarded(peer, frames.take_discarded())
+                    reply = await self._handle(message, peer)
+                    if reply is None:
+                        return
+                    writer.write(frame(reply))
+                    async with asyncio.timeout(self.idle_timeout):
+                        await writer.drain()
+                    deadline = loop.time() + self.message_timeout if frames.pending else None
+            except MessageTooLarge:
+                self.stats.oversized += 1
+                limit = self.max_message_bytes
+                log.warning("MLLP message from %s exceeds %d bytes: connection closed", peer, limit)
+                return
+            self.stats.max_buffered = max(self.stats.max_buffered, frames.max_buffered)
+            self._discarded(peer, frames.take_discarded())
 
     def _discarded(self, peer: str, count: int) -> None:
+        if not count:
+            return
         self.stats.discarded_bytes += count
         log.warning("MLLP connection from %s: %d bytes outside a frame discarded", peer, count)
 

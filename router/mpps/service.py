@@ -29,6 +29,7 @@ from router.intake.base import Intake
 from router.intake.envelope import Envelope, Source
 from router.intake.pipeline import PipelineResult
 from router.intake.stage import StageError
+from router.logs import database_error, redact
 from router.mpps import FINAL, MPPS, MppsMessage
 from router.mpps.attributes import Refusal, apply_set, check_create, check_set, text
 from router.mpps.images import with_received_images
@@ -72,20 +73,22 @@ class MppsService(Intake):
         try:
             ds = event.attribute_list if operation == "N-CREATE" else event.modification_list
         except Exception as exc:
-            log.warning("MPPS %s %s from %s cannot be decoded: %s", operation, uid, source.calling_ae, exc)
+            log.warning("MPPS %s %s from %s cannot be decoded: %s", operation, uid, source.calling_ae, redact(exc))
             return dimse_status(PROCESSING_FAILURE, "cannot decode the dataset"), None
         try:
             outcome = apply(ds, source)
         except Refused as exc:
             r = exc.refusal
             log.warning("MPPS %s %s from %s refused (0x%04X): %s", operation, uid, source.calling_ae, r.status,
-                        r.comment)  # fmt: skip
+                        redact(r.comment))  # fmt: skip
             return dimse_status(r.status, r.comment, r.error_id), None
         except StageError as exc:
-            log.warning("MPPS %s %s from %s: %s", operation, uid, source.calling_ae, exc)
+            log.warning("MPPS %s %s from %s: %s", operation, uid, source.calling_ae, redact(exc))
             return dimse_status(PROCESSING_FAILURE, "a rule stage failed"), None
         except (SQLAlchemyError, OSError) as exc:
-            log.error("MPPS %s %s from %s cannot be stored now: %s", operation, uid, source.calling_ae, exc)
+            log.error(
+                "MPPS %s %s from %s cannot be stored now: %s", operation, uid, source.calling_ae, database_error(exc)
+            )
             return dimse_status(PROCESSING_FAILURE, "cannot store the step now"), None
         log.info("MPPS %s %s from %s: %s", operation, uid, source.calling_ae, outcome)
         return dimse_status(0x0000), None

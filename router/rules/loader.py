@@ -1,4 +1,10 @@
-"""Reading rule files: YAML in ``rules_dir``, in file-name order, every problem reported as ``file:line: msg``."""
+"""Reading rule files: YAML in ``rules_dir``, in file-name order, every problem reported as ``file:line: msg``.
+
+Whatever a file holds, loading it ends with rules or problems, never an exception, in bounded time and memory: a
+file nested deeper than ``MAX_DEPTH``, or whose YAML aliases expand to more than ``MAX_VALUES`` values (the
+"billion laughs": nine lists of nine references to the one before are 387 million values to walk), is refused
+before any rule is read, and a rule that cannot be read is a problem of its own.
+"""
 
 from __future__ import annotations
 
@@ -20,6 +26,8 @@ RULE_KEYS = {"name", "when", "then", "stop", "description"}
 WHEN_KEYS = {"kind", "calling_ae", "called_ae", "sop_class", "message", "tags"}
 KINDS = {"dicom", "hl7", "mpps"}
 MAX_NAME = 128  # the outbox records the rule that made each job
+MAX_DEPTH = 64  # nested lists and mappings in a rule file (a rule needs fewer than ten)
+MAX_VALUES = 100_000  # values in a rule file once its YAML aliases are expanded
 _TAG_RE = re.compile(r"^\(?([0-9A-Fa-f]{4}),?([0-9A-Fa-f]{4})\)?$")
 
 
@@ -138,7 +146,8 @@ def _stage_calls(
 
 def _rules_in_file(path: Path, stages: Mapping[str, Stage], config: RouterConfig, problems: _Problems) -> list[Rule]:
     try:
-        root = yaml.compose(path.read_text(encoding="utf-8"), Loader=yaml.SafeLoader)
+        text = path.read_text(encoding="utf-8")
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.MarkedYAMLError as exc:
         line = exc.problem_mark.line + 1 if exc.problem_mark else 1
         problems.append(f"{path}:{line}: not valid YAML: {exc.problem}")
@@ -146,39 +155,92 @@ def _rules_in_file(path: Path, stages: Mapping[str, Stage], config: RouterConfig
     except (OSError, UnicodeDecodeError) as exc:
         problems.append(f"{path}:1: cannot read: {exc}")
         return []
+    except yaml.reader.ReaderError as exc:  # a character YAML does not allow (control characters...)
+        line = text[: exc.position].count("\n") + 1
+        char = f"#x{exc.character:04x}" if isinstance(exc.character, int) else repr(exc.character)
+        problems.append(f"{path}:{line}: not valid YAML: character {char} is not allowed")
+        return []
+    except RecursionError:
+        problems.append(f"{path}:1: not valid YAML: nested too deeply")
+        return []
     if root is None:
+        return []
+    too_big = _too_big(root)
+    if too_big:
+        problems.add(path, root, too_big)
         return []
     if not isinstance(root, yaml.SequenceNode):
         problems.add(path, root, "a rule file is a list of rules")
         return []
     rules = []
     for rnode in root.value:
-        entries = _mapping(rnode)
-        if entries is None:
-            problems.add(path, rnode, "a rule is a mapping with name, when and then")
+        try:
+            rule = _rule(path, rnode, stages, config, problems)
+        except Exception as exc:  # whatever a value holds, it is this rule's problem, not the loader's end
+            problems.add(path, rnode, f"this rule cannot be read ({type(exc).__name__})")
             continue
-        fields = {key: (knode, vnode) for key, knode, vnode in entries}
-        for key, (knode, _v) in fields.items():
-            if key not in RULE_KEYS:
-                problems.add(path, knode, f"unknown rule key {key!r} (expected {sorted(RULE_KEYS)})")
-        name = _value(fields["name"][1]) if "name" in fields else None
-        if not isinstance(name, str) or not name.strip():
-            problems.add(path, rnode, "a rule needs a 'name'")
-            continue
-        if len(name) > MAX_NAME:
-            problems.add(path, fields["name"][1], f"a rule name has at most {MAX_NAME} characters")
-        when = _condition(path, fields["when"][1], problems) if "when" in fields else Condition()
-        if "then" not in fields:
-            problems.add(path, rnode, f"rule {name!r} needs a 'then' list")
-            continue
-        then = _stage_calls(path, fields["then"][1], stages, config, problems)
-        stop = _value(fields["stop"][1]) if "stop" in fields else False
-        if not isinstance(stop, bool):
-            problems.add(path, fields["stop"][1], "'stop' must be true or false")
-            stop = False
-        where = f"{path.name}:{rnode.start_mark.line + 1}"
-        rules.append(Rule(name=name, when=when, then=then, stop=stop, where=where))
+        if rule is not None:
+            rules.append(rule)
     return rules
+
+
+def _too_big(root: yaml.Node) -> str:
+    """Why a file's node graph is refused ("" when it is not): deeper than MAX_DEPTH, or more than MAX_VALUES values
+    once aliases (shared nodes) are counted every time they are used. Iterative: no recursion to exhaust."""
+    expanded: dict[int, int] = {}  # id(node) -> values under it, aliases expanded
+    stack: list[tuple[yaml.Node, int, bool]] = [(root, 1, False)]
+    while stack:
+        node, depth, children_done = stack.pop()
+        if depth > MAX_DEPTH:
+            return f"nested deeper than {MAX_DEPTH} levels"
+        children = _children(node)
+        if children_done or not children:
+            expanded[id(node)] = 1 + sum(expanded[id(c)] for c in children)
+            if expanded[id(node)] > MAX_VALUES:
+                return f"more than {MAX_VALUES} values once its YAML aliases are expanded"
+            continue
+        stack.append((node, depth, True))
+        stack.extend((c, depth + 1, False) for c in children if id(c) not in expanded)
+    return ""
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    if isinstance(node, yaml.MappingNode):
+        return [n for pair in node.value for n in pair]
+    return []
+
+
+def _rule(
+    path: Path, rnode: yaml.Node, stages: Mapping[str, Stage], config: RouterConfig, problems: _Problems
+) -> Rule | None:
+    """One rule of a file, or None (its problems added)."""
+    entries = _mapping(rnode)
+    if entries is None:
+        problems.add(path, rnode, "a rule is a mapping with name, when and then")
+        return None
+    fields = {key: (knode, vnode) for key, knode, vnode in entries}
+    for key, (knode, _v) in fields.items():
+        if key not in RULE_KEYS:
+            problems.add(path, knode, f"unknown rule key {key!r} (expected {sorted(RULE_KEYS)})")
+    name = _value(fields["name"][1]) if "name" in fields else None
+    if not isinstance(name, str) or not name.strip():
+        problems.add(path, rnode, "a rule needs a 'name'")
+        return None
+    if len(name) > MAX_NAME:
+        problems.add(path, fields["name"][1], f"a rule name has at most {MAX_NAME} characters")
+    when = _condition(path, fields["when"][1], problems) if "when" in fields else Condition()
+    if "then" not in fields:
+        problems.add(path, rnode, f"rule {name!r} needs a 'then' list")
+        return None
+    then = _stage_calls(path, fields["then"][1], stages, config, problems)
+    stop = _value(fields["stop"][1]) if "stop" in fields else False
+    if not isinstance(stop, bool):
+        problems.add(path, fields["stop"][1], "'stop' must be true or false")
+        stop = False
+    where = f"{path.name}:{rnode.start_mark.line + 1}"
+    return Rule(name=name, when=when, then=then, stop=stop, where=where)
 
 
 def rule_files(rules_dir: Path) -> list[Path]:

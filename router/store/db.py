@@ -17,7 +17,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from sqlmodel import SQLModel, create_engine
 
-from router.store import models  # noqa: F401  (registers the tables)
+from router.store import files, models  # noqa: F401  (models registers the tables)
 from router.store.writelock import sqlite_file
 
 
@@ -53,13 +53,18 @@ def make_engine(url: str, durable: bool = True) -> Engine:
             )
         db = sqlite_file(url)
         if db is not None:
-            db.parent.mkdir(parents=True, exist_ok=True)
+            files.make_dirs(db.parent)
+            files.create_private(db)  # SQLite would create it 0644; its WAL and shm files take the database's mode
         engine = create_engine(
-            url, connect_args={"check_same_thread": False, "timeout": 30}, pool_size=8, max_overflow=8
+            url,
+            connect_args={"check_same_thread": False, "timeout": 30},
+            pool_size=8,
+            max_overflow=8,
+            hide_parameters=True,  # an error's text names the statement, never its values (patient data)
         )
         event.listen(engine, "connect", _sqlite_pragmas if durable else _sqlite_bookkeeping_pragmas)
     else:
-        engine = create_engine(url, pool_pre_ping=True, pool_size=8, max_overflow=8)
+        engine = create_engine(url, pool_pre_ping=True, pool_size=8, max_overflow=8, hide_parameters=True)
         if not durable:
             event.listen(engine, "connect", _postgres_bookkeeping)
     SQLModel.metadata.create_all(engine)

@@ -1,18 +1,95 @@
-"""Object files: written once, via a temp file, fsynced, renamed atomically, directory fsynced."""
+"""Object files: written once, via a temp file, fsynced, renamed atomically, directory fsynced.
+
+Everything the router writes under ``data_dir`` may hold patient data (objects, HL7 messages, quarantined bytes and
+their reasons, dead letters' payloads, the SQLite database): files are created with ``FILE_MODE`` and folders with
+``DIR_MODE``, readable by the router's user only (``data_access: owner``, 0600 and 0700), or by its group too
+(``group``, 0640 and 0750) for a backup or operator account in that group. The process's umask can only take more
+away. ``secure_data_dir`` sets ``data_dir`` and its top folders to ``DIR_MODE`` at start-up (what an older version
+or an operator left wider is then out of other users' reach) and the SQLite database file to ``FILE_MODE``.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
+import stat
 import time
+from collections.abc import Iterable
 from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+ACCESS_MODES = {"owner": (0o600, 0o700), "group": (0o640, 0o750)}  # data_access -> (file mode, folder mode)
+FILE_MODE, DIR_MODE = ACCESS_MODES["owner"]
 
 _SAFE = re.compile(r"[^0-9A-Za-z._-]")
 # Synchronous writes: ``write`` returns once the data and the metadata needed to read it back (size, blocks) are on
 # disk, as with fdatasync(). One system call instead of two, so a writing thread gives up and takes back the GIL
 # once less per file.
 _O_DSYNC = getattr(os, "O_DSYNC", 0)
+
+
+def set_access(access: str) -> None:
+    """The modes of what this process writes from now on (``data_access``: "owner" or "group")."""
+    global FILE_MODE, DIR_MODE
+    FILE_MODE, DIR_MODE = ACCESS_MODES[access]
+
+
+def make_dirs(path: Path) -> None:
+    """``path`` and its missing parents, each with ``DIR_MODE`` (``mkdir(parents=True)`` gives the parents the
+    umask's default instead)."""
+    missing = []
+    while not path.is_dir():
+        missing.append(path)
+        path = path.parent
+    for folder in reversed(missing):
+        with contextlib.suppress(FileExistsError):
+            folder.mkdir(DIR_MODE)
+
+
+def write_private(path: Path, data: bytes) -> None:
+    """A small file (a quarantine reason) written at once with ``FILE_MODE``, replacing any of that name."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, FILE_MODE)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+    finally:
+        os.close(fd)
+
+
+def create_private(path: Path) -> None:
+    """An empty file with ``FILE_MODE`` unless it exists (the SQLite database, before SQLite creates it 0644)."""
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE))
+
+
+def _set_mode(path: Path, mode: int) -> None:
+    try:
+        current = stat.S_IMODE(path.stat().st_mode)
+        if current != mode:
+            path.chmod(mode)
+            log.info("%s: mode %04o, was %04o", path, mode, current)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:  # not ours to change (another owner): say so, the router still runs
+        log.warning("%s: cannot set mode %04o: %s", path, mode, exc)
+
+
+def secure_data_dir(data_dir: Path, subfolders: Iterable[str], database: Path | None) -> None:
+    """Create ``data_dir`` and its ``subfolders``, and set them to ``DIR_MODE``; the SQLite ``database`` file (and
+    its WAL and shared-memory files) to ``FILE_MODE``. Files already below keep their modes: the folders keep
+    other users out."""
+    make_dirs(data_dir)
+    _set_mode(data_dir, DIR_MODE)
+    for sub in subfolders:
+        make_dirs(data_dir / sub)
+        _set_mode(data_dir / sub, DIR_MODE)
+    if database is not None:
+        for path in (database, database.with_name(database.name + "-wal"), database.with_name(database.name + "-shm")):
+            _set_mode(path, FILE_MODE)
 
 
 def safe_component(uid: str) -> str:
@@ -44,10 +121,10 @@ def write_temp(tmp_dir: Path, data: bytes) -> Path:
     path = tmp_dir / f"{time.time_ns()}-{os.getpid()}-{id(data)}.part"
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_DSYNC
     try:
-        fd = os.open(path, flags, 0o644)
+        fd = os.open(path, flags, FILE_MODE)
     except FileNotFoundError:  # the first write, or the folder was removed: one more system call only then
-        tmp_dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, flags, 0o644)
+        make_dirs(tmp_dir)
+        fd = os.open(path, flags, FILE_MODE)
     try:
         view = memoryview(data)
         while view:
@@ -74,7 +151,7 @@ def commit_file(tmp: Path, final: Path) -> None:
         created.append(parent)
         parent = parent.parent
     if created:
-        final.parent.mkdir(parents=True, exist_ok=True)
+        make_dirs(final.parent)
     try:
         os.replace(tmp, final)
     except FileNotFoundError:

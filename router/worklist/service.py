@@ -25,6 +25,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from router.config import RouterConfig
+from router.logs import database_error, redact
 from router.store.models import SpsStatus
 from router.store.tables import PATIENT as P
 from router.store.tables import PATIENT_DETAILS as D
@@ -295,7 +296,7 @@ class WorklistService:
         try:
             query = Query(identifier, self.stored_offset())
         except (MatchError, ValueError, TypeError, KeyError) as exc:
-            log.warning("worklist query refused: %s", exc)
+            log.warning("worklist query refused: %s", redact(exc))
             yield IDENTIFIER_MISMATCH, None
             return
         requested = [str(v) for v in _values(identifier, "SpecificCharacterSet")]
@@ -316,11 +317,11 @@ class WorklistService:
                     matches += 1
                     yield PENDING, answer
         except SQLAlchemyError as exc:
-            log.error("worklist query failed: %s", exc)
+            log.error("worklist query failed: %s", database_error(exc))
             yield OUT_OF_RESOURCES, None
             return
         except (MatchError, ValueError) as exc:
-            log.warning("worklist query refused: %s", exc)
+            log.warning("worklist query refused: %s", redact(exc))
             yield UNABLE_TO_PROCESS, None
             return
         log.info("worklist query: %d match(es)", matches)

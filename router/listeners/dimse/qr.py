@@ -24,6 +24,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from router.config import RouterConfig
+from router.logs import database_error, redact
 from router.query.find import QueryError, plan_find, run_find
 from router.query.model import FIND, SOP_CLASSES
 from router.statuses import (
@@ -105,7 +106,7 @@ class QueryRetrieveSCP:
                 count += 1
                 yield QR_PENDING, match
         except QueryError as exc:
-            log.warning("C-FIND %s from %s refused (0x%04X): %s", model.name, calling, exc.status, exc.reason)
+            log.warning("C-FIND %s from %s refused (0x%04X): %s", model.name, calling, exc.status, redact(exc.reason))
             yield exc.status, None
             return
         except OUT_OF_RESOURCES_ERRORS as exc:
@@ -113,7 +114,7 @@ class QueryRetrieveSCP:
             yield QR_OUT_OF_RESOURCES, None
             return
         except DBAPIError as exc:
-            log.error("C-FIND %s from %s: database error: %s", model.name, calling, exc)
+            log.error("C-FIND %s from %s: database error: %s", model.name, calling, database_error(exc))
             yield QR_INTERNAL_ERROR, None
             return
         except Exception:

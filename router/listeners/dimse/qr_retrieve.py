@@ -44,6 +44,7 @@ from router.config import DicomPeer, RouterConfig
 from router.hooks.answers import InstanceRef
 from router.hooks.manager import notify
 from router.listeners.dimse.qr import OUT_OF_RESOURCES_ERRORS
+from router.logs import database_error, redact
 from router.query.find import QueryError
 from router.query.model import GET, MOVE, SOP_CLASSES
 from router.query.retrieve import Match, RetrievePlan, context_pairs, count_matches, iter_matches, plan_retrieve
@@ -240,7 +241,7 @@ class Retriever:
             ts = responder.ts
             identifier = decode(req.Identifier, ts.is_implicit_VR, ts.is_little_endian, ts.is_deflated)  # type: ignore[arg-type]
         except Exception as exc:
-            log.warning("%s refused: cannot decode the identifier: %s", what, exc)
+            log.warning("%s refused: cannot decode the identifier: %s", what, redact(exc))
             responder.send(QR_CANNOT_DECODE)
             return
         try:
@@ -320,13 +321,13 @@ class Retriever:
 def _failure_status(what: str, exc: Exception) -> int:
     """The status answering a request that failed with ``exc`` (logged); called while handling it."""
     if isinstance(exc, QueryError):
-        log.warning("%s refused (0x%04X): %s", what, exc.status, exc.reason)
+        log.warning("%s refused (0x%04X): %s", what, exc.status, redact(exc.reason))
         return exc.status
     if isinstance(exc, OUT_OF_RESOURCES_ERRORS):
         log.error("%s: out of resources: %s", what, exc)
         return QR_OUT_OF_RESOURCES
     if isinstance(exc, DBAPIError):
-        log.error("%s: database error: %s", what, exc)
+        log.error("%s: database error: %s", what, database_error(exc))
         return QR_INTERNAL_ERROR
     log.exception("%s failed unexpectedly", what)
     return QR_INTERNAL_ERROR

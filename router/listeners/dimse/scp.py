@@ -53,6 +53,7 @@ from router.listeners.dimse.p10 import p10
 from router.listeners.dimse.qr import FIND_SOP_CLASSES, QR_SOP_CLASSES, FindResult, QueryRetrieveSCP, on_extended
 from router.listeners.dimse.qr_retrieve import RETRIEVER_ATTR, Retriever, RetrieveService
 from router.listeners.dimse.workflow import WorkflowServices
+from router.logs import redact
 from router.scu.association import set_nodelay
 from router.statuses import PROCESSING_FAILURE
 from router.worklist.service import MWL_FIND, UNABLE_TO_PROCESS, WorklistService
@@ -381,7 +382,7 @@ class DicomListener:
         try:
             raw = p10(event)
         except Exception as exc:  # a dataset pynetdicom itself cannot frame
-            log.warning("C-STORE from %s: cannot read the dataset: %s", event.assoc.requestor.ae_title, exc)
+            log.warning("C-STORE from %s: cannot read the dataset: %s", event.assoc.requestor.ae_title, redact(exc))
             raw = b""
         try:
             return self.ingestor.ingest(raw, _source(event)).status
@@ -394,7 +395,7 @@ class DicomListener:
         try:
             identifier = event.identifier
         except Exception as exc:
-            log.warning("C-FIND from %s: cannot decode the identifier: %s", event.assoc.requestor.ae_title, exc)
+            log.warning("C-FIND from %s: cannot decode the identifier: %s", event.assoc.requestor.ae_title, redact(exc))
             yield UNABLE_TO_PROCESS, None
             return
         try:

@@ -1,4 +1,13 @@
-"""Running the HTTP application under uvicorn in a thread of the router process."""
+"""Running the HTTP application under uvicorn in a thread of the router process.
+
+uvicorn's h11 protocol has no timeout while it waits for a request: its keep-alive timer starts only after a
+response and stops at the first byte of the next request. A client that connects and sends nothing, or drips its
+request headers a byte at a time (slowloris), or stops half-way through a body, holds a connection (and a file
+descriptor) for ever. ``guarded_protocol`` adds the two timers it lacks: the request headers must be complete
+``header_timeout`` seconds after the connection opened or the previous response ended (else ``408`` and the
+connection is closed), and a request body may pause at most ``body_timeout`` seconds (not counted while uvicorn
+itself stopped reading because the application is behind).
+"""
 
 from __future__ import annotations
 
@@ -6,13 +15,88 @@ import asyncio
 import logging
 import socket
 import threading
+from typing import Any
 
+import h11
 import uvicorn
 from starlette.types import ASGIApp
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from router.config import HttpListener
 
 log = logging.getLogger(__name__)
+
+REQUEST_TIMEOUT = b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+
+
+class GuardedH11Protocol(H11Protocol):
+    """uvicorn's h11 protocol with a deadline for the request headers and a bound on pauses in a request body."""
+
+    header_timeout = 30.0
+    body_timeout = 60.0
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._router_timer: asyncio.TimerHandle | None = None
+        self._arm(self.header_timeout, self._headers_late)
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        state = self.conn.their_state
+        if state is h11.SEND_BODY:
+            self._arm(self.body_timeout, self._body_stalled)
+        elif state is not h11.IDLE:  # the request is in (DONE), or the connection ends: nothing to wait for
+            self._disarm()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if not self.transport.is_closing():
+            self._arm(self.header_timeout, self._headers_late)  # the next request's (after uvicorn's keep-alive)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def _arm(self, delay: float, callback: Any) -> None:
+        self._disarm()
+        self._router_timer = self.loop.call_later(delay, callback)
+
+    def _disarm(self) -> None:
+        timer = getattr(self, "_router_timer", None)
+        if timer is not None:
+            timer.cancel()
+            self._router_timer = None
+
+    def _peer(self) -> str:
+        return "{}:{}".format(*self.client) if self.client else "?"
+
+    def _headers_late(self) -> None:
+        self._router_timer = None
+        if self.transport.is_closing() or self.conn.their_state is not h11.IDLE:
+            return
+        if self.conn.our_state is h11.IDLE:  # nothing of a response sent: a 408 says why before we close
+            self.transport.write(REQUEST_TIMEOUT)
+        log.warning("HTTP connection from %s: no whole request within %ss: closed", self._peer(), self.header_timeout)
+        self.transport.close()
+
+    def _body_stalled(self) -> None:
+        self._router_timer = None
+        if self.transport.is_closing() or self.conn.their_state is not h11.SEND_BODY:
+            return
+        if self.flow.read_paused:  # we stopped reading, not the client: wait again
+            self._arm(self.body_timeout, self._body_stalled)
+            return
+        log.warning("HTTP connection from %s: request body paused for %ss: closed", self._peer(), self.body_timeout)
+        self.transport.close()
+
+
+def guarded_protocol(header_timeout: float, body_timeout: float) -> type[GuardedH11Protocol]:
+    """The protocol class uvicorn instantiates per connection, with these timeouts."""
+    return type(
+        "RouterH11Protocol",
+        (GuardedH11Protocol,),
+        {"header_timeout": header_timeout, "body_timeout": body_timeout},
+    )
 
 
 class WebServer:
@@ -40,6 +124,7 @@ class WebServer:
             ssl_certfile=str(s.tls.cert) if s.tls else None,
             ssl_keyfile=str(s.tls.key) if s.tls else None,
             timeout_graceful_shutdown=5,
+            http=guarded_protocol(s.header_timeout, s.body_timeout),
         )
         self._server = uvicorn.Server(config)
         started = threading.Event()
