@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import pluggy
 from sqlalchemy.engine import Engine
@@ -66,10 +67,17 @@ class Authentication:
         await self.app(scope, receive, send)
 
 
-def make_app(config: RouterConfig, ingestor: Ingestor, engine: Engine, pm: pluggy.PluginManager) -> Starlette:
+def make_app(
+    config: RouterConfig,
+    ingestor: Ingestor,
+    engine: Engine,
+    pm: pluggy.PluginManager,
+    patients_used: Callable[[set[int]], None] | None = None,
+) -> Starlette:
+    """The DICOMweb application; ``patients_used`` is told the patients QIDO-RS finds (the storage keeper)."""
     stow = Stow(ingestor, config.http.max_upload_bytes)
     wado = Wado(engine, config.data_dir, pm)
-    qido = Qido(engine, pm)
+    qido = Qido(engine, pm, patients_used)
     study = f"{BASE}/studies/{{study}}"
     series = f"{study}/series/{{series}}"
     instance = f"{series}/instances/{{instance}}"
