@@ -21,6 +21,7 @@ import pytest
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
+from router.config.storage import Mark, parse_mark
 from router.store.usage import filesystem_size
 
 from forwarding import db_rows, index_and_files_disagree, jobs, wait_while_up
@@ -197,3 +198,12 @@ def test_bad_storage_settings_are_refused_naming_the_key(
     done = bad_config(storage)
     assert done.returncode != 0
     assert message in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("text", "size", "percent"),
+    [("500GB", 500 * 10**9, None), ("1.5 TiB", 3 * 2**39, None), ("1048576", 2**20, None), ("64kb", 64000, None),
+     ("90%", None, 90.0), ("0.000012%", None, 0.000012)],
+)  # fmt: skip
+def test_sizes_and_percentages(text: str, size: int | None, percent: float | None) -> None:
+    assert parse_mark(text) == Mark(size, percent)

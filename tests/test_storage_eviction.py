@@ -1,13 +1,13 @@
 """Storage modes in-process: what eviction deletes and keeps, and what it leaves behind (nothing).
 
 The router is built but not started (nothing listens): objects go through the real ingest, queries through the
-real C-FIND engine, the storage keeper's checks are run by the test. SQLite and files are real. The same scenario
-with real peers and the router as a process is in test_storage_cache.py.
+real C-FIND engine, the storage keeper's checks are run by the test. The database (SQLite, and PostgreSQL for the
+tests marked so: a throwaway cluster, tests/postgres.py) and files are real. The same scenario with real peers
+and the router as a process is in test_storage_cache.py.
 """
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from io import BytesIO
@@ -24,6 +24,8 @@ from sqlalchemy import text
 import router.store.eviction as eviction_module
 from router.app import Router
 from router.config import parse_config
+from router.hooks.answers import InstanceRef
+from router.hooks.calls import notify
 from router.hooks.specs import hookimpl
 from router.intake.envelope import Source
 from router.query.find import plan_find, run_find
@@ -36,6 +38,7 @@ from router.store.writelock import WriteLock
 
 from forwarding import index_and_files_disagree
 from peers import make_instance
+from postgres import PgCluster, postgres_cluster
 
 SOURCE = Source(protocol="dimse", calling_ae="CT1", called_ae="ROUTER", address="127.0.0.1")
 DOWN = {"DOWN": {"ae_title": "DOWN", "host": "127.0.0.1", "port": 9}}  # nothing listens: jobs stay pending
@@ -79,8 +82,32 @@ def p10(ds: Dataset) -> bytes:
     return buf.getvalue()
 
 
+@pytest.fixture(scope="module")
+def pg_cluster() -> Iterator[PgCluster]:
+    with postgres_cluster() as cluster:
+        yield cluster
+
+
+ON_BOTH = pytest.mark.parametrize(
+    "database",
+    ["sqlite", pytest.param("postgresql", marks=pytest.mark.interop)],  # PostgreSQL's server
+    indirect=True,
+)
+
+
 @pytest.fixture
-def make_router(workdir: Path) -> Iterator[Any]:
+def database(request: pytest.FixtureRequest) -> Iterator[str | None]:
+    """The database URL (None: SQLite in data_dir) of the test's ``database`` parameter."""
+    if getattr(request, "param", "sqlite") == "sqlite":
+        yield None
+        return
+    cluster = request.getfixturevalue("pg_cluster")
+    with cluster.fresh_database() as name:
+        yield cluster.url(name)
+
+
+@pytest.fixture
+def make_router(workdir: Path, database: str | None) -> Iterator[Any]:
     made: list[Router] = []
 
     def make(storage: dict[str, Any] | None = None, rules: list[Any] | None = None, **config: Any) -> Router:
@@ -88,6 +115,8 @@ def make_router(workdir: Path) -> Iterator[Any]:
         if rules:
             (workdir / "rules" / "10-rules.yaml").write_text(yaml.safe_dump(rules))
         settings = {"data_dir": "var", "rules_dir": "rules", "peers": DOWN, "storage": storage or {}, **config}
+        if database is not None:
+            settings["database_url"] = database
         router = Router(parse_config(settings, workdir))  # not started: nothing listens
         router.rules.reload_if_changed()
         made.append(router)
@@ -115,12 +144,22 @@ def rows(router: Router, sql: str) -> list[Any]:
         return list(conn.execute(text(sql)).all())
 
 
+def back_date(router: Router, when: datetime, sop_uids: list[str] | None = None) -> None:
+    """Make objects look received at ``when`` (all of them without ``sop_uids``)."""
+    with router.engine.begin() as conn:
+        if sop_uids is None:
+            conn.execute(text("update instance set received_at = :when"), {"when": when})
+        for uid in sop_uids or []:
+            conn.execute(text("update instance set received_at = :t where sop_uid = :uid"), {"t": when, "uid": uid})
+
+
 def agree(router: Router) -> None:
-    assert index_and_files_disagree(router.config.data_dir) == {
+    assert index_and_files_disagree(router.config.data_dir, lambda sql: rows(router, sql)) == {
         "rows without a file": [], "files without a row": [], "series": [], "studies": [], "patients": []
     }  # fmt: skip
 
 
+@ON_BOTH
 def test_cache_evicts_least_recently_used_patients_whole_and_keeps_what_a_job_needs(make_router: Any) -> None:
     probe = p10(patient_study("P0", 1)[0])
     size = len(probe)  # every object here has this size, give or take a few bytes of UIDs
@@ -152,6 +191,7 @@ def test_cache_evicts_least_recently_used_patients_whole_and_keeps_what_a_job_ne
     assert sum(r.size for r in rows(router, "select size from instance")) == router.storage.meter.total
 
 
+@ON_BOTH
 def test_keep_days_evicts_objects_received_longer_ago_in_archive_mode(make_router: Any) -> None:
     router = make_router({"keep_days": 1}, TO_DOWN)
     recorded = Evictions()
@@ -160,13 +200,9 @@ def test_keep_days_evicts_objects_received_longer_ago_in_archive_mode(make_route
     old1, new1 = patient_study("P1")
     old3, held3 = patient_study("P3")
     store(router, old1, new1, old3, held3, *patient_study("P5"))
-    two_days_ago = (datetime.now(UTC) - timedelta(days=2)).strftime("%Y-%m-%d %H:%M:%S.%f")
-    back_dated = [str(ds.SOPInstanceUID) for ds in (old1, old3, held3)]
-    db = sqlite3.connect(router.config.data_dir / "router.db")
-    with db:
-        db.executemany("update instance set received_at = ? where sop_uid = ?", [(two_days_ago, u) for u in back_dated])
-        db.execute("update job set state = 'done' where sop_uid = ?", (str(old3.SOPInstanceUID),))
-    db.close()
+    back_date(router, datetime.now(UTC) - timedelta(days=2), [str(ds.SOPInstanceUID) for ds in (old1, old3, held3)])
+    with router.engine.begin() as conn:
+        conn.execute(text("update job set state = 'done' where sop_uid = :uid"), {"uid": str(old3.SOPInstanceUID)})
 
     router.storage.check()
 
@@ -180,10 +216,12 @@ def test_keep_days_evicts_objects_received_longer_ago_in_archive_mode(make_route
     agree(router)
 
 
+@ON_BOTH
 def test_delete_after_commit_takes_the_rows_it_leaves_empty_and_no_stale_id_survives(make_router: Any) -> None:
     """A removal in another process (its own lock on the same file, as the forward process has) deletes the last
     patient, study and series rows; SQLite then gives their ids to the next new patient, study and series. The
-    ingest must not file an object of the removed series under the new one's id."""
+    ingest must not file an object of the removed series under the new one's id. (PostgreSQL never gives an id
+    twice: there the stale id fails the foreign key, and the ingest tries again without its cache.)"""
     router = make_router()
     first, second = patient_study("P1")
     store(router, first)
@@ -226,10 +264,7 @@ def test_files_left_by_a_crash_after_the_commit_go_at_the_next_start(
     gone, again = patient_study("P1")
     store(router, gone, again)
     paths = {r.sop_uid: router.config.data_dir / r.path for r in rows(router, "select sop_uid, path from instance")}
-    db = sqlite3.connect(router.config.data_dir / "router.db")
-    with db:
-        db.execute("update instance set received_at = '2001-01-01 00:00:00.000000'")
-    db.close()
+    back_date(router, datetime(2001, 1, 1, tzinfo=UTC))
     monkeypatch.setattr(eviction_module, "remove_files", lambda *a, **k: None)  # the crash: no file removed
     router.storage.evictor.evict_old(datetime.now(UTC))
     assert rows(router, "select id from instance") == [] and all(p.is_file() for p in paths.values())
@@ -272,3 +307,16 @@ def test_a_percentage_is_of_the_file_system_that_holds_the_data(make_router: Any
     size = usage.filesystem_size(router.config.data_dir)
     status = router.storage.status()
     assert (status.high_water, status.low_water) == (size // 2, int(size * 0.125))
+
+
+def test_a_retrieve_counts_as_a_use(make_router: Any) -> None:
+    """C-MOVE, C-GET and WADO-RS announce what they sent (``router_instances_exported``): the keeper hears it."""
+    router = make_router({"mode": "cache"})
+    first, second = patient_study("P1", 1), patient_study("P2", 1)
+    store(router, *first, *second)
+    ref = InstanceRef(str(first[0].StudyInstanceUID), str(first[0].SOPClassUID), str(first[0].SOPInstanceUID))
+    notify(router.pm, "router_instances_exported", service="C-GET", calling_ae="VIEWER", user="", address="",
+           destination="VIEWER", instances=[ref], failed=0, status=0)  # fmt: skip
+    router.storage.uses.flush(router.engine, router.write_lock)
+    ids = dict(rows(router, "select id, patient_id from patient"))
+    assert [ids[fk] for fk in router.storage.evictor.least_recently_used()] == ["P2", "P1"]
