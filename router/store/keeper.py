@@ -19,17 +19,18 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pluggy
-from sqlalchemy import text
+from sqlalchemy import delete, select, text
 from sqlalchemy.engine import Engine
 
 from router.config import RouterConfig
 from router.store.eviction import RECEIVED_AT_INDEX, Evictor, Kept, announce
 from router.store.pruning import Pruned, sweep_removed
+from router.store.tables import PATIENT, PATIENT_USE
 from router.store.usage import UsageMeter, filesystem_size
 from router.store.uses import RetrievedUse, UseRecorder
 from router.store.writelock import WriteLock
@@ -92,8 +93,9 @@ class StorageKeeper:
         swept = sweep_removed(self.engine, self.data_dir, self.write_lock)
         if swept:
             log.info("storage: %d removal(s) left by an earlier run finished", swept)
-        if self.settings.keep_days is not None:
-            with self.engine.begin() as conn:
+        with self.write_lock, self.engine.begin() as conn:
+            conn.execute(delete(PATIENT_USE).where(PATIENT_USE.c.patient_fk.not_in(select(PATIENT.c.id))))  # merged
+            if self.settings.keep_days is not None:
                 conn.execute(text(RECEIVED_AT_INDEX))
         self._synced_at = time.monotonic()
         self.meter.resync(self.engine, self.write_lock)
@@ -111,13 +113,17 @@ class StorageKeeper:
         high = self._high
         if high is not None and self.meter.total > high and not self._woken:
             self._woken = True
-            self.wake()
+            try:
+                self.wake()
+            except Exception as exc:  # the scheduler is shutting down: the object is stored all the same
+                log.info("storage: no check asked for (%s)", exc)
 
     def status(self) -> StorageStatus:
-        state = self._state
-        state.used, state.high_water = self.meter.total, self._high
-        state.low_water = self._low if self._high is not None else None
-        return state
+        """A copy of what the keeper knows now."""
+        low = self._low if self._high is not None else None
+        evicted, kept = replace(self._state.evicted), list(self._state.kept)
+        return replace(self._state, used=self.meter.total, high_water=self._high, low_water=low, evicted=evicted,
+                       kept=kept)  # fmt: skip
 
     # -- the check -------------------------------------------------------------------------------------------
     def check(self) -> None:

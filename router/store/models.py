@@ -286,7 +286,7 @@ class PatientUse(SQLModel, table=True):
     """When a patient's stored objects were last used: received, found by a query, retrieved (cache mode's order).
 
     No foreign key: an HL7 merge removes patient rows without knowing about this table; a row whose patient is
-    gone is ignored and removed with the next eviction."""
+    gone is ignored, and removed at the next start."""
 
     patient_fk: int = Field(primary_key=True)
     used_at: datetime = Field(default_factory=utcnow)
