@@ -320,3 +320,28 @@ def test_a_retrieve_counts_as_a_use(make_router: Any) -> None:
     router.storage.uses.flush(router.engine, router.write_lock)
     ids = dict(rows(router, "select id, patient_id from patient"))
     assert [ids[fk] for fk in router.storage.evictor.least_recently_used()] == ["P2", "P1"]
+
+
+def test_when_everything_is_held_the_keeper_says_so_once_and_waits_for_the_periodic_check(
+    make_router: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    size = len(p10(patient_study("P0", 1)[0]))
+    everything_down = [{"name": "all-down", "then": [{"forward": "DOWN"}]}]
+    router = make_router({"mode": "cache", "high_water": str(5 * size), "low_water": str(3 * size)}, everything_down)
+    scheduler = Scheduler()
+    router.storage.start(scheduler)
+    for patient in ("P1", "P2", "P3"):
+        store(router, *patient_study(patient))
+    assert scheduler.woken == 1
+    with caplog.at_level("INFO", logger="router.store"):
+        router.storage.check()
+        store(router, *patient_study("P4"))  # still above the mark: no check asked for per object
+        router.storage.check()  # the periodic one
+    assert scheduler.woken == 1
+    assert len(rows(router, "select id from instance")) == 8, "nothing evicted"
+    status = router.storage.status()
+    holders = [k.reason.split(" may still")[0] for k in status.kept]
+    assert holders == [f"job {n} (pending, peer DOWN)" for n in (1, 3, 5, 7)]
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert sum("nothing more can be evicted" in w for w in warnings) == 1, warnings
+    assert sum("a least recently used patient kept" in w for w in warnings) == 4, "each patient once"

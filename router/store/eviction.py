@@ -48,6 +48,7 @@ _JOB_HOLDS = (
     .select_from(JOB.join(INSTANCE, JOB.c.sop_uid == INSTANCE.c.sop_uid)
                  .join(SERIES, INSTANCE.c.series_fk == SERIES.c.id).join(STUDY, SERIES.c.study_fk == STUDY.c.id))
     .where(STUDY.c.patient_fk == bindparam("fk"), JOB.c.state.in_(NEEDS_FILE))
+    .order_by(JOB.c.id)
     .limit(1)
 )  # fmt: skip
 _COMMIT_HOLDS = (
@@ -56,6 +57,7 @@ _COMMIT_HOLDS = (
                  .join(INSTANCE, COMMIT_ITEM.c.sop_uid == INSTANCE.c.sop_uid)
                  .join(SERIES, INSTANCE.c.series_fk == SERIES.c.id).join(STUDY, SERIES.c.study_fk == STUDY.c.id))
     .where(STUDY.c.patient_fk == bindparam("fk"), COMMIT_TRANSACTION.c.state.in_(OPEN_COMMITMENTS))
+    .order_by(COMMIT_ITEM.c.id)
     .limit(1)
 )  # fmt: skip
 _LRU = (

@@ -138,6 +138,7 @@ class StorageKeeper:
             self._checking.release()
 
     def _check(self) -> None:
+        self._woken = True  # objects stored while this check runs ask for no other: it looks again before it ends
         self.uses.flush(self.engine, self.write_lock)
         sweep_removed(self.engine, self.data_dir, self.write_lock)
         if time.monotonic() - self._synced_at >= self.settings.check_interval * 0.9:
@@ -146,9 +147,10 @@ class StorageKeeper:
         self._resolve_marks()
         if self.settings.keep_days is not None:
             self._evict_old(datetime.now(UTC) - timedelta(days=self.settings.keep_days))
-        if self._high is not None and self.meter.total > self._high:
-            self._evict_least_recently_used()
-        stuck = self._high is not None and self.meter.total > self._high
+        ran_out = False
+        while not ran_out and self._high is not None and self.meter.total > self._high:
+            ran_out = not self._evict_least_recently_used()
+        stuck = ran_out and self._high is not None and self.meter.total > self._high
         if stuck and not self._stuck:
             log.warning("storage: stored objects take %d byte(s), above the high-water mark %s, and nothing more can "
                         "be evicted now (%d patient(s) kept)", self.meter.total, self._high,
@@ -171,7 +173,8 @@ class StorageKeeper:
                         held)  # fmt: skip
         self._state.old_kept = held
 
-    def _evict_least_recently_used(self) -> None:
+    def _evict_least_recently_used(self) -> bool:
+        """Evict until below the low-water mark; False when every patient left had to be kept."""
         before, kept = self.meter.total, []
         for patient_fk in self.evictor.least_recently_used():
             if self.meter.total <= self._low:
@@ -190,6 +193,7 @@ class StorageKeeper:
         if self.meter.total < before:
             log.info("storage: stored objects take %d byte(s) after eviction (high-water mark %s, low %d)",
                      self.meter.total, self._high, self._low)  # fmt: skip
+        return self.meter.total <= self._low
 
     def _pruned(self, pruned: Pruned) -> None:
         """Under the write lock, right after an eviction's commit."""
