@@ -30,6 +30,7 @@ from router.mpps.service import MppsService
 from router.rules.live import LiveRules
 from router.store import files
 from router.store.db import make_engine
+from router.store.keeper import StorageKeeper
 from router.store.writelock import shared_between_processes, sqlite_file, write_lock_for
 from router.worklist.service import WorklistService
 
@@ -63,6 +64,8 @@ class Router:
         self.write_lock = write_lock_for(config.effective_database_url)  # one writer at a time (SQLite)
         intake = IntakeContext(config, self.engine, lambda: self.rules.current, self.stages, self.pm, self.write_lock)
         self.ingestor = Ingestor(intake)
+        self.storage = StorageKeeper(config, self.engine, self.write_lock, self.pm)  # archive or cache, keep_days
+        self.ingestor.on_stored = self.storage.stored
         self.ledger = CommitLedger(config, self.engine, self.pm, self.write_lock)
         # the forward workers: a process of their own (see router.forward.process), or threads of this one
         self.forwarder: Forwarder | ForwardProcess
@@ -83,6 +86,7 @@ class Router:
         self.mpps.on_jobs_committed = wake
         workflow = WorkflowServices(self.commitment, self.ledger, self.mpps)
         self.listener = DicomListener(config, self.ingestor, self.pm, self.worklist, workflow)
+        self.listener.qr.on_patients_used = self.storage.uses.patients
         self.mllp = MllpServer(
             config.hl7.host,
             config.hl7.port,
@@ -93,7 +97,8 @@ class Router:
             max_connections=config.hl7.max_connections,
         )
         self.hl7_port: int | None = None
-        self.web = WebServer(config.http, make_app(config, self.ingestor, self.engine, self.pm))
+        app = make_app(config, self.ingestor, self.engine, self.pm, self.storage.uses.patients)
+        self.web = WebServer(config.http, app)
         self.http_port: int | None = None
         self.scheduler = BackgroundScheduler(daemon=True)
         self.dicom_port: int | None = None
@@ -114,6 +119,7 @@ class Router:
             max_instances=1,
             coalesce=True,
         )
+        self.storage.start(self.scheduler)  # removals a crash interrupted finish before anything is received
         self.scheduler.start()
         self.dicom_port = self.listener.start()
         self.hl7_port = self.mllp.start()

@@ -186,3 +186,31 @@ def wait_while_up(router: RouterProcess, predicate: Callable[[], bool], timeout:
 
 def wait_for_states(router: RouterProcess, expected: dict[str, int], timeout: float) -> None:
     wait_while_up(router, lambda: job_states(router) == Counter(expected), timeout, f"job states {expected}")
+
+
+def index_and_files_disagree(
+    data_dir: Path, query: Callable[[str], list[tuple[Any, ...]]] | None = None
+) -> dict[str, list[str]]:
+    """Where a router's index and its object files disagree (empty lists when they agree): instance rows whose file
+    is missing, files under ``objects/`` without an instance row, and series, studies and patients (those the HL7
+    feed does not keep) left without children. ``query`` runs SQL on the index (default: its SQLite file)."""
+
+    def sqlite_rows(sql: str) -> list[tuple[Any, ...]]:
+        db = sqlite3.connect(data_dir / "router.db", timeout=30)
+        try:
+            return db.execute(sql).fetchall()
+        finally:
+            db.close()
+
+    rows = query or sqlite_rows
+    indexed = {str(path) for (path,) in rows("select path from instance")}
+    empty = {
+        "series": "select series_uid from series where id not in (select series_fk from instance)",
+        "studies": "select study_uid from study where id not in (select study_fk from series)",
+        "patients": "select id from patient where id not in (select patient_fk from study) and id not in"
+        " (select patient_fk from worklistitem union select patient_fk from patientidentifier"
+        " union select patient_fk from patientdetails)",
+    }
+    found = {name: [str(v) for (v,) in rows(sql)] for name, sql in empty.items()}
+    files = {str(p.relative_to(data_dir)) for p in (data_dir / "objects").rglob("*") if p.is_file()}
+    return {"rows without a file": sorted(indexed - files), "files without a row": sorted(files - indexed), **found}

@@ -20,6 +20,7 @@ import logging
 import threading
 from collections.abc import Callable
 from datetime import timedelta
+from functools import partial
 from typing import Any
 
 import pluggy
@@ -34,6 +35,7 @@ from router.hooks.manager import notify
 from router.outbox.orphans import drop_if_orphaned
 from router.outbox.queue import backoff_delay
 from router.statuses import INVALID_ARGUMENT, PROCESSING_FAILURE
+from router.store.eviction import announce as announce_eviction
 from router.store.models import CommitState, Job, JobState, utcnow
 from router.store.removal import remove_instance
 from router.store.tables import COMMIT_ITEM as ITEM
@@ -267,7 +269,8 @@ class CommitLedger:
         for job in done:
             notify(self.pm, "router_forwarded", job=job, status=job.last_status or 0)
             if delete:
-                remove_instance(self.engine, self.config.data_dir, self.write_lock, job.sop_uid)
+                remove_instance(self.engine, self.config.data_dir, self.write_lock, job.sop_uid,
+                                announce=partial(announce_eviction, self.pm, "committed"))  # fmt: skip
             drop_if_orphaned(self.engine, self.config.data_dir, job.path, job.sop_uid)
         for job, error, dead in failed:
             log.warning("%s: %s; %s", job.sop_uid, error, "dead-lettered" if dead else "to be sent and requested again")

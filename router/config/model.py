@@ -9,6 +9,7 @@ from pydantic import Field, field_validator, model_validator
 
 from router.config.base import AETitle, HttpAuth, PeerName, Port, Strict
 from router.config.peers import DicomPeer, Peer
+from router.config.storage import StorageSettings
 
 
 class Timeouts(Strict):
@@ -144,6 +145,7 @@ class RouterConfig(Strict):
     hl7: Hl7Listener = Hl7Listener()
     http: HttpListener = HttpListener()
     forward: ForwardSettings = ForwardSettings()
+    storage: StorageSettings = StorageSettings()
     peers: dict[PeerName, Peer] = Field(default_factory=dict)
     source: Path | None = Field(None, exclude=True)
 

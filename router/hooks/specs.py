@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from router.intake.envelope import Envelope
     from router.intake.stage import Stage
     from router.store.models import Job
+    from router.store.pruning import EvictedStudy
 
 PROJECT = "router"
 hookspec = pluggy.HookspecMarker(PROJECT)
@@ -259,6 +260,18 @@ def router_instances_exported(
     destination AE title, the requestor (C-GET) or ``address`` (WADO-RS). ``instances`` were sent (success or
     warning); ``failed`` were not (sub-operations that failed, or a client that went away). ``status``: the
     final DIMSE status, or the HTTP status."""
+
+
+# -- the store -----------------------------------------------------------------------------------------------
+@hookspec
+def router_evicted(reason: str, studies: list[EvictedStudy], patients: int, instances: int, size: int) -> None:
+    """Stored objects were deleted from the router: their index rows are gone (committed) and their files removed.
+    ``reason``: ``cache`` (cache mode, above the high-water mark: a least recently used patient, whole),
+    ``keep_days`` (received longer ago than ``storage.keep_days``) or ``committed`` (a peer committed them:
+    ``delete_after_commit``). ``studies``: one ``router.store.pruning.EvictedStudy`` per study touched
+    (``study_uid``, ``patient_id``, ``issuer``, ``instances`` deleted from it, ``removed``: nothing of it is left);
+    ``patients``: patient rows deleted (nothing of them is left); ``instances``; ``size``: bytes freed. The
+    patient IDs are for an audit trail: never log them."""
 
 
 # -- HTTP ----------------------------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -122,7 +123,9 @@ class Ingestor(Intake):
         self.data_dir = config.data_dir
         self.tmp_dir = config.data_dir / "tmp"
         self.quarantine_dir = config.data_dir / "quarantine"
-        self.ids = IdCache()
+        self.ids = IdCache(write_lock=context.write_lock)
+        # told of each object committed, under the write lock (study UID, bytes, bytes of the version it replaced)
+        self.on_stored: Callable[[str, int, int], None] = lambda study_uid, size, replaced: None
         # One worker per caller that can be ingesting at once (associations, STOW and HL7 requests): a caller
         # waits for its own worker, so fewer would only queue them.
         workers = config.dicom.max_associations + 8
@@ -203,6 +206,7 @@ class Ingestor(Intake):
                 try:
                     return self._commit(env, digest, tmp_object, derived, plan, written, look_again=known)
                 except IntegrityError:
+                    self.ids.clear()  # or a cached id named a row another process deleted (PostgreSQL)
                     if known:
                         raise
                     log.info("%s was stored meanwhile by another association: deciding again", env.sop_instance_uid)
@@ -261,17 +265,17 @@ class Ingestor(Intake):
             if verdict is not None:
                 self.discard(written)
                 return self._finish_duplicate(env, verdict)
-            relpath = files.object_relpath(
-                values.text("StudyInstanceUID", UNLIMITED), values.text("SeriesInstanceUID", UNLIMITED), sop_uid
-            )
+            study_uid = values.text("StudyInstanceUID", UNLIMITED)
+            relpath = files.object_relpath(study_uid, values.text("SeriesInstanceUID", UNLIMITED), sop_uid)
             if existing is not None:  # overwrite policy: a new file name, the old file goes after commit
                 relpath = relpath[: -len(".dcm")] + f".{digest[:12]}.dcm"
+            size = len(env.stored if env.stored is not None else env.raw)
             new_ids = index_instance(
                 conn,
                 self.ids,
                 values,
                 relpath=relpath,
-                size=len(env.stored if env.stored is not None else env.raw),
+                size=size,
                 digest=digest,
                 transfer_syntax=values.meta_uid("TransferSyntaxUID"),
                 calling_ae=env.source.calling_ae,
@@ -281,6 +285,7 @@ class Ingestor(Intake):
                            for fwd in plan.forwards])  # fmt: skip
             self._rename_into_place(tmp_object, relpath, derived, written)
         self.ids.remember(new_ids)
+        self.on_stored(study_uid, size, existing.size if existing is not None else 0)
         return self._stored(env, relpath, plan, existing.path if existing is not None else None)
 
     def _rename_into_place(self, tmp_object: Path, relpath: str, derived: dict[int, str], written: list[Path]) -> None:

@@ -15,7 +15,7 @@ form. Keys below the query level are ignored; keys the router does not know are 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -251,8 +251,16 @@ def _select(plan: FindPlan) -> Any:
     return select(*ids, *columns).select_from(_from_clause(plan.level)).where(*plan.where)
 
 
-def run_find(engine: Engine, plan: FindPlan, *, retrieve_ae: str = "", page_size: int = PAGE_SIZE) -> Iterator[Dataset]:
-    """The response identifiers, one per match, in the order the entities were stored."""
+def run_find(
+    engine: Engine,
+    plan: FindPlan,
+    *,
+    retrieve_ae: str = "",
+    page_size: int = PAGE_SIZE,
+    used: Callable[[set[int]], None] | None = None,
+) -> Iterator[Dataset]:
+    """The response identifiers, one per match, in the order the entities were stored. ``used`` is told the patient
+    row ids of each page read (a query counts as a use of what it finds: cache mode evicts by last use)."""
     query = _select(plan)
     id_col = TABLE[plan.level].c.id
     last = 0
@@ -264,6 +272,8 @@ def run_find(engine: Engine, plan: FindPlan, *, retrieve_ae: str = "", page_size
             if not rows:
                 return
             derived = _derived(conn, plan, rows)
+        if used is not None:
+            used({row[f"_id_{PATIENT}"] for row in rows})
         for row in rows:
             yield _identifier(plan, row, derived, retrieve_ae)
         if len(rows) < page_size:

@@ -21,10 +21,11 @@ from router.query.matching import normalize_name
 from router.store.models import utcnow
 from router.store.rawsql import insert_columns, raw
 from router.store.tables import INSTANCE, PATIENT, SERIES, SERIES_REQUEST, STUDY
+from router.store.writelock import WriteLock
 
 # Built once. The lookup and the instance insert run raw (router.store.rawsql), compiled once per dialect; the
 # patient, study and series statements (a cache miss, once per series) go through SQLAlchemy.
-FIND_INSTANCE = select(INSTANCE.c.id, INSTANCE.c.sha256, INSTANCE.c.path).where(
+FIND_INSTANCE = select(INSTANCE.c.id, INSTANCE.c.sha256, INSTANCE.c.path, INSTANCE.c.size).where(
     INSTANCE.c.sop_uid == bindparam("sop_uid")
 )
 INSERT_INSTANCE = insert(INSTANCE)
@@ -64,18 +65,27 @@ class StoredInstance:
     id: int
     sha256: str
     path: str
+    size: int
 
 
 class IdCache:
-    """Ids of rows known to be committed, keyed by their natural keys; bounded (least recently used out)."""
+    """Ids of rows known to be committed, keyed by their natural keys; bounded (least recently used out).
 
-    def __init__(self, size: int = 20000) -> None:
+    With ``write_lock``, read under it: a new generation of the lock (patient, study or series rows were deleted,
+    in this process or another) empties the cache first."""
+
+    def __init__(self, size: int = 20000, write_lock: WriteLock | None = None) -> None:
         self._size = size
         self._ids: OrderedDict[tuple[str, ...], int] = OrderedDict()
         self._lock = threading.Lock()
+        self._write_lock = write_lock
+        self._generation = write_lock.generation if write_lock is not None else 0
 
     def get(self, key: tuple[str, ...]) -> int | None:
         with self._lock:
+            if self._write_lock is not None and self._write_lock.generation != self._generation:
+                self._ids.clear()
+                self._generation = self._write_lock.generation
             found = self._ids.get(key)
             if found is not None:
                 self._ids.move_to_end(key)

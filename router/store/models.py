@@ -279,3 +279,26 @@ class PerformedProcedureStep(SQLModel, table=True):
     worklist_items: str = Field(default="", max_length=1024, description="comma-separated WorklistItem ids")
     created_at: datetime = Field(default_factory=utcnow)
     updated_at: datetime = Field(default_factory=utcnow)
+
+
+# -- storage modes (router.store.keeper) ----------------------------------------------------------------------------
+class PatientUse(SQLModel, table=True):
+    """When a patient's stored objects were last used: received, found by a query, retrieved (cache mode's order).
+
+    No foreign key: an HL7 merge removes patient rows without knowing about this table; a row whose patient is
+    gone is ignored, and removed at the next start."""
+
+    patient_fk: int = Field(primary_key=True)
+    used_at: datetime = Field(default_factory=utcnow)
+
+
+class RemovedFile(SQLModel, table=True):
+    """A file whose index row was deleted (eviction, ``delete_after_commit``), written in the same transaction.
+
+    The file is removed right after the commit; these rows let a start-up after a crash in between remove what is
+    left (``router.store.pruning.sweep_removed``), unless the path was indexed again meanwhile."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    path: str = Field(max_length=1024, description="relative to data_dir")
+    sop_uid: str = Field(max_length=64)
+    removed_at: datetime = Field(default_factory=utcnow)

@@ -5,10 +5,17 @@ longer), which cost forwarded CT slices about 2 ms each; writers that queue on a
 moment it is free. Within one process that is a ``threading.Lock``. The forward workers run in a process of their
 own (``router.forward.process``), so for a database file the lock is also an ``flock`` on a file beside it, which
 the kernel hands to the next process as soon as it is released. PostgreSQL needs no lock between processes.
+
+The lock also carries a *generation* of the index's patient, study and series rows: whoever deletes such rows bumps
+it before releasing the lock (``bump``), and the ingest's cache of their ids (``router.store.index.IdCache``) is
+dropped when it sees a new one. For a database file it is 8 bytes in the lock file, read on every acquisition, so
+a deletion in the forward process (``delete_after_commit``) reaches the serving process's cache: SQLite gives the
+id of a deleted last row to the next insert, and a cached id would then name another series.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import threading
@@ -22,6 +29,7 @@ class WriteLock:
     def __init__(self, path: Path | None = None) -> None:
         self._threads = threading.Lock()
         self._fd: int | None = None
+        self.generation = 0  # as of the last acquisition (or bump) by this holder
         if path is not None:
             self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
 
@@ -30,9 +38,23 @@ class WriteLock:
         if self._fd is not None:
             try:
                 fcntl.flock(self._fd, fcntl.LOCK_EX)
+                self.generation = int.from_bytes(os.pread(self._fd, 8, 0), "little")
             except BaseException:
+                with contextlib.suppress(OSError):
+                    fcntl.flock(self._fd, fcntl.LOCK_UN)
                 self._threads.release()
                 raise
+
+    @property
+    def shared(self) -> bool:
+        """Whether other processes' writers hold this lock too (a database file)."""
+        return self._fd is not None
+
+    def bump(self) -> None:
+        """Patient, study or series rows were deleted: a new generation (call while holding the lock)."""
+        self.generation += 1
+        if self._fd is not None:
+            os.pwrite(self._fd, self.generation.to_bytes(8, "little"), 0)
 
     def release(self) -> None:
         try:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
@@ -76,6 +76,7 @@ class QueryRetrieveSCP:
     def __init__(self, config: RouterConfig, engine: Engine) -> None:
         self.config = config
         self.engine = engine
+        self.on_patients_used: Callable[[set[int]], None] | None = None  # the storage keeper's use times
 
     def on_find(self, event: evt.Event) -> Iterator[FindResult]:
         """EVT_C_FIND for the Q/R information models: one pending response per match, then the final status."""
@@ -98,7 +99,7 @@ class QueryRetrieveSCP:
                 combined_datetime=options[1:2] == b"\x01",
             )
             level = plan.level
-            for match in run_find(self.engine, plan, retrieve_ae=self.config.ae_title):
+            for match in run_find(self.engine, plan, retrieve_ae=self.config.ae_title, used=self.on_patients_used):
                 if event.is_cancelled:
                     log.info("C-FIND %s %s from %s cancelled after %d match(es)", model.name, level, calling, count)
                     yield QR_CANCELLED, None

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pluggy
 from prometheus_client import CollectorRegistry, generate_latest
@@ -89,10 +89,17 @@ class Scrape(CollectorRegistry):
                     log.exception("/metrics: collector %r failed", collector)
 
 
-def make_app(config: RouterConfig, ingestor: Ingestor, engine: Engine, pm: pluggy.PluginManager) -> Starlette:
+def make_app(
+    config: RouterConfig,
+    ingestor: Ingestor,
+    engine: Engine,
+    pm: pluggy.PluginManager,
+    patients_used: Callable[[set[int]], None] | None = None,
+) -> Starlette:
+    """The DICOMweb application; ``patients_used`` is told the patients QIDO-RS finds (the storage keeper)."""
     stow = Stow(ingestor, config.http.max_upload_bytes)
     wado = Wado(engine, config.data_dir, pm)
-    qido = Qido(engine, pm)
+    qido = Qido(engine, pm, patients_used)
     study = f"{BASE}/studies/{{study}}"
     series = f"{study}/series/{{series}}"
     instance = f"{series}/instances/{{instance}}"

@@ -16,6 +16,7 @@ from __future__ import annotations
 import itertools
 import logging
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from xml.sax.saxutils import escape
@@ -172,9 +173,12 @@ class Asked:
 
 
 class Qido:
-    def __init__(self, engine: Engine, pm: pluggy.PluginManager) -> None:
+    def __init__(
+        self, engine: Engine, pm: pluggy.PluginManager, used: Callable[[set[int]], None] | None = None
+    ) -> None:
         self.engine = engine
         self.pm = pm
+        self.used = used  # the storage keeper's use times: told the patients each page of results holds
 
     def _search(self, level: str, request: Request, asked: Asked) -> tuple[list[Dataset], str]:
         path = {k: check_uid(v) for k, v in request.path_params.items()}
@@ -184,7 +188,7 @@ class Qido:
         asked.identifier = ds
         plan = plan_find(STUDY_ROOT, ds, relational=True, combined_datetime=True)
         base = public_base(request.scope.get("server"), request.headers.get("host", ""), request.url.scheme)
-        found = list(itertools.islice(run_find(self.engine, plan), offset, offset + limit))
+        found = list(itertools.islice(run_find(self.engine, plan, used=self.used), offset, offset + limit))
         for match in found:
             match.RetrieveURL = _url(base, level, match)
             del match.QueryRetrieveLevel
