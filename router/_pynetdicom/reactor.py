@@ -162,8 +162,7 @@ def _wait_for_dul_work(dul: DULServiceProvider) -> None:
     assoc_sock = dul.socket
     raw = getattr(assoc_sock, "socket", None) if assoc_sock is not None else None
     if raw is not None and getattr(assoc_sock, "_is_connected", False):
-        pending = getattr(raw, "pending", None)  # an SSLSocket may hold decrypted data select() cannot see
-        if pending is not None and pending():
+        if _holds_data(raw):
             return
         readers.append(raw)
     timeout = max(0.0, min(MAX_WAIT, dul.artim_timer.remaining))
@@ -339,10 +338,19 @@ def _timeout(dul: DULServiceProvider, established: bool) -> float | None:
     return assoc.network_timeout if established else assoc.acse_timeout
 
 
+def _holds_data(sock: Any) -> bool:
+    """Whether a TLS socket holds decrypted bytes that select() cannot see: in OpenSSL (``pending``), or read ahead
+    by ``router.tls.TlsSocket.application_data_ready`` (``buffered``)."""
+    buffered = getattr(sock, "buffered", None)
+    if buffered is not None and buffered():
+        return True
+    pending = getattr(sock, "pending", None)
+    return pending is not None and bool(pending())
+
+
 def _wait_readable(sock: Any, until: float | None) -> bool:
     """Block until ``sock`` has bytes to read (or was closed): False when ``until`` passed first."""
-    pending = getattr(sock, "pending", None)  # an SSLSocket may hold decrypted bytes select() cannot see
-    if pending is not None and pending():
+    if _holds_data(sock):
         return True
     while True:
         remaining = None if until is None else until - time.monotonic()

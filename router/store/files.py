@@ -3,9 +3,11 @@
 Everything the router writes under ``data_dir`` may hold patient data (objects, HL7 messages, quarantined bytes and
 their reasons, dead letters' payloads, the SQLite database): files are created with ``FILE_MODE`` and folders with
 ``DIR_MODE``, readable by the router's user only (``data_access: owner``, 0600 and 0700), or by its group too
-(``group``, 0640 and 0750) for a backup or operator account in that group. The process's umask can only take more
-away. ``secure_data_dir`` sets ``data_dir`` and its top folders to ``DIR_MODE`` at start-up (what an older version
-or an operator left wider is then out of other users' reach) and the SQLite database file to ``FILE_MODE``.
+(``group``, 0640 and 0750) for a backup or operator account in that group. ``set_access`` also sets the process's
+umask to match (077, or 027), so what other code writes there (a plugin's files, prometheus_client's multiprocess
+files) is just as private without knowing it; the umask can only take away, never widen. ``secure_data_dir`` sets
+``data_dir`` and its top folders to ``DIR_MODE`` at start-up (what an older version or an operator left wider is
+then out of other users' reach) and the SQLite database file to ``FILE_MODE``.
 """
 
 from __future__ import annotations
@@ -32,9 +34,10 @@ _O_DSYNC = getattr(os, "O_DSYNC", 0)
 
 
 def set_access(access: str) -> None:
-    """The modes of what this process writes from now on (``data_access``: "owner" or "group")."""
+    """The modes of what this process writes from now on (``data_access``: "owner" or "group"), and the umask."""
     global FILE_MODE, DIR_MODE
     FILE_MODE, DIR_MODE = ACCESS_MODES[access]
+    os.umask(0o777 & ~DIR_MODE)
 
 
 def make_dirs(path: Path) -> None:
