@@ -17,7 +17,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from sqlmodel import SQLModel, create_engine
 
-from router.store import models  # noqa: F401  (registers the tables)
+from router.store import models, ops_models  # noqa: F401  (registers the tables)
 from router.store.writelock import sqlite_file
 
 

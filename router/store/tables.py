@@ -9,7 +9,7 @@ from __future__ import annotations
 from sqlalchemy import Table
 from sqlmodel import SQLModel
 
-from router.store import models
+from router.store import models, ops_models
 
 _TABLES = SQLModel.metadata.tables
 
@@ -31,3 +31,9 @@ HL7_LOG = _table(models.Hl7Log)
 COMMIT_TRANSACTION = _table(models.CommitTransaction)
 COMMIT_ITEM = _table(models.CommitItem)
 PERFORMED_PROCEDURE_STEP = _table(models.PerformedProcedureStep)
+USER = _table(ops_models.User)
+API_TOKEN = _table(ops_models.ApiToken)
+WEB_SESSION = _table(ops_models.WebSession)
+PEER_STATE = _table(ops_models.PeerState)
+RULE_VERSION = _table(ops_models.RuleVersion)
+ACTIVITY = _table(ops_models.Activity)
