@@ -95,6 +95,13 @@ def any_users(engine: Engine) -> bool:
         return conn.execute(select(USER.c.id).limit(1)).first() is not None
 
 
+def user_role(engine: Engine, name: str) -> str | None:
+    """The role of user ``name``; None when there is no such user."""
+    with engine.connect() as conn:
+        found = conn.execute(select(USER.c.role).where(USER.c.name == name)).scalar()
+    return str(found) if found is not None else None
+
+
 def _user_id(conn: Any, name: str) -> int | None:
     found = conn.execute(select(USER.c.id).where(USER.c.name == name)).scalar()
     return int(found) if found is not None else None
