@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import functools
 import logging
 import threading
 import time
@@ -138,7 +137,10 @@ class Authenticator:
             await asyncio.sleep(wait)
         kwargs: dict[str, Any] = dict(authorization=authorization, address=address,
                                       method=str(scope.get("method", "")), path=path, config=self.config)  # fmt: skip
-        ask = functools.partial(decide, self.pm, "router_authenticate", on_error=AUTHENTICATION_FAILED, **kwargs)
+
+        def ask() -> Any:
+            return decide(self.pm, "router_authenticate", on_error=AUTHENTICATION_FAILED, **kwargs)
+
         answer = await run_in_threadpool(ask) if authorization else ask()  # a password check is slow: not here
         if isinstance(answer, Authenticated):
             self.throttle.succeeded(f"user:{answer.user}")
