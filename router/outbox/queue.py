@@ -288,12 +288,14 @@ class Outbox:
                 return None
             if job.state in (JobState.INFLIGHT, JobState.COMMITTING):
                 raise JobBusy(f"job {job_id} is {job.state}: it can be deleted once its delivery is over")
-            session.execute(delete(Job).where(col(Job.id) == job_id, col(Job.state) == job.state))
-            record(session.connection(), [_operator(job, "deleted", by)])
+            gone = Job.model_validate(job.model_dump())  # what it was, outside the session
+            deleted = session.execute(delete(Job).where(col(Job.id) == job_id, col(Job.state) == job.state))
+            if not getattr(deleted, "rowcount", 0):  # claimed meanwhile
+                raise JobBusy(f"job {job_id} is being delivered: it can be deleted once its delivery is over")
+            record(session.connection(), [_operator(gone, "deleted", by)])
             session.commit()
-            session.expunge(job)
-        drop_if_orphaned(self.engine, self.data_dir, job.path, job.sop_uid)
-        return job
+        drop_if_orphaned(self.engine, self.data_dir, gone.path, gone.sop_uid)
+        return gone
 
     def purge(self, states: Sequence[str], peer: str | None = None) -> int:
         """Delete jobs in the given states (done and/or dead; never pending or inflight)."""

@@ -6,10 +6,10 @@
   ``router_authentication_failed`` are announced for every request that was checked.
 - A request without one but with the console's session cookie (``/api/login``) is from the session's user; it is
   not announced again (its login was).
-- Failed attempts are counted per claimed user name and per client address (``Throttle``); from the
-  ``FREE_FAILURES``-th on, every attempt of that name or address waits before it is checked, twice as long each
-  time up to ``MAX_DELAY``. The counts live in memory, at most ``MAX_TRACKED`` of each, and are forgotten
-  ``FORGET_AFTER`` seconds after the last failure.
+- Failed attempts (with credentials) are counted per claimed user name and per client address (``Throttle``);
+  from the ``FREE_FAILURES``-th on, every attempt of that name or address waits before it is checked, twice as
+  long each time up to ``MAX_DELAY``. A success clears the counts of its user and address. The counts live in
+  memory, at most ``MAX_TRACKED`` keys, and are forgotten ``FORGET_AFTER`` seconds after the last failure.
 
 The request goes on with ``scope["router.identity"]`` (an ``Identity``) when someone was recognised; whether that
 someone may do what the request asks is the route's business (the admin API's roles, ``router.listeners.http.api``).
@@ -89,9 +89,10 @@ class Throttle:
             while len(self._failures) > MAX_TRACKED:
                 self._failures.popitem(last=False)
 
-    def succeeded(self, key: str) -> None:
+    def succeeded(self, *keys: str) -> None:
         with self._lock:
-            self._failures.pop(key, None)
+            for key in keys:
+                self._failures.pop(key, None)
 
 
 def claimed_user(authorization: str) -> str:
@@ -133,7 +134,7 @@ class Authenticator:
         path = str(scope.get("path", ""))
         claimed = claimed_user(authorization)
         keys = (f"user:{claimed}", f"host:{host}") if claimed else (f"host:{host}",)
-        if wait := self.throttle.delay(*keys):
+        if authorization and (wait := self.throttle.delay(*keys)):
             await asyncio.sleep(wait)
         kwargs: dict[str, Any] = dict(authorization=authorization, address=address,
                                       method=str(scope.get("method", "")), path=path, config=self.config)  # fmt: skip
@@ -143,14 +144,15 @@ class Authenticator:
 
         answer = await run_in_threadpool(ask) if authorization else ask()  # a password check is slow: not here
         if isinstance(answer, Authenticated):
-            self.throttle.succeeded(f"user:{answer.user}")
+            self.throttle.succeeded(f"user:{answer.user}", f"host:{host}")
             notify(self.pm, "router_authentication_succeeded", user=answer.user, method=announce_as or answer.method,
                    address=address, path=path)  # fmt: skip
             return answer
         if isinstance(answer, Denied) or self.config.http.auth.enabled or announce_as:
             denied = answer if isinstance(answer, Denied) else Denied("no authentication plugin accepted it",
                                                                       claimed)  # fmt: skip
-            self.throttle.failed(*keys)
+            if authorization:
+                self.throttle.failed(*keys)
             log.info("HTTP %s from %s refused: %s", path, address, denied.reason)
             notify(self.pm, "router_authentication_failed", user=denied.user, reason=denied.reason,
                    address=address, path=path)  # fmt: skip

@@ -127,8 +127,8 @@ def make_endpoints(services: ApiServices) -> list[Endpoint]:
             rows = conn.execute(query).all()
             if not rows:
                 raise ApiError(404, f"no stored instance of study {uid}")
-            enqueue(conn, [NewJob(JobKind.DICOM_STORE, peer_name, r.sop_uid, r.path, r.sop_class_uid, "", rule)
-                           for r in rows])  # fmt: skip
+            enqueue(conn, [NewJob(JobKind.DICOM_STORE, peer_name, r.sop_uid, r.path, r.sop_class_uid,
+                                  r.transfer_syntax, rule) for r in rows])  # fmt: skip
             record(conn, [Entry("sent", r.sop_uid, "dicom", {"sop_uid": r.sop_uid, "study_uid": uid}, peer=peer_name,
                                 detail={"by": call.user}) for r in rows])  # fmt: skip
         services.wake({peer_name})
