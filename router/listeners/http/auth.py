@@ -43,7 +43,7 @@ from router.store.users import any_users
 log = logging.getLogger(__name__)
 
 SESSION_COOKIE = "router_session"
-PUBLIC_PATHS = {"/api/login"}  # reached without credentials, whatever http.auth says (they check their own)
+PUBLIC_PATHS = {"/api/login", "/api/openapi.json"}  # reached without credentials, whatever http.auth says
 FREE_FAILURES = 5
 MAX_DELAY = 10.0  # s
 FORGET_AFTER = 900.0  # s
