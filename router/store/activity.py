@@ -12,8 +12,8 @@ trace never shows what did not happen:
 
 A row's ``subject`` ties an object's rows together (``subject_of``): the SOP Instance UID of a DICOM object, the
 message file of a forwarded HL7 message (its jobs' ``path``). A search by a business key finds the subjects of the
-matching rows, then every row of those subjects, in time order: two indexed queries. Rows older than
-``activity.keep_days`` are removed every hour (``prune``).
+matching rows, then every row of those subjects, in time order: indexed queries (partial indexes: a row without
+a key costs that key's index nothing). Rows older than ``activity.keep_days`` are removed every hour (``prune``).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, delete, insert, select
+from sqlalchemy import Connection, and_, delete, func, insert, literal_column, select
 from sqlalchemy.engine import Engine
 
 from router.store.models import utcnow
@@ -35,6 +35,7 @@ KEYS = ("patient_id", "accession", "study_uid", "sop_uid", "msh10")
 _LIMITS = {"patient_id": 64, "accession": 16, "study_uid": 64, "sop_uid": 64, "msh10": 64}
 HL7_KIND = "hl7"
 MAX_SUBJECTS = 1000  # a search matching more objects shows the newest of them
+_EMPTY, _DELIVERED = literal_column("''"), literal_column("'delivered'")  # literals: partial indexes' terms
 _INSERT = insert(ACTIVITY)  # run raw (router.store.rawsql): the intake's hot path
 _COLUMNS = insert_columns(ACTIVITY)
 
@@ -92,15 +93,18 @@ def trace(
     engine: Engine, keys: dict[str, str], since: datetime | None = None, limit: int = 1000
 ) -> tuple[list[dict[str, Any]], bool]:
     """The rows of every object or message one of ``keys`` matches, oldest first; and whether more matched."""
-    wanted = [ACTIVITY.c[k] == v[: _LIMITS[k]] for k, v in keys.items() if k in KEYS and v]
+    # each key on its partial index (its "<> ''" term lets the planner use it); a SOP Instance UID is a subject
+    wanted = [
+        ACTIVITY.c.subject == v if k == "sop_uid" else and_(ACTIVITY.c[k] == v[: _LIMITS[k]], ACTIVITY.c[k] != _EMPTY)
+        for k, v in keys.items()
+        if k in KEYS and v
+    ]
     if not wanted:
         return [], False
     with engine.connect() as conn:
         subjects: set[str] = set()
         for condition in wanted:  # one indexed lookup per key (an OR of them may not use the indexes)
             query = select(ACTIVITY.c.subject).where(condition).distinct().limit(MAX_SUBJECTS + 1)
-            if since is not None:
-                query = query.where(ACTIVITY.c.at >= since)
             subjects.update(conn.execute(query).scalars())
         if not subjects:
             return [], False
@@ -125,10 +129,7 @@ def last_delivery(engine: Engine, peers: Iterable[str]) -> dict[str, datetime]:
     with engine.connect() as conn:
         for peer in peers:
             at = conn.execute(
-                select(ACTIVITY.c.at)
-                .where(ACTIVITY.c.peer == peer, ACTIVITY.c.event == "delivered")
-                .order_by(ACTIVITY.c.at.desc())
-                .limit(1)
+                select(func.max(ACTIVITY.c.at)).where(ACTIVITY.c.peer == peer, ACTIVITY.c.event == _DELIVERED)
             ).scalar()
             if at is not None:
                 found[peer] = at
@@ -142,8 +143,24 @@ def received_lately(engine: Engine, limit: int) -> list[dict[str, Any]]:
         return [dict(row) for row in conn.execute(query).mappings().all()]
 
 
+PRUNE_BATCH = 10_000  # rows deleted per transaction: the writers of objects wait for no longer
+
+
 def prune(engine: Engine, keep_days: float) -> int:
-    """Remove rows older than ``keep_days``; how many went."""
-    with engine.begin() as conn:
-        gone = conn.execute(delete(ACTIVITY).where(ACTIVITY.c.at < utcnow() - timedelta(days=keep_days)))
-    return int(gone.rowcount or 0)
+    """Remove rows older than ``keep_days``; how many went. Rows are written in time order, so the newest old row
+    is found once (a read, which does not hold up the writers) and everything up to its id is deleted in short
+    transactions by primary key."""
+    cutoff = utcnow() - timedelta(days=keep_days)
+    with engine.connect() as conn:
+        last = conn.execute(select(func.max(ACTIVITY.c.id)).where(ACTIVITY.c.at < cutoff)).scalar()
+        first = conn.execute(select(func.min(ACTIVITY.c.id))).scalar()
+    if last is None or first is None:
+        return 0
+    gone = 0
+    for start in range(int(first), int(last) + 1, PRUNE_BATCH):
+        with engine.begin() as conn:
+            result = conn.execute(
+                delete(ACTIVITY).where(ACTIVITY.c.id >= start, ACTIVITY.c.id < min(start + PRUNE_BATCH, last + 1))
+            )
+            gone += int(result.rowcount or 0)
+    return gone

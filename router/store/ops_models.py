@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Column, Index, Text
+from sqlalchemy import Column, Index, Text, text
 from sqlmodel import Field, SQLModel
 
 from router.store.models import utcnow
@@ -74,23 +74,40 @@ class RuleVersion(SQLModel, table=True):
     saved_at: datetime = Field(default_factory=utcnow)
 
 
+def _keyed(name: str, *columns: str, where: str) -> Index:
+    """A partial index (SQLite and PostgreSQL): rows without the key, most of them for most keys, cost no entry."""
+    predicate = text(where)
+    return Index(name, *columns, sqlite_where=predicate, postgresql_where=predicate)
+
+
 class Activity(SQLModel, table=True):
     """One thing the router did with an object or message: received (from whom, which rules, each stage), refused,
     a delivery attempt and its outcome, an operator's action. ``subject`` ties the rows of one object together:
-    the SOP Instance UID of a DICOM object or MPPS step, the message file of an HL7 message (its jobs' path)."""
+    the SOP Instance UID of a DICOM object or MPPS step, the message file of an HL7 message (its jobs' path).
 
-    __table_args__ = (Index("ix_activity_peer_event", "peer", "event", "at"),)
+    Each index is a cost on every object received, so there are few: ``subject`` (which is the SOP Instance UID of
+    a DICOM object, so that key needs no index of its own), the business keys where a row has one, and the
+    deliveries by peer. ``at`` has none: searches find subjects first, and the hourly clean-up finds the last old
+    id once and deletes by id."""
+
+    __table_args__ = (
+        _keyed("ix_activity_patient_id", "patient_id", where="patient_id <> ''"),
+        _keyed("ix_activity_accession", "accession", where="accession <> ''"),
+        _keyed("ix_activity_study_uid", "study_uid", where="study_uid <> ''"),
+        _keyed("ix_activity_msh10", "msh10", where="msh10 <> ''"),
+        _keyed("ix_activity_delivered", "peer", "at", where="event = 'delivered'"),
+    )
 
     id: int | None = Field(default=None, primary_key=True)
-    at: datetime = Field(default_factory=utcnow, index=True)
+    at: datetime = Field(default_factory=utcnow)
     event: str = Field(max_length=32)
     kind: str = Field(default="", max_length=16)
     subject: str = Field(max_length=1024, index=True)
-    patient_id: str = Field(default="", max_length=64, index=True)
-    accession: str = Field(default="", max_length=16, index=True)
-    study_uid: str = Field(default="", max_length=64, index=True)
-    sop_uid: str = Field(default="", max_length=64, index=True)
-    msh10: str = Field(default="", max_length=64, index=True)
+    patient_id: str = Field(default="", max_length=64)
+    accession: str = Field(default="", max_length=16)
+    study_uid: str = Field(default="", max_length=64)
+    sop_uid: str = Field(default="", max_length=64)
+    msh10: str = Field(default="", max_length=64)
     peer: str = Field(default="", max_length=64)
     job_id: int | None = None
     status: int | None = None
