@@ -25,6 +25,7 @@ from pydicom.uid import generate_uid
 from forwarding import SUCCESS, ScriptedSCP, peer_at
 from hl7msg import adt, send
 from peers import RouterProcess, free_port, make_instance, send_datasets, wait_for
+from worklist_peers import ORDERS, send_order
 
 PASSWORDS = {"vera": "viewer-password", "otto": "operator-password", "ada": "admin-password"}
 ROLES = {"vera": "viewer", "otto": "operator", "ada": "admin"}
@@ -435,3 +436,13 @@ def test_openapi_matches_the_routes(site: Site) -> None:
         if path != "/api/openapi.json":
             assert f"`{method} {path}" in text, f"docs/api.md does not describe {method} {path}"
     assert yaml.safe_dump(spec)  # plain data
+
+
+def test_an_order_is_on_the_worklist_and_its_message_found_by_accession(site: Site) -> None:
+    order = ORDERS[0]
+    send_order(site.router, order)
+    items = site.get("/api/worklist", user="vera", params={"accession": order.accession}).json()["items"]
+    assert [(i["patient_id"], i["modality"], i["status"]) for i in items] == [(order.patient.pid, "CT", "SCHEDULED")]
+    assert site.get("/api/worklist", user="vera", params={"status": "NOPE"}).status_code == 400
+    [row] = site.get("/api/activity", user="vera", params={"accession": order.accession}).json()["items"]
+    assert (row["event"], row["kind"], row["detail"]["message_type"]) == ("received", "hl7", "ORM^O01")
