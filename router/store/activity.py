@@ -26,6 +26,7 @@ from typing import Any
 
 from sqlalchemy import Connection, and_, delete, func, insert, literal_column, select
 from sqlalchemy.engine import Engine
+from sqlalchemy.sql.elements import ColumnClause
 
 from router.store.models import utcnow
 from router.store.rawsql import insert_columns, raw
@@ -35,7 +36,9 @@ KEYS = ("patient_id", "accession", "study_uid", "sop_uid", "msh10")
 _LIMITS = {"patient_id": 64, "accession": 16, "study_uid": 64, "sop_uid": 64, "msh10": 64}
 HL7_KIND = "hl7"
 MAX_SUBJECTS = 1000  # a search matching more objects shows the newest of them
-_EMPTY, _DELIVERED = literal_column("''"), literal_column("'delivered'")  # literals: partial indexes' terms
+# literals, not parameters: the planner matches them with the partial indexes' terms
+_EMPTY: ColumnClause[str] = literal_column("''")
+_DELIVERED: ColumnClause[str] = literal_column("'delivered'")
 _INSERT = insert(ACTIVITY)  # run raw (router.store.rawsql): the intake's hot path
 _COLUMNS = insert_columns(ACTIVITY)
 

@@ -69,78 +69,123 @@ def _reached(ok: bool, check: str, detail: str, started: float, status: int | No
             "ms": round((time.monotonic() - started) * 1000, 1)}  # fmt: skip
 
 
-def make_endpoints(services: ApiServices) -> list[Endpoint]:
-    config, engine = services.config, services.engine
+class PeersApi:
+    """The handlers of /api/status and /api/peers."""
 
-    def peer(name: str) -> AnyPeer:
-        found = config.peers.get(name)
+    def __init__(self, services: ApiServices) -> None:
+        self.services = services
+        self.config = services.config
+        self.engine = services.engine
+
+    def peer(self, name: str) -> AnyPeer:
+        found = self.config.peers.get(name)
         if found is None:
             raise ApiError(404, f"no peer {name!r} in the configuration")
         return found
 
-    def status(call: Call) -> dict[str, Any]:
-        counts = services.outbox.counts()
-        with engine.connect() as conn:
+    def status(self, call: Call) -> dict[str, Any]:
+        counts = self.services.outbox.counts()
+        with self.engine.connect() as conn:
             objects, size = conn.execute(select(func.count(), func.coalesce(func.sum(INSTANCE.c.size), 0))).one()
-        disk = shutil.disk_usage(config.data_dir)
-        ports = dict(services.ports())
-        url = engine.url
+        disk = shutil.disk_usage(self.config.data_dir)
+        ports = dict(self.services.ports())
+        url, config = self.engine.url, self.config
         return {
-            "version": router.__version__, "ae_title": config.ae_title, "started_at": services.started_at,
-            "uptime_seconds": round(time.monotonic() - services.started, 1),
+            "version": router.__version__, "ae_title": config.ae_title, "started_at": self.services.started_at,
+            "uptime_seconds": round(time.monotonic() - self.services.started, 1),
             "listeners": {
                 "dicom": {"host": config.dicom.host, "port": ports.get("dicom")},
                 "hl7": {"host": config.hl7.host, "port": ports.get("hl7")},
                 "http": {"host": config.http.host, "port": ports.get("http"), "tls": config.http.tls is not None},
             },
-            "database": {"dialect": engine.dialect.name, "database": url.database or "", "host": url.host or ""},
+            "database": {"dialect": self.engine.dialect.name, "database": url.database or "", "host": url.host or ""},
             "storage": {"objects": int(objects), "bytes": int(size), "disk_free_bytes": disk.free,
                         "disk_total_bytes": disk.total},
             "queue": {state: sum(n for (_p, s), n in counts.items() if s == state) for state in JobState.ALL},
-            "rules": {"files": list(services.rules.current.files), "rules": len(services.rules.current.rules),
-                      "problems": list(services.rules.last_problems)},
+            "rules": {"files": list(self.services.rules.current.files), "rules": len(self.services.rules.current.rules),
+                      "problems": list(self.services.rules.last_problems)},
         }  # fmt: skip
 
-    def peers(call: Call) -> dict[str, Any]:
-        counts = services.outbox.counts()
-        paused = paused_peers(engine)
-        delivered = last_delivery(engine, config.peers)
+    def peers(self, call: Call) -> dict[str, Any]:
+        counts = self.services.outbox.counts()
+        paused = paused_peers(self.engine)
+        delivered = last_delivery(self.engine, self.config.peers)
         return {"items": [
             {"name": name, "type": p.type, "address": address_of(p), "paused": name in paused,
              "paused_by": paused.get(name, {}).get("by"), "paused_at": paused.get(name, {}).get("at"),
              "last_delivery": delivered.get(name),
              "queue": {state: counts.get((name, state), 0) for state in JobState.ALL}}
-            for name, p in config.peers.items()
+            for name, p in self.config.peers.items()
         ]}  # fmt: skip
 
-    def echo(call: Call) -> dict[str, Any]:
+    def echo(self, call: Call) -> dict[str, Any]:
         name = call.params["name"]
-        return {"peer": name, "address": address_of(peer(name)), **echo_peer(services, peer(name))}
+        return {"peer": name, "address": address_of(self.peer(name)), **echo_peer(self.services, self.peer(name))}
 
-    def pause(paused: bool) -> Any:
+    def pause(self, paused: bool) -> Any:
         def handler(call: Call) -> dict[str, Any]:
             name = call.params["name"]
-            peer(name)
-            changed = set_paused(engine, name, paused, call.user)
+            self.peer(name)
+            changed = set_paused(self.engine, name, paused, call.user)
             if changed:
                 action = "peer.paused" if paused else "peer.resumed"
-                services.changed(call.user, call.identity.role if call.identity else "", action, name, call.address)
+                self.services.changed(
+                    call.user, call.identity.role if call.identity else "", action, name, call.address
+                )
                 if not paused:
-                    services.wake({name})
+                    self.services.wake({name})
             return {"peer": name, "paused": paused, "changed": changed}
 
         return handler
 
-    ok_or_404 = {404: "no such peer"}
-    return [
-        Endpoint("GET", "/api/status", "Version, uptime, listeners, database, storage use, queue totals", status,
-                 tag="router"),
-        Endpoint("GET", "/api/peers", "Every peer: type, address, paused, last delivery, jobs per state", peers,
-                 tag="peers"),
-        Endpoint("POST", "/api/peers/{name}/echo", "Is the peer there: C-ECHO (DICOM), TCP (MLLP), HTTP (DICOMweb)",
-                 echo, params=(PEER,), responses={**ok_or_404, 422: "no check for this peer type"}, tag="peers"),
-        Endpoint("POST", "/api/peers/{name}/pause", "Stop forwarding to the peer (its jobs stay pending)",
-                 pause(True), role="operator", params=(PEER,), responses=ok_or_404, tag="peers"),
-        Endpoint("POST", "/api/peers/{name}/resume", "Forward to the peer again", pause(False), role="operator",
-                 params=(PEER,), responses=ok_or_404, tag="peers"),
-    ]  # fmt: skip
+    def endpoints(self) -> list[Endpoint]:
+        ok_or_404 = {404: "no such peer"}
+        return [
+            Endpoint(
+                "GET",
+                "/api/status",
+                "Version, uptime, listeners, database, storage use, queue totals",
+                self.status,
+                tag="router",
+            ),
+            Endpoint(
+                "GET",
+                "/api/peers",
+                "Every peer: type, address, paused, last delivery, jobs per state",
+                self.peers,
+                tag="peers",
+            ),
+            Endpoint(
+                "POST",
+                "/api/peers/{name}/echo",
+                "Is the peer there: C-ECHO (DICOM), TCP (MLLP), HTTP (DICOMweb)",
+                self.echo,
+                params=(PEER,),
+                responses={**ok_or_404, 422: "no check for this peer type"},
+                tag="peers",
+            ),
+            Endpoint(
+                "POST",
+                "/api/peers/{name}/pause",
+                "Stop forwarding to the peer (its jobs stay pending)",
+                self.pause(True),
+                role="operator",
+                params=(PEER,),
+                responses=ok_or_404,
+                tag="peers",
+            ),
+            Endpoint(
+                "POST",
+                "/api/peers/{name}/resume",
+                "Forward to the peer again",
+                self.pause(False),
+                role="operator",
+                params=(PEER,),
+                responses=ok_or_404,
+                tag="peers",
+            ),
+        ]
+
+
+def make_endpoints(services: ApiServices) -> list[Endpoint]:
+    return PeersApi(services).endpoints()

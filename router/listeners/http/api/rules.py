@@ -44,14 +44,15 @@ def read_text(path: Path) -> str | None:
 
 
 class RuleFiles:
-    """Reading and saving the files of ``rules_dir``."""
+    """Reading and saving the files of ``rules_dir``: the handlers of ``/api/rules``."""
 
     def __init__(self, services: ApiServices) -> None:
         self.services = services
         self.folder = services.config.rules_dir
         self._saving = threading.Lock()
 
-    def save(self, name: str, text: str, call: Call, action: str = "rules.saved") -> dict[str, Any]:
+    def store(self, name: str, text: str, call: Call, action: str = "rules.saved") -> dict[str, Any]:
+        """Check ``text`` with the other files, keep the version it replaces, write it, reload; 422 for problems."""
         services = self.services
         result = load_with_edits(self.folder, {name: text}, services.stages, services.config)
         if result.problems:
@@ -71,66 +72,66 @@ class RuleFiles:
         return {"file": name, "saved": True, "version": version, "rules": len(services.rules.current.rules),
                 "problems": [problem_json(p) for p in services.rules.last_problems]}  # fmt: skip
 
-
-def make_endpoints(services: ApiServices) -> list[Endpoint]:
-    rule_files_ = RuleFiles(services)
-    folder = rule_files_.folder
-
-    def listing(call: Call) -> dict[str, Any]:
-        current = services.rules.current
+    def listing(self, call: Call) -> dict[str, Any]:
+        current = self.services.rules.current
         counted = {f: sum(1 for r in current.rules if r.where.split(":")[0] == f) for f in current.files}
         return {"items": [{"file": p.name, "size": p.stat().st_size, "rules": counted.get(p.name)}
-                          for p in rule_files(folder)],
-                "problems": [problem_json(p) for p in services.rules.last_problems]}  # fmt: skip
+                          for p in rule_files(self.folder)],
+                "problems": [problem_json(p) for p in self.services.rules.last_problems]}  # fmt: skip
 
-    def read(call: Call) -> PlainTextResponse:
+    def read(self, call: Call) -> PlainTextResponse:
         name = check_name(call.params["file"])
-        text = read_text(folder / name)
+        text = read_text(self.folder / name)
         if text is None:
             raise ApiError(404, f"no rule file {name}")
         return PlainTextResponse(text, media_type="application/yaml")
 
-    def save(call: Call) -> dict[str, Any]:
+    def save(self, call: Call) -> dict[str, Any]:
         name = check_name(call.params["file"])
         try:
             text = call.body.decode("utf-8")
         except UnicodeDecodeError:
             raise ApiError(400, "the body is not UTF-8 text") from None
-        return rule_files_.save(name, text, call)
+        return self.store(name, text, call)
 
-    def history(call: Call) -> dict[str, Any]:
+    def history(self, call: Call) -> dict[str, Any]:
         name = check_name(call.params["file"])
-        return {"file": name, "items": versions(services.engine, name)}
+        return {"file": name, "items": versions(self.services.engine, name)}
 
-    def old_version(call: Call) -> PlainTextResponse:
+    def _version(self, call: Call) -> tuple[str, str]:
         name = check_name(call.params["file"])
-        text = version_text(services.engine, name, call.params["version"])
+        text = version_text(self.services.engine, name, call.params["version"])
         if text is None:
             raise ApiError(404, f"{name} has no version {call.params['version']}")
-        return PlainTextResponse(text, media_type="application/yaml")
+        return name, text
 
-    def revert(call: Call) -> dict[str, Any]:
-        name = check_name(call.params["file"])
-        text = version_text(services.engine, name, call.params["version"])
-        if text is None:
-            raise ApiError(404, f"{name} has no version {call.params['version']}")
-        return {**rule_files_.save(name, text, call, "rules.reverted"), "reverted_to": call.params["version"]}
+    def old_version(self, call: Call) -> PlainTextResponse:
+        return PlainTextResponse(self._version(call)[1], media_type="application/yaml")
 
-    text = {200: "the YAML text", 404: "no such file"}
-    return [
-        Endpoint("GET", "/api/rules", "The rule files, their rules, the problems of the last reload", listing,
-                 tag="rules"),
-        Endpoint("GET", "/api/rules/{file}", "A rule file's YAML text", read, params=(FILE,), responses=text,
-                 tag="rules", media="application/yaml"),
-        Endpoint("PUT", "/api/rules/{file}", "Save a rule file (the body is its YAML): checked, kept, reloaded",
-                 save, role="admin", params=(FILE,), body=YAML_BODY,
-                 responses={200: "saved and in force", 422: "problems (file:line: message); nothing written"},
-                 tag="rules"),
-        Endpoint("GET", "/api/rules/{file}/history", "The file's previous versions, newest first", history,
-                 params=(FILE,), tag="rules"),
-        Endpoint("GET", "/api/rules/{file}/history/{version}", "One previous version's text", old_version,
-                 params=(FILE, VERSION), responses=text, tag="rules", media="application/yaml"),
-        Endpoint("POST", "/api/rules/{file}/history/{version}/revert", "Save a previous version again (checked)",
-                 revert, role="admin", params=(FILE, VERSION),
-                 responses={404: "no such version", 422: "problems; nothing written"}, tag="rules"),
-    ]  # fmt: skip
+    def revert(self, call: Call) -> dict[str, Any]:
+        name, text = self._version(call)
+        return {**self.store(name, text, call, "rules.reverted"), "reverted_to": call.params["version"]}
+
+    def endpoints(self) -> list[Endpoint]:
+        text = {200: "the YAML text", 404: "no such file"}
+        return [
+            Endpoint("GET", "/api/rules", "The rule files, their rules, the problems of the last reload",
+                     self.listing, tag="rules"),
+            Endpoint("GET", "/api/rules/{file}", "A rule file's YAML text", self.read, params=(FILE,),
+                     responses=text, tag="rules", media="application/yaml"),
+            Endpoint("PUT", "/api/rules/{file}", "Save a rule file (the body is its YAML): checked, kept, reloaded",
+                     self.save, role="admin", params=(FILE,), body=YAML_BODY,
+                     responses={200: "saved and in force", 422: "problems (file:line: message); nothing written"},
+                     tag="rules"),
+            Endpoint("GET", "/api/rules/{file}/history", "The file's previous versions, newest first", self.history,
+                     params=(FILE,), tag="rules"),
+            Endpoint("GET", "/api/rules/{file}/history/{version}", "One previous version's text", self.old_version,
+                     params=(FILE, VERSION), responses=text, tag="rules", media="application/yaml"),
+            Endpoint("POST", "/api/rules/{file}/history/{version}/revert", "Save a previous version again (checked)",
+                     self.revert, role="admin", params=(FILE, VERSION),
+                     responses={404: "no such version", 422: "problems; nothing written"}, tag="rules"),
+        ]  # fmt: skip
+
+
+def make_endpoints(services: ApiServices) -> list[Endpoint]:
+    return RuleFiles(services).endpoints()

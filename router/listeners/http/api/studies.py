@@ -63,30 +63,35 @@ def _plain(ds: Dataset) -> dict[str, Any]:
     return out
 
 
-def make_endpoints(services: ApiServices) -> list[Endpoint]:
-    engine, config = services.engine, services.config
+class StudiesApi:
+    """The handlers of /api/studies and /api/worklist."""
 
-    def announce(call: Call, level: str, keys: Dataset | None, matches: int) -> None:
-        notify(services.pm, "router_query_answered", service="API", calling_ae="", user=call.user,
+    def __init__(self, services: ApiServices) -> None:
+        self.services = services
+        self.engine = services.engine
+        self.config = services.config
+
+    def announce(self, call: Call, level: str, keys: Dataset | None, matches: int) -> None:
+        notify(self.services.pm, "router_query_answered", service="API", calling_ae="", user=call.user,
                address=call.address, sop_class_uid="", level=level, identifier=keys, matches=matches,
                status=200)  # fmt: skip
 
-    def studies(call: Call) -> dict[str, Any]:
+    def studies(self, call: Call) -> dict[str, Any]:
         asked = [(k, str(call.params[k])) for k in STUDY_KEYS if call.params.get(k)]
         try:
             keys, _, _ = identifier("STUDY", asked, {})
             plan = plan_find(STUDY_ROOT, keys, relational=True, combined_datetime=True)
             offset, limit = call.params["offset"], call.params["limit"]
-            found = list(itertools.islice(run_find(engine, plan), offset, offset + limit + 1))
+            found = list(itertools.islice(run_find(self.engine, plan), offset, offset + limit + 1))
         except BadQuery as exc:
             raise ApiError(400, str(exc)) from None
         except QueryError as exc:
             raise ApiError(400, exc.reason) from None
-        announce(call, "STUDY", keys, min(len(found), limit))
+        self.announce(call, "STUDY", keys, min(len(found), limit))
         more = len(found) > limit
         return {"items": [_plain(ds) for ds in found[:limit]], "next_offset": offset + limit if more else None}
 
-    def worklist(call: Call) -> dict[str, Any]:
+    def worklist(self, call: Call) -> dict[str, Any]:
         p = call.params
         item = WORKLIST_ITEM
         query = (
@@ -101,16 +106,16 @@ def make_endpoints(services: ApiServices) -> list[Endpoint]:
                 query = query.where(item.c[column] == p[key])
         if p["cursor"]:
             query = query.where(item.c.id < p["cursor"])
-        with engine.connect() as conn:
+        with self.engine.connect() as conn:
             rows = [dict(row) for row in conn.execute(query).mappings().all()]
         more = len(rows) > p["limit"]
         rows = rows[: p["limit"]]
-        announce(call, "", None, len(rows))
+        self.announce(call, "", None, len(rows))
         return {"items": rows, "next": rows[-1]["id"] if more and rows else None}
 
-    def send(call: Call) -> Any:
+    def send(self, call: Call) -> Any:
         uid, peer_name = call.params["uid"], call.params["peer"]
-        peer = config.peers.get(peer_name or "")
+        peer = self.config.peers.get(peer_name or "")
         if peer is None:
             raise ApiError(422, f"peer: no peer {peer_name!r} in the configuration")
         if "dicom" not in peer.carries:
@@ -123,7 +128,7 @@ def make_endpoints(services: ApiServices) -> list[Endpoint]:
             .order_by(INSTANCE.c.id)
         )
         rule = f"api:{call.user}"[:128]
-        with services.write_lock, engine.begin() as conn:
+        with self.services.write_lock, self.engine.begin() as conn:
             rows = conn.execute(query).all()
             if not rows:
                 raise ApiError(404, f"no stored instance of study {uid}")
@@ -131,17 +136,41 @@ def make_endpoints(services: ApiServices) -> list[Endpoint]:
                                   r.transfer_syntax, rule) for r in rows])  # fmt: skip
             record(conn, [Entry("sent", r.sop_uid, "dicom", {"sop_uid": r.sop_uid, "study_uid": uid}, peer=peer_name,
                                 detail={"by": call.user}) for r in rows])  # fmt: skip
-        services.wake({peer_name})
+        self.services.wake({peer_name})
         role = call.identity.role if call.identity else ""
-        services.changed(call.user, role, "study.sent", uid, call.address, peer=peer_name, instances=len(rows))
+        self.services.changed(call.user, role, "study.sent", uid, call.address, peer=peer_name, instances=len(rows))
         return {"study_uid": uid, "peer": peer_name, "queued": len(rows)}
 
-    return [
-        Endpoint("GET", "/api/studies", "Stored studies (the QIDO-RS engine): {items, next_offset}", studies,
-                 params=STUDY_PARAMS, tag="studies"),
-        Endpoint("POST", "/api/studies/{uid}/send", "Queue the study's stored instances for a peer", send,
-                 role="operator", params=(UID, SEND_PEER),
-                 responses={404: "no such study", 422: "no such peer, or it takes no DICOM"}, tag="studies"),
-        Endpoint("GET", "/api/worklist", "Worklist items (from HL7 orders), newest first: {items, next}", worklist,
-                 params=WORKLIST_PARAMS, tag="worklist"),
-    ]  # fmt: skip
+    def endpoints(self) -> list[Endpoint]:
+        return [
+            Endpoint(
+                "GET",
+                "/api/studies",
+                "Stored studies (the QIDO-RS self.engine): {items, next_offset}",
+                self.studies,
+                params=STUDY_PARAMS,
+                tag="studies",
+            ),
+            Endpoint(
+                "POST",
+                "/api/studies/{uid}/send",
+                "Queue the study's stored instances for a peer",
+                self.send,
+                role="operator",
+                params=(UID, SEND_PEER),
+                responses={404: "no such study", 422: "no such peer, or it takes no DICOM"},
+                tag="studies",
+            ),
+            Endpoint(
+                "GET",
+                "/api/worklist",
+                "Worklist items (from HL7 orders), newest first: {items, next}",
+                self.worklist,
+                params=WORKLIST_PARAMS,
+                tag="worklist",
+            ),
+        ]
+
+
+def make_endpoints(services: ApiServices) -> list[Endpoint]:
+    return StudiesApi(services).endpoints()
