@@ -6,8 +6,11 @@
   and networks listed there, those of every such peer with that AE title together); every refusal is
   rejected-permanent by the service user, as PS3.8 9.3.4 names them. The called AE title is checked first, the
   order in which pynetdicom answered before this was a hook.
-- ``router_authenticate``: ``http.auth``: a bearer token, or basic credentials, compared in constant time.
-  Without ``http.auth`` no opinion: the request goes on unless another plugin refuses it.
+- ``router_authenticate``: ``http.auth`` (a bearer token, or basic credentials, compared in constant time; role
+  ``admin`` in the admin API), then the router's users (``router users add``: basic credentials checked against
+  their argon2id hashes, or one of their API tokens, ``rt_...``; the user's role). Credentials that name no one are
+  denied when ``http.auth`` is set or users exist; with neither, and no credentials, no opinion: the request goes
+  on unless another plugin refuses it (the admin API still wants a user).
 
 A plugin that wants to decide before these (a calling AE bound to a certificate, an LDAP login) implements the same
 hook; its answer (anything but ``None``) wins, as ``trylast`` puts these behind every other implementation.
@@ -17,6 +20,9 @@ from __future__ import annotations
 
 import base64
 import hmac
+import threading
+
+from sqlalchemy.engine import Engine
 
 from router.config import DicomPeer, RouterConfig
 from router.hooks.answers import (
@@ -29,6 +35,8 @@ from router.hooks.answers import (
     Reject,
 )
 from router.hooks.specs import hookimpl
+from router.store.db import make_engine
+from router.store.users import TOKEN_PREFIX, any_users, check_password, check_token
 
 
 @hookimpl(trylast=True)
@@ -59,22 +67,58 @@ def _wrong_address(calling_ae: str, address: str, config: RouterConfig) -> Rejec
                   SERVICE_USER, CALLING_AE_NOT_RECOGNIZED)  # fmt: skip
 
 
+ADMIN = "admin"  # what http.auth's credentials may do in the admin API: they are the site's own
+_engines: dict[str, Engine] = {}  # the router's database, by URL: the users and their tokens are there
+_engines_lock = threading.Lock()
+
+
+def _engine(config: RouterConfig) -> Engine:
+    url = config.effective_database_url
+    with _engines_lock:
+        if url not in _engines:
+            _engines[url] = make_engine(url)
+        return _engines[url]
+
+
+def _bearer(token: str, config: RouterConfig) -> Authenticated | Denied | None:
+    auth = config.http.auth
+    if auth.bearer_token and hmac.compare_digest(token.encode(), auth.bearer_token.encode()):
+        return Authenticated("bearer", "bearer", ADMIN)
+    if token.startswith(TOKEN_PREFIX):
+        account = check_token(_engine(config), token)
+        return Authenticated(account.name, "token", account.role) if account else Denied("wrong bearer token")
+    return Denied("wrong bearer token") if auth.bearer_token else None
+
+
+def _basic(value: str, config: RouterConfig) -> Authenticated | Denied | None:
+    auth = config.http.auth
+    try:
+        user, _, password = base64.b64decode(value, validate=True).decode("utf-8").partition(":")
+    except (ValueError, UnicodeDecodeError):
+        return Denied("unreadable basic credentials")
+    site_user, site_password = auth.username, auth.password
+    if site_user is not None and site_password is not None and hmac.compare_digest(user.encode(), site_user.encode()):
+        if hmac.compare_digest(password.encode(), site_password.encode()):
+            return Authenticated(user, "basic", ADMIN)
+        return Denied("wrong user name or password", user)
+    engine = _engine(config)
+    known, account = check_password(engine, user, password)
+    if account is not None:
+        return Authenticated(account.name, "basic", account.role)
+    if known or auth.username is not None or any_users(engine):
+        return Denied("wrong user name or password", user)
+    return None
+
+
 @hookimpl(trylast=True)
 def router_authenticate(authorization: str, config: RouterConfig) -> Authenticated | Denied | None:
     auth = config.http.auth
-    if not auth.enabled:
-        return None
     scheme, _, value = authorization.partition(" ")
-    if auth.bearer_token and scheme.lower() == "bearer":
-        if hmac.compare_digest(value.strip().encode(), auth.bearer_token.encode()):
-            return Authenticated("bearer", "bearer")
-        return Denied("wrong bearer token")
-    if auth.username is not None and auth.password is not None and scheme.lower() == "basic":
-        try:
-            user, _, password = base64.b64decode(value.strip()).decode("utf-8").partition(":")
-        except (ValueError, UnicodeDecodeError):
-            return Denied("unreadable basic credentials")
-        ok = hmac.compare_digest(user.encode(), auth.username.encode())
-        ok &= hmac.compare_digest(password.encode(), auth.password.encode())
-        return Authenticated(user, "basic") if ok else Denied("wrong user name or password", user)
+    answer: Authenticated | Denied | None = None
+    if scheme.lower() == "bearer" and value.strip():
+        answer = _bearer(value.strip(), config)
+    elif scheme.lower() == "basic" and value.strip():
+        answer = _basic(value.strip(), config)
+    if answer is not None or not auth.enabled:
+        return answer
     return Denied("no credentials" if not authorization else f"{scheme or 'these'} credentials are not accepted")

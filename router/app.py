@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+from datetime import UTC, datetime
 from types import FrameType
 
 from apscheduler.schedulers.background import BackgroundScheduler
@@ -23,12 +24,15 @@ from router.intake.envelope import read_values_as_they_came
 from router.intake.hl7 import Hl7Intake
 from router.listeners.dimse.scp import DicomListener
 from router.listeners.dimse.workflow import WorkflowServices
+from router.listeners.http.api import ApiServices
 from router.listeners.http.app import make_app
+from router.listeners.http.auth import exposure_problem
 from router.listeners.http.server import WebServer
 from router.listeners.mllp import MllpServer
 from router.mpps.service import MppsService
 from router.rules.live import LiveRules
 from router.store import files
+from router.store.activity import prune as prune_activity
 from router.store.db import make_engine
 from router.store.keeper import StorageKeeper
 from router.store.writelock import shared_between_processes, sqlite_file, write_lock_for
@@ -97,7 +101,12 @@ class Router:
             max_connections=config.hl7.max_connections,
         )
         self.hl7_port: int | None = None
-        app = make_app(config, self.ingestor, self.engine, self.pm, self.storage.uses.patients)
+        exposed = exposure_problem(config, self.engine)
+        if exposed:
+            raise StartupError(exposed)
+        api = ApiServices(config, self.engine, self.pm, self.rules, self.stages, self.write_lock, wake,
+                          lambda: {"dicom": self.dicom_port, "hl7": self.hl7_port, "http": self.http_port})  # fmt: skip
+        app = make_app(config, self.ingestor, self.engine, self.pm, api, self.storage.uses.patients)
         self.web = WebServer(config.http, app)
         self.http_port: int | None = None
         self.scheduler = BackgroundScheduler(daemon=True)
@@ -120,11 +129,18 @@ class Router:
             coalesce=True,
         )
         self.storage.start(self.scheduler)  # removals a crash interrupted finish before anything is received
+        self.scheduler.add_job(self._prune_activity, "interval", hours=1, id="activity-prune", max_instances=1,
+                               coalesce=True, next_run_time=datetime.now(UTC))  # fmt: skip
         self.scheduler.start()
         self.dicom_port = self.listener.start()
         self.hl7_port = self.mllp.start()
         log.info("HL7 MLLP listener on %s:%d", self.config.hl7.host, self.hl7_port)
         self.http_port = self.web.start()
+
+    def _prune_activity(self) -> None:
+        gone = prune_activity(self.engine, self.config.activity.keep_days, self.write_lock)
+        if gone:
+            log.info("activity: removed %d row(s) older than %g days", gone, self.config.activity.keep_days)
 
     def _clear_partial_writes(self) -> None:
         """Temp files left by a crash were never acknowledged: they can go."""

@@ -1,5 +1,5 @@
 """The ``router`` command: serve, rules check|test, plugins, queue list|retry|purge, audit status,
-echo|find|move|get|send."""
+users add|list|remove|passwd|token, echo|find|move|get|send."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from router.cli_users import add_users_commands
 from router.config import ConfigError, RouterConfig, load_config
 from router.store.models import JobState
 
@@ -64,9 +65,7 @@ def cmd_rules_check(args: argparse.Namespace) -> int:
 
 
 def cmd_rules_test(args: argparse.Namespace) -> int:
-    from router.intake.envelope import Envelope, Source
-    from router.intake.pipeline import run_pipeline
-    from router.intake.stage import StageError
+    from router.intake.dryrun import NotReadable, dry_run, read_object
     from router.rules.loader import load_rules
 
     cfg = _config(args)
@@ -76,21 +75,23 @@ def cmd_rules_test(args: argparse.Namespace) -> int:
     for problem in loaded.warnings + loaded.problems:
         print(f"warning: {problem}", file=sys.stderr)
     try:
-        raw = Path(args.file).read_bytes()
-        env = Envelope.from_p10(raw, Source("file", calling_ae=args.calling_ae, called_ae=args.called_ae))
-    except Exception as exc:
-        print(f"{args.file}: not a readable DICOM file: {exc}", file=sys.stderr)
+        env = read_object(Path(args.file).read_bytes(), cfg, args.calling_ae, args.called_ae)
+    except (NotReadable, OSError) as exc:
+        print(f"{args.file}: {exc}", file=sys.stderr)
         return EXIT_PROBLEMS
-    h = env.header
-    print(
-        f"object: SOP Instance {h.get('SOPInstanceUID', '?')} class {h.get('SOPClassUID', '?')} "
-        f"({getattr(h.get('SOPClassUID'), 'name', '')}), calling AE {args.calling_ae or '-'}"
-    )
-    try:
-        result = run_pipeline(env, loaded.ruleset, stages, cfg, dry_run=True)
-    except StageError as exc:
-        print(f"a stage would fail: {exc}")
+    if env.kind == "hl7":
+        print(f"message: {env.message.message_type} {env.message.control_id} from {env.source.calling_ae or '-'}")
+    else:
+        h = env.header
+        print(
+            f"object: SOP Instance {h.get('SOPInstanceUID', '?')} class {h.get('SOPClassUID', '?')} "
+            f"({getattr(h.get('SOPClassUID'), 'name', '')}), calling AE {args.calling_ae or '-'}"
+        )
+    run = dry_run(env, loaded, stages, cfg)
+    if run.error:
+        print(f"a stage would fail: {run.error}")
         return EXIT_PROBLEMS
+    result = run.result
     if not result.rules:
         print(
             f"no rule matches ({len(loaded.ruleset.rules)} rule(s) checked): "
@@ -393,7 +394,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("dir", nargs="?", help="rules directory (default: rules_dir of the config)")
     check.set_defaults(func=cmd_rules_check)
     test = rules.add_parser("test", help="dry run: which rules match a file and what they would do")
-    test.add_argument("file", help="a DICOM Part 10 file")
+    test.add_argument("file", help="a DICOM Part 10 file or an HL7 v2 message")
     test.add_argument("--calling-ae", default="", help="pretend the object came from this AE")
     test.add_argument("--called-ae", default="", help="pretend the object was sent to this AE")
     test.add_argument("--rules", help="rules directory (default: rules_dir of the config)")
@@ -406,6 +407,7 @@ def build_parser() -> argparse.ArgumentParser:
     audit = sub.add_parser("audit", help="the audit trail").add_subparsers(dest="audit_cmd", required=True)
     audit_status = audit.add_parser("status", help="messages waiting in the spool, per audit record repository")
     audit_status.set_defaults(func=cmd_audit_status)
+    user_commands = add_users_commands(sub)
 
     echo = sub.add_parser("echo", help="C-ECHO a peer")
     echo.add_argument("peer", help="a peer name from the configuration (or its AE title)")
@@ -432,7 +434,7 @@ def build_parser() -> argparse.ArgumentParser:
     send.set_defaults(func=cmd_send)
 
     # `router serve --config X` reads naturally too: accept --config after the sub-command
-    for p in (serve, check, test, plugins, ls, retry, purge, audit_status, echo, find, move, get, send):
+    for p in (serve, check, test, plugins, ls, retry, purge, audit_status, echo, find, move, get, send, *user_commands):
         p.add_argument("--config", dest="config", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     return parser
 

@@ -93,18 +93,26 @@ class HttpListener(Strict):
         30.0, gt=0, description="a request's headers must be in this long after the connection or the last response"
     )
     body_timeout: float = Field(60.0, gt=0, description="the longest pause in a request body, seconds")
+    session_hours: float = Field(12.0, gt=0, le=24 * 30, description="a console login lasts this long, hours")
+
+    @property
+    def loopback(self) -> bool:
+        return self.host in ("localhost", "::1") or self.host.startswith("127.")
 
     @model_validator(mode="after")
     def _protected_off_loopback(self) -> HttpListener:
-        loopback = self.host in ("localhost", "::1") or self.host.startswith("127.")
-        if not loopback and not self.auth.enabled:
+        # Off loopback the listener also needs someone to sign in: http.auth, or the router's users (router users
+        # add), which only the database knows: the router checks that when it starts.
+        if not self.loopback and self.tls is None:
             raise ValueError(
-                f"host {self.host} is not a loopback address: set http.auth (bearer_token, or username and "
-                "password) so patient data is not served to anyone who asks"
+                f"host {self.host} is not a loopback address: set http.tls (cert, key), so that passwords, tokens "
+                "and patient data do not cross the network in clear"
             )
-        if not loopback and self.auth.username is not None and self.tls is None:
-            raise ValueError("basic credentials off loopback need http.tls (cert, key)")
         return self
+
+
+class ActivitySettings(Strict):
+    keep_days: float = Field(30.0, gt=0, description="activity rows (GET /api/activity) older than this are removed")
 
 
 class ForwardSettings(Strict):
@@ -146,6 +154,7 @@ class RouterConfig(Strict):
     http: HttpListener = HttpListener()
     forward: ForwardSettings = ForwardSettings()
     storage: StorageSettings = StorageSettings()
+    activity: ActivitySettings = ActivitySettings()
     peers: dict[PeerName, Peer] = Field(default_factory=dict)
     source: Path | None = Field(None, exclude=True)
 

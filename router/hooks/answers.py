@@ -10,13 +10,13 @@ Association policy (``router_association_policy``), PS3.8 9.3.4 / 7.1.1.9 A-ASSO
 
 HTTP authentication (``router_authenticate``):
 
-- ``Authenticated(user, method)``: the request goes on, as ``user``;
+- ``Authenticated(user, method, role)``: the request goes on, as ``user``, with the admin API's ``role``;
 - ``Denied(reason, user)``: 401; ``user`` is whom the request claimed to be, when known (never a secret).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 # A-ASSOCIATE-RJ result, source and diagnostic (PS3.8 9.3.4)
 REJECTED_PERMANENT, REJECTED_TRANSIENT = 0x01, 0x02
@@ -64,10 +64,13 @@ POLICY_FAILED = Reject("the association policy failed", REJECTED_TRANSIENT, SERV
 
 @dataclass(frozen=True)
 class Authenticated:
-    """The request is from ``user``; ``method`` says how it was shown (``bearer``, ``basic``, a plugin's own)."""
+    """The request is from ``user``; ``method`` says how it was shown (``bearer``, ``basic``, ``token``, a plugin's
+    own). ``role`` is what the admin API lets the user do (``viewer``, ``operator``, ``admin``; ``""``: nothing);
+    two answers for the same user and method are equal whatever their roles."""
 
     user: str
     method: str
+    role: str = field(default="", compare=False)
 
 
 @dataclass(frozen=True)

@@ -279,19 +279,36 @@ def router_evicted(reason: str, studies: list[EvictedStudy], patients: int, inst
 def router_authenticate(
     authorization: str, address: str, method: str, path: str, config: RouterConfig
 ) -> Authenticated | Denied | None:
-    """Decide who an HTTP request is from (every request: there are no sessions). ``authorization`` is its
-    Authorization header (``""`` when absent). Return ``None`` (no opinion), ``router.hooks.answers
-    .Authenticated(user, method)`` or ``Denied(reason, user)`` (401). The built-in implementation (plugin
-    ``access``, asked last) checks ``http.auth``; with no answer at all the request goes on only when ``http.auth``
-    is not set. Called on the HTTP server's event loop: keep it quick. An implementation that raises denies."""
+    """Decide who an HTTP request is from: every request that carries an Authorization header, and every console
+    login (``POST /api/login``, asked as basic credentials); a request of a console session is from its login's
+    user. ``authorization`` is the Authorization header (``""`` when absent). Return ``None`` (no opinion),
+    ``router.hooks.answers.Authenticated(user, method, role)`` (``role``: ``viewer``, ``operator`` or ``admin`` in
+    the admin API; none: the API refuses everything) or ``Denied(reason, user)`` (401). The built-in implementation
+    (plugin ``access``, asked last) checks ``http.auth`` (role admin), then the router's users and their API
+    tokens; with no answer at all the request goes on only when ``http.auth`` is not set. Called in a worker thread
+    when there is an Authorization header (a password hash takes time), else on the HTTP server's event loop. An
+    implementation that raises denies."""
 
 
 @hookspec
 def router_authentication_succeeded(user: str, method: str, address: str, path: str) -> None:
-    """An HTTP request was authenticated as ``user`` (``method``: ``bearer``, ``basic`` or a plugin's)."""
+    """An HTTP request was authenticated as ``user`` (``method``: ``bearer``, ``basic``, ``token`` (a user's API
+    token), ``login`` (a console login, ``path`` ``/api/login``) or a plugin's). A console session's requests are
+    not announced one by one: their login was."""
 
 
 @hookspec
 def router_authentication_failed(user: str, reason: str, address: str, path: str) -> None:
     """An HTTP request was refused 401. ``user``: the name it claimed (basic credentials), else ``""``;
     ``reason``: why (no credentials, wrong credentials, a plugin's reason)."""
+
+
+@hookspec
+def router_admin_changed(user: str, role: str, action: str, target: str, address: str, detail: dict[str, Any]) -> None:
+    """An administrative change was made through the admin API or the ``router users`` command: ``action`` is one
+    of ``rules.saved``, ``rules.reverted``, ``job.retried``, ``jobs.retried``, ``job.deleted``, ``peer.paused``,
+    ``peer.resumed``, ``study.sent``, ``user.added``, ``user.changed``, ``user.removed``, ``token.created``,
+    ``token.revoked``, ``session.ended`` (a console logout); ``target`` what it was done to (a rule file, a job
+    id, a peer, a study UID, a user name). ``user`` and ``role`` are who did it (``cli:NAME`` and ``""`` for the
+    command line), ``address`` where from (``""`` for the command line). ``detail`` says more (how many jobs, the
+    kept version of a rule file ...); never a secret. Called once the change is durable."""

@@ -34,6 +34,7 @@ from pydicom.errors import InvalidDicomError
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from router.hooks.manager import notify
+from router.intake import activity
 from router.intake.base import Intake, IntakeContext
 from router.intake.envelope import UNLIMITED, Envelope, Source, sha256
 from router.intake.pipeline import PipelineResult
@@ -43,6 +44,7 @@ from router.outbox.jobs import JobKind, NewJob, enqueue
 from router.outbox.orphans import drop_if_orphaned
 from router.statuses import StoreOutcome, c_store_status
 from router.store import files
+from router.store.activity import record
 from router.store.index import IdCache, find_instance, index_instance
 from router.store.models import utcnow
 
@@ -281,8 +283,11 @@ class Ingestor(Intake):
                 calling_ae=env.source.calling_ae,
                 existing=existing,
             )
-            enqueue(conn, [_job(fwd, env, derived[id(fwd.payload)] if _own_file(fwd, env) else relpath)
-                           for fwd in plan.forwards])  # fmt: skip
+            jobs = [_job(f, env, derived[id(f.payload)] if _own_file(f, env) else relpath) for f in plan.forwards]
+            enqueue(conn, jobs)
+            outcome = StoreOutcome.OVERWRITTEN if existing is not None else StoreOutcome.STORED
+            queued = [(job.peer, job.kind.value) for job in jobs]
+            record(conn, [activity.dicom_received(env, values, plan, relpath, outcome.value, queued)])
             self._rename_into_place(tmp_object, relpath, derived, written)
         self.ids.remember(new_ids)
         self.on_stored(study_uid, size, existing.size if existing is not None else 0)
@@ -330,6 +335,8 @@ class Ingestor(Intake):
                 env, outcome, "a different object with this SOP Instance UID is stored (policy: reject)"
             )
         log.info("duplicate %s from %s: %s", sop_uid, env.source.calling_ae, outcome.value)
+        entry = activity.dicom_refused(env.source, sop_uid, "duplicate", outcome.value, 0, "already stored", env)
+        activity.record_quietly(self.engine, entry)
         notify(self.pm, "router_instance_stored", envelope=env, outcome=outcome.value, path="", jobs=0)
         return IngestResult(outcome, sop_uid)
 
@@ -351,6 +358,9 @@ class Ingestor(Intake):
             status=result.status,
             reason=reason,
         )
+        entry = activity.dicom_refused(env.source, result.sop_instance_uid, "refused", outcome.value, result.status,
+                                       reason, env)  # fmt: skip
+        activity.record_quietly(self.engine, entry)
         return result
 
     def _refuse_quarantined(
@@ -395,4 +405,7 @@ class Ingestor(Intake):
             status=result.status,
             reason=reason,
         )
+        entry = activity.dicom_refused(source, sop_uid, "refused", outcome.value, result.status,
+                                       f"{reason} (quarantine {name})")  # fmt: skip
+        activity.record_quietly(self.engine, entry)
         return result

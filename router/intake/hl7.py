@@ -39,12 +39,14 @@ from router.hl7.patients import (
 )
 from router.hl7.segments import Segment, segments_of
 from router.hooks.manager import notify
+from router.intake import activity
 from router.intake.base import Intake, IntakeContext
 from router.intake.envelope import Envelope, Source
 from router.intake.resends import queue_patient_resends
 from router.intake.stage import PlannedForward, StageError
 from router.logs import database_error, redact
 from router.outbox.jobs import HL7_STREAM, JobKind, NewJob, enqueue
+from router.store.activity import record
 from router.store.models import utcnow
 from router.store.tables import HL7_LOG as LOG
 
@@ -92,6 +94,7 @@ class Hl7Intake(Intake):
             log.warning("HL7 from %s refused: %s", peer_address, redact(exc))
             notify(self.pm, "router_hl7_acknowledged", **_about(exc.partial, peer_address), ack_code=exc.ack_code,
                    error=str(exc))  # fmt: skip
+            self._refused(exc.partial, peer_address, exc.ack_code, str(exc))
             return build_ack(exc.partial, exc.ack_code, [exc])
         notify(self.pm, "router_hl7_received", **_about(msg, peer_address))
         try:
@@ -100,14 +103,19 @@ class Hl7Intake(Intake):
             log.warning("HL7 %s %s from %s: %s", msg.message_type, msg.control_id, peer_address, redact(exc))
             notify(self.pm, "router_hl7_acknowledged", **_about(msg, peer_address), ack_code=exc.ack_code,
                    error=str(exc))  # fmt: skip
+            self._refused(msg, peer_address, exc.ack_code, str(exc))
             return build_ack(msg, exc.ack_code, [exc])
         except (SQLAlchemyError, OSError) as exc:
             log.error("HL7 %s %s cannot be processed now: %s", msg.message_type, msg.control_id, database_error(exc))
             err = Hl7Error("AR", INTERNAL_ERROR, "the router cannot store this message now; send it again")
             notify(self.pm, "router_hl7_acknowledged", **_about(msg, peer_address), ack_code="AR", error=str(err))
+            self._refused(msg, peer_address, "AR", str(err))
             return build_ack(msg, "AR", [err])
         notify(self.pm, "router_hl7_acknowledged", **_about(msg, peer_address), ack_code="AA", error="")
         return ack
+
+    def _refused(self, msg: Hl7Header | None, address: str, ack_code: str, error: str, event: str = "refused") -> None:
+        activity.record_quietly(self.engine, activity.hl7_refused(msg, address, event, ack_code, error))
 
     # -- steps --------------------------------------------------------------------------------------------
     def _handle(self, msg: Hl7Message, peer_address: str) -> bytes:
@@ -118,6 +126,7 @@ class Hl7Intake(Intake):
             ).first()
         if done is not None:
             log.info("HL7 %s %s from %s already applied: acknowledged again", msg.message_type, msg.control_id, sender)
+            self._refused(msg, peer_address, done.ack_code, "applied before: acknowledged again", event="duplicate")
             return build_ack(msg, done.ack_code)
         env = Envelope.from_hl7(msg.raw, msg, Source("mllp", msg.sending_application, msg.receiving_application,
                                                      peer_address))  # fmt: skip
@@ -147,6 +156,7 @@ class Hl7Intake(Intake):
                         summary="; ".join(applied.summary)[:1024], received_at=utcnow(),
                     )
                 )  # fmt: skip
+                record(conn, [activity.hl7_received(msg, peer_address, plan, relpath, applied.summary)])
         except IntegrityError as exc:
             self.discard(written)
             if "control_id" in str(exc) or "uq_hl7" in str(exc):  # the same message on another connection won

@@ -20,11 +20,14 @@ from pathlib import Path
 from sqlalchemy import Select, Update, bindparam, delete, func, update
 from sqlalchemy import select as core_select
 from sqlalchemy.engine import Engine
+from sqlalchemy.sql.elements import ColumnElement
 from sqlmodel import Session, col, select
 
 from router.config import ForwardSettings
 from router.outbox.orphans import drop_if_orphaned
+from router.store.activity import Entry, record, subject_of
 from router.store.models import Job, JobState, utcnow
+from router.store.peer_state import PAUSED
 from router.store.tables import JOB
 from router.store.writelock import WriteLock
 
@@ -50,8 +53,9 @@ _BLOCKED = (
     )
     .exists()
 )
+_NOT_PAUSED = JOB.c.peer.not_in(PAUSED.scalar_subquery())  # a paused peer's jobs stay pending (peer_state)
 _CLAIMABLE = core_select(JOB.c.id).where(
-    JOB.c.state == JobState.PENDING, JOB.c.peer == bindparam("for_peer"), ~_BLOCKED
+    JOB.c.state == JobState.PENDING, JOB.c.peer == bindparam("for_peer"), ~_BLOCKED, _NOT_PAUSED
 )
 
 
@@ -71,7 +75,7 @@ _CLAIM_DUE = _take(
 )
 _DUE_COUNTS = (
     core_select(JOB.c.peer, func.count())
-    .where(JOB.c.state == JobState.PENDING, JOB.c.next_attempt_at <= bindparam("now"))
+    .where(JOB.c.state == JobState.PENDING, JOB.c.next_attempt_at <= bindparam("now"), _NOT_PAUSED)
     .group_by(JOB.c.peer)
 )
 _DONE = (
@@ -85,6 +89,15 @@ _DONE = (
         updated_at=bindparam("now"),
     )
 )
+
+
+def _attempt(job: Job, event: str, attempt: int, status: int | None, error: str = "") -> Entry:
+    """The activity row of one delivery attempt."""
+    detail: dict[str, object] = {"attempt": attempt, "job_kind": job.kind}
+    if error:
+        detail["error"] = error[:1024]
+    return Entry(event, subject_of(job.kind, job.sop_uid, job.path), kind=job.kind, peer=job.peer, job_id=job.id,
+                 status=status, keys={"sop_uid": job.sop_uid if job.kind != "hl7" else ""}, detail=detail)  # fmt: skip
 
 
 class Outbox:
@@ -139,6 +152,7 @@ class Outbox:
         return sorted((Job(**row) for row in rows), key=lambda job: job.id or 0)  # RETURNING has no order
 
     def mark_done(self, jobs: Sequence[Job], statuses: dict[int, int | None]) -> None:
+        """Mark delivered jobs done, with a ``delivered`` activity row each, in one transaction."""
         if not jobs:
             return
         now = utcnow()
@@ -150,6 +164,7 @@ class Outbox:
                     for job in jobs
                 ],
             )
+            record(conn, [_attempt(job, "delivered", job.attempts + 1, statuses.get(job.id or 0)) for job in jobs])
 
     def mark_failed_many(
         self, jobs: Sequence[Job], error: str, permanent: bool, status: int | None = None
@@ -173,6 +188,8 @@ class Outbox:
                 session.execute(update(Job).where(col(Job.id) == job.id).values(**values))
                 job.attempts = attempts
                 verdicts.append(dead)
+            record(session.connection(), [_attempt(job, "dead" if dead else "failed", job.attempts, status, error)
+                                          for job, dead in zip(jobs, verdicts, strict=True)])  # fmt: skip
             session.commit()
         return verdicts
 
@@ -189,37 +206,96 @@ class Outbox:
             )
             session.commit()
 
-    # -- operator commands (router queue ...) --------------------------------------------------------------
-    def list(self, state: str | None = None, peer: str | None = None, limit: int = 100) -> list[Job]:
+    # -- operator commands (router queue ..., the admin API's /api/jobs: one code path) ---------------------------
+    def page(
+        self,
+        state: str | None = None,
+        peer: str | None = None,
+        kind: str | None = None,
+        limit: int = 100,
+        before: int | None = None,
+    ) -> tuple[list[Job], int | None]:
+        """Jobs newest first, filtered; keyset pagination on the job id: ``before`` is the cursor the previous page
+        gave (its last id), and the answer's second value the next cursor (None on the last page)."""
         with Session(self.engine) as session:
-            query = select(Job).order_by(col(Job.id).desc()).limit(limit)
+            query = select(Job).order_by(col(Job.id).desc()).limit(limit + 1)
             if state:
                 query = query.where(Job.state == state)
             if peer:
                 query = query.where(col(Job.peer) == peer)
-            return list(session.exec(query).all())
+            if kind:
+                query = query.where(col(Job.kind) == kind)
+            if before is not None:
+                query = query.where(col(Job.id) < before)
+            jobs = list(session.exec(query).all())
+        more = len(jobs) > limit
+        jobs = jobs[:limit]
+        return jobs, (jobs[-1].id if more and jobs else None)
+
+    def list(self, state: str | None = None, peer: str | None = None, limit: int = 100) -> list[Job]:
+        return self.page(state, peer, limit=limit)[0]
+
+    def get(self, job_id: int) -> Job | None:
+        with Session(self.engine) as session:
+            return session.get(Job, job_id)
 
     def counts(self) -> dict[tuple[str, str], int]:
         with Session(self.engine) as session:
             rows = session.exec(select(Job.peer, Job.state, func.count()).group_by(Job.peer, Job.state)).all()
         return {(peer, state): int(n) for peer, state, n in rows}
 
-    def retry(self, ids: Sequence[int] = (), peer: str | None = None, all_dead: bool = False) -> int:
-        """Requeue jobs, attempts from zero: the named ones (dead, or pending to retry now), or every dead one."""
+    def retry(
+        self,
+        ids: Sequence[int] = (),
+        peer: str | None = None,
+        all_dead: bool = False,
+        state: str | None = None,
+        by: str = "",
+    ) -> int:
+        """Requeue jobs, attempts from zero: the named ones (dead, or pending to retry now), every dead one
+        (``all_dead``), or every one in ``state`` (dead or pending); ``peer`` narrows any of these. Each requeued
+        job gets a ``retried`` activity row naming ``by``."""
+        where: list[ColumnElement[bool]]
         if ids:
-            query = update(Job).where(col(Job.state).in_([JobState.DEAD, JobState.PENDING]), col(Job.id).in_(list(ids)))
-        elif all_dead:
-            query = update(Job).where(col(Job.state) == JobState.DEAD)
+            where = [col(Job.state).in_([JobState.DEAD, JobState.PENDING]), col(Job.id).in_(list(ids))]
+        elif all_dead or state == JobState.DEAD:
+            where = [col(Job.state) == JobState.DEAD]
+        elif state == JobState.PENDING:
+            where = [col(Job.state) == JobState.PENDING]
         else:
             return 0
         if peer:
-            query = query.where(col(Job.peer) == peer)
-        with Session(self.engine) as session:
-            result = session.execute(
-                query.values(state=JobState.PENDING, attempts=0, next_attempt_at=utcnow(), updated_at=utcnow())
-            )
+            where.append(col(Job.peer) == peer)
+        now = utcnow()
+        with self._writing, Session(self.engine) as session:
+            jobs = list(session.exec(select(Job).where(*where)).all())
+            if jobs:
+                session.execute(
+                    update(Job)
+                    .where(col(Job.id).in_([j.id for j in jobs]), *where)
+                    .values(state=JobState.PENDING, attempts=0, next_attempt_at=now, updated_at=now)
+                )
+                record(session.connection(), [_operator(job, "retried", by) for job in jobs])
             session.commit()
-            return int(getattr(result, "rowcount", 0) or 0)
+        return len(jobs)
+
+    def delete(self, job_id: int, by: str = "") -> Job | None:
+        """Delete one job that is not being sent (pending, done or dead); its file goes when nothing else needs it.
+        Returns the job as it was, None when there is none; raises ``JobBusy`` for an inflight or committing one."""
+        with self._writing, Session(self.engine) as session:
+            job = session.get(Job, job_id)
+            if job is None:
+                return None
+            if job.state in (JobState.INFLIGHT, JobState.COMMITTING):
+                raise JobBusy(f"job {job_id} is {job.state}: it can be deleted once its delivery is over")
+            gone = Job.model_validate(job.model_dump())  # what it was, outside the session
+            deleted = session.execute(delete(Job).where(col(Job.id) == job_id, col(Job.state) == job.state))
+            if not getattr(deleted, "rowcount", 0):  # claimed meanwhile
+                raise JobBusy(f"job {job_id} is being delivered: it can be deleted once its delivery is over")
+            record(session.connection(), [_operator(gone, "deleted", by)])
+            session.commit()
+        drop_if_orphaned(self.engine, self.data_dir, gone.path, gone.sop_uid)
+        return gone
 
     def purge(self, states: Sequence[str], peer: str | None = None) -> int:
         """Delete jobs in the given states (done and/or dead; never pending or inflight)."""
@@ -236,3 +312,13 @@ class Outbox:
         for relpath, sop_uid in paths:  # changed payloads of dead jobs are needed by nothing else
             drop_if_orphaned(self.engine, self.data_dir, relpath, sop_uid)
         return int(getattr(result, "rowcount", 0) or 0)
+
+
+class JobBusy(Exception):
+    """The job is being delivered (inflight, or waiting for a storage commitment report)."""
+
+
+def _operator(job: Job, event: str, by: str) -> Entry:
+    return Entry(event, subject_of(job.kind, job.sop_uid, job.path), kind=job.kind, peer=job.peer, job_id=job.id,
+                 keys={"sop_uid": job.sop_uid if job.kind != "hl7" else ""},
+                 detail={"by": by, "state": job.state, "attempts": job.attempts})  # fmt: skip

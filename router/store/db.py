@@ -17,7 +17,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from sqlmodel import SQLModel, create_engine
 
-from router.store import files, models  # noqa: F401  (models registers the tables)
+from router.store import files, models, ops_models  # noqa: F401  (models, ops_models register the tables)
 from router.store.writelock import sqlite_file
 
 

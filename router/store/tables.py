@@ -9,7 +9,7 @@ from __future__ import annotations
 from sqlalchemy import Table
 from sqlmodel import SQLModel
 
-from router.store import models
+from router.store import models, ops_models
 
 _TABLES = SQLModel.metadata.tables
 
@@ -33,3 +33,9 @@ COMMIT_ITEM = _table(models.CommitItem)
 PERFORMED_PROCEDURE_STEP = _table(models.PerformedProcedureStep)
 PATIENT_USE = _table(models.PatientUse)
 REMOVED_FILE = _table(models.RemovedFile)
+USER = _table(ops_models.User)
+API_TOKEN = _table(ops_models.ApiToken)
+WEB_SESSION = _table(ops_models.WebSession)
+PEER_STATE = _table(ops_models.PeerState)
+RULE_VERSION = _table(ops_models.RuleVersion)
+ACTIVITY = _table(ops_models.Activity)

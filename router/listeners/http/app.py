@@ -1,4 +1,6 @@
-"""The HTTP application: DICOMweb under ``/dicomweb``, ``/metrics``, authentication, the OpenAPI description."""
+"""The HTTP application: DICOMweb under ``/dicomweb`` (with its OpenAPI description), the admin API under ``/api``
+(``router.listeners.http.api``), the Prometheus metrics at ``/metrics``, authentication in front of all three
+(``router.listeners.http.auth``)."""
 
 from __future__ import annotations
 
@@ -15,12 +17,12 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
-from starlette.types import ASGIApp, Receive, Scope, Send
 
 from router.config import RouterConfig
-from router.hooks.answers import AUTHENTICATION_FAILED, Authenticated, Denied
-from router.hooks.manager import decide, notify
 from router.intake.dicom import Ingestor
+from router.listeners.http.api import ApiServices
+from router.listeners.http.api import routes as api_routes
+from router.listeners.http.auth import Authentication, Authenticator
 from router.listeners.http.openapi import openapi
 from router.listeners.http.qido import Qido
 from router.listeners.http.stow import Stow
@@ -31,45 +33,6 @@ log = logging.getLogger(__name__)
 BASE = "/dicomweb"
 # the text format every Prometheus reads; generate_latest writes it (metric names it cannot carry are escaped)
 METRICS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-
-
-class Authentication:
-    """Who each request is from: the ``router_authenticate`` decision hook (the built-in answer checks
-    ``http.auth``: a bearer token or basic credentials), 401 with WWW-Authenticate when refused. Announces
-    ``router_authentication_succeeded`` / ``router_authentication_failed`` for every request that was checked."""
-
-    def __init__(self, app: ASGIApp, config: RouterConfig, pm: pluggy.PluginManager) -> None:
-        self.app = app
-        self.config = config
-        self.pm = pm
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        headers = dict(scope["headers"])
-        client = scope.get("client")
-        address = f"{client[0]}:{client[1]}" if client else ""
-        path = str(scope.get("path", ""))
-        answer = decide(
-            self.pm, "router_authenticate", on_error=AUTHENTICATION_FAILED,
-            authorization=headers.get(b"authorization", b"").decode("latin-1"), address=address,
-            method=str(scope.get("method", "")), path=path, config=self.config,
-        )  # fmt: skip
-        if isinstance(answer, Authenticated):
-            scope["router.user"] = answer.user
-            notify(self.pm, "router_authentication_succeeded", user=answer.user, method=answer.method,
-                   address=address, path=path)  # fmt: skip
-        elif isinstance(answer, Denied) or self.config.http.auth.enabled:
-            denied = answer if isinstance(answer, Denied) else Denied("no authentication plugin accepted it")
-            log.info("HTTP %s from %s refused: %s", path, address, denied.reason)
-            notify(self.pm, "router_authentication_failed", user=denied.user, reason=denied.reason,
-                   address=address, path=path)  # fmt: skip
-            challenge = 'Bearer realm="dicomweb"' if self.config.http.auth.bearer_token else 'Basic realm="dicomweb"'
-            response = JSONResponse({"error": "authentication required"}, 401, {"WWW-Authenticate": challenge})
-            await response(scope, receive, send)
-            return
-        await self.app(scope, receive, send)
 
 
 class Scrape(CollectorRegistry):
@@ -94,9 +57,11 @@ def make_app(
     ingestor: Ingestor,
     engine: Engine,
     pm: pluggy.PluginManager,
+    api: ApiServices | None = None,
     patients_used: Callable[[set[int]], None] | None = None,
 ) -> Starlette:
-    """The DICOMweb application; ``patients_used`` is told the patients QIDO-RS finds (the storage keeper)."""
+    """The HTTP application; ``api``: the admin API's services (none: no ``/api``), ``patients_used`` is told the
+    patients QIDO-RS finds (the storage keeper)."""
     stow = Stow(ingestor, config.http.max_upload_bytes)
     wado = Wado(engine, config.data_dir, pm)
     qido = Qido(engine, pm, patients_used)
@@ -128,4 +93,7 @@ def make_app(
         Route(f"{instance}/rendered", wado.rendered, methods=["GET"]),
         Route(f"{instance}/frames/{{frame}}/rendered", wado.rendered, methods=["GET"]),
     ]
-    return Starlette(routes=routes, middleware=[Middleware(Authentication, config=config, pm=pm)])
+    authenticator = Authenticator(config, pm, engine)
+    if api is not None:
+        routes += api_routes(api, authenticator)
+    return Starlette(routes=routes, middleware=[Middleware(Authentication, authenticator=authenticator)])
