@@ -53,6 +53,7 @@ DEFAULT_PLUGINS = (
     "plugins.destinations",
     "plugins.forward",
     "plugins.metrics",
+    "plugins.printing",
     "plugins.resend",
     "plugins.transcode",
 )
