@@ -68,10 +68,9 @@ def printer(tmp_path: Path) -> Iterator[PrintSCP]:
         scp.stop()
 
 
-def _router(workdir: Path, port: int, ae: str = PRINTER_AE, rules: dict[str, Any] | None = None,
-            **film: Any) -> RouterProcess:  # fmt: skip
-    peer = {"ae_title": ae, "host": "127.0.0.1", "port": port,
-            "print": {"format": "STANDARD\\2,2", "film_size": "14INX17IN", "dpi": DPI, "medium": "BLUE FILM", **film}}  # fmt: skip
+def _router(workdir: Path, port: int, rules: dict[str, Any] | None = None) -> RouterProcess:
+    film = {"format": "STANDARD\\2,2", "film_size": "14INX17IN", "dpi": DPI, "medium": "BLUE FILM"}
+    peer = {"ae_title": PRINTER_AE, "host": "127.0.0.1", "port": port, "print": film}
     return RouterProcess(workdir, peers={"PRINTER": peer}, rules=rules, forward={"max_attempts": 2})
 
 
