@@ -80,7 +80,7 @@ def _voi(values: np.ndarray, ds: Dataset) -> tuple[np.ndarray, str]:
     if "VOILUTSequence" in ds and len(ds.VOILUTSequence):
         item = ds.VOILUTSequence[0]
         out_bits = int(item.LUTDescriptor[2])
-        mapped = apply_voi(values, ds, 0).astype(np.float64)
+        mapped = apply_voi(np.rint(values).astype(np.int64), ds, 0).astype(np.float64)  # a LUT is indexed
         return np.clip(mapped / float(2**out_bits - 1), 0.0, 1.0), "VOI LUT Sequence"
     if "WindowCenter" in ds and "WindowWidth" in ds:
         centre, width = _first(ds.WindowCenter), _first(ds.WindowWidth)
