@@ -7,7 +7,8 @@
 A printer is a DICOM peer with a ``print`` section (its film settings). Each printer gets an outbox job committed
 together with the stored object: the object as it is at this point of the pipeline (as changed by earlier stages),
 every frame one image, one film session per job, as many films as the printer's format needs. Delivery, retries and
-dead letters are the forward queue's, as for any forward (``router queue``).
+dead letters are the forward queue's, as for any forward (``router queue``). The ``forward`` plugin provides this
+stage beside its own: both queue deliveries.
 """
 
 from __future__ import annotations
@@ -16,9 +17,8 @@ from typing import Any
 
 from plugins.forward import peer_names
 from router.config import DicomPeer, RouterConfig
-from router.hooks.specs import hookimpl
 from router.intake.envelope import Envelope
-from router.intake.stage import Stage, StageContext, StageError
+from router.intake.stage import StageContext, StageError
 from router.outbox.jobs import JobKind
 
 
@@ -26,7 +26,7 @@ def _not_a_printer(name: str, config: RouterConfig) -> str | None:
     peer = config.peers.get(name)
     if peer is None:
         return f"unknown peer {name!r} (peers: {', '.join(sorted(config.peers)) or 'none configured'})"
-    if not isinstance(peer, DicomPeer) or peer.print_settings is None:
+    if not isinstance(peer, DicomPeer) or peer.print is None:
         return f"peer {name!r} is not a printer (a DICOM peer with a print section, e.g. print: {{}})"
     return None
 
@@ -53,8 +53,3 @@ class PrintStage:
         what = "as changed by earlier stages" if env.modified else "as received"
         verb = "would print" if ctx.dry_run else "print"
         return f"{verb} on {', '.join(peers)} ({what})"
-
-
-@hookimpl
-def router_stages() -> list[Stage]:
-    return [PrintStage()]

@@ -25,11 +25,11 @@ POLL = 0.2  # s between two looks at the job row
 def _printer(cfg: RouterConfig, name: str) -> tuple[str, DicomPeer]:
     """The printer called ``name`` (a peer name, or its AE title)."""
     found = [(n, p) for n, p in cfg.peers.items() if n == name or (isinstance(p, DicomPeer) and p.is_ae(name))]
-    printers = sorted(n for n, p in cfg.peers.items() if isinstance(p, DicomPeer) and p.print_settings is not None)
+    printers = sorted(n for n, p in cfg.peers.items() if isinstance(p, DicomPeer) and p.print is not None)
     if not found:
         raise ValueError(f"no peer {name!r} (printers: {', '.join(printers) or 'none configured'})")
     peer_name, peer = found[0]
-    if not isinstance(peer, DicomPeer) or peer.print_settings is None:
+    if not isinstance(peer, DicomPeer) or peer.print is None:
         raise ValueError(f"peer {peer_name!r} is not a printer: give it a print section (print: {{}} for defaults)")
     return peer_name, peer
 
@@ -112,8 +112,8 @@ def cmd_print(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
     try:
         peer_name, peer = _printer(cfg, args.printer)
-        assert peer.print_settings is not None
-        peer.print_settings.with_overrides(args.format, args.copies)
+        assert peer.print is not None
+        peer.print.with_overrides(args.format, args.copies)
         images = _images(args.files)
     except ValueError as exc:  # a pydantic ValidationError is one too
         print(f"router print: {exc}", file=sys.stderr)

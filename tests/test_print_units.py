@@ -26,7 +26,7 @@ def _printer(**film_settings: Any) -> dict[str, Any]:
 
 # -- settings ----------------------------------------------------------------------------------------------------
 def test_every_film_key_is_optional_and_the_defaults_are_sent_values() -> None:
-    settings = _config(_printer()).peers["PRINTER"].print_settings  # type: ignore[union-attr]
+    settings = _config(_printer()).peers["PRINTER"].print  # type: ignore[union-attr]
     assert settings is not None
     assert (settings.format, settings.film_size, settings.orientation, settings.copies) == (
         "STANDARD\\1,1", "14INX17IN", "PORTRAIT", 1)  # fmt: skip
@@ -35,7 +35,7 @@ def test_every_film_key_is_optional_and_the_defaults_are_sent_values() -> None:
 
 def test_the_format_keeps_its_backslash_and_values_are_normalised() -> None:
     cfg = _config(_printer(format="standard\\2,2", medium="blue film", border_density=150, destination="bin_2"))
-    settings = cfg.peers["PRINTER"].print_settings  # type: ignore[union-attr]
+    settings = cfg.peers["PRINTER"].print  # type: ignore[union-attr]
     assert settings is not None
     assert (settings.format, settings.medium, settings.border_density, settings.destination) == (
         "STANDARD\\2,2", "BLUE FILM", "150", "BIN_2")  # fmt: skip

@@ -182,8 +182,8 @@ class DicomPeer(ObjectPeer):
     accept_from: list[Network] = Field(
         default_factory=list, description="its AE title is accepted only from these addresses or networks"
     )
-    print_settings: PrintSettings | None = Field(
-        None, alias="print", description="a DICOM printer: its film settings (docs/print.md); {} for the defaults"
+    print: PrintSettings | None = Field(
+        None, description="a DICOM printer: its film settings (docs/print.md); {} for the defaults"
     )
 
     @model_validator(mode="before")

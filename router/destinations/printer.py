@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 
 def settings_of(peer: DicomPeer) -> PrintSettings:
     """The peer's film settings; the defaults for a peer without a ``print`` section."""
-    return peer.print_settings if peer.print_settings is not None else PrintSettings()
+    return peer.print if peer.print is not None else PrintSettings()
 
 
 def send_jobs(ae: AE, peer: DicomPeer, data_dir: Path, jobs: Sequence[Job]) -> Iterator[Outcome]:

@@ -53,7 +53,6 @@ DEFAULT_PLUGINS = (
     "plugins.destinations",
     "plugins.forward",
     "plugins.metrics",
-    "plugins.printing",
     "plugins.resend",
     "plugins.transcode",
 )
