@@ -141,4 +141,6 @@ def _bsn_payload(env: Envelope, ctx: StageContext) -> bytes | None:
 
 @hookimpl
 def router_stages() -> list[Stage]:
-    return [ForwardStage()]
+    from plugins.printing import PrintStage  # late: it shares peer_names with this module
+
+    return [ForwardStage(), PrintStage()]

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from router.cli_print import add_print_command
 from router.cli_users import add_users_commands
 from router.config import ConfigError, RouterConfig, load_config
 from router.store.models import JobState
@@ -408,6 +409,7 @@ def build_parser() -> argparse.ArgumentParser:
     audit_status = audit.add_parser("status", help="messages waiting in the spool, per audit record repository")
     audit_status.set_defaults(func=cmd_audit_status)
     user_commands = add_users_commands(sub)
+    add_print_command(sub)
 
     echo = sub.add_parser("echo", help="C-ECHO a peer")
     echo.add_argument("peer", help="a peer name from the configuration (or its AE title)")

@@ -121,3 +121,58 @@ def dimse_status(status: int, comment: str = "", error_id: int | None = None) ->
     if error_id is not None:
         ds.ErrorID = error_id
     return ds
+
+
+# DIMSE-N statuses by name (PS3.7 C), and those of Print Management (PS3.4 H.4): warnings 0xB6xx, failures 0xC6xx
+N_STATUS_NAMES = {
+    0x0001: "requested optional attributes are not supported", 0x0105: "no such attribute",
+    0x0106: "invalid attribute value", 0x0107: "attribute list error", 0x0110: "processing failure",
+    0x0112: "no such SOP instance", 0x0116: "attribute value out of range", 0x0117: "invalid object instance",
+    0x0118: "no such SOP class", 0x0119: "class-instance conflict", 0x0120: "missing attribute",
+    0x0121: "missing attribute value", 0x0122: "SOP class not supported", 0x0123: "no such action",
+    0x0124: "not authorised", 0x0210: "duplicate invocation", 0x0211: "unrecognised operation",
+    0x0212: "mistyped argument", 0x0213: "resource limitation",
+}  # fmt: skip
+PRINT_STATUS_NAMES = {
+    0xB600: "memory allocation not supported",
+    0xB601: "film session printing (collation) is not supported",
+    0xB602: "film session SOP instance hierarchy does not contain image box SOP instances (empty page)",
+    0xB603: "film box SOP instance hierarchy does not contain image box SOP instances (empty page)",
+    0xB604: "image size is larger than image box size, the image has been demagnified",
+    0xB605: "requested min density or max density outside of printer's operating range",
+    0xB609: "image size is larger than the image box size, the image has been cropped to fit",
+    0xB60A: "image size is larger than the image box size, the image has been decimated to fit",
+    0xC600: "film session SOP instance hierarchy does not contain film box SOP instances",
+    0xC601: "unable to create print job SOP instance; print queue is full",
+    0xC602: "unable to create print job SOP instance; print queue is full",
+    0xC603: "image size is larger than image box size",
+    0xC605: "insufficient memory in printer to store the image",
+    0xC613: "combined print image size is larger than the image box size",
+    0xC616: "there is an existing film box that has not been printed and N-ACTION at the film session level is "
+    "not supported",
+}
+PRINT_WARNINGS = frozenset({0x0001, 0x0107, 0x0116})  # and every 0xBxxx
+PRINT_RETRIED = frozenset({0xC601, 0xC602, 0xC605, PROCESSING_FAILURE, RESOURCE_LIMITATION})  # and 0xA7xx
+
+
+def print_status_text(status: int) -> str:
+    """``0xC603 image size is larger than image box size``: a printer's answer with the name the standard gives."""
+    name = PRINT_STATUS_NAMES.get(status) or N_STATUS_NAMES.get(status)
+    if name is None:
+        name = "warning" if 0xB000 <= status <= 0xBFFF else "success" if status == SUCCESS else "failure"
+    return f"0x{status:04X} {name}"
+
+
+def is_print_warning(status: int) -> bool:
+    """A printer's answer that did what was asked, with a warning worth reporting (0xB6xx and the N warnings)."""
+    return status in PRINT_WARNINGS or 0xB000 <= status <= 0xBFFF
+
+
+def classify_print_failure(status: int) -> SendVerdict:
+    """A printer's failure: a full queue, memory, a processing failure or out of resources is tried again later;
+    a refusal of what was sent (0xC603 image too large, an attribute it does not take ...) will not change."""
+    if status in PRINT_RETRIED or is_out_of_resources(status):
+        return SendVerdict.RETRY
+    if 0x0100 <= status <= 0x02FF or 0xA900 <= status <= 0xA9FF or 0xC000 <= status <= 0xCFFF:
+        return SendVerdict.PERMANENT
+    return SendVerdict.RETRY

@@ -17,12 +17,13 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import AfterValidator, ConfigDict, Discriminator, Field, StringConstraints, Tag, model_validator
 
 from router.config.base import HostPort, HttpAuth, Port, Strict, check_ae_title
+from router.config.printing import PrintSettings
 
 BUILTIN_TYPES = ("dicom", "mllp", "dicomweb")
 PLUGIN_TAG = "plugin"  # the union member of every type a plugin provides
 _DICOM_KEYS = ("ae_title", "host", "port")
 _COMMIT_KEYS = ("commit_new_association", "commit_wait", "commit_timeout", "commit_requests", "delete_after_commit")
-_DICOM_ONLY = ("tls", "accept_from")
+_DICOM_ONLY = ("tls", "accept_from", "print")
 _ONE_KIND = "a peer is one of DICOM (ae_title, host, port), HL7 (mllp) or DICOMweb (stow_url)"
 # the attributes a pinned certificate subject may name: RFC 4514 short names, and OpenSSL's long names for them
 SUBJECT_NAMES = {
@@ -180,6 +181,9 @@ class DicomPeer(ObjectPeer):
     tls: PeerTls | None = Field(None, description="open every association to this peer over TLS")
     accept_from: list[Network] = Field(
         default_factory=list, description="its AE title is accepted only from these addresses or networks"
+    )
+    print: PrintSettings | None = Field(
+        None, description="a DICOM printer: its film settings (docs/print.md); {} for the defaults"
     )
 
     @model_validator(mode="before")

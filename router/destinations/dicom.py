@@ -15,7 +15,7 @@ from typing import ClassVar
 
 from router.commitment.requester import CommitRequester
 from router.config import AnyPeer, DicomPeer
-from router.destinations import dimse_n
+from router.destinations import dimse_n, printer
 from router.destinations.base import DestinationContext, Outcome, Unreachable
 from router.destinations.payload import job_file
 from router.hooks.manager import notify
@@ -51,7 +51,10 @@ class DicomDestination:
         n_jobs = [j for j in jobs if j.kind in DIMSE_N_KINDS]
         if n_jobs:  # commitment reports and MPPS messages: over an association of their own
             yield from dimse_n.send_jobs(self.ctx.requestor, self.peer, self.ctx.config.data_dir, n_jobs, self.ctx.pm)
-        stores = [j for j in jobs if j.kind not in DIMSE_N_KINDS]
+        prints = [j for j in jobs if j.kind == JobKind.PRINT]
+        if prints:  # print jobs (a printer: a DICOM peer with a print section): over an association of their own
+            yield from printer.send_jobs(self.ctx.requestor, self.peer, self.ctx.config.data_dir, prints)
+        stores = [j for j in jobs if j.kind not in DIMSE_N_KINDS and j.kind != JobKind.PRINT]
         if stores:
             yield from self._send_stores(stores)
 

@@ -92,7 +92,7 @@ def _own_file(fwd: PlannedForward, env: Envelope) -> bool:
 
 
 def _job(fwd: PlannedForward, env: Envelope, path: str) -> NewJob:
-    kind = JobKind.DICOM_STORE_COMMIT if fwd.commit else JobKind.DICOM_STORE
+    kind = JobKind(fwd.kind) if fwd.kind else JobKind.DICOM_STORE_COMMIT if fwd.commit else JobKind.DICOM_STORE
     return NewJob(kind, fwd.peer, env.sop_instance_uid, path, env.sop_class_uid, fwd.transfer_syntax, fwd.rule)
 
 

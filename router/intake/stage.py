@@ -29,6 +29,7 @@ class PlannedForward:
     transfer_syntax: str
     rule: str
     commit: bool = False  # request storage commitment from the peer once delivered (docs/workflow.md)
+    kind: str = ""  # the outbox JobKind when it is not a store (``print``); empty: a store, or a store and commit
 
 
 @dataclass
@@ -46,9 +47,12 @@ class StageContext:
         """After an HL7 message changed a patient: send that patient's stored objects, corrected, to ``peer``."""
         self.resends.append((peer, self.rule))
 
-    def plan_forward(self, peer: str, env: Envelope, payload: bytes | None = None, commit: bool = False) -> None:
+    def plan_forward(
+        self, peer: str, env: Envelope, payload: bytes | None = None, commit: bool = False, kind: str = ""
+    ) -> None:
         """Queue ``env`` as it is now for ``peer`` (or ``payload``, a version of it made for that peer); with
-        ``commit`` the peer is asked for storage commitment once it has the object."""
+        ``commit`` the peer is asked for storage commitment once it has the object; ``kind`` names another job
+        kind than a store (``print``)."""
         self.forwards.append(
             PlannedForward(
                 peer=peer,
@@ -57,6 +61,7 @@ class StageContext:
                 transfer_syntax=_syntax(env, payload),
                 rule=self.rule,
                 commit=commit,
+                kind=kind,
             )
         )
 

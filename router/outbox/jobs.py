@@ -31,6 +31,7 @@ class JobKind(enum.StrEnum):
     COMMIT_REPORT = "commit-report"  # a storage commitment N-EVENT-REPORT the router owes a peer
     MPPS_CREATE = "mpps-create"  # an MPPS N-CREATE, forwarded
     MPPS_SET = "mpps-set"  # an MPPS N-SET, forwarded (after its N-CREATE: same sop_uid)
+    PRINT = "print"  # images printed on a DICOM printer: a stored object, or a bundle (router.printing.bundle)
 
 
 DIMSE_N_KINDS = frozenset({JobKind.COMMIT_REPORT, JobKind.MPPS_CREATE, JobKind.MPPS_SET})
