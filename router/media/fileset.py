@@ -60,6 +60,8 @@ def read_dicomdir(raw: bytes) -> DicomDir:
         found.problems.append(f"the DICOMDIR is in transfer syntax {syntax}, not Explicit VR Little Endian")
     if "DirectoryRecordSequence" not in ds:
         raise NotADicomDir("no Directory Record Sequence: not a DICOMDIR")
+    if not records:  # an empty file-set
+        return found
     by_offset: dict[int, Dataset] = {}
     for record in records:
         offset = getattr(record, "seq_item_tell", None)

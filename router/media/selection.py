@@ -8,8 +8,9 @@ from dataclasses import dataclass, field
 
 from router.intake.envelope import HeaderValues
 
-KEYS = ("PatientID", "PatientName", "StudyInstanceUID", "AccessionNumber", "StudyDate", "StudyDescription",
-        "SeriesInstanceUID", "SeriesNumber", "Modality", "SeriesDescription")  # fmt: skip
+KEYS = ("PatientID", "IssuerOfPatientID", "PatientName", "StudyInstanceUID", "AccessionNumber", "StudyDate",
+        "StudyDescription", "SeriesInstanceUID", "SeriesNumber", "Modality", "SeriesDescription",
+        "SOPClassUID")  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 DICOMDIR = "dicomdir"
+DICOMDIR_CLASS = b"1.2.840.10008.1.3.10"  # Media Storage Directory Storage, in the file meta
 
 
 class MediaError(Exception):
@@ -27,6 +28,7 @@ class MediaSource:
     names: list[str] = field(default_factory=list)  # every regular file, sorted
     _zip: zipfile.ZipFile | None = None
     _prefix: str = ""  # inside a .zip: the folder holding the DICOMDIR
+    given: str | None = None  # a DICOMDIR named on the command line, whatever its file name
     _by_lower: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -58,8 +60,8 @@ class MediaSource:
         return None if self._zip is not None else self.root / name
 
     def dicomdir(self) -> str | None:
-        """The DICOMDIR of the file-set: at the root (any case), else the one given by name."""
-        return self.find(DICOMDIR)
+        """The DICOMDIR of the file-set: the one given, else the one at the root (any case)."""
+        return self.given or self.find(DICOMDIR)
 
     def close(self) -> None:
         if self._zip is not None:
@@ -80,9 +82,19 @@ def open_source(path: Path) -> MediaSource:
         return MediaSource(path, path, _walk(path))
     if zipfile.is_zipfile(path):
         return _open_zip(path)
-    if path.name.lower() == DICOMDIR:
-        return MediaSource(path, path.parent, _walk(path.parent))
+    if path.name.lower() == DICOMDIR or _is_dicomdir(path):
+        return MediaSource(path, path.parent, _walk(path.parent), given=path.name)
     return MediaSource(path, path.parent, [path.name])
+
+
+def _is_dicomdir(path: Path) -> bool:
+    """A Part 10 file of the Media Storage Directory SOP Class (a DICOMDIR under another name)."""
+    try:
+        with path.open("rb") as f:
+            head = f.read(512)
+    except OSError:
+        return False
+    return head[128:132] == b"DICM" and DICOMDIR_CLASS in head
 
 
 def _walk(root: Path) -> list[str]:
