@@ -57,7 +57,7 @@ def test_every_dicomdirtests_variant_is_imported_and_its_damage_reported(
 def test_the_same_media_again_is_all_duplicates(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     config = site(tmp_path / "site")
     assert run(capsys, config, "import", str(DICOMDIR_TESTS / "DICOMDIR"))[0] == 0
-    code, out, _ = run(capsys, config, "import", str(DICOMDIR_TESTS / "DICOMDIR"), "--report", str(tmp_path / "r.json"))
+    code, _, _ = run(capsys, config, "import", str(DICOMDIR_TESTS / "DICOMDIR"), "--report", str(tmp_path / "r.json"))
     assert code == 0
     assert outcomes(report(tmp_path / "r.json")).get("duplicate") == OBJECTS
     assert rows(config, "select count(*) from job") == [(OBJECTS,)], "a duplicate queues nothing again"
@@ -85,7 +85,6 @@ def test_a_zip_is_read_in_place_and_left_as_it_was(tmp_path: Path, capsys: pytes
 
 def test_damaged_media_is_reported_not_fatal(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     media = copy_media(tmp_path / "cd")
-    before = _digest(media)
     assert shift_offsets(media / "DICOMDIR", 2) > 30  # every record offset points 2 bytes past its record
     (media / "77654033" / "CR2" / "6247").unlink()  # a record names a missing file
     (media / "77654033" / "CR3" / "6278").write_text("this is not DICOM\n")  # a named file that is no object
@@ -94,7 +93,7 @@ def test_damaged_media_is_reported_not_fatal(tmp_path: Path, capsys: pytest.Capt
     (media / "AUTORUN.INF").write_text("[autorun]\n")
     before = _digest(media)
     config = site(tmp_path / "site")
-    code, out, err = run(capsys, config, "import", str(media), "--report", str(tmp_path / "r.json"))
+    code, _, err = run(capsys, config, "import", str(media), "--report", str(tmp_path / "r.json"))
     data = report(tmp_path / "r.json")
     assert code == 1, "damaged files make the exit status non-zero"
     assert outcomes(data) == {"imported": OBJECTS - 2, "damaged": 2, "unreferenced": 2}
@@ -126,8 +125,10 @@ def test_selection_by_patient_study_series_and_modality(tmp_path: Path, capsys: 
     assert code == 0
     chosen = [f for f in data["files"] if f["outcome"] == "would-import"]
     assert len(chosen) == 4 and {f["file"].split("/")[1] for f in chosen} == {"CT2"}
-    assert {f["reason"] for f in data["files"] if f["outcome"] == "not-selected"} == {"left out by --patient-id",
-                                                                                      "left out by --modality"}
+    assert {f["reason"] for f in data["files"] if f["outcome"] == "not-selected"} == {
+        "left out by --patient-id",
+        "left out by --modality",
+    }
     study, series = chosen[0]["study_uid"], chosen[0]["series_uid"]
     code, out, _ = run(capsys, config, "import", media, "--study", study, "--series", series)
     assert code == 0 and "4 imported" in out and f"{OBJECTS - 4} not-selected" in out

@@ -7,8 +7,8 @@ Character Set the default repertoire is ASCII: a byte above 0x7F is then text th
 would quietly read it as Latin-1). ISO 2022 escape sequences are decoded by pydicom in strict mode.
 
 A correction decodes every text value under the assumed set. When the assumed set is a defined term, its name is
-declared and the values keep their bytes; when it is only a codec name (``cp1252``, ``latin-1``...), the values are
-written in ISO_IR 192. Either way the Specific Character Set the object came with (empty when it had none) is kept
+declared and the values are written in it (the same bytes for a single-byte set); when it is only a codec name
+(``cp1252``, ``latin-1``...), the values are written in ISO_IR 192. Either way the Specific Character Set the object came with (empty when it had none) is kept
 in Original Attributes Sequence, reason CORRECT (PS3.3 C.12.1), as the demographics coercion keeps what it replaces.
 """
 
@@ -179,8 +179,9 @@ def correct(raw: bytes, assume: str) -> bytes:
         except (UnicodeError, LookupError, ValueError):
             reason = f"text of {at} ({vr}) does not decode under the assumed set {assume!r} either"
             raise CharsetProblem(reason) from None
-        if declare == UTF8 and declare != assume:  # re-encoded: the decoded text, written in UTF-8 on output
-            item_ds[tag] = DataElement(tag, vr, text)
+        # the decoded text: pydicom writes it in the declared set (a raw value would be decoded under the set the
+        # object was read with, the wrong one, and written with replacement characters)
+        item_ds[tag] = DataElement(tag, vr, text)
         if item_ds is not ds and CHARSET_TAG in item_ds:
             del item_ds[CHARSET_TAG]  # one set for the whole object now
     kept = Dataset()

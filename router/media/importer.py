@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import getpass
 import logging
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -157,7 +158,9 @@ class Importer:
         source = Source("media", called_ae=self.config.ae_title, address=cand.source.label)
         try:
             env = Envelope.from_p10(raw, source)
-            values = header_values(env.values)
+            with warnings.catch_warnings():  # text that does not decode: the character set check says so below
+                warnings.simplefilter("ignore")
+                values = header_values(env.values)
         except Exception as exc:  # pydicom raises a wide variety on corrupt input
             return _set(out, DAMAGED, f"cannot decode: {exc}")
         if env.sop_class_uid == MediaStorageDirectoryStorage or cand.name.rsplit("/", 1)[-1].lower() == DICOMDIR:
