@@ -8,8 +8,9 @@ would quietly read it as Latin-1). ISO 2022 escape sequences are decoded by pydi
 
 A correction decodes every text value under the assumed set. When the assumed set is a defined term, its name is
 declared and the values are written in it (the same bytes for a single-byte set); when it is only a codec name
-(``cp1252``, ``latin-1``...), the values are written in ISO_IR 192. Either way the Specific Character Set the object came with (empty when it had none) is kept
-in Original Attributes Sequence, reason CORRECT (PS3.3 C.12.1), as the demographics coercion keeps what it replaces.
+(``cp1252``, ``latin-1``...), the values are written in ISO_IR 192. Either way the Specific Character Set the
+object came with (empty when it had none) is kept in Original Attributes Sequence, reason CORRECT (PS3.3 C.12.1), as
+the demographics coercion keeps what it replaces.
 """
 
 from __future__ import annotations
