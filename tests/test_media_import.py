@@ -180,3 +180,23 @@ def test_unknown_path_or_peer_is_a_usage_error(tmp_path: Path, capsys: pytest.Ca
     assert code == 2 and "no such file or folder" in err
     code, _, err = run(capsys, config, "import", str(DICOMDIR_TESTS / "DICOMDIR"), "--to", "NOBODY")
     assert code == 2 and "unknown peer 'NOBODY'" in err
+
+
+def test_the_source_condition_matches_how_an_object_came_in() -> None:
+    from router.rules.matching import Subject, condition_matches
+    from router.rules.model import Condition
+    from router.rules.patterns import compile_any_of
+
+    media_only = Condition(source=compile_any_of("media"))
+    network = Condition(source=compile_any_of(["dimse", "stow"]))
+    assert condition_matches(media_only, Subject(kind="dicom", source="media"))
+    assert not condition_matches(media_only, Subject(kind="dicom", source="dimse"))
+    assert condition_matches(network, Subject(kind="dicom", source="stow"))
+    assert not condition_matches(network, Subject(kind="dicom", source="media"))
+    assert condition_matches(Condition(), Subject(kind="dicom", source="media")), "no source key: any source"
+
+
+def test_rules_check_accepts_the_source_condition(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = site(tmp_path / "site")
+    code, out, _ = run(capsys, config, "rules", "check")
+    assert code == 0 and out.startswith("ok: 2 rule(s)")
