@@ -124,9 +124,8 @@ _state: Metrics | None = None  # this process's, between router_startup and rout
 @hookimpl
 def router_startup(config: RouterConfig, process: str) -> None:
     global _state
-    if process not in ("serve", "forward"):  # router import/export: the running router's counts stay its own
-        return
-    _state = Metrics(config, process)
+    if process in ("serve", "forward"):  # not a command's short life (``router users``): it serves no metrics
+        _state = Metrics(config, process)
 
 
 @hookimpl
