@@ -1,5 +1,5 @@
 """The ``router`` command: serve, rules check|test, plugins, queue list|retry|purge, audit status,
-users add|list|remove|passwd|token, echo|find|move|get|send."""
+users add|list|remove|passwd|token, echo|find|move|get|send, import, export, print."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from router.cli_export import add_export_command
+from router.cli_import import add_import_command
 from router.cli_print import add_print_command
 from router.cli_users import add_users_commands
 from router.config import ConfigError, RouterConfig, load_config
@@ -410,6 +412,7 @@ def build_parser() -> argparse.ArgumentParser:
     audit_status.set_defaults(func=cmd_audit_status)
     user_commands = add_users_commands(sub)
     add_print_command(sub)
+    media_commands = (add_import_command(sub), add_export_command(sub))
 
     echo = sub.add_parser("echo", help="C-ECHO a peer")
     echo.add_argument("peer", help="a peer name from the configuration (or its AE title)")
@@ -436,7 +439,23 @@ def build_parser() -> argparse.ArgumentParser:
     send.set_defaults(func=cmd_send)
 
     # `router serve --config X` reads naturally too: accept --config after the sub-command
-    for p in (serve, check, test, plugins, ls, retry, purge, audit_status, echo, find, move, get, send, *user_commands):
+    for p in (
+        serve,
+        check,
+        test,
+        plugins,
+        ls,
+        retry,
+        purge,
+        audit_status,
+        echo,
+        find,
+        move,
+        get,
+        send,
+        *user_commands,
+        *media_commands,
+    ):
         p.add_argument("--config", dest="config", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     return parser
 

@@ -15,7 +15,7 @@ from plugins.audit import events, facts, on_hl7, stage
 from plugins.audit.message import Participant
 from plugins.audit.state import Running, running
 from router.hl7.message import parse_message
-from router.hooks.answers import InstanceRef
+from router.hooks.answers import ImportedInstance, InstanceRef
 from router.hooks.specs import hookimpl
 from router.intake.envelope import Envelope
 from router.outbox.jobs import JobKind
@@ -35,6 +35,8 @@ def _sender(env: Envelope) -> Participant:
     src = env.source
     if src.protocol == "stow":
         return events.http_client("", src.address, True)
+    if src.protocol == "media":  # router import: the medium it was read from
+        return Participant(media_uri(src.address), True, media=events.SOURCE_MEDIA)
     return events.dicom_node(src.calling_ae, src.address, True)
 
 
@@ -106,6 +108,12 @@ def router_instances_exported(service: str, calling_ae: str, user: str, address:
         return
     with state.engine().connect() as conn:
         subjects = facts.from_index(conn, [(i.study_uid, i.sop_class_uid, i.sop_instance_uid) for i in instances])
+    if service == "media":  # router export wrote a file-set: an Export message (A.5.3.4)
+        operator = Participant(user, True, user_name=user)
+        state.record(events.data_export(subjects, state.local.participant(True), operator, media_uri(destination),
+                                        events.MINOR if failed else events.SUCCESS,
+                                        f"file-set of {len(instances)} object(s) written"))  # fmt: skip
+        return
     others: list[Participant] = []
     if service.startswith("WADO"):
         to = events.http_client(user, address, True)
@@ -120,6 +128,33 @@ def router_instances_exported(service: str, calling_ae: str, user: str, address:
     )
     for subject in subjects:
         state.record(events.instances_transferred(subject, "R", state.local.participant(), to, others, outcome, text))
+
+
+def media_uri(path: str) -> str:
+    """A medium's path as the URI an Export or Import message names."""
+    return path if "://" in path else f"file://{path}"
+
+
+@hookimpl
+def router_instances_imported(media: str, user: str, destination: str, instances: list[ImportedInstance],
+                              refused: int, damaged: int) -> None:  # fmt: skip
+    """``router import``: one Import message (A.5.3.5) for all that was read from the media."""
+    state = running()
+    if state is None or not instances:
+        return
+    subjects: dict[facts.Patient, facts.Subject] = {}
+    for i in instances:
+        patient = facts.Patient(facts.patient_id(i.patient_id, i.issuer), i.patient_name)
+        subjects.setdefault(patient, facts.Subject(patient)).study(i.study_uid).add(
+            i.sop_class_uid, i.sop_instance_uid, i.accession
+        )
+    operator = Participant(user, True, user_name=user)
+    text = f"{len(instances)} object(s) imported{f' and sent to {destination}' if destination else ''}, " + (
+        f"{refused} refused, {damaged} damaged"
+    )
+    state.record(events.data_import(list(subjects.values()), state.local.participant(), operator,
+                                    media_uri(media.split(", ")[0]), events.MINOR if refused or damaged
+                                    else events.SUCCESS, text))  # fmt: skip
 
 
 def encode(identifier: Dataset | None) -> bytes:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from router.config.base import AETitle, HttpAuth, PeerName, Port, Strict
 from router.config.peers import DicomPeer, Peer
@@ -133,7 +133,18 @@ class ForwardSettings(Strict):
         return self
 
 
+class ImportSettings(Strict):
+    """``router import`` (docs/media.md)."""
+
+    assume_charset: str = Field(
+        "",
+        description="read the text of an object whose Specific Character Set is invalid or does not fit its text "
+        "under this set (a defined term such as 'ISO_IR 100', or a codec such as cp1252), instead of refusing it",
+    )
+
+
 class RouterConfig(Strict):
+    model_config = ConfigDict(extra="forbid", frozen=True, serialize_by_alias=True)  # `import` is a Python keyword
     ae_title: AETitle = "ROUTER"
     data_dir: Path = Path("var")
     data_access: Literal["owner", "group"] = Field(
@@ -155,6 +166,7 @@ class RouterConfig(Strict):
     forward: ForwardSettings = ForwardSettings()
     storage: StorageSettings = StorageSettings()
     activity: ActivitySettings = ActivitySettings()
+    media_import: ImportSettings = Field(ImportSettings(), alias="import")
     peers: dict[PeerName, Peer] = Field(default_factory=dict)
     source: Path | None = Field(None, exclude=True)
 

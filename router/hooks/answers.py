@@ -91,3 +91,17 @@ class InstanceRef:
     study_uid: str
     sop_class_uid: str
     sop_instance_uid: str
+
+
+@dataclass(frozen=True)
+class ImportedInstance:
+    """One instance read from media (``router_instances_imported``): the values an Import audit message names.
+    The patient values are for an audit trail: never log them."""
+
+    study_uid: str
+    sop_class_uid: str
+    sop_instance_uid: str
+    patient_id: str = ""
+    issuer: str = ""
+    patient_name: str = ""
+    accession: str = ""

@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from router.config import RouterConfig
     from router.destinations.base import DestinationType
     from router.hl7.message import Hl7Header
-    from router.hooks.answers import Accept, Authenticated, Denied, InstanceRef, Reject
+    from router.hooks.answers import Accept, Authenticated, Denied, ImportedInstance, InstanceRef, Reject
     from router.intake.envelope import Envelope
     from router.intake.stage import Stage
     from router.store.models import Job
@@ -63,7 +63,8 @@ def router_startup(config: RouterConfig, process: str, plugin_settings: Mapping[
     router's processes, each with its own plugin instances: ``process`` is ``serve`` (listeners, ingest) or
     ``forward`` (the forward workers, which announce ``router_forwarded`` and ``router_forward_failed``), or the
     name of a command that announces something in its short life (``users``: ``router users`` announces
-    ``router_admin_changed`` between this and ``router_shutdown``).
+    ``router_admin_changed`` between this and ``router_shutdown``; ``import`` and ``export``: ``router import``
+    and ``router export``, docs/media.md).
     ``plugin_settings`` holds each plugin's validated settings by plugin name (``plugins: {NAME: ...}``)."""
 
 
@@ -263,6 +264,18 @@ def router_instances_exported(
     destination AE title, the requestor (C-GET) or ``address`` (WADO-RS). ``instances`` were sent (success or
     warning); ``failed`` were not (sub-operations that failed, or a client that went away). ``status``: the
     final DIMSE status, or the HTTP status."""
+
+
+@hookspec
+def router_instances_imported(
+    media: str, user: str, destination: str, instances: list[ImportedInstance], refused: int, damaged: int
+) -> None:
+    """``router import`` read objects from media (a CD, a folder, a zip; ``media`` its path) and took them in: into
+    the router's intake (``destination`` ``""``; each object was also announced by ``router_instance_stored``) or,
+    with ``--to``, straight to the peer ``destination``. ``instances``: the objects imported (``ImportedInstance``:
+    UIDs, and the patient and accession values an Import audit message names, never to be logged); ``refused``:
+    objects refused (character set, intake, peer); ``damaged``: files the DICOMDIR names that could not be read.
+    ``user``: the operating system user who ran the command. Not called for ``--dry-run`` or ``--list``."""
 
 
 # -- the store -----------------------------------------------------------------------------------------------

@@ -38,7 +38,7 @@ def read_values_as_they_came() -> None:
 class Source:
     """Who sent the object and how."""
 
-    protocol: Literal["dimse", "stow", "file", "mllp"]
+    protocol: Literal["dimse", "stow", "file", "mllp", "media"]  # media: ``router import`` (router.media)
     calling_ae: str = ""
     called_ae: str = ""
     address: str = ""

@@ -42,6 +42,7 @@ def subject_for(env: Envelope) -> Subject:
             kind="hl7",
             calling_ae=msg.sending_application,
             called_ae=msg.receiving_application,
+            source=env.source.protocol,
             message=msg.message_type,
         )
     if env.kind == "mpps":  # the step as it stands after this message: N-SET rules can test N-CREATE values
@@ -50,6 +51,7 @@ def subject_for(env: Envelope) -> Subject:
             kind="mpps",
             calling_ae=env.source.calling_ae,
             called_ae=env.source.called_ae,
+            source=env.source.protocol,
             sop_class=MPPS_SOP_CLASS,
             message=mpps.operation,
             values=dataset_values(mpps.state),
@@ -58,6 +60,7 @@ def subject_for(env: Envelope) -> Subject:
         kind=env.kind,
         calling_ae=env.source.calling_ae,
         called_ae=env.source.called_ae,
+        source=env.source.protocol,
         sop_class=env.sop_class_uid,
         values=_header_values(env),
     )

@@ -23,7 +23,7 @@ from router.rules.model import Condition, Rule, RuleSet, StageCall
 from router.rules.patterns import PatternError, compile_any_of
 
 RULE_KEYS = {"name", "when", "then", "stop", "description"}
-WHEN_KEYS = {"kind", "calling_ae", "called_ae", "sop_class", "message", "tags"}
+WHEN_KEYS = {"kind", "calling_ae", "called_ae", "source", "sop_class", "message", "tags"}
 KINDS = {"dicom", "hl7", "mpps"}
 MAX_NAME = 128  # the outbox records the rule that made each job
 MAX_DEPTH = 64  # nested lists and mappings in a rule file (a rule needs fewer than ten)

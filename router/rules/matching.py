@@ -20,6 +20,7 @@ class Subject:
     kind: str
     calling_ae: str = ""
     called_ae: str = ""
+    source: str = ""  # the envelope's Source.protocol: dimse, stow, mllp, media, file
     sop_class: str = ""
     message: str = ""
     values: Callable[[int], list[str]] = lambda tag: []
@@ -48,6 +49,8 @@ def condition_matches(cond: Condition, subject: Subject) -> bool:
     if cond.calling_ae and not any_matches(cond.calling_ae, [subject.calling_ae]):
         return False
     if cond.called_ae and not any_matches(cond.called_ae, [subject.called_ae]):
+        return False
+    if cond.source and not any_matches(cond.source, [subject.source]):
         return False
     if cond.sop_class and not any_matches(cond.sop_class, [subject.sop_class]):
         return False

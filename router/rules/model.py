@@ -22,6 +22,7 @@ class Condition:
     kinds: tuple[str, ...] = ()
     calling_ae: tuple[Pattern, ...] = ()
     called_ae: tuple[Pattern, ...] = ()
+    source: tuple[Pattern, ...] = ()  # how it came in: dimse, stow, mllp, media (router import), file (rules test)
     sop_class: tuple[Pattern, ...] = ()
     message: tuple[Pattern, ...] = ()  # HL7 message type, e.g. ADT^A08
     tags: tuple[tuple[int, str, tuple[Pattern, ...]], ...] = ()  # (tag, keyword, any-of patterns)
