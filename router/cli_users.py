@@ -45,8 +45,13 @@ def _announce(cfg: RouterConfig, action: str, target: str, **detail: Any) -> Non
 
     from router.hooks.manager import build_plugin_manager, notify
 
-    notify(build_plugin_manager(cfg), "router_admin_changed", user=f"cli:{getpass.getuser()}", role="",
-           action=action, target=target, address="", detail=detail)  # fmt: skip
+    pm = build_plugin_manager(cfg)
+    notify(pm, "router_startup", config=cfg, process="users", plugin_settings=pm.settings)  # opens the audit trail
+    try:
+        notify(pm, "router_admin_changed", user=f"cli:{getpass.getuser()}", role="", action=action, target=target,
+               address="", detail=detail)  # fmt: skip
+    finally:
+        notify(pm, "router_shutdown", process="users")
 
 
 def cmd_users_add(args: argparse.Namespace) -> int:

@@ -42,6 +42,18 @@ _HANDED_OUT: set[int] = set()  # ports free_port() gave this test session: never
 _RANDOM = random.Random()
 
 
+def _worker_ports(first: int, last: int) -> tuple[int, int]:
+    """The share of ``[first, last)`` of this pytest-xdist worker (all of it without xdist): two workers never pick
+    the same port, each only checks that no one else on the machine listens there."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
+    if not worker.startswith("gw") or count <= 1:
+        return first, last
+    index = int(worker[2:]) % count
+    size = (last - first) // count
+    return first + index * size, first + (index + 1) * size
+
+
 def _ephemeral_low() -> int:
     """The lowest port the kernel gives outgoing connections (and bind-to-0)."""
     try:
@@ -55,11 +67,13 @@ def free_port() -> int:
 
     Picked below the kernel's ephemeral range, so no outgoing connection takes it as its local port before the
     server binds it (bind-to-0 ports come from that range: a CI run once saw "address already in use"), and never
-    one this session handed out before (two picks in a row could otherwise return the same port)."""
+    one this session handed out before (two picks in a row could otherwise return the same port); under
+    pytest-xdist, from this worker's share of the range only."""
     low = _ephemeral_low()
     if low > 11000:
+        first, last = _worker_ports(10000, low)
         for _ in range(200):
-            port = _RANDOM.randrange(10000, low)
+            port = _RANDOM.randrange(first, last)
             if port in _HANDED_OUT:
                 continue
             with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:

@@ -241,3 +241,39 @@ def test_syslog_message_is_rfc5424_and_framed_by_octet_count() -> None:
                         + BOM + b"<AuditMessage/>")  # fmt: skip
     assert octet_counted(message_) == str(len(message_)).encode() + b" " + message_
     assert syslog_message("<A/>", when, "a b\x7f", "r o", 1).startswith(b"<85>1 2024-05-01T10:00:00.123456Z a_b_ r_o ")
+
+
+@pytest.mark.parametrize(
+    ("action", "target", "address", "type_code", "id_type"),
+    [
+        ("rules.saved", "file:///etc/router/rules/10-ct.yaml", "127.0.0.1:50000", "110131", "12"),
+        ("user.added", "ann", "", "110137", "11"),
+        ("token.revoked", "ann", "10.0.0.9:443", "110137", "11"),
+        ("peer.paused", "PACS", "10.0.0.9:443", "110128", "110182"),
+        ("jobs.retried", "dead PACS", "10.0.0.9:443", "110132", "20"),
+        ("study.sent", "1.2.3", "10.0.0.9:443", "110132", "110180"),
+    ],
+)
+def test_an_administrative_change_is_a_security_alert_naming_who_and_what(
+    action: str, target: str, address: str, type_code: str, id_type: str
+) -> None:
+    from plugins.audit.on_admin import admin_alert
+
+    user = "cli:root" if not address else "ann"
+    xml = to_xml(admin_alert(ROUTER.participant(), user, "admin", action, target, address, {"count": 3}), "ROUTER")
+    assert schema_problems(xml) == []
+    root = etree.fromstring(xml.encode())
+    assert root.find("EventIdentification").get("EventOutcomeIndicator") == "0"
+    assert root.find("EventIdentification/EventTypeCode").get("csd-code") == type_code
+    reporter, performer = root.findall("ActiveParticipant")
+    assert reporter.get("UserID") == "ROUTER" and reporter.get("UserIsRequestor") == "true"
+    assert performer.get("UserID") == user and performer.get("UserIsRequestor") == "false"
+    if address:
+        assert performer.get("NetworkAccessPointID") == address.rpartition(":")[0]
+    obj = root.find("ParticipantObjectIdentification")
+    assert obj.find("ParticipantObjectIDTypeCode").get("csd-code") == id_type
+    assert obj.get("ParticipantObjectID") == target
+    from base64 import b64decode
+
+    said = b64decode(obj.find("ParticipantObjectDetail").get("value")).decode()
+    assert said == f"{action} {target} (count=3) by {user} (admin)"

@@ -101,3 +101,24 @@ def test_export_message_names_the_peer_as_destination_media(tmp_path: Path) -> N
     assert media.find("MediaIdentifier/MediaType").get("csd-code") == "110037"
     patient = root.findall("ParticipantObjectIdentification")[-1]
     assert patient.get("ParticipantObjectID") == "P7"
+
+
+def test_router_users_changes_are_audited_from_the_command_line(tmp_path: Path) -> None:
+    """``router users add`` (no server running): Application Start, a Security Alert "User Security Attributes
+    Changed" naming the user and who made the change, Application Stop, all in the audit file."""
+    config = site(tmp_path, [])
+    settings = yaml.safe_load(config.read_text())
+    settings["plugins"] = {"audit": {"file": "audit/audit.xml.log"}}
+    config.write_text(yaml.safe_dump(settings))
+    command = [sys.executable, "-m", "router", "--config", str(config), "users", "add", "ann", "--role", "operator"]
+    done = subprocess.run(command, input="a long enough secret\n", capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    lines = (tmp_path / "audit" / "audit.xml.log").read_text().splitlines()
+    assert [schema_problems(line) for line in lines] == [[]] * len(lines)
+    codes = [etree.fromstring(line.encode()).find("EventIdentification/EventTypeCode") for line in lines]
+    types = [code.get("csd-code") for code in codes]
+    assert types == ["110120", "110137", "110121"]  # start, user security attributes changed, stop
+    alert = etree.fromstring(lines[1].encode())
+    [performer] = [p for p in alert.findall("ActiveParticipant") if p.get("UserIsRequestor") == "false"]
+    assert performer.get("UserID").startswith("cli:")
+    assert alert.find("ParticipantObjectIdentification").get("ParticipantObjectID") == "ann"

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from cancel_proxy import HoldAfterFirstAnswer
 from peers import RouterProcess, meta_names_data_set, pydicom_corpus, send_datasets, write_instances
 from qr_peers import (
     Corpus,
@@ -28,7 +29,7 @@ from qr_peers import (
 
 pytestmark = pytest.mark.interop  # DCMTK findscu, dcmdump
 
-BULK = 150  # images in one series, for the cancel test
+BULK = 600  # images in one series, for the cancel test: several times what the socket buffers and queue hold
 
 Loaded = tuple[RouterProcess, Corpus, Path]
 
@@ -288,8 +289,9 @@ def test_cancel_stops_the_answer(loaded: Loaded) -> None:
     bulk = next(r for r in corpus.records if r["StudyDescription"] == "UNDATED")
     keys = ["QueryRetrieveLevel=IMAGE", f"StudyInstanceUID={bulk['StudyInstanceUID']}",
             f"SeriesInstanceUID={bulk['SeriesInstanceUID']}"]  # fmt: skip
-    res = findscu(router.port, "-S", keys, wd, "--cancel", "1")
-    assert res.status == 0xFE00, res.log
-    assert 1 <= len(res.responses) < BULK
+    with HoldAfterFirstAnswer(router.port) as proxy:  # the cancel reaches the router before it could answer all
+        res = findscu(proxy.port, "-S", keys, wd, "--cancel", "1")
+    assert proxy.held and res.status == 0xFE00, res.log
+    assert 1 <= len(res.responses) < BULK, len(res.responses)
     full = findscu(router.port, "-S", keys, wd)
     assert full.status == 0 and len(full.responses) == BULK

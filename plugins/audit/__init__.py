@@ -6,7 +6,8 @@ spool, one sender per repository, the optional local file; every hook below then
 returns, and the senders deliver them. docs/audit.md says which event sends which message.
 
 The hook implementations live in ``on_objects`` (instances, queries, MPPS), ``on_hl7`` (patient and order
-records) and ``on_security`` (alerts, logins); they are imported here so that this module is the plugin.
+records), ``on_security`` (alerts, logins) and ``on_admin`` (administrative changes); they are imported here so
+that this module is the plugin.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from plugins.audit import events, state
+from plugins.audit.on_admin import router_admin_changed
 from plugins.audit.on_hl7 import router_hl7_acknowledged
 from plugins.audit.on_objects import (
     router_forwarded,
@@ -45,6 +47,7 @@ from router.hooks.specs import hookimpl
 from router.intake.stage import Stage
 
 __all__ = [
+    "router_admin_changed",
     "router_association_rejected",
     "router_authentication_failed",
     "router_authentication_succeeded",

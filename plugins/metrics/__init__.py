@@ -124,7 +124,8 @@ _state: Metrics | None = None  # this process's, between router_startup and rout
 @hookimpl
 def router_startup(config: RouterConfig, process: str) -> None:
     global _state
-    _state = Metrics(config, process)
+    if process in ("serve", "forward"):  # not a command's short life (``router users``): it serves no metrics
+        _state = Metrics(config, process)
 
 
 @hookimpl

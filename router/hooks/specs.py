@@ -61,14 +61,17 @@ def router_metrics() -> list[Collector]:  # type: ignore[empty-body]
 def router_startup(config: RouterConfig, process: str, plugin_settings: Mapping[str, BaseModel]) -> None:
     """The router has loaded its configuration and is about to start its listeners. Called once in each of the
     router's processes, each with its own plugin instances: ``process`` is ``serve`` (listeners, ingest) or
-    ``forward`` (the forward workers, which announce ``router_forwarded`` and ``router_forward_failed``).
+    ``forward`` (the forward workers, which announce ``router_forwarded`` and ``router_forward_failed``), or the
+    name of a command that announces something in its short life (``users``: ``router users`` announces
+    ``router_admin_changed`` between this and ``router_shutdown``).
     ``plugin_settings`` holds each plugin's validated settings by plugin name (``plugins: {NAME: ...}``)."""
 
 
 @hookspec
 def router_shutdown(process: str) -> None:
-    """The router process ``process`` (``serve`` or ``forward``) has stopped serving: its listeners are closed and
-    its workers have ended. Called once per process, the last hook it calls (the database is still reachable)."""
+    """The router process ``process`` (``serve``, ``forward``, or a command) has stopped serving: its listeners are
+    closed and its workers have ended. Called once per process, the last hook it calls (the database is still
+    reachable)."""
 
 
 @hookspec
