@@ -13,6 +13,7 @@ from email.policy import HTTP
 from typing import Any
 from urllib.parse import parse_qs, quote, urlencode
 
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -26,7 +27,11 @@ MAX_FORM = 64 << 20  # a dry run's uploaded object
 
 async def read_form(request: Request) -> dict[str, Any]:
     """A urlencoded or multipart/form-data body as {field: text, or (filename, bytes) for a file}."""
+    if int(request.headers.get("content-length") or 0) > MAX_FORM:
+        raise HTTPException(413, f"the form is larger than {MAX_FORM} bytes")
     body = await request.body()
+    if len(body) > MAX_FORM:  # chunked: counted as it came
+        raise HTTPException(413, f"the form is larger than {MAX_FORM} bytes")
     kind = request.headers.get("content-type", "")
     if kind.startswith("multipart/form-data"):
         parsed: EmailMessage = BytesParser(policy=HTTP).parsebytes(f"Content-Type: {kind}\r\n\r\n".encode() + body)
