@@ -149,3 +149,24 @@ def jing() -> str:
     if found is None:
         missing("jing", "jing", "not on PATH")
     return found
+
+
+# -- chromium (the console's browser tests) -------------------------------------------------------------------------
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+def chromium() -> str:
+    """Debian's chromium (package chromium): the browser is never downloaded."""
+    require("chromium", "chromium")
+    if not _is_binary(CHROMIUM) and shutil.which("chromium") is None:
+        missing("chromium", "chromium", str(CHROMIUM))
+    return str(CHROMIUM) if CHROMIUM.exists() else str(shutil.which("chromium"))
+
+
+def chromedriver() -> str:
+    """chromedriver for Debian's chromium (package chromium-driver)."""
+    require("chromedriver", "chromium-driver")
+    found = shutil.which("chromedriver") or shutil.which("chromedriver", path="/usr/lib/chromium")
+    if found is None:
+        missing("chromedriver", "chromium-driver", "not on PATH nor in /usr/lib/chromium")
+    return found

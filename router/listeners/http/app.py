@@ -16,13 +16,14 @@ from starlette.concurrency import run_in_threadpool
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
 from router.config import RouterConfig
 from router.intake.dicom import Ingestor
 from router.listeners.http.api import ApiServices
 from router.listeners.http.api import routes as api_routes
 from router.listeners.http.auth import Authentication, Authenticator
+from router.listeners.http.console import routes as console_routes
 from router.listeners.http.openapi import openapi
 from router.listeners.http.qido import Qido
 from router.listeners.http.stow import Stow
@@ -75,7 +76,7 @@ def make_app(
     async def metrics(request: Request) -> Response:  # collectors may read the database: off the event loop
         return Response(await run_in_threadpool(generate_latest, Scrape(pm)), media_type=METRICS_TYPE)
 
-    routes = [
+    routes: list[BaseRoute] = [
         Route("/metrics", metrics, methods=["GET"]),
         Route(f"{BASE}/openapi.json", openapi_json, methods=["GET"]),
         Route(f"{BASE}/studies", stow.handle, methods=["POST"]),
@@ -95,5 +96,6 @@ def make_app(
     ]
     authenticator = Authenticator(config, pm, engine)
     if api is not None:
-        routes += api_routes(api, authenticator)
+        served = api_routes(api, authenticator)
+        routes += [*served, *console_routes(served)]  # the web console at /, a client of the API
     return Starlette(routes=routes, middleware=[Middleware(Authentication, authenticator=authenticator)])

@@ -31,7 +31,7 @@ from typing import Any
 import pluggy
 from sqlalchemy.engine import Engine
 from starlette.concurrency import run_in_threadpool
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, RedirectResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from router.config import RouterConfig
@@ -43,7 +43,9 @@ from router.store.users import any_users
 log = logging.getLogger(__name__)
 
 SESSION_COOKIE = "router_session"
-PUBLIC_PATHS = {"/api/login", "/api/openapi.json"}  # reached without credentials, whatever http.auth says
+PUBLIC_PATHS = {"/api/login", "/api/openapi.json", "/login"}  # reached without credentials, whatever http.auth says
+PUBLIC_PREFIXES = ("/static/",)  # the console's assets
+SERVICE_PREFIXES = ("/api/", "/dicomweb", "/metrics")  # the rest is the console: a browser is sent to /login
 FREE_FAILURES = 5
 MAX_DELAY = 10.0  # s
 FORGET_AFTER = 900.0  # s
@@ -168,7 +170,8 @@ class Authentication:
         self.authenticator = authenticator
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope.get("path") in PUBLIC_PATHS:
+        path = str(scope.get("path", ""))
+        if scope["type"] != "http" or path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES):
             await self.app(scope, receive, send)
             return
         checks = self.authenticator
@@ -185,6 +188,9 @@ class Authentication:
         if isinstance(answer, Authenticated):
             scope["router.user"] = answer.user
             scope["router.identity"] = Identity(answer.user, answer.method, answer.role)
+        elif isinstance(answer, Denied) and not authorization and not path.startswith(SERVICE_PREFIXES):
+            await RedirectResponse("/login", 303)(scope, receive, send)
+            return
         elif isinstance(answer, Denied):
             realm = "dicomweb" if str(scope.get("path", "")).startswith("/dicomweb") else "router"
             scheme = "Bearer" if checks.config.http.auth.bearer_token else "Basic"

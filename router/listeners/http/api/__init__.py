@@ -11,7 +11,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from router.listeners.http.api import accounts, activity, dryruns, jobs, peers, rules, studies
+from router.listeners.http.api import accounts, activity, dryruns, jobs, peers, rulecheck, rules, stats, studies
 from router.listeners.http.api.endpoint import ApiResponse, Endpoint
 from router.listeners.http.api.services import ApiServices
 from router.listeners.http.api.spec import openapi
@@ -27,8 +27,10 @@ def endpoints(services: ApiServices, authenticator: Authenticator) -> list[Endpo
         *jobs.make_endpoints(services),
         *activity.make_endpoints(services),
         *rules.make_endpoints(services),
+        *rulecheck.make_endpoints(services),
         *dryruns.make_endpoints(services),
         *studies.make_endpoints(services),
+        *stats.make_endpoints(services),
     ]
 
 
