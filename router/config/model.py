@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 from typing import Any, Literal
 
@@ -125,6 +126,9 @@ class ForwardSettings(Strict):
     process: bool = Field(
         True, description="run the forward workers in a process of their own (false: threads of the serving process)"
     )
+    lease_seconds: float = Field(
+        30.0, ge=3, le=3600, description="a claimed job's lease: another node takes the job over once it has expired"
+    )
 
     @model_validator(mode="after")
     def _cap_not_below_initial(self) -> ForwardSettings:
@@ -143,9 +147,17 @@ class ImportSettings(Strict):
     )
 
 
+def _host_name() -> str:
+    """The default ``node_id``: the host name (its first 64 characters, no white space)."""
+    return "".join(socket.gethostname().split())[:64] or "router"
+
+
 class RouterConfig(Strict):
     model_config = ConfigDict(extra="forbid", frozen=True, serialize_by_alias=True)  # `import` is a Python keyword
     ae_title: AETitle = "ROUTER"
+    node_id: PeerName = Field(
+        default_factory=_host_name, description="this node's name among the routers sharing one database"
+    )
     data_dir: Path = Path("var")
     data_access: Literal["owner", "group"] = Field(
         "owner", description="who may read data_dir: the router's user (0600/0700), or its group too (0640/0750)"

@@ -12,8 +12,10 @@ senders at once instead of at its next poll.
 - The child ends when the pipe closes: the serving process stops (the forwarder then finishes as on a stop of its
   own) or dies. On Linux a parent killed outright takes the child with it (``PR_SET_PDEATHSIG``), exactly as a
   ``kill -9`` of a single process would: what was in flight is sent again after the restart.
-- Only one forward process works on a data folder at a time (an ``flock`` held for its life), so a restarted one
-  never puts back to pending what another is still sending.
+- On SQLite only one forward process works on a data folder at a time (an ``flock`` on ``forwarder.lock`` held
+  for its life), so a restarted one never puts back to pending what another is still sending. On PostgreSQL the
+  database coordinates the nodes (leases, ``router.outbox.leases``) and several of them may share one data folder:
+  no lock.
 - If the child exits on its own, the serving process logs it and starts another.
 
 ``forward.process: false`` runs the same workers as threads of the serving process.
@@ -191,8 +193,12 @@ def _die_with_parent(parent: int) -> None:
 
 
 @contextlib.contextmanager
-def _sole_forwarder(data_dir: Path) -> Iterator[None]:
-    """Hold the data folder's forwarder lock for the process's life (waits for a forward process still ending)."""
+def _sole_forwarder(data_dir: Path, database_url: str) -> Iterator[None]:
+    """On SQLite, hold the data folder's forwarder lock for the process's life (waits for a forward process still
+    ending). On PostgreSQL nothing: leases keep the nodes' forward processes apart."""
+    if not database_url.startswith("sqlite"):
+        yield
+        return
     fd = os.open(data_dir / "forwarder.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
@@ -210,7 +216,7 @@ def _wakes(fd: int) -> Iterator[set[str] | None]:
             yield None if ALL_PEERS in messages else {peer.decode() for m in messages for peer in m.split()}
 
 
-def run(config: RouterConfig, wake_fd: int, ready_fd: int) -> None:
+def run(config: RouterConfig, wake_fd: int, ready_fd: int, parent: int | None = None) -> None:
     _pynetdicom.install()  # before any association: pynetdicom configured and patched
     files.set_access(config.data_access)  # the modes of the files it writes under data_dir
     read_values_as_they_came()
@@ -218,9 +224,10 @@ def run(config: RouterConfig, wake_fd: int, ready_fd: int) -> None:
     engine = make_engine(config.effective_database_url)
     write_lock = write_lock_for(config.effective_database_url)
     try:
-        with _sole_forwarder(config.data_dir):
+        with _sole_forwarder(config.data_dir, config.effective_database_url):
             notify(pm, "router_startup", config=config, process="forward", plugin_settings=pm.settings)
-            forwarder = make_forwarder(config, engine, pm, CommitLedger(config, engine, pm, write_lock))
+            ledger = CommitLedger(config, engine, pm, write_lock)
+            forwarder = make_forwarder(config, engine, pm, ledger, serving_pid=parent)
             forwarder.start()
             os.write(ready_fd, b"r")
             os.close(ready_fd)
@@ -248,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     # closes the pipe, and this process ends after its senders.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    run(config, args.wake_fd, args.ready_fd)
+    run(config, args.wake_fd, args.ready_fd, args.parent)
     return 0
 
 

@@ -7,12 +7,18 @@ Each sender owns the destination of its peer (``router.destinations``, chosen by
 batch, hands it to the destination and records each outcome. When a peer cannot be reached, the peer is left alone
 until the earliest retry time of the jobs that failed (so a dead peer costs one connection attempt per backoff
 step).
+
+Several nodes may share one PostgreSQL database (docs/cluster.md): what a node claims is leased to it and renewed
+by its heartbeat (``router.outbox.leases``), jobs queued on other nodes wake it through ``LISTEN``
+(``router.outbox.wakes``), and a peer's ``max_associations`` counts the senders of every node
+(``router.forward.slots``).
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import os
 import threading
 import time
 
@@ -24,8 +30,11 @@ from router.config import RouterConfig
 from router.destinations.base import Destination, DestinationContext, DestinationType
 from router.destinations.registry import destination_type
 from router.forward.sender import Sender, _Drained
+from router.forward.slots import PeerSlots, Slot
 from router.hooks.manager import notify
+from router.outbox.leases import NodeKeeper
 from router.outbox.queue import Outbox, backoff_delay
+from router.outbox.wakes import JobListener, origin_of
 from router.scu.association import make_requestor
 from router.store.db import make_engine
 from router.store.models import Job
@@ -34,13 +43,17 @@ log = logging.getLogger(__name__)
 DISPATCH_GAP = 0.05  # s: the least time between two dispatcher passes
 
 
-def make_forwarder(config: RouterConfig, engine: Engine, pm: pluggy.PluginManager, ledger: CommitLedger) -> Forwarder:
+def make_forwarder(
+    config: RouterConfig, engine: Engine, pm: pluggy.PluginManager, ledger: CommitLedger, serving_pid: int | None = None
+) -> Forwarder:
     """The forward workers for the database behind ``engine``. Claims and done marks go through an engine of
     their own, whose commits are not flushed one by one (see ``router.store.db``); on SQLite they queue on the
-    ledger's write lock with every other writer (see ``router.store.writelock``)."""
+    ledger's write lock with every other writer (see ``router.store.writelock``). ``serving_pid``: the serving
+    process's id when the workers run in a process of their own (it names the node's instance)."""
     bookkeeping = make_engine(config.effective_database_url, durable=False)
     write_lock = ledger.write_lock if engine.dialect.name == "sqlite" else None
-    return Forwarder(config, engine, Outbox(bookkeeping, config.forward, config.data_dir, write_lock), pm, ledger)
+    outbox = Outbox(bookkeeping, config.forward, config.data_dir, write_lock, node_id=config.node_id)
+    return Forwarder(config, engine, outbox, pm, ledger, origin_of(serving_pid or os.getpid()))
 
 
 class Forwarder:
@@ -51,6 +64,7 @@ class Forwarder:
         outbox: Outbox,
         pm: pluggy.PluginManager,
         ledger: CommitLedger,
+        instance: str = "",
     ):
         self.config = config
         self.engine = engine
@@ -71,6 +85,10 @@ class Forwarder:
         self._types: dict[str, DestinationType | None] = {
             name: destination_type(pm, peer.type) for name, peer in config.peers.items()
         }
+        cluster = engine.dialect.name == "postgresql"
+        self.keeper = NodeKeeper(outbox, instance or origin_of(os.getpid()), cluster, self.wake)
+        self.slots = PeerSlots(config.effective_database_url)
+        self.listener = JobListener(config.effective_database_url, self.keeper.instance, self.wake) if cluster else None
 
     @property
     def stopping(self) -> bool:
@@ -78,12 +96,15 @@ class Forwarder:
 
     # -- lifecycle ----------------------------------------------------------------------------------------
     def start(self) -> None:
-        recovered = self.outbox.recover_inflight()
+        recovered = self.keeper.recover()
         if recovered:
-            log.info("requeued %d job(s) that were in flight when the router stopped", recovered)
+            log.info("requeued %d job(s) that were in flight when the router stopped (or their lease expired)", recovered)
         abandoned = self.ledger.recover()
         if abandoned:
             log.info("%d storage commitment request(s) the peer had not accepted: requested again", abandoned)
+        self.keeper.start()
+        if self.listener is not None:
+            self.listener.start()
         self._dispatcher = threading.Thread(target=self._dispatch_loop, name="forward-dispatch", daemon=True)
         self._dispatcher.start()
 
@@ -97,6 +118,10 @@ class Forwarder:
         for thread in [self._dispatcher, *list(self._senders)]:
             if thread is not None:
                 thread.join(max(0.0, deadline - time.monotonic()))
+        if self.listener is not None:
+            self.listener.stop()
+        self.keeper.stop()  # after the senders: their leases are renewed until they have ended
+        self.slots.dispose()
         self.outbox.engine.dispose()
 
     def wake(self, peers: set[str] | None = None) -> None:
@@ -148,26 +173,33 @@ class Forwarder:
         return min(self.config.peers[peer_name].max_associations, backlog)
 
     def _start_sender(self, peer_name: str, kind: DestinationType) -> None:
-        """Start one more sender for ``peer_name``. A destination that cannot be made (a plugin's bug, a setting
-        it refuses late) counts as an unreachable peer: its jobs wait with backoff and end as dead letters."""
+        """Start one more sender for ``peer_name`` if the cluster has an association slot left for it. A
+        destination that cannot be made (a plugin's bug, a setting it refuses late) counts as an unreachable peer:
+        its jobs wait with backoff and end as dead letters."""
+        limit = 1 if getattr(kind, "ordered", False) else self.config.peers[peer_name].max_associations
+        slot = self.slots.take(peer_name, limit)
+        if slot is None:
+            return  # every association the peer allows is in use, on this node or another
         try:
             destination = kind(peer_name, self.config.peers[peer_name], self.context)
         except Exception as exc:
+            slot.release()
             log.exception("cannot make the destination of %s", peer_name)
             self.peer_unreachable(peer_name, [], f"cannot make the destination: {exc!r}")
             return
         thread = threading.Thread(
-            target=self._run_sender, args=(peer_name, destination), name=f"forward-{peer_name}", daemon=True
+            target=self._run_sender, args=(peer_name, destination, slot), name=f"forward-{peer_name}", daemon=True
         )
         with self._lock:
             self._active[peer_name] = self._active.get(peer_name, 0) + 1
             self._senders.add(thread)
         thread.start()
 
-    def _run_sender(self, peer_name: str, destination: Destination) -> None:
+    def _run_sender(self, peer_name: str, destination: Destination, slot: Slot) -> None:
         try:
             Sender(self, peer_name, destination).run()
         finally:
+            slot.release()
             with self._lock:
                 self._active[peer_name] -= 1
                 self._senders.discard(threading.current_thread())

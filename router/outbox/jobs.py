@@ -16,6 +16,7 @@ from typing import Any
 
 from sqlalchemy import Connection, insert
 
+from router.outbox.wakes import announce
 from router.store.models import JobState, utcnow
 from router.store.rawsql import insert_columns, raw
 from router.store.tables import JOB
@@ -65,7 +66,7 @@ def job_row(job: NewJob, now: datetime) -> dict[str, Any]:
         "kind": job.kind.value, "peer": job.peer, "sop_uid": job.sop_uid, "sop_class_uid": job.sop_class_uid[:64],
         "transfer_syntax": job.transfer_syntax, "path": job.path, "rule": job.rule, "state": JobState.PENDING,
         "attempts": 0, "next_attempt_at": now, "last_error": "", "last_status": None, "created_at": now,
-        "updated_at": now,
+        "updated_at": now, "leased_by": "", "lease_until": None,
     }  # fmt: skip
 
 
@@ -80,6 +81,7 @@ def enqueue(conn: Connection, jobs: Sequence[NewJob], due: datetime | None = Non
         for row in rows:
             row["next_attempt_at"] = due
     raw(_INSERT, conn, _KEYS).execute_many(conn, rows)
+    announce(conn, {job.peer for job in jobs})
 
 
 def enqueue_one(conn: Connection, job: NewJob, due: datetime | None = None) -> int:
@@ -88,4 +90,6 @@ def enqueue_one(conn: Connection, job: NewJob, due: datetime | None = None) -> i
     row = job_row(job, now)
     if due is not None:
         row["next_attempt_at"] = due
-    return int(conn.execute(_INSERT.values(**row).returning(JOB.c.id)).scalar_one())
+    job_id = int(conn.execute(_INSERT.values(**row).returning(JOB.c.id)).scalar_one())
+    announce(conn, {job.peer})
+    return job_id

@@ -1,11 +1,12 @@
 """The outbox: durable forward jobs, their states and the operations on them.
 
-pending --claim--> inflight --delivered--> done
+pending --claim--> inflight (leased by a node) --delivered--> done
                       |--delivered, storage commitment wanted--> committing --committed--> done
                       |                                              |--not committed--> pending | dead
                       |--failed, attempts left--> pending (next_attempt_at = now + backoff)
                       |--permanent refusal or attempts used up--> dead   (router queue retry: -> pending)
-inflight jobs left by a crash are put back to pending at start-up (at-least-once delivery).
+inflight jobs left by a crash are put back to pending at start-up, and on PostgreSQL whenever their node's lease has
+expired (at-least-once delivery; ``router.outbox.leases``).
 """
 
 from __future__ import annotations
@@ -64,14 +65,24 @@ def _take(claimable: Select[tuple[int]]) -> Update:
     return (
         update(JOB)
         .where(JOB.c.id.in_(claimable.scalar_subquery()), JOB.c.state == JobState.PENDING)
-        .values(state=JobState.INFLIGHT, updated_at=bindparam("now"))
+        .values(
+            state=JobState.INFLIGHT,
+            updated_at=bindparam("now"),
+            leased_by=bindparam("node"),
+            lease_until=bindparam("lease_until"),
+        )
         .returning(*JOB.c)
     )
 
 
-_CLAIM_ANY = _take(_CLAIMABLE.order_by(JOB.c.id).limit(bindparam("limit")))
+# PostgreSQL: FOR UPDATE SKIP LOCKED, so that nodes claiming at once take different jobs instead of queueing on each
+# other's row locks and coming back empty. SQLite has one writer at a time and renders no FOR UPDATE.
+_CLAIM_ANY = _take(_CLAIMABLE.order_by(JOB.c.id).limit(bindparam("limit")).with_for_update(skip_locked=True, of=JOB))
 _CLAIM_DUE = _take(
-    _CLAIMABLE.where(JOB.c.next_attempt_at <= bindparam("now")).order_by(JOB.c.id).limit(bindparam("limit"))
+    _CLAIMABLE.where(JOB.c.next_attempt_at <= bindparam("now"))
+    .order_by(JOB.c.id)
+    .limit(bindparam("limit"))
+    .with_for_update(skip_locked=True, of=JOB)
 )
 _DUE_COUNTS = (
     core_select(JOB.c.peer, func.count())
@@ -87,6 +98,8 @@ _DONE = (
         last_error="",
         last_status=bindparam("status"),
         updated_at=bindparam("now"),
+        leased_by="",
+        lease_until=None,
     )
 )
 
@@ -106,7 +119,9 @@ class Outbox:
     ``write_lock``: the router's lock for writers to its SQLite database (ingest, HL7 intake, MPPS hold it around
     their transactions; see ``router.store.writelock``). The queue's own write transactions take it too, so
     writers queue on a lock that wakes the next at once instead of sleeping in SQLite's busy handler. None
-    (PostgreSQL, the ``router queue`` commands) means no lock: the database itself serialises what must be."""
+    (PostgreSQL, the ``router queue`` commands) means no lock: the database itself serialises what must be.
+
+    ``node_id``: the node whose workers claim (``leased_by`` of what they claim, for ``forward.lease_seconds``)."""
 
     def __init__(
         self,
@@ -114,12 +129,19 @@ class Outbox:
         settings: ForwardSettings,
         data_dir: Path,
         write_lock: WriteLock | None = None,
+        node_id: str = "",
     ) -> None:
         self.engine = engine
+        self.node_id = node_id
         self.settings = settings
         self.data_dir = data_dir
         self._claim_lock = threading.Lock()  # one claimer at a time: a job is never handed out twice
         self._writing: WriteLock | contextlib.nullcontext[None] = write_lock or contextlib.nullcontext()
+
+    @property
+    def writing(self) -> WriteLock | contextlib.nullcontext[None]:
+        """The write lock the queue's writers hold (a no-op on PostgreSQL)."""
+        return self._writing
 
     def recover_inflight(self) -> int:
         """Put back jobs a previous process was sending when it died."""
@@ -127,7 +149,7 @@ class Outbox:
             result = session.execute(
                 update(Job)
                 .where(col(Job.state) == JobState.INFLIGHT)
-                .values(state=JobState.PENDING, updated_at=utcnow())
+                .values(state=JobState.PENDING, updated_at=utcnow(), leased_by="", lease_until=None)
             )
             session.commit()
             return int(getattr(result, "rowcount", 0) or 0)
@@ -144,11 +166,15 @@ class Outbox:
 
         Jobs for one SOP Instance go to a peer in the order they were queued: a job waits while an older one
         for the same instance and peer is pending or inflight (two versions under the overwrite policy must
-        not arrive newest first because the older one was backing off)."""
+        not arrive newest first because the older one was backing off). That holds across nodes: a job another
+        node is claiming is locked (skipped here) and still pending in this statement's snapshot, so the jobs
+        after it wait too. The claimed jobs are leased to this node for ``forward.lease_seconds``."""
         now = utcnow()
+        lease_until = now + timedelta(seconds=self.settings.lease_seconds)
+        params = {"for_peer": peer, "now": now, "limit": limit, "node": self.node_id, "lease_until": lease_until}
         with self._claim_lock, self._writing, self.engine.begin() as conn:
             query = _CLAIM_DUE if due_only else _CLAIM_ANY
-            rows = conn.execute(query, {"for_peer": peer, "now": now, "limit": limit}).mappings().all()
+            rows = conn.execute(query, params).mappings().all()
         return sorted((Job(**row) for row in rows), key=lambda job: job.id or 0)  # RETURNING has no order
 
     def mark_done(self, jobs: Sequence[Job], statuses: dict[int, int | None]) -> None:
@@ -182,6 +208,8 @@ class Outbox:
                     "last_status": status,
                     "updated_at": now,
                     "state": JobState.DEAD if dead else JobState.PENDING,
+                    "leased_by": "",
+                    "lease_until": None,
                 }
                 if not dead:
                     values["next_attempt_at"] = now + timedelta(seconds=backoff_delay(attempts, self.settings))
@@ -194,15 +222,15 @@ class Outbox:
         return verdicts
 
     def release(self, jobs: Iterable[Job]) -> None:
-        """Give unattempted claimed jobs back (shutdown in the middle of a batch)."""
+        """Give unattempted claimed jobs back (shutdown in the middle of a batch): those this node still holds."""
         ids = [j.id for j in jobs]
         if not ids:
             return
         with self._writing, Session(self.engine) as session:
             session.execute(
                 update(Job)
-                .where(col(Job.id).in_(ids), col(Job.state) == JobState.INFLIGHT)
-                .values(state=JobState.PENDING, updated_at=utcnow())
+                .where(col(Job.id).in_(ids), col(Job.state) == JobState.INFLIGHT, col(Job.leased_by) == self.node_id)
+                .values(state=JobState.PENDING, updated_at=utcnow(), leased_by="", lease_until=None)
             )
             session.commit()
 

@@ -121,6 +121,8 @@ class Job(SQLModel, table=True):
     last_status: int | None = None
     created_at: datetime = Field(default_factory=utcnow)
     updated_at: datetime = Field(default_factory=utcnow)
+    leased_by: str = Field(default="", max_length=64, description="node_id of the node sending it (inflight)")
+    lease_until: datetime | None = Field(default=None, description="its lease ends (router.outbox.leases)")
 
 
 # -- HL7: patient identities, the worklist, the message log ------------------------------------------------------

@@ -114,3 +114,18 @@ class Activity(SQLModel, table=True):
     source: str = Field(default="", max_length=256, description="calling AE / sending application and address")
     detail: str = Field(default="", sa_column=Column(Text, nullable=False, default=""))
     message: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+
+
+class Node(SQLModel, table=True):
+    """A router node sharing the database: its forward workers' heartbeat (``router.outbox.leases``).
+
+    ``instance`` is ``host:pid`` of its serving process: a second live router under the same ``node_id`` is told
+    apart from a forward process restarted by the same one. ``leased`` is how many jobs it held at the last beat."""
+
+    node_id: str = Field(primary_key=True, max_length=64)
+    instance: str = Field(default="", max_length=128)
+    version: str = Field(default="", max_length=32)
+    started_at: datetime = Field(default_factory=utcnow)
+    heartbeat_at: datetime = Field(default_factory=utcnow)
+    stopped_at: datetime | None = None
+    leased: int = 0
