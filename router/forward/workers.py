@@ -98,7 +98,9 @@ class Forwarder:
     def start(self) -> None:
         recovered = self.keeper.recover()
         if recovered:
-            log.info("requeued %d job(s) that were in flight when the router stopped (or their lease expired)", recovered)
+            log.info(
+                "requeued %d job(s) that were in flight when the router stopped (or their lease expired)", recovered
+            )
         abandoned = self.ledger.recover()
         if abandoned:
             log.info("%d storage commitment request(s) the peer had not accepted: requested again", abandoned)
