@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from router.cli_export import add_export_command
 from router.cli_import import add_import_command
+from router.cli_nodes import add_nodes_command
 from router.cli_print import add_print_command
 from router.cli_users import add_users_commands
 from router.config import ConfigError, RouterConfig, load_config
@@ -412,6 +413,7 @@ def build_parser() -> argparse.ArgumentParser:
     audit_status.set_defaults(func=cmd_audit_status)
     user_commands = add_users_commands(sub)
     add_print_command(sub)
+    add_nodes_command(sub)
     media_commands = (add_import_command(sub), add_export_command(sub))
 
     echo = sub.add_parser("echo", help="C-ECHO a peer")

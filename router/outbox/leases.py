@@ -22,7 +22,7 @@ import logging
 import threading
 from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, and_, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
@@ -106,15 +106,25 @@ def write_heartbeat(conn: Connection, node_id: str, instance: str, started: date
     conn.execute(statement.on_conflict_do_update(index_elements=[NODE.c.node_id], set_=changed))
 
 
-def node_rows(conn: Connection) -> list[dict[str, object]]:
-    """Every node's row, with the jobs each holds now (in flight under its lease), by node_id."""
+def node_rows(conn: Connection, lease_seconds: float) -> list[dict[str, Any]]:
+    """Every node (``router nodes``, ``GET /api/nodes``): its row, ``status`` (``up``: a heartbeat within the last
+    lease; ``stopped``: stopped cleanly; ``silent``: no heartbeat for longer, its jobs are taken over), the
+    seconds since its heartbeat and the jobs it holds now (in flight under its lease)."""
     held: dict[str, int] = dict(
         conn.execute(
             select(JOB.c.leased_by, func.count()).where(JOB.c.state == JobState.INFLIGHT).group_by(JOB.c.leased_by)
         ).all()
     )
-    rows = conn.execute(select(NODE).order_by(NODE.c.node_id)).mappings().all()
-    return [{**row, "holds": int(held.get(row["node_id"], 0))} for row in rows]
+    now = utcnow()
+    nodes = []
+    for row in conn.execute(select(NODE).order_by(NODE.c.node_id)).mappings():
+        age = (now - _aware(row["heartbeat_at"])).total_seconds()
+        status = "stopped" if row["stopped_at"] is not None else "up" if age <= lease_seconds else "silent"
+        nodes.append({"node_id": row["node_id"], "status": status, "version": row["version"],
+                      "instance": row["instance"], "started_at": _aware(row["started_at"]).isoformat(),
+                      "heartbeat_at": _aware(row["heartbeat_at"]).isoformat(), "heartbeat_age": round(age, 1),
+                      "holds": int(held.get(row["node_id"], 0))})  # fmt: skip
+    return nodes
 
 
 class NodeKeeper:

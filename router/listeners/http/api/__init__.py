@@ -11,7 +11,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from router.listeners.http.api import accounts, activity, dryruns, jobs, peers, rulecheck, rules, stats, studies
+from router.listeners.http.api import accounts, activity, dryruns, jobs, nodes, peers, rulecheck, rules, stats, studies
 from router.listeners.http.api.endpoint import ApiResponse, Endpoint
 from router.listeners.http.api.services import ApiServices
 from router.listeners.http.api.spec import openapi
@@ -31,6 +31,7 @@ def endpoints(services: ApiServices, authenticator: Authenticator) -> list[Endpo
         *dryruns.make_endpoints(services),
         *studies.make_endpoints(services),
         *stats.make_endpoints(services),
+        *nodes.make_endpoints(services),
     ]
 
 
