@@ -1,0 +1,207 @@
+"""Two router nodes on one PostgreSQL and one shared data folder (docs/cluster.md), as an operator runs them.
+
+Each node is a ``router serve`` subprocess of its own (its own ports, rules folder and log) with the same
+``database_url`` and ``data_dir``. The destination is first a black hole (it accepts TCP connections and never
+answers, so senders hang with their batch in flight), then DCMTK storescp on the same port. One node is killed with
+SIGKILL while it holds jobs; the other takes them over once their lease has expired. Every object arrives, and a
+duplicate can only be a job the killed node had in flight. The HL7 stream to an MLLP peer keeps its order while both
+nodes forward it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import struct
+import threading
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pydicom
+import pytest
+
+from router.hl7.ack import build_ack
+from router.hl7.message import parse_message
+from router.listeners.mllp import MllpServer
+
+from hl7msg import adt, send
+from peers import RouterProcess, StoreSCP, free_port, make_instance, storescu, wait_for, write_instances
+from postgres import PgCluster, postgres_cluster
+
+pytestmark = pytest.mark.interop  # PostgreSQL server (Debian postgresql) and DCMTK storescu/storescp
+
+OBJECTS_PER_NODE = 100
+LEASE = 3.0  # s: forward.lease_seconds of the nodes (the least allowed), so that a takeover comes quickly
+
+
+@pytest.fixture(scope="module")
+def pg_cluster() -> Iterator[PgCluster]:
+    with postgres_cluster() as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def database(pg_cluster: PgCluster) -> Iterator[str]:
+    with pg_cluster.fresh_database() as name:
+        yield name
+
+
+class BlackHole:
+    """A TCP listener that accepts connections and never answers: a DICOM peer that hangs every association."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.listener = socket.create_server(("127.0.0.1", port))
+        self.accepted: list[socket.socket] = []
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    def _accept(self) -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                conn, _ = self.listener.accept()
+                self.accepted.append(conn)
+
+    def close(self) -> None:
+        """Close everything with a reset (no TIME_WAIT left on the port, so storescp can take it at once)."""
+        self.listener.close()
+        self._thread.join(5)
+        accepted, self.accepted = self.accepted, []
+        for conn in accepted:
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            conn.close()
+
+
+class Ris:
+    """An MLLP receiver that records the messages in the order they arrive and answers AA."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.received: list[str] = []
+        self.server = MllpServer("127.0.0.1", self.port, self.handle)
+
+    def handle(self, raw: bytes, _peer: str) -> bytes:
+        msg = parse_message(raw)
+        self.received.append(msg.control_id)
+        return build_ack(msg, "AA")
+
+
+def node(
+    workdir: Path, name: str, url: str, shared: Path, peers: dict[str, Any], rules: dict[str, Any]
+) -> RouterProcess:
+    folder = workdir / name
+    folder.mkdir()
+    return RouterProcess(
+        folder,
+        peers=peers,
+        rules=rules,
+        node_id=name,
+        database_url=url,
+        data_dir=str(shared),
+        forward={"lease_seconds": LEASE, "max_attempts": 1000, "batch_size": 10},
+        dicom={"timeouts": {"acse": 300}},  # a sender waits on the black hole until it is closed
+    )
+
+
+def rows(cluster: PgCluster, db: str, query: str) -> list[tuple[Any, ...]]:
+    with cluster.connect(db) as conn:
+        return conn.execute(query).fetchall()  # type: ignore[arg-type]
+
+
+def held(cluster: PgCluster, db: str) -> dict[str, list[int]]:
+    """The jobs in flight, by the node that leases them."""
+    out: dict[str, list[int]] = {}
+    for job_id, by in rows(cluster, db, "SELECT id, leased_by FROM job WHERE state = 'inflight'"):
+        out.setdefault(by, []).append(job_id)
+    return out
+
+
+def test_two_nodes_survive_a_sigkill_with_jobs_in_flight(workdir: Path, pg_cluster: PgCluster, database: str) -> None:
+    shared, dest_port = workdir / "shared", free_port()
+    url = pg_cluster.url(database)
+    peers = {"DEST": {"ae_title": "DEST", "host": "127.0.0.1", "port": dest_port, "max_associations": 4}}
+    rules = {"10-all.yaml": [{"name": "all", "when": {"kind": "dicom"}, "then": [{"forward": "DEST"}]}]}
+    hole = BlackHole(dest_port)
+    a = node(workdir, "A", url, shared, peers, rules)
+    b = node(workdir, "B", url, shared, peers, rules)
+    dest: StoreSCP | None = None
+    try:
+        a.start()
+        b.start()  # its forward process starts beside A's although both share data_dir (no forwarder.lock)
+        sent = {"A": write_instances(workdir / "in-a", [make_instance() for _ in range(OBJECTS_PER_NODE)]),
+                "B": write_instances(workdir / "in-b", [make_instance() for _ in range(OBJECTS_PER_NODE)])}  # fmt: skip
+        for name, router in (("A", a), ("B", b)):
+            done = storescu(router.port, sent[name], timeout=120)
+            assert done.returncode == 0, done.stderr
+        uids = {p.stem for paths in sent.values() for p in paths}
+        assert rows(pg_cluster, database, "SELECT count(*) FROM job")[0][0] == len(uids)
+
+        wait_for(lambda: bool(held(pg_cluster, database)), 30, what="a node to hold jobs in flight")
+        holding = held(pg_cluster, database)
+        victim, survivor = (a, b) if "A" in holding else (b, a)
+        victim_name = "A" if victim is a else "B"
+        victim.kill9()
+        in_flight = set(held(pg_cluster, database).get(victim_name, []))
+        assert in_flight, "the killed node held jobs"
+        # its senders' association slots (advisory locks) go with its connections; its leases run out in LEASE s
+
+        hole.close()
+        dest = StoreSCP(workdir, "DEST", port=dest_port).start()
+        wait_for(lambda: len(dest.received()) >= len(uids), 120, 0.5, what=f"all {len(uids)} objects at DEST")
+        wait_for(lambda: _states(pg_cluster, database) == {"done": len(uids)}, 30, what="every job done")
+        arrivals = Counter(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID for p in dest.received())
+        assert set(arrivals) == uids, "every object arrived"
+        duplicates = {uid: n - 1 for uid, n in arrivals.items() if n > 1}
+        sop_of = dict(rows(pg_cluster, database, "SELECT id, sop_uid FROM job"))
+        allowed = {sop_of[i] for i in in_flight}
+        assert set(duplicates) <= allowed, "only the killed node's jobs in flight may arrive twice"
+        print(f"killed {victim_name} holding {len(in_flight)} job(s); duplicates: {sum(duplicates.values())}")
+        assert "took over" in survivor.output(), "the survivor took the killed node's jobs over"
+
+        listing = survivor.cli("nodes").stdout
+        assert f"{victim_name} " in listing and "silent" in listing, listing
+        assert "up" in listing and "(this one)" in listing, listing
+    finally:
+        hole.close()
+        for proc in (a, b, dest):
+            if proc is not None:
+                proc.stop()
+
+
+def _states(cluster: PgCluster, db: str) -> dict[str, int]:
+    return {state: int(n) for state, n in rows(cluster, db, "SELECT state, count(*) FROM job GROUP BY state")}
+
+
+def test_hl7_stream_stays_in_order_across_two_nodes(workdir: Path, pg_cluster: PgCluster, database: str) -> None:
+    ris = Ris()
+    url = pg_cluster.url(database)
+    peers = {"RIS": {"mllp": f"127.0.0.1:{ris.port}"}}
+    rules = {
+        "20-adt.yaml": [{"name": "adt", "when": {"kind": "hl7", "message": "ADT^A0*"}, "then": [{"forward": "RIS"}]}]
+    }
+    a = node(workdir, "A", url, workdir / "shared", peers, rules)
+    b = node(workdir, "B", url, workdir / "shared", peers, rules)
+    try:
+        a.start()
+        b.start()
+        expected = []
+        for i in range(40):  # the first half while RIS is down (a backlog both nodes compete for), then live
+            if i == 20:
+                ris.server.start()
+            control = f"ORD{i:04d}"
+            ack = send(
+                (a if i % 2 else b).hl7_port, adt("A08", {3: f"MRN{i}^^^HOSP^MR", 5: "Order^Kept"}, control_id=control)
+            )
+            assert "|AA|" in ack, ack
+            expected.append(control)
+        wait_for(lambda: len(ris.received) >= len(expected), 60, what="RIS to receive the stream")
+        assert ris.received == expected, "the HL7 stream arrives whole and in order"
+        forwarded_by = rows(pg_cluster, database, "SELECT count(*) FROM node")[0][0]
+        assert forwarded_by == 2
+    finally:
+        with contextlib.suppress(Exception):
+            ris.server.stop()
+        a.stop()
+        b.stop()
