@@ -61,10 +61,15 @@ _CLAIMABLE = core_select(JOB.c.id).where(
 
 
 def _take(claimable: Select[tuple[int]]) -> Update:
-    """Mark the jobs ``claimable`` selects inflight and return them: one statement (SQLite 3.35+, PostgreSQL)."""
+    """Mark the jobs ``claimable`` selects inflight and return them: one statement (SQLite 3.35+, PostgreSQL).
+
+    The selection is a MATERIALIZED common table expression, so that it runs once: as an ``IN`` subquery with
+    ``FOR UPDATE SKIP LOCKED`` PostgreSQL may run it again for the rows it joins, and each run can lock other rows
+    (a claim of one job came back with two)."""
+    chosen = claimable.cte("claimable").prefix_with("MATERIALIZED")
     return (
         update(JOB)
-        .where(JOB.c.id.in_(claimable.scalar_subquery()), JOB.c.state == JobState.PENDING)
+        .where(JOB.c.id.in_(core_select(chosen.c.id)), JOB.c.state == JobState.PENDING)
         .values(
             state=JobState.INFLIGHT,
             updated_at=bindparam("now"),
