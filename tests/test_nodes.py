@@ -5,7 +5,7 @@ Each node is a ``router serve`` subprocess of its own (its own ports, rules fold
 answers, so senders hang with their batch in flight), then DCMTK storescp on the same port. One node is killed with
 SIGKILL while it holds jobs; the other takes them over once their lease has expired. Every object arrives, and a
 duplicate can only be a job the killed node had in flight. The HL7 stream to an MLLP peer keeps its order while both
-nodes forward it.
+nodes forward it, and so do the N-CREATE and N-SETs of MPPS instances received half by each node.
 """
 
 from __future__ import annotations
@@ -21,6 +21,9 @@ from typing import Any
 
 import pydicom
 import pytest
+from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence
+from pydicom.uid import generate_uid
 
 from router.hl7.ack import build_ack
 from router.hl7.message import parse_message
@@ -29,6 +32,7 @@ from router.listeners.mllp import MllpServer
 from hl7msg import adt, send
 from peers import RouterProcess, StoreSCP, free_port, make_instance, storescu, wait_for, write_instances
 from postgres import PgCluster, postgres_cluster
+from workflow_peers import MPPS, MppsSCP, mpps_scu
 
 pytestmark = pytest.mark.interop  # PostgreSQL server (Debian postgresql) and DCMTK storescu/storescp
 
@@ -203,5 +207,77 @@ def test_hl7_stream_stays_in_order_across_two_nodes(workdir: Path, pg_cluster: P
     finally:
         with contextlib.suppress(Exception):
             ris.server.stop()
+        a.stop()
+        b.stop()
+
+
+def step_created(study_uid: str) -> Dataset:
+    """An MPPS N-CREATE attribute list with the attributes the ISUDM table requires."""
+    ds = Dataset()
+    step = Dataset()
+    step.StudyInstanceUID = study_uid
+    step.ReferencedStudySequence = Sequence()
+    step.AccessionNumber = "ACC1"
+    for keyword in ("RequestedProcedureID", "RequestedProcedureDescription", "ScheduledProcedureStepID",
+                    "ScheduledProcedureStepDescription"):  # fmt: skip
+        setattr(step, keyword, "X1")
+    step.ScheduledProtocolCodeSequence = Sequence()
+    ds.ScheduledStepAttributesSequence = Sequence([step])
+    ds.PatientName, ds.PatientID, ds.PatientBirthDate, ds.PatientSex = "Step^Patient", "MRN1", "19700101", "F"
+    ds.ReferencedPatientSequence = Sequence()
+    ds.PerformedProcedureStepID, ds.PerformedStationAETitle = "PPS1", "MODALITY"
+    ds.PerformedStationName, ds.PerformedLocation = "CT1", "RAD"
+    ds.PerformedProcedureStepStartDate, ds.PerformedProcedureStepStartTime = "20241122", "103000"
+    ds.PerformedProcedureStepStatus = "IN PROGRESS"
+    ds.PerformedProcedureStepDescription = ds.PerformedProcedureTypeDescription = ""
+    ds.ProcedureCodeSequence = ds.PerformedProtocolCodeSequence = ds.PerformedSeriesSequence = Sequence()
+    ds.PerformedProcedureStepEndDate = ds.PerformedProcedureStepEndTime = ""
+    ds.Modality, ds.StudyID = "CT", "1"
+    return ds
+
+
+def step_set(status: str, description: str) -> Dataset:
+    ds = Dataset()
+    ds.PerformedProcedureStepStatus = status
+    ds.PerformedProcedureStepDescription = description
+    if status == "COMPLETED":
+        ds.PerformedProcedureStepEndDate, ds.PerformedProcedureStepEndTime = "20241122", "104500"
+    return ds
+
+
+def test_mpps_sequences_stay_in_order_across_two_nodes(workdir: Path, pg_cluster: PgCluster, database: str) -> None:
+    ris = MppsSCP("RIS")
+    url = pg_cluster.url(database)
+    peers = {"RIS_MPPS": {"ae_title": "RIS", "host": "127.0.0.1", "port": ris.port}}
+    rules = {"10-mpps.yaml": [{"name": "mpps", "when": {"kind": "mpps"}, "then": [{"forward": "RIS_MPPS"}]}]}
+    a = node(workdir, "A", url, workdir / "shared", peers, rules)
+    b = node(workdir, "B", url, workdir / "shared", peers, rules)
+    try:
+        a.start()
+        b.start()
+        expected: dict[str, list[tuple[str, str]]] = {}
+        phases: list[list[tuple[RouterProcess, str, str, Dataset]]] = [[], [], []]
+        for n in range(4):  # each step: N-CREATE on one node, an N-SET on the other, the final N-SET on the first
+            uid = generate_uid()
+            first, other = (a, b) if n % 2 else (b, a)
+            phases[0].append((first, "N-CREATE", uid, step_created(generate_uid())))
+            phases[1].append((other, "N-SET", uid, step_set("IN PROGRESS", "halfway")))
+            phases[2].append((first, "N-SET", uid, step_set("COMPLETED", "done")))
+            expected[uid] = [("N-CREATE", ""), ("N-SET", "halfway"), ("N-SET", "done")]
+        messages = [m for phase in phases for m in phase]  # the steps interleaved, as several modalities send them
+        for router, op, uid, ds in messages:
+            assoc = mpps_scu(router.port)
+            try:
+                status, _ = assoc.send_n_create(ds, MPPS, uid) if op == "N-CREATE" else assoc.send_n_set(ds, MPPS, uid)
+                assert status.Status == 0x0000, f"{op} {uid}: 0x{status.Status:04X}"
+            finally:
+                assoc.release()
+        with ris.serving():  # the RIS was down: 12 messages wait, and both nodes' workers go for them at once
+            wait_for(lambda: len(ris.received) >= len(messages), 60, what="every MPPS message at the RIS")
+        got: dict[str, list[tuple[str, str]]] = {}
+        for op, uid, ds in ris.received:
+            got.setdefault(uid, []).append((op, str(ds.get("PerformedProcedureStepDescription", ""))))
+        assert got == expected, "each step's N-CREATE, then its N-SETs in the order received"
+    finally:
         a.stop()
         b.stop()
