@@ -63,7 +63,7 @@ class PeerSlots:
     def __init__(self, url: str) -> None:
         self.engine: Engine | None = None
         if url.startswith("postgresql"):
-            self.engine = create_engine(url, pool_pre_ping=True, pool_size=4, max_overflow=64, hide_parameters=True)
+            self.engine = create_engine(url, pool_pre_ping=True, pool_size=4, max_overflow=-1, hide_parameters=True)
 
     def take(self, peer: str, limit: int) -> Slot | None:
         """One free slot of ``peer`` (of ``limit``), or None when every one is held somewhere in the cluster."""
