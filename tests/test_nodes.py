@@ -11,6 +11,7 @@ nodes forward it, and so do the N-CREATE and N-SETs of MPPS instances received h
 from __future__ import annotations
 
 import contextlib
+import json
 import socket
 import struct
 import threading
@@ -92,6 +93,9 @@ class Ris:
         return build_ack(msg, "AA")
 
 
+RECORDER = Path(__file__).parent / "sample_plugins" / "recorder.py"
+
+
 def node(
     workdir: Path, name: str, url: str, shared: Path, peers: dict[str, Any], rules: dict[str, Any]
 ) -> RouterProcess:
@@ -101,6 +105,8 @@ def node(
         folder,
         peers=peers,
         rules=rules,
+        plugin_modules=[str(RECORDER)],
+        plugins={"recorder": {"events": str(workdir / "events.jsonl")}},  # the nodes' notifications, one file
         node_id=name,
         database_url=url,
         data_dir=str(shared),
@@ -163,6 +169,10 @@ def test_two_nodes_survive_a_sigkill_with_jobs_in_flight(workdir: Path, pg_clust
         assert set(duplicates) <= allowed, "only the killed node's jobs in flight may arrive twice"
         print(f"killed {victim_name} holding {len(in_flight)} job(s); duplicates: {sum(duplicates.values())}")
         assert "took over" in survivor.output(), "the survivor took the killed node's jobs over"
+        events = [json.loads(line) for line in (workdir / "events.jsonl").read_text().splitlines()]
+        taken = [e for e in events if e["event"] == "jobs_taken_over"]
+        assert {e["node_id"] for e in taken} == {"B" if victim is a else "A"}, taken
+        assert sum(e["peers"]["DEST"] for e in taken) == len(in_flight), "router_jobs_taken_over counts them all"
 
         listing = survivor.cli("nodes").stdout
         assert f"{victim_name} " in listing and "silent" in listing, listing

@@ -86,7 +86,7 @@ class Forwarder:
             name: destination_type(pm, peer.type) for name, peer in config.peers.items()
         }
         cluster = engine.dialect.name == "postgresql"
-        self.keeper = NodeKeeper(outbox, instance or origin_of(os.getpid()), cluster, self.wake)
+        self.keeper = NodeKeeper(outbox, instance or origin_of(os.getpid()), cluster, self._taken_over)
         self.slots = PeerSlots(config.effective_database_url)
         self.listener = JobListener(config.effective_database_url, self.keeper.instance, self.wake) if cluster else None
 
@@ -139,6 +139,11 @@ class Forwarder:
         with self._work:
             self.generation += 1
             self._work.notify_all()
+
+    def _taken_over(self, peers: dict[str, int]) -> None:
+        """The heartbeat put back jobs of a node whose lease expired: announce it and send them."""
+        notify(self.pm, "router_jobs_taken_over", node_id=self.config.node_id, peers=peers)
+        self.wake(set(peers))
 
     # -- dispatcher ---------------------------------------------------------------------------------------
     def _dispatch_loop(self) -> None:

@@ -166,6 +166,12 @@ def router_forward_failed(job: Job, error: str, dead: bool) -> None:
     """An attempt to deliver an outbox job failed; ``dead`` is true when it went to the dead letters."""
 
 
+@hookspec
+def router_jobs_taken_over(node_id: str, peers: dict[str, int]) -> None:
+    """This node put back to pending the jobs in flight whose lease had expired (their node died or lost the
+    database): how many per peer. They are delivered again (at-least-once; docs/cluster.md)."""
+
+
 # -- HL7 -----------------------------------------------------------------------------------------------------
 @hookspec
 def router_hl7_received(

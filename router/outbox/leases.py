@@ -130,7 +130,7 @@ def node_rows(conn: Connection, lease_seconds: float) -> list[dict[str, Any]]:
 class NodeKeeper:
     """The heartbeat thread of one node's forward workers (see the module's description)."""
 
-    def __init__(self, outbox: Outbox, instance: str, cluster: bool, on_takeover: Callable[[set[str]], None]):
+    def __init__(self, outbox: Outbox, instance: str, cluster: bool, on_takeover: Callable[[dict[str, int]], None]):
         self.outbox = outbox
         self.node_id = outbox.node_id
         self.instance = instance
@@ -195,4 +195,4 @@ class NodeKeeper:
             if taken:
                 log.warning("took over %d job(s) whose node's lease expired: %s", sum(taken.values()),
                             ", ".join(f"{peer} {n}" for peer, n in sorted(taken.items())))  # fmt: skip
-                self.on_takeover(set(taken))
+                self.on_takeover(taken)

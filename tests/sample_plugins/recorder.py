@@ -104,6 +104,11 @@ def router_forwarded(job: Job, status: int) -> None:
 
 
 @hookimpl
+def router_jobs_taken_over(node_id: str, peers: dict[str, int]) -> None:
+    _record("jobs_taken_over", node_id=node_id, peers=peers)
+
+
+@hookimpl
 def router_hl7_received(message_type: str, control_id: str, sending_application: str, sending_facility: str,
                         address: str, message: Hl7Header) -> None:  # fmt: skip
     _record("hl7_received", message_type=message_type, control_id=control_id, sending=sending_application,
