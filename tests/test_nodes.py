@@ -4,7 +4,8 @@ Each node is a ``router serve`` subprocess of its own (its own ports, rules fold
 ``database_url`` and ``data_dir``. The destination is first a black hole (it accepts TCP connections and never
 answers, so senders hang with their batch in flight), then DCMTK storescp on the same port. One node is killed with
 SIGKILL while it holds jobs; the other takes them over once their lease has expired. Every object arrives, and a
-duplicate can only be a job the killed node had in flight. The HL7 stream to an MLLP peer keeps its order while both
+duplicate can only be a job the killed node had in flight. A second run kills a node in the middle of deliveries to
+a slow, live destination: what it had delivered without its done mark yet arrives twice, and nothing else. The HL7 stream to an MLLP peer keeps its order while both
 nodes forward it, and so do the N-CREATE and N-SETs of MPPS instances received half by each node.
 """
 
@@ -33,6 +34,7 @@ from router.listeners.mllp import MllpServer
 from hl7msg import adt, send
 from peers import RouterProcess, StoreSCP, free_port, make_instance, storescu, wait_for, write_instances
 from postgres import PgCluster, postgres_cluster
+from qr_peers import PynetdicomSCP
 from workflow_peers import MPPS, MppsSCP, mpps_scu
 
 pytestmark = pytest.mark.interop  # PostgreSQL server (Debian postgresql) and DCMTK storescu/storescp
@@ -182,6 +184,46 @@ def test_two_nodes_survive_a_sigkill_with_jobs_in_flight(workdir: Path, pg_clust
         for proc in (a, b, dest):
             if proc is not None:
                 proc.stop()
+
+
+def test_a_node_killed_mid_delivery_costs_only_duplicates_of_its_batch(
+    workdir: Path, pg_cluster: PgCluster, database: str
+) -> None:
+    """The destination is up and slow: the killed node was sending, and what it had delivered without its done mark
+    yet is delivered again by the other node. Those are the only duplicates."""
+    dest = PynetdicomSCP("DEST", delay=0.05).start()  # 50 ms per object: a slow PACS, so the kill lands mid-batch
+    url = pg_cluster.url(database)
+    peers = {"DEST": {"ae_title": "DEST", "host": "127.0.0.1", "port": dest.port, "max_associations": 4}}
+    rules = {"10-all.yaml": [{"name": "all", "when": {"kind": "dicom"}, "then": [{"forward": "DEST"}]}]}
+    a = node(workdir, "A", url, workdir / "shared", peers, rules)
+    b = node(workdir, "B", url, workdir / "shared", peers, rules)
+    try:
+        a.start()
+        b.start()
+        sent = [write_instances(workdir / f"in-{n}", [make_instance() for _ in range(OBJECTS_PER_NODE)]) for n in "ab"]
+        for router, files in zip((a, b), sent, strict=True):
+            done = storescu(router.port, files, timeout=120)
+            assert done.returncode == 0, done.stderr
+        uids = {p.stem for files in sent for p in files}
+        wait_for(lambda: len(dest.received) >= 40 and bool(held(pg_cluster, database)), 60, 0.05,
+                 what="deliveries under way")  # fmt: skip
+        holding = held(pg_cluster, database)
+        victim_name = max(holding, key=lambda n: len(holding[n]))
+        (a if victim_name == "A" else b).kill9()
+        in_flight = set(held(pg_cluster, database).get(victim_name, []))
+        wait_for(lambda: set(dest.received) >= uids, 120, 0.5, what=f"all {len(uids)} objects at DEST")
+        wait_for(lambda: _states(pg_cluster, database) == {"done": len(uids)}, 30, what="every job done")
+        arrivals = Counter(dest.received)
+        duplicates = {uid: n - 1 for uid, n in arrivals.items() if n > 1}
+        sop_of = dict(rows(pg_cluster, database, "SELECT id, sop_uid FROM job"))
+        assert set(duplicates) <= {sop_of[i] for i in in_flight}, "only the killed node's jobs in flight came twice"
+        assert sum(duplicates.values()) <= len(in_flight)
+        print(f"killed {victim_name} mid-delivery holding {len(in_flight)} job(s); "
+              f"duplicates: {sum(duplicates.values())} of {len(uids)} objects")  # fmt: skip
+    finally:
+        a.stop()
+        b.stop()
+        dest.stop()
 
 
 def _states(cluster: PgCluster, db: str) -> dict[str, int]:
