@@ -85,7 +85,8 @@ def test_many_rows_at_once_with_enum_and_null_values(engine: Engine) -> None:
     rows = [
         {"kind": "dicom-store", "peer": peer, "sop_uid": "1.2.1.1", "sop_class_uid": "1.2", "transfer_syntax": "",
          "path": "p", "rule": "r", "state": JobState.PENDING, "attempts": 0, "next_attempt_at": RECEIVED,
-         "last_error": "", "last_status": None, "created_at": RECEIVED, "updated_at": RECEIVED}
+         "last_error": "", "last_status": None, "created_at": RECEIVED, "updated_at": RECEIVED, "leased_by": "",
+         "lease_until": None}
         for peer in ("PACS", "ARCHIVE")
     ]  # fmt: skip
     with engine.begin() as conn:
