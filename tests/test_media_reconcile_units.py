@@ -68,7 +68,7 @@ def entry(pid: str, name: str, accession: str, issuer: str = "HOSP", birth: str 
         {"PatientID": pid, "IssuerOfPatientID": issuer, "PatientName": name, "PatientBirthDate": birth,
          "PatientSex": "F"},
         {"AccessionNumber": accession, "ReferringPhysicianName": "Huisarts^Karel",
-         "ProcedureCodeSequence": Sequence([code])},
+         "RequestingPhysician": "Aanvrager^Ria", "ProcedureCodeSequence": Sequence([code])},
     )  # fmt: skip
 
 
@@ -151,6 +151,7 @@ def test_a_matched_object_takes_the_local_values_and_keeps_the_old_ones() -> Non
     assert got.SpecificCharacterSet == "ISO_IR 100", "the local name fits Latin-1: the declared set stays"
     assert got.ProcedureCodeSequence[0].CodingSchemeDesignator == "99LOCAL"
     assert got.SOPInstanceUID == original.SOPInstanceUID, "UIDs stay without --new-uids"
+    assert "RequestingPhysician" not in got, "not an attribute of the image IODs (dciodvfy would warn)"
     [oas] = got.OriginalAttributesSequence
     assert oas.ReasonForTheAttributeModification == "COERCE"
     old = oas.ModifiedAttributesSequence[0]

@@ -38,6 +38,9 @@ from router.media.worklists import Worklist, WorklistEntry
 ACCESSION, DEMOGRAPHICS, NONE = "accession", "demographics", "none"
 UID_KEYS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
 UTF8 = "ISO_IR 192"
+# values the demographics coercion writes that no composite image IOD has at the top level (dciodvfy: "not present
+# in standard DICOM IOD"): reconciliation leaves them out, so the object does not become a Standard Extended one
+OUTSIDE_IODS = frozenset({"RequestingPhysician"})
 
 
 @dataclass(frozen=True)
@@ -151,7 +154,7 @@ class Reconciler:
         match.objects += 1
         if match.held_back:
             return None, match, []
-        values = dict(match.values)
+        values = {k: v for k, v in match.values.items() if k not in OUTSIDE_IODS}
         if self.options.new_uids:
             values.update({k: self.uids(_text(ds, k)) for k in UID_KEYS if _text(ds, k)})
             match.new_study_uid = values.get("StudyInstanceUID", "")

@@ -34,7 +34,7 @@ from router.store.tables import WORKLIST_ITEM as WORKLIST
 
 MWL_FIND = "1.2.840.10008.5.1.4.31"
 PATIENT_KEYS = ("PatientName", "PatientID", "IssuerOfPatientID", "PatientBirthDate", "PatientSex")
-ORDER_KEYS = ("AccessionNumber", "ReferringPhysicianName", "RequestingPhysician")
+ORDER_KEYS = ("AccessionNumber", "ReferringPhysicianName")
 LEFT_OUT = (SpsStatus.CANCELED, SpsStatus.DISCONTINUED)
 
 
