@@ -17,7 +17,7 @@ from pydicom.uid import generate_uid
 
 from hl7msg import adt, message, seg, send
 from media import report, rows, run, site
-from peers import RouterProcess, make_instance
+from peers import RouterProcess, free_port, make_instance
 
 ANNA = {3: "MRN700^^^HOSP^MR", 5: "Müller^Anna", 7: "19750304", 8: "F"}
 JAN = {3: "MRN701^^^HOSP^MR", 5: "de Vries^Jan", 7: "19650303", 8: "M"}
@@ -163,3 +163,20 @@ def test_a_worklist_peer_by_c_find_with_matched_only_and_new_uids(
     [jan] = [ds for ds in objects.values() if ds.PatientID == "MRN701"]
     assert studies[made["demographics"][0].StudyInstanceUID]["matched"] == "demographics"
     assert jan.AccessionNumber == "ACC701"
+
+
+def test_worklist_problems_are_usage_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    foreign_media(tmp_path / "cd")
+    peers = {"DOWN": {"ae_title": "DOWN", "host": "127.0.0.1", "port": free_port()},
+             "HIS": {"mllp": "127.0.0.1:9"}}  # fmt: skip
+    config = site(tmp_path / "site", peers=peers, rules=[{"name": "all", "when": {"source": "media"}, "then": []}])
+    cd = str(tmp_path / "cd")
+    code, _, err = run(capsys, config, "import", "--new-uids", cd)
+    assert code == 2 and "go with --reconcile" in err
+    code, _, err = run(capsys, config, "import", "--reconcile", "--worklist", "NOPE", "-q", cd)
+    assert code == 2 and "unknown peer 'NOPE'" in err
+    code, _, err = run(capsys, config, "import", "--reconcile", "--worklist", "HIS", "-q", cd)
+    assert code == 2 and "not a DICOM one" in err
+    code, _, err = run(capsys, config, "import", "--reconcile", "--worklist", "DOWN", "-q", cd)
+    assert code == 2 and "worklist peer DOWN" in err, err
+    assert rows(config, "select count(*) from instance") in ([], [(0,)]), "nothing imported without the worklist"

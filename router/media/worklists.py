@@ -151,13 +151,16 @@ class RemoteWorklist:
         try:
             with associate(self.config, self.peer, [build_context(MWL_FIND)]) as assoc:
                 for status, match in assoc.send_c_find(identifier, MWL_FIND):
-                    code = int(status.Status) if status is not None and "Status" in status else -1
-                    if code in (0xFF00, 0xFF01) and match is not None:
-                        yield match
-                    elif code not in (0xFF00, 0xFF01):
-                        if code != 0:
-                            raise WorklistUnavailable(f"worklist peer {self.name}: C-FIND status 0x{code & 0xFFFF:04X}")
-                        return
+                    if status is None or "Status" not in status:
+                        raise WorklistUnavailable(f"worklist peer {self.name}: no valid C-FIND response")
+                    code = int(status.Status)
+                    if code in (0xFF00, 0xFF01):
+                        if match is not None:
+                            yield match
+                        continue
+                    if code != 0:
+                        raise WorklistUnavailable(f"worklist peer {self.name}: C-FIND status 0x{code:04X}")
+                    return
         except AssociationFailed as exc:
             raise WorklistUnavailable(f"worklist peer {self.name}: {exc}") from exc
 
