@@ -82,7 +82,8 @@ def _reconciled(studies: list[dict[str, Any]]) -> str:
         if counts[k]
     ]
     held = sum(1 for s in studies if s["held_back"])
-    return f"reconciled {len(studies)} studies: {', '.join(parts)}" + (f" ({held} held back)" if held else "")
+    noun = "study" if len(studies) == 1 else "studies"
+    return f"reconciled {len(studies)} {noun}: {', '.join(parts)}" + (f" ({held} held back)" if held else "")
 
 
 def add_import_command(sub: Any) -> argparse.ArgumentParser:
