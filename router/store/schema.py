@@ -99,6 +99,8 @@ def _schema_lock(engine: Engine) -> Iterator[Connection]:
     lock = write_lock_for(engine.url.render_as_string(hide_password=False))
     try:
         with lock, engine.begin() as conn:
+            # one transaction for all the DDL (the driver would commit, and fsync, each CREATE on its own)
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
             yield conn
     finally:
         lock.close()
