@@ -281,3 +281,26 @@ def test_serve_refuses_an_old_schema_until_router_db_upgrade(workdir: Path) -> N
         found.dispose()
     with running(router):
         router.start()  # fails unless it listens
+
+
+def test_router_db_upgrade_is_announced_for_the_audit_trail(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from plugins.audit import events
+    from plugins.audit.message import to_xml
+    from plugins.audit.on_admin import admin_alert
+    from router import cli
+    from router.hooks import manager
+
+    told: list[tuple[str, dict[str, Any]]] = []
+    monkeypatch.setattr(manager, "notify", lambda pm, hook, **kw: told.append((hook, kw)))
+    config = tmp_path / "router.yaml"
+    config.write_text(f"data_dir: {tmp_path / 'var'}\n", encoding="utf-8")
+    assert cli.main(["--config", str(config), "db", "upgrade"]) == 0
+    changes = [kw for hook, kw in told if hook == "router_admin_changed"]
+    assert len(changes) == 1 and changes[0]["action"] == "schema.upgraded"
+    assert changes[0]["detail"] == {"from": schema.FRESH, "to": schema.HEAD}
+    assert cli.main(["--config", str(config), "db", "upgrade"]) == 0  # nothing to do: nothing announced
+    assert len([hook for hook, _ in told if hook == "router_admin_changed"]) == 1
+    change = changes[0]
+    alert = admin_alert(events.Local("ROUTER", "h", "db").participant(), change["user"], change["role"],
+                        change["action"], change["target"], change["address"], change["detail"])  # fmt: skip
+    assert 'csd-code="110131"' in to_xml(alert, "ROUTER")  # Software Configuration
