@@ -1,5 +1,6 @@
 """The ``router`` command: serve, rules check|test, plugins, queue list|retry|purge, audit status,
-users add|list|remove|passwd|token, echo|find|move|get|send, import, export, print."""
+users add|list|remove|passwd|token, db upgrade|current|history, echo|find|move|get|send, import, export,
+print."""
 
 from __future__ import annotations
 
