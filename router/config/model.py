@@ -11,6 +11,7 @@ from pydantic import ConfigDict, Field, field_validator, model_validator
 from router.config.base import AETitle, HttpAuth, PeerName, Port, Strict
 from router.config.peers import DicomPeer, Peer
 from router.config.storage import StorageSettings
+from router.hl7.coding import DEFAULT_LOCAL_SCHEME, LOCAL_SCHEME_PATTERN
 
 
 class Timeouts(Strict):
@@ -77,6 +78,11 @@ class Hl7Listener(Strict):
     accepted_processing_ids: list[Literal["P", "T", "D"]] = Field(["P"], min_length=1, description="MSH-11 accepted")
     assigning_authorities: dict[str, AssigningAuthority] = Field(default_factory=dict)
     worklist: Worklist = Worklist()
+    local_coding_scheme: str = Field(
+        DEFAULT_LOCAL_SCHEME,
+        pattern=LOCAL_SCHEME_PATTERN,
+        description="the DICOM Coding Scheme Designator of codes the feed marks local (HL7 'L', 'LB', no system)",
+    )
 
 
 class HttpTls(Strict):
