@@ -158,10 +158,10 @@ def test_the_drift_check_sees_a_model_change_without_a_revision(engine: Engine) 
     changed = MetaData()
     for table in SQLModel.metadata.sorted_tables:
         table.to_metadata(changed)
-    changed.tables["job"].append_column(Column("lease_until", Integer))
-    Table("node", changed, Column("id", Integer, primary_key=True))
+    changed.tables["job"].append_column(Column("not_in_a_revision", Integer))
+    Table("no_revision", changed, Column("id", Integer, primary_key=True))
     found = {(diff[0], getattr(diff[-1], "name", None)) for diff in differences(engine, changed)}
-    assert found == {("add_column", "lease_until"), ("add_table", "node")}
+    assert found == {("add_column", "not_in_a_revision"), ("add_table", "no_revision")}
 
 
 def test_a_database_from_before_revisions_is_upgraded_with_every_row(engine: Engine, url: str) -> None:
@@ -220,7 +220,7 @@ def test_a_newer_routers_schema_is_refused(engine: Engine, url: str) -> None:
 def test_an_older_schema_is_refused_naming_router_db_upgrade(
     engine: Engine, url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    runner.upgrade(engine)  # at 0001; this router pretends its head is a later revision
+    runner.upgrade(engine, to="0001")  # at 0001; this router's head is a later revision
     monkeypatch.setattr(schema, "HEAD", "0002")
     with pytest.raises(schema.SchemaMismatch, match=r"revision 0001, older than this router's 0002.*router db upgrade"):
         make_engine(url)
@@ -273,7 +273,8 @@ def test_serve_refuses_an_old_schema_until_router_db_upgrade(workdir: Path) -> N
     assert upgraded.stdout.strip() == f"database schema: made before schema versions (no revision) -> {schema.HEAD}"
     assert router.cli("db", "upgrade").stdout.strip() == f"database schema: {schema.HEAD}, nothing to do"
     assert router.cli("db", "current").stdout.strip() == f"{schema.HEAD} (up to date)"
-    assert f"{schema.HEAD}  Baseline" in router.cli("db", "history").stdout
+    history = router.cli("db", "history").stdout
+    assert "0001  Baseline" in history and f"{schema.HEAD}  " in history and "(head)" in history
     found = open_engine(f"sqlite:///{router.data_dir / 'router.db'}")
     try:
         assert read_all(found, BASELINE) == before

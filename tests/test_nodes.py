@@ -5,8 +5,9 @@ Each node is a ``router serve`` subprocess of its own (its own ports, rules fold
 answers, so senders hang with their batch in flight), then DCMTK storescp on the same port. One node is killed with
 SIGKILL while it holds jobs; the other takes them over once their lease has expired. Every object arrives, and a
 duplicate can only be a job the killed node had in flight. A second run kills a node in the middle of deliveries to
-a slow, live destination: what it had delivered without its done mark yet arrives twice, and nothing else. The HL7 stream to an MLLP peer keeps its order while both
-nodes forward it, and so do the N-CREATE and N-SETs of MPPS instances received half by each node.
+a slow, live destination: what it had delivered without its done mark yet arrives twice, and nothing else. The HL7
+stream to an MLLP peer keeps its order while both nodes forward it, and so do the N-CREATE and N-SETs of MPPS
+instances received half by each node.
 """
 
 from __future__ import annotations
