@@ -67,7 +67,7 @@ def adt(event: str, seq: int, patient: int, run: str) -> bytes:
 
 def serve_mllp_ack(port: int) -> None:
     """The router's own MLLP server and ER7 parser, answering AA at once: no rules, no database, no fsync."""
-    server = MllpServer("127.0.0.1", port, lambda raw, _peer: build_ack(parse_message(raw), "AA"))
+    server = MllpServer("127.0.0.1", port, lambda raw, _peer: build_ack(parse_message(raw, use_hl7apy=False), "AA"))
     server.start()
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

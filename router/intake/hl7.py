@@ -89,7 +89,8 @@ class Hl7Intake(Intake):
     def handle(self, raw: bytes, peer_address: str) -> bytes:
         """The MLLP handler: the ACK for ``raw``. Never raises for a bad message."""
         try:
-            msg = parse_message(raw, accepted_processing_ids=self.config.hl7.accepted_processing_ids)
+            msg = parse_message(raw, accepted_processing_ids=self.config.hl7.accepted_processing_ids,
+                                use_hl7apy=self.config.hl7.validation == "structure")  # fmt: skip
         except Hl7Error as exc:
             log.warning("HL7 from %s refused: %s", peer_address, redact(exc))
             notify(self.pm, "router_hl7_acknowledged", **_about(exc.partial, peer_address), ack_code=exc.ack_code,

@@ -311,7 +311,7 @@ class MllpServer:
         error = Hl7Error("AR", 207, "the router could not process the message")
         header: Hl7Header | None
         try:
-            header = parse_message(raw, accepted_processing_ids=("P", "T", "D"))
+            header = parse_message(raw, accepted_processing_ids=("P", "T", "D"), use_hl7apy=False)
         except Hl7Error as exc:
             header = exc.partial
         except Exception:
