@@ -42,6 +42,8 @@ from router.hooks.manager import notify
 from router.intake import activity
 from router.intake.base import Intake, IntakeContext
 from router.intake.envelope import Envelope, Source
+from router.intake.groupcommit import GroupCommit
+from router.intake.pipeline import PipelineResult
 from router.intake.resends import queue_patient_resends
 from router.intake.stage import PlannedForward, StageError
 from router.logs import database_error, redact
@@ -85,6 +87,7 @@ class Hl7Intake(Intake):
     def __init__(self, context: IntakeContext) -> None:
         super().__init__(context)
         self.on_patients_merged: Callable[[], None] = lambda: None
+        self.group = GroupCommit(self.engine, self.write_lock)  # connections share commits (one fsync)
 
     def handle(self, raw: bytes, peer_address: str) -> bytes:
         """The MLLP handler: the ACK for ``raw``. Never raises for a bad message."""
@@ -145,19 +148,7 @@ class Hl7Intake(Intake):
         written: list[Path] = []
         try:
             relpath = self._write_message(msg, written) if plan.forwards else ""
-            with self.write_lock, self.engine.begin() as conn:
-                applied = self._apply(conn, msg, segments) if applies else Applied(["routed only"])
-                self._queue(conn, msg, plan.forwards, relpath)
-                if plan.resends and applied.patient_fk is not None:
-                    count = queue_patient_resends(conn, applied.patient_fk, plan.resends)
-                    applied.summary.append(f"{count} corrected object(s) queued")
-                conn.execute(
-                    insert(LOG).values(
-                        sender=sender, control_id=msg.control_id, message_type=msg.message_type, ack_code="AA",
-                        summary="; ".join(applied.summary)[:1024], received_at=utcnow(),
-                    )
-                )  # fmt: skip
-                record(conn, [activity.hl7_received(msg, peer_address, plan, relpath, applied.summary)])
+            applied = self.group.run(lambda conn: self._commit(conn, msg, segments, plan, relpath, peer_address))
         except IntegrityError as exc:
             self.discard(written)
             if "control_id" in str(exc) or "uq_hl7" in str(exc):  # the same message on another connection won
@@ -171,6 +162,32 @@ class Hl7Intake(Intake):
         self.committed({f.peer for f in plan.forwards} | {peer for peer, _ in plan.resends})
         log.info("HL7 %s %s from %s: %s", msg.message_type, msg.control_id, sender, "; ".join(applied.summary))
         return build_ack(msg, "AA")
+
+    def _commit(
+        self,
+        conn: Connection,
+        msg: Hl7Message,
+        segments: list[Segment],
+        plan: PipelineResult,
+        relpath: str,
+        address: str,
+    ) -> Applied:
+        """The message's rows (effects, jobs, log, activity), in its savepoint of a group commit."""
+        applies = self._supported(msg)
+        applied = self._apply(conn, msg, segments) if applies else Applied(["routed only"])
+        self._queue(conn, msg, plan.forwards, relpath)
+        if plan.resends and applied.patient_fk is not None:
+            count = queue_patient_resends(conn, applied.patient_fk, plan.resends)
+            applied.summary.append(f"{count} corrected object(s) queued")
+        sender = f"{msg.sending_application}^{msg.sending_facility}"
+        conn.execute(
+            insert(LOG).values(
+                sender=sender, control_id=msg.control_id, message_type=msg.message_type, ack_code="AA",
+                summary="; ".join(applied.summary)[:1024], received_at=utcnow(),
+            )
+        )  # fmt: skip
+        record(conn, [activity.hl7_received(msg, address, plan, relpath, applied.summary)])
+        return applied
 
     @staticmethod
     def _supported(msg: Hl7Message) -> bool:
