@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, insert, select
+from sqlalchemy import Connection, bindparam, insert, select
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from router.hl7.ack import build_ack
@@ -50,11 +50,18 @@ from router.logs import database_error, redact
 from router.outbox.jobs import HL7_STREAM, JobKind, NewJob, enqueue
 from router.store.activity import record
 from router.store.models import utcnow
+from router.store.rawsql import insert_columns, raw
 from router.store.tables import HL7_LOG as LOG
 
 log = logging.getLogger(__name__)
 
 ORDER_MESSAGES = {"ORM": {"O01"}, "OMI": {"O23"}}
+# run by every message, compiled once (router.store.rawsql)
+_APPLIED = select(LOG.c.ack_code).where(
+    LOG.c.sender == bindparam("sender"), LOG.c.control_id == bindparam("control_id")
+)
+_LOG_INSERT = insert(LOG)
+_LOG_KEYS = insert_columns(LOG)
 
 
 @dataclass
@@ -125,13 +132,11 @@ class Hl7Intake(Intake):
     def _handle(self, msg: Hl7Message, peer_address: str) -> bytes:
         sender = f"{msg.sending_application}^{msg.sending_facility}"
         with self.engine.connect() as conn:
-            done = conn.execute(
-                select(LOG.c.ack_code).where(LOG.c.sender == sender, LOG.c.control_id == msg.control_id)
-            ).first()
+            done = raw(_APPLIED, conn).execute(conn, {"sender": sender, "control_id": msg.control_id})
         if done is not None:
             log.info("HL7 %s %s from %s already applied: acknowledged again", msg.message_type, msg.control_id, sender)
-            self._refused(msg, peer_address, done.ack_code, "applied before: acknowledged again", event="duplicate")
-            return build_ack(msg, done.ack_code)
+            self._refused(msg, peer_address, done[0], "applied before: acknowledged again", event="duplicate")
+            return build_ack(msg, done[0])
         env = Envelope.from_hl7(msg.raw, msg, Source("mllp", msg.sending_application, msg.receiving_application,
                                                      peer_address))  # fmt: skip
         try:
@@ -180,12 +185,10 @@ class Hl7Intake(Intake):
             count = queue_patient_resends(conn, applied.patient_fk, plan.resends)
             applied.summary.append(f"{count} corrected object(s) queued")
         sender = f"{msg.sending_application}^{msg.sending_facility}"
-        conn.execute(
-            insert(LOG).values(
-                sender=sender, control_id=msg.control_id, message_type=msg.message_type, ack_code="AA",
-                summary="; ".join(applied.summary)[:1024], received_at=utcnow(),
-            )
-        )  # fmt: skip
+        raw(_LOG_INSERT, conn, _LOG_KEYS).execute(conn, {
+            "sender": sender, "control_id": msg.control_id, "message_type": msg.message_type, "ack_code": "AA",
+            "summary": "; ".join(applied.summary)[:1024], "received_at": utcnow(),
+        })  # fmt: skip
         record(conn, [activity.hl7_received(msg, address, plan, relpath, applied.summary)])
         return applied
 
