@@ -7,7 +7,8 @@ Builds a router (default durable settings: SQLite WAL, synchronous=FULL, no rule
 wrappers around each step: parse, the hl7apy parse within it, the rules (plan), the patient effects (apply), the
 SQLite commit, the ACK build and the hooks; the rest of ``handle`` (duplicate look-up, log row, activity row,
 connection handling) is "other". Then the same messages over a real MLLP connection to the router's listener give
-the MLLP share (round trip minus ``handle``). Medians over ``--rounds``. See bench/README.md.
+the MLLP share (round trip minus ``handle``), and four connections at once the messages per group commit.
+Medians over ``--rounds``. See bench/README.md.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import shutil
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
@@ -107,7 +109,35 @@ def one_round(router: Router, n: int, patients: int, tag: str) -> dict[str, floa
         server.stop()
     row["MLLP round trip"] = mllp_total
     row["MLLP share"] = mllp_total - row["handle total"]
+    row.update(four_connections(router, n, patients, tag))
     return row
+
+
+def four_connections(router: Router, n: int, patients: int, tag: str) -> dict[str, float]:
+    """``n`` messages over four MLLP connections at once: ms per message and messages per group commit."""
+    group = getattr(router.hl7, "group", None)  # None: code from before issue 21 (one commit per message)
+    commits, units = (group.stats.commits, group.stats.units) if group else (0, 0)
+    server = MllpServer("127.0.0.1", 0, router.hl7.handle)
+    port = server.start()
+    messages = [adt("A08", i, i % patients, f"{tag}F") for i in range(n)]
+
+    def send(share: list[bytes]) -> None:
+        with MllpClient("127.0.0.1", port) as client:
+            for raw in share:
+                client.send(raw)
+
+    try:
+        threads = [threading.Thread(target=send, args=(messages[i::4],)) for i in range(4)]
+        t0 = time.perf_counter()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        elapsed = time.perf_counter() - t0
+    finally:
+        server.stop()
+    per_commit = (group.stats.units - units) / max(1, group.stats.commits - commits) if group else 1.0
+    return {"x4: ms per message": elapsed * 1000 / n, "x4: messages per commit": per_commit}
 
 
 def main() -> int:
@@ -128,7 +158,8 @@ def main() -> int:
             for key in rows[0]:
                 print(f"  {key:<24}{statistics.median(r.get(key, 0.0) for r in rows):8.3f}")
             rate = 1000 / statistics.median(r["MLLP round trip"] for r in rows)
-            print(f"  => {rate:.0f} msg/s on one connection (in-process client)")
+            rate4 = 1000 / statistics.median(r["x4: ms per message"] for r in rows)
+            print(f"  => {rate:.0f} msg/s on one connection, {rate4:.0f} on four (clients in the same process)")
             if args.cprofile:
                 prof = cProfile.Profile()
                 prof.runcall(one_round, router, args.messages, args.patients, "CP")

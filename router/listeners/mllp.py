@@ -229,10 +229,12 @@ class MllpServer:
         except Exception:
             log.exception("MLLP connection from %s failed", peer)
         finally:
-            self._connections.pop(task, None)
             writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
+            try:
+                with contextlib.suppress(Exception):
+                    await writer.wait_closed()
+            finally:  # only now: stop() waits for (and cancels) a connection still closing
+                self._connections.pop(task, None)
 
     async def _read(self, reader: asyncio.StreamReader, deadline: float | None, peer: str) -> bytes | None:
         """The next chunk ("" at the end of the stream); None when the connection must close: idle for
