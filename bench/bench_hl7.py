@@ -299,6 +299,26 @@ def run_rounds(targets: list[Target], args: argparse.Namespace, conn_counts: lis
     return rounds
 
 
+def fsync_probe(folder: Path, count: int = 100) -> float:
+    """Median ms of one 4 KiB write + fdatasync in ``folder``: the disk's price of one durable commit now (an AA
+    on one connection, the sender waiting for it, cannot come faster than one of these)."""
+    path = folder / "fsync-probe"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+    times = []
+    try:
+        os.pwrite(fd, b"x" * 4096 * 16, 0)  # the file has its size first: the timed flushes are overwrites
+        os.fdatasync(fd)
+        for i in range(count):
+            os.pwrite(fd, b"x" * 4096, (i % 16) * 4096)
+            t0 = time.perf_counter()
+            os.fdatasync(fd)
+            times.append((time.perf_counter() - t0) * 1000)
+    finally:
+        os.close(fd)
+        path.unlink()
+    return statistics.median(times)
+
+
 # ---------------------------------------------------------------- report
 
 
@@ -383,7 +403,10 @@ def main() -> int:
                 print(f"{name}: not available ({exc})")
         if not targets:
             return 1
+        before = fsync_probe(root)
         rounds = run_rounds(targets, args, conn_counts)
+        after = fsync_probe(root)
+        print(f"\nfdatasync of 4 KiB in {root}: median {before:.2f} ms before the rounds, {after:.2f} ms after")
         print_table(rounds)
         rat = ratios(rounds)
         print(
