@@ -1,5 +1,6 @@
 """The ``router`` command: serve, rules check|test, plugins, queue list|retry|purge, audit status,
-users add|list|remove|passwd|token, echo|find|move|get|send, import, export, print."""
+users add|list|remove|passwd|token, db upgrade|current|history, echo|find|move|get|send, import, export,
+print."""
 
 from __future__ import annotations
 
@@ -8,12 +9,14 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from router.cli_db import add_db_commands
 from router.cli_export import add_export_command
 from router.cli_import import add_import_command
 from router.cli_print import add_print_command
 from router.cli_users import add_users_commands
 from router.config import ConfigError, RouterConfig, load_config
 from router.store.models import JobState
+from router.store.schema import SchemaMismatch
 
 if TYPE_CHECKING:
     from router.intake.stage import Stage
@@ -412,6 +415,7 @@ def build_parser() -> argparse.ArgumentParser:
     audit_status.set_defaults(func=cmd_audit_status)
     user_commands = add_users_commands(sub)
     add_print_command(sub)
+    add_db_commands(sub)
     media_commands = (add_import_command(sub), add_export_command(sub))
 
     echo = sub.add_parser("echo", help="C-ECHO a peer")
@@ -467,6 +471,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"router: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except SchemaMismatch as exc:  # the database is not at this router's schema revision (router db upgrade)
+        print(f"router: {exc}", file=sys.stderr)
+        return EXIT_PROBLEMS
 
 
 if __name__ == "__main__":

@@ -168,7 +168,7 @@ def test_image_takes_hl7_demographics_and_bsn_peer_gets_the_bsn(
     assert str(got.ReferringPhysicianName) == "Huisarts^Karel"
     assert str(got.RequestingPhysician) == "Aanvrager^Ria"
     code = got.ProcedureCodeSequence[0]
-    assert (code.CodeValue, code.CodingSchemeDesignator, code.CodeMeaning) == ("RPCT1", "L", "CT Thorax")
+    assert (code.CodeValue, code.CodingSchemeDesignator, code.CodeMeaning) == ("RPCT1", "99LOCAL", "CT Thorax")
     [change] = got.OriginalAttributesSequence
     assert change.ReasonForTheAttributeModification == "COERCE"
     old = change.ModifiedAttributesSequence[0]

@@ -16,7 +16,19 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-PATCH_MODULES = ["command", "gate", "inline", "pdata", "queues", "reactor", "responses", "server", "services"]
+PATCH_MODULES = [
+    "cancels",
+    "command",
+    "gate",
+    "inline",
+    "pdata",
+    "queues",
+    "reactor",
+    "requestor",
+    "responses",
+    "server",
+    "services",
+]
 
 # A fingerprint of what the patches replace: the attributes of pynetdicom's patched classes, the module function
 # the retrieve service goes through, and the documented options install() sets.

@@ -151,6 +151,15 @@ def jing() -> str:
     return found
 
 
+def dciodvfy() -> str:
+    """dicom3tools' dciodvfy, which checks an object against its IOD (Debian package dicom3tools)."""
+    require("dciodvfy", "dicom3tools")
+    found = shutil.which("dciodvfy")
+    if found is None:
+        missing("dciodvfy", "dicom3tools", "not on PATH")
+    return found
+
+
 # -- chromium (the console's browser tests) -------------------------------------------------------------------------
 CHROMIUM = Path("/usr/bin/chromium")
 

@@ -36,6 +36,7 @@ _KINDS: dict[str, tuple[Code, Code, str]] = {  # action prefix: alert type, subj
     "job": (events.RESTRICTED_FUNCTION, JOB_NUMBER, events.ROLE_JOB),
     "jobs": (events.RESTRICTED_FUNCTION, JOB_NUMBER, events.ROLE_JOB),
     "study": (events.RESTRICTED_FUNCTION, STUDY_UID, events.ROLE_REPORT),
+    "schema": (events.SOFTWARE_CONFIGURATION, events.URI, events.ROLE_MASTER_FILE),  # router db upgrade
 }
 
 

@@ -91,9 +91,11 @@ def _apply_patches() -> bool:
             ", ".join(problems), SUPPORTED["pynetdicom"], SUPPORTED["pydicom"],
         )  # fmt: skip
         return False
-    from router._pynetdicom import handshake, reactor  # the first import of pynetdicom's private names
+    from router._pynetdicom import cancels, handshake, reactor, requestor  # the first private names imported
 
     reactor.install()
+    requestor.install()  # a requestor reads the acceptor's answer once it waits for it (a quick A-ASSOCIATE-RJ)
+    cancels.install()  # a C-CANCEL that came before its request was served is kept for it
     handshake.install()  # TLS client sockets: readable means application data (reactor.py reads before it sends)
     return True
 

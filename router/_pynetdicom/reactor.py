@@ -64,6 +64,7 @@ from pynetdicom.pdu import A_ABORT_RQ
 from router._pynetdicom import command, pdata
 from router._pynetdicom.inline import SERVING, MessageQueue
 from router._pynetdicom.queues import WakingQueue
+from router._pynetdicom.requestor import may_read
 
 log = logging.getLogger(__name__)
 
@@ -161,7 +162,7 @@ def _wait_for_dul_work(dul: DULServiceProvider) -> None:
     readers: list[Any] = [bell.reader]
     assoc_sock = dul.socket
     raw = getattr(assoc_sock, "socket", None) if assoc_sock is not None else None
-    if raw is not None and getattr(assoc_sock, "_is_connected", False):
+    if raw is not None and getattr(assoc_sock, "_is_connected", False) and may_read(dul):
         if _holds_data(raw):
             return
         readers.append(raw)
@@ -193,11 +194,11 @@ def _dul_run_reactor(self: DULServiceProvider) -> None:
                 # pynetdicom always sends first; while a C-FIND SCP streams its answers that starves reading, and a
                 # C-CANCEL is seen only after the last answer. Take turns instead.
                 reading_first = not reading_first
-                if reading_first and self._is_transport_event():
+                if reading_first and may_read(self) and self._is_transport_event():
                     self._idle_timer.restart()
                 elif self._process_recv_primitive():
                     pass
-                elif not reading_first and self._is_transport_event():
+                elif not reading_first and may_read(self) and self._is_transport_event():
                     self._idle_timer.restart()
             except Exception as exc:
                 log.error("Exception in DUL.run(), aborting association")

@@ -10,6 +10,7 @@ from pydantic import ConfigDict, Field, field_validator, model_validator
 from router.config.base import AETitle, HttpAuth, PeerName, Port, Strict
 from router.config.peers import DicomPeer, Peer
 from router.config.storage import StorageSettings
+from router.hl7.coding import DEFAULT_LOCAL_SCHEME, LOCAL_SCHEME_PATTERN
 
 
 class Timeouts(Strict):
@@ -79,6 +80,11 @@ class Hl7Listener(Strict):
     )
     assigning_authorities: dict[str, AssigningAuthority] = Field(default_factory=dict)
     worklist: Worklist = Worklist()
+    local_coding_scheme: str = Field(
+        DEFAULT_LOCAL_SCHEME,
+        pattern=LOCAL_SCHEME_PATTERN,
+        description="the DICOM Coding Scheme Designator of codes the feed marks local (HL7 'L', 'LB', no system)",
+    )
 
 
 class HttpTls(Strict):

@@ -20,6 +20,7 @@ from pydicom.sequence import Sequence
 from sqlalchemy import Connection, select
 
 from router.config import RouterConfig
+from router.hl7.coding import dicom_coding_scheme
 from router.store.models import BSN_OID, SpsStatus
 from router.store.tables import PATIENT
 from router.store.tables import PATIENT_IDENTIFIER as IDENT
@@ -91,7 +92,7 @@ def _order_values(item: Any) -> dict[str, Any]:
     if item.procedure_code_value:
         code = Dataset()
         code.CodeValue = item.procedure_code_value
-        code.CodingSchemeDesignator = item.procedure_code_scheme
+        code.CodingSchemeDesignator = dicom_coding_scheme(item.procedure_code_scheme)  # rows from before the mapping
         code.CodeMeaning = item.procedure_code_meaning
         values["ProcedureCodeSequence"] = Sequence([code])
     return values

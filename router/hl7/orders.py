@@ -36,6 +36,7 @@ from sqlalchemy import Connection, insert, select, update
 
 from router.config import RouterConfig
 from router.hl7.codes import DATA_TYPE_ERROR, REQUIRED_FIELD_MISSING, TABLE_VALUE_NOT_FOUND, UNKNOWN_KEY
+from router.hl7.coding import dicom_coding_scheme
 from router.hl7.errors import Hl7Error
 from router.hl7.patients import hl7_date, person_name
 from router.hl7.segments import HL7_NULL, Segment
@@ -137,7 +138,7 @@ def item_values(group: OrderGroup, patient_fk: int, config: RouterConfig, ipc: S
         "requested_procedure_id": rp_id[:16],
         "requested_procedure_description": _first(obr.get(code_field, 2), obr.get(4, 2))[:64],
         "procedure_code_value": obr.get(code_field, 1)[:16],
-        "procedure_code_scheme": obr.get(code_field, 3)[:16],
+        "procedure_code_scheme": dicom_coding_scheme(obr.get(code_field, 3), config.hl7.local_coding_scheme),
         "procedure_code_meaning": obr.get(code_field, 2)[:64],
         "sps_id": _first(ipc.get(4) if ipc else "", obr.get(20), rp_id)[:16],
         "sps_description": _first(ipc.get(6, 2) if ipc else "", obr.get(4, 2))[:64],

@@ -321,10 +321,11 @@ def router_authentication_failed(user: str, reason: str, address: str, path: str
 
 @hookspec
 def router_admin_changed(user: str, role: str, action: str, target: str, address: str, detail: dict[str, Any]) -> None:
-    """An administrative change was made through the admin API or the ``router users`` command: ``action`` is one
-    of ``rules.saved``, ``rules.reverted``, ``job.retried``, ``jobs.retried``, ``job.deleted``, ``peer.paused``,
-    ``peer.resumed``, ``study.sent``, ``user.added``, ``user.changed``, ``user.removed``, ``token.created``,
-    ``token.revoked``, ``session.ended`` (a console logout); ``target`` what it was done to (a rule file, a job
-    id, a peer, a study UID, a user name). ``user`` and ``role`` are who did it (``cli:NAME`` and ``""`` for the
-    command line), ``address`` where from (``""`` for the command line). ``detail`` says more (how many jobs, the
-    kept version of a rule file ...); never a secret. Called once the change is durable."""
+    """An administrative change was made through the admin API or the ``router users``/``router db`` commands:
+    ``action`` is one of ``rules.saved``, ``rules.reverted``, ``job.retried``, ``jobs.retried``, ``job.deleted``,
+    ``peer.paused``, ``peer.resumed``, ``study.sent``, ``user.added``, ``user.changed``, ``user.removed``,
+    ``token.created``, ``token.revoked``, ``session.ended`` (a console logout), ``schema.upgraded`` (``router db
+    upgrade``); ``target`` what it was done to (a rule file, a job id, a peer, a study UID, a user name, the schema
+    revision). ``user`` and ``role`` are who did it (``cli:NAME`` and ``""`` for the command line), ``address``
+    where from (``""`` for the command line). ``detail`` says more (how many jobs, the kept version of a rule file
+    ...); never a secret. Called once the change is durable."""

@@ -28,6 +28,7 @@ from router.intake.envelope import Envelope, Source, sha256
 from router.intake.stage import StageError
 from router.media import charsets
 from router.media.fileset import NotADicomDir, read_dicomdir
+from router.media.reconcile import ReconcileOptions, Reconciler
 from router.media.report import (
     DAMAGED,
     DUPLICATE,
@@ -44,6 +45,7 @@ from router.media.report import (
 )
 from router.media.selection import Selection, Tree, header_values
 from router.media.source import DICOMDIR, MediaSource
+from router.media.worklists import LocalWorklist, RemoteWorklist, Worklist, WorklistUnavailable
 from router.media.workspace import Workspace
 from router.statuses import StoreOutcome
 
@@ -60,6 +62,8 @@ class ImportOptions:
     assume_charset: str = ""
     to: str = ""  # a DICOM peer: send there instead of the router's intake
     progress: bool = True
+    reconcile: ReconcileOptions | None = None  # --reconcile: match each study against the worklist
+    worklist: str = ""  # --worklist PEER: that MWL SCP's worklist, not the router's own
 
 
 @dataclass
@@ -112,6 +116,7 @@ class Importer:
         self.options = options
         self.work = workspace
         self.assume = options.assume_charset or config.media_import.assume_charset
+        self.reconciler: Reconciler | None = None
 
     # -- the whole run --------------------------------------------------------------------------------------
     def run(self, sources: list[MediaSource]) -> ImportReport:
@@ -120,8 +125,12 @@ class Importer:
         progress = Progress("import", len(candidates), sum(_size(c) for c in candidates),
                             enabled=self.options.progress)  # fmt: skip
         taken: list[Taken] = []
+        if self.options.reconcile is not None:
+            self.reconciler = Reconciler(self._worklist(), self.options.reconcile)
         for cand in candidates:
             item = self._take(cand)
+            if isinstance(item, Taken) and self.reconciler is not None:
+                item = self._reconcile(item, self.reconciler)
             outcome = report.add(item.outcome if isinstance(item, Taken) else item)
             if isinstance(item, Taken):
                 self._deliver(item, taken)
@@ -129,6 +138,8 @@ class Importer:
         if self.options.to and taken and not self.options.dry_run:
             self.work.send(self.options.to, taken)
         report.finish()
+        if self.reconciler is not None:
+            report.studies = self.reconciler.report()
         if not self.options.dry_run:
             self._announce(report, taken)
         return report
@@ -179,6 +190,30 @@ class Importer:
             raw, out.corrected = checked.corrected, checked.note
         path = cand.source.path_of(cand.name) if checked.corrected is None else None
         return Taken(out, raw, values, source, path)
+
+    def _worklist(self) -> Worklist:
+        if self.options.worklist:
+            return RemoteWorklist(self.config, self.options.worklist)
+        return LocalWorklist(self.work.engine, self.config.hl7.local_coding_scheme)
+
+    def _reconcile(self, item: Taken, reconciler: Reconciler) -> Taken | FileOutcome:
+        """The object with the local patient and order (``router.media.reconcile``), or held back."""
+        out = item.outcome
+        try:
+            raw, match, changed = reconciler.apply(item.raw)
+        except WorklistUnavailable:
+            raise
+        except Exception as exc:  # pydicom on an object it cannot write again
+            return _set(out, REFUSED, f"cannot reconcile: {exc}")
+        if raw is None:
+            return _set(out, NOT_SELECTED, "held back: no worklist match (--matched-only)")
+        if not changed:
+            return item
+        note = f"reconciled ({match.matched}): {', '.join(changed)}"
+        out.corrected = f"{out.corrected}; {note}" if out.corrected else note
+        item.values = header_values(Envelope.from_p10(raw, item.source).values)
+        item.raw, item.path = raw, None
+        return item
 
     def _deliver(self, item: Taken, taken: list[Taken]) -> None:
         out = item.outcome

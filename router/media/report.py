@@ -44,6 +44,7 @@ class ImportReport:
     files: list[FileOutcome] = field(default_factory=list)
     dry_run: bool = False
     destination: str = ""  # --to PEER, "" for the router's intake
+    studies: list[dict[str, Any]] = field(default_factory=list)  # --reconcile: each study's match and changes
     started: float = field(default_factory=time.monotonic)
     seconds: float = 0.0
 
@@ -82,6 +83,7 @@ class ImportReport:
             "counts": self.counts(),
             "problems": self.problems,
             "files": [asdict(f) for f in self.files],
+            **({"studies": self.studies} if self.studies else {}),
         }
 
     def write(self, path: Path) -> None:

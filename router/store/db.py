@@ -6,6 +6,10 @@ commits are not flushed to disk one by one (SQLite ``synchronous=NORMAL`` in WAL
 only together with everything committed after them (both logs are written in order, and the next durable commit
 flushes all earlier ones), so the worst case is an object delivered once more. Everything that an
 acknowledgement depends on goes through the durable engine.
+
+``make_engine`` also checks the schema (``router.store.schema.prepare``): an empty database is created at the head
+revision, one at another revision is refused with a message that says what to do. ``open_engine`` is the same engine
+without that check, for ``router db`` (which upgrades what ``make_engine`` refuses).
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from typing import Any
 
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
-from sqlmodel import SQLModel, create_engine
+from sqlmodel import create_engine
 
 from router.store import files, models, ops_models  # noqa: F401  (models, ops_models register the tables)
 from router.store.writelock import sqlite_file
@@ -45,6 +49,20 @@ SQLITE_MINIMUM = (3, 35, 0)  # UPDATE ... RETURNING (the outbox's claim)
 
 
 def make_engine(url: str, durable: bool = True) -> Engine:
+    """The engine for ``database_url``, its schema at this router's revision (``schema.SchemaMismatch`` if not)."""
+    from router.store import schema
+
+    engine = open_engine(url, durable)
+    try:
+        schema.prepare(engine)
+    except BaseException:
+        engine.dispose()
+        raise
+    return engine
+
+
+def open_engine(url: str, durable: bool = True) -> Engine:
+    """The engine for ``database_url`` as it is: no table is created, no revision checked."""
     if url.startswith("sqlite"):
         if sqlite3.sqlite_version_info < SQLITE_MINIMUM:
             raise RuntimeError(
@@ -67,5 +85,4 @@ def make_engine(url: str, durable: bool = True) -> Engine:
         engine = create_engine(url, pool_pre_ping=True, pool_size=8, max_overflow=8, hide_parameters=True)
         if not durable:
             event.listen(engine, "connect", _postgres_bookkeeping)
-    SQLModel.metadata.create_all(engine)
     return engine

@@ -25,6 +25,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from router.config import RouterConfig
+from router.hl7.coding import dicom_coding_scheme
 from router.logs import database_error, redact
 from router.store.models import SpsStatus
 from router.store.tables import PATIENT as P
@@ -60,7 +61,8 @@ def _code_sequence(value: str, scheme: str, meaning: str) -> Sequence:
     if not value:
         return Sequence()
     item = Dataset()
-    item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = value, scheme, meaning
+    # rows written before HL7 coding systems were mapped may hold HL7's (e.g. L): DICOM defines no such designator
+    item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = value, dicom_coding_scheme(scheme), meaning
     return Sequence([item])
 
 

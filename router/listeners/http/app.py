@@ -24,6 +24,7 @@ from router.listeners.http.api import ApiServices
 from router.listeners.http.api import routes as api_routes
 from router.listeners.http.auth import Authentication, Authenticator
 from router.listeners.http.console import routes as console_routes
+from router.listeners.http.health import Health
 from router.listeners.http.openapi import openapi
 from router.listeners.http.qido import Qido
 from router.listeners.http.stow import Stow
@@ -98,4 +99,5 @@ def make_app(
     if api is not None:
         served = api_routes(api, authenticator)
         routes += [*served, *console_routes(served)]  # the web console at /, a client of the API
-    return Starlette(routes=routes, middleware=[Middleware(Authentication, authenticator=authenticator)])
+    health = Middleware(Health, engine=engine, data_dir=config.data_dir)  # /healthz, /readyz: before authentication
+    return Starlette(routes=routes, middleware=[health, Middleware(Authentication, authenticator=authenticator)])
