@@ -1,6 +1,7 @@
 """HL7 MLLP throughput benchmark: ADT^A08 messages acknowledged AA per second, router vs minimal MLLP receivers.
 
-Usage: python bench/bench_hl7.py [--messages N] [--patients N] [--connections 1,4] [--time-cap S] [--out FILE]
+Usage: python bench/bench_hl7.py [--messages N] [--patients N] [--connections 1,4] [--rounds N] [--time-cap S]
+                                [--skip-references] [--out FILE]
 See bench/README.md.
 """
 
@@ -22,6 +23,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from subprocess import DEVNULL, STDOUT, Popen
@@ -67,7 +69,7 @@ def adt(event: str, seq: int, patient: int, run: str) -> bytes:
 
 def serve_mllp_ack(port: int) -> None:
     """The router's own MLLP server and ER7 parser, answering AA at once: no rules, no database, no fsync."""
-    server = MllpServer("127.0.0.1", port, lambda raw, _peer: build_ack(parse_message(raw), "AA"))
+    server = MllpServer("127.0.0.1", port, lambda raw, _peer: build_ack(parse_message(raw, use_hl7apy=False), "AA"))
     server.start()
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -248,40 +250,73 @@ def db_counts(workdir: Path) -> tuple[int, int]:
         conn.close()
 
 
-def run_target(target: str, root: Path, args: argparse.Namespace, conn_counts: list[int]) -> list[Result]:
-    workdir = root / target
+@dataclass
+class Target:
+    name: str
+    proc: Popen[bytes]
+    port: int
+    workdir: Path
+    applied: int = 0  # messages acknowledged AA so far (the router's index must hold as many)
+
+
+def start_target(name: str, root: Path, patients: int) -> Target:
+    """Start ``name`` and load its patients (untimed: the timed A08 messages are updates, not first inserts)."""
+    workdir = root / name
     workdir.mkdir()
-    if target == "router":
-        proc, port = start_router(workdir)
-    else:
-        proc, port = start_reference(target, workdir)
-    results = []
-    try:
-        # the patients exist before the clock starts: the timed A08 messages are updates (not first inserts)
-        preload = Result(target, 1)
-        send_all(port, [adt("A04", p, p, "PRE") for p in range(args.patients)], 1, 600, preload)
-        if preload.error or preload.acks["AA"] != args.patients:
-            raise RuntimeError(f"preloading {args.patients} patients failed: {preload.error or dict(preload.acks)}")
-        applied = args.patients
-        for n, conns in enumerate(conn_counts):
-            run = f"R{n}C{conns}-"
-            messages = [adt("A08", i, i % args.patients, run) for i in range(args.messages)]
-            res = Result(target, conns)
-            send_all(port, messages, conns, args.time_cap, res)
-            applied += res.acks["AA"]
-            bad = {k: v for k, v in res.acks.items() if k != "AA"}
-            res.check = f"AA {res.acks['AA']}" + (f", {bad}" if bad else "") + (" (time cap)" if res.capped else "")
-            if target == "router":
-                log_rows, patients = db_counts(workdir)
-                ok = log_rows == applied and patients == args.patients
-                res.check += f", index {'ok' if ok else f'{log_rows} log rows / {patients} patients'}"
-                if not ok:
-                    res.error = res.error or f"index holds {log_rows} messages and {patients} patients"
-            results.append(res)
-            print(f"{target} x{conns}: {res.acks['AA']} AA in {res.seconds:.2f} s {res.error or res.check}")
-    finally:
+    proc, port = start_router(workdir) if name == "router" else start_reference(name, workdir)
+    preload = Result(name, 1)
+    send_all(port, [adt("A04", p, p, "PRE") for p in range(patients)], 1, 600, preload)
+    if preload.error or preload.acks["AA"] != patients:
         stop(proc)
-    return results
+        raise RuntimeError(f"preloading {patients} patients failed: {preload.error or dict(preload.acks)}")
+    return Target(name, proc, port, workdir, patients)
+
+
+def run_once(target: Target, args: argparse.Namespace, conns: int, tag: str) -> Result:
+    messages = [adt("A08", i, i % args.patients, tag) for i in range(args.messages)]
+    res = Result(target.name, conns)
+    send_all(target.port, messages, conns, args.time_cap, res)
+    target.applied += res.acks["AA"]
+    bad = {k: v for k, v in res.acks.items() if k != "AA"}
+    res.check = f"AA {res.acks['AA']}" + (f", {bad}" if bad else "") + (" (time cap)" if res.capped else "")
+    if target.name == "router":
+        log_rows, patients = db_counts(target.workdir)
+        ok = log_rows == target.applied and patients == args.patients
+        res.check += f", index {'ok' if ok else f'{log_rows} log rows / {patients} patients'}"
+        if not ok:
+            res.error = res.error or f"index holds {log_rows} messages and {patients} patients"
+    print(f"{tag} {target.name} x{conns}: {res.acks['AA']} AA in {res.seconds:.2f} s, "
+          f"{fmt(res.msg_s, '.1f')} msg/s {res.error or res.check}")  # fmt: skip
+    return res
+
+
+def run_rounds(targets: list[Target], args: argparse.Namespace, conn_counts: list[int]) -> list[list[Result]]:
+    """Every round runs every connection count against every target, one after the other: the targets meet the
+    same machine load within a round, so a round's ratios compare like with like."""
+    rounds = []
+    for r in range(args.rounds):
+        rounds.append([run_once(t, args, c, f"R{r}C{c}-") for c in conn_counts for t in targets])
+    return rounds
+
+
+def fsync_probe(folder: Path, count: int = 100) -> float:
+    """Median ms of one 4 KiB write + fdatasync in ``folder``: the disk's price of one durable commit now (an AA
+    on one connection, the sender waiting for it, cannot come faster than one of these)."""
+    path = folder / "fsync-probe"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+    times = []
+    try:
+        os.pwrite(fd, b"x" * 4096 * 16, 0)  # the file has its size first: the timed flushes are overwrites
+        os.fdatasync(fd)
+        for i in range(count):
+            os.pwrite(fd, b"x" * 4096, (i % 16) * 4096)
+            t0 = time.perf_counter()
+            os.fdatasync(fd)
+            times.append((time.perf_counter() - t0) * 1000)
+    finally:
+        os.close(fd)
+        path.unlink()
+    return statistics.median(times)
 
 
 # ---------------------------------------------------------------- report
@@ -291,27 +326,50 @@ def fmt(x: float | None, spec: str = ".2f") -> str:
     return "-" if x is None else format(x, spec)
 
 
-def print_table(results: list[Result]) -> None:
-    print(f"\n{'target':<12}{'conns':>6}{'AA':>7}{'seconds':>9}{'msg/s':>9}{'p50 ms':>8}{'p99 ms':>8}  check")
-    for r in results:
+def median(values: Sequence[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return statistics.median(present) if present else None
+
+
+def print_table(rounds: list[list[Result]]) -> None:
+    """One row per target and connection count: median msg/s over the rounds, min and max, latencies of all."""
+    print(f"\n{'target':<12}{'conns':>6}{'AA':>7}{'msg/s':>9}{'min':>9}{'max':>9}{'p50 ms':>8}{'p99 ms':>8}  check")
+    for key in dict.fromkeys((r.target, r.connections) for r in rounds[0]):
+        runs = [r for rnd in rounds for r in rnd if (r.target, r.connections) == key]
+        rates = [r.msg_s for r in runs if r.msg_s is not None]
+        merged = Result(*key, latencies_ms=[x for r in runs for x in r.latencies_ms])
+        checks = "; ".join(dict.fromkeys(r.error or r.check for r in runs))
         print(
-            f"{r.target:<12}{r.connections:>6}{r.acks['AA']:>7}{fmt(r.seconds):>9}{fmt(r.msg_s, '.1f'):>9}"
-            f"{fmt(r.percentile(50)):>8}{fmt(r.percentile(99)):>8}  {r.error or r.check}"
+            f"{key[0]:<12}{key[1]:>6}{sum(r.acks['AA'] for r in runs):>7}{fmt(median(rates), '.1f'):>9}"
+            f"{fmt(min(rates, default=None), '.1f'):>9}{fmt(max(rates, default=None), '.1f'):>9}"
+            f"{fmt(merged.percentile(50)):>8}{fmt(merged.percentile(99)):>8}  {checks}"
         )
 
 
-def ratios(results: list[Result]) -> dict[str, float | None]:
-    rate = {(r.target, r.connections): r.msg_s for r in results}
-    out: dict[str, float | None] = {}
-    for conns in dict.fromkeys(r.connections for r in results):
-        for other in REFERENCES:
-            a, b = rate.get(("router", conns)), rate.get((other, conns))
-            out[f"x{conns} router/{other}"] = a / b if a and b else None
-    return out
+def ratios(rounds: list[list[Result]]) -> dict[str, float | None]:
+    """Router msg/s over each reference's, per round (same machine load), then the median over the rounds."""
+    per_round: dict[str, list[float | None]] = {}
+    for rnd in rounds:
+        rate = {(r.target, r.connections): r.msg_s for r in rnd}
+        for conns in dict.fromkeys(r.connections for r in rnd):
+            for other in REFERENCES:
+                a, b = rate.get(("router", conns)), rate.get((other, conns))
+                per_round.setdefault(f"x{conns} router/{other}", []).append(a / b if a and b else None)
+    return {key: median(values) for key, values in per_round.items()}
 
 
 REFERENCES = ("mllp-ack", "asyncio-ack")
 SERVERS = {"mllp-ack": serve_mllp_ack, "asyncio-ack": serve_asyncio_ack}
+
+
+def write_json(path: Path, rounds: list[list[Result]], rat: dict[str, float | None]) -> None:
+    rows = [
+        {**{k: v for k, v in asdict(r).items() if k not in ("latencies_ms", "acks")}, "acks": dict(r.acks),
+         "round": n, "msg_s": r.msg_s, "p50_ms": r.percentile(50), "p99_ms": r.percentile(99)}
+        for n, rnd in enumerate(rounds) for r in rnd
+    ]  # fmt: skip
+    path.write_text(json.dumps({"ratios": rat, "results": rows}, indent=2) + "\n")
+    print(f"results written to {path}")
 
 
 def main() -> int:
@@ -319,6 +377,7 @@ def main() -> int:
     ap.add_argument("--messages", type=int, default=2000, help="A08 messages per run (default 2000)")
     ap.add_argument("--patients", type=int, default=500, help="distinct patients updated (default 500)")
     ap.add_argument("--connections", default="1,4", help="comma-separated connection counts (default 1,4)")
+    ap.add_argument("--rounds", type=int, default=3, help="rounds; figures are medians over them (default 3)")
     ap.add_argument("--time-cap", type=float, default=60, help="stop a run after this many seconds (default 60)")
     ap.add_argument("--skip-references", action="store_true", help="measure the router only")
     ap.add_argument("--out", type=Path, help="also write the results as JSON")
@@ -330,31 +389,34 @@ def main() -> int:
         return 0
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the finally blocks
     conn_counts = [int(c) for c in args.connections.split(",") if c.strip()]
-    targets = ["router", *([] if args.skip_references else REFERENCES)]
+    names = ["router", *([] if args.skip_references else REFERENCES)]
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs; {args.messages} ADT^A08 per run over "
-          f"{args.patients} patients; connections {conn_counts}; time cap {args.time_cap:.0f} s")  # fmt: skip
+          f"{args.patients} patients; connections {conn_counts}; {args.rounds} rounds; time cap "
+          f"{args.time_cap:.0f} s")  # fmt: skip
     root = Path(tempfile.mkdtemp(prefix="bench-hl7-"))
-    results: list[Result] = []
     try:
-        for target in targets:
+        targets = []
+        for name in names:
             try:
-                results += run_target(target, root, args, conn_counts)
+                targets.append(start_target(name, root, args.patients))
             except RuntimeError as exc:
-                print(f"{target}: not available ({exc})")
-        print_table(results)
-        rat = ratios(results)
-        print("\nratios of msg/s (above 1: the router is faster):")
+                print(f"{name}: not available ({exc})")
+        if not targets:
+            return 1
+        before = fsync_probe(root)
+        rounds = run_rounds(targets, args, conn_counts)
+        after = fsync_probe(root)
+        print(f"\nfdatasync of 4 KiB in {root}: median {before:.2f} ms before the rounds, {after:.2f} ms after")
+        print_table(rounds)
+        rat = ratios(rounds)
+        print(
+            f"\nratios of msg/s, median over {args.rounds} rounds of the ratio in each (above 1: the router is faster):"
+        )
         for key, val in rat.items():
             print(f"  {key:<26}{fmt(val, '.3g') if val else 'n/a'}")
         if args.out:
-            rows = [
-                {**{k: v for k, v in asdict(r).items() if k != "latencies_ms"}, "msg_s": r.msg_s,
-                 "p50_ms": r.percentile(50), "p99_ms": r.percentile(99)}
-                for r in results
-            ]  # fmt: skip
-            args.out.write_text(json.dumps({"ratios": rat, "results": rows}, indent=2) + "\n")
-            print(f"results written to {args.out}")
-        return 0 if results and all(r.error is None for r in results) else 1
+            write_json(args.out, rounds, rat)
+        return 0 if all(r.error is None for rnd in rounds for r in rnd) else 1
     finally:
         while PROCS:
             stop(PROCS[-1])

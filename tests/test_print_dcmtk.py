@@ -13,9 +13,11 @@ from typing import Any
 import numpy as np
 import pydicom
 import pytest
+from lxml import etree
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
+from audit_repo import schema_problems
 from forwarding import jobs, wait_while_up
 from peers import Process, RouterProcess, echo, free_port, send_datasets, wait_for
 from tools import dcmtk
@@ -71,7 +73,22 @@ def printer(tmp_path: Path) -> Iterator[PrintSCP]:
 def _router(workdir: Path, port: int, rules: dict[str, Any] | None = None) -> RouterProcess:
     film = {"format": "STANDARD\\2,2", "film_size": "14INX17IN", "dpi": DPI, "medium": "BLUE FILM"}
     peer = {"ae_title": PRINTER_AE, "host": "127.0.0.1", "port": port, "print": film}
-    return RouterProcess(workdir, peers={"PRINTER": peer}, rules=rules, forward={"max_attempts": 2})
+    return RouterProcess(workdir, peers={"PRINTER": peer}, rules=rules, forward={"max_attempts": 2},
+                         plugins={"audit": {"file": "audit.xml.log"}})  # fmt: skip
+
+
+def film_exports(workdir: Path) -> list[etree._Element]:
+    """The Export messages (PS3.15 A.5.3.4) of the audit file whose medium is film, each checked against the schema."""
+    path = workdir / "audit.xml.log"
+    found = []
+    for line in path.read_text().splitlines() if path.exists() else []:
+        root = etree.fromstring(line.encode())
+        media = root.find("ActiveParticipant/MediaIdentifier/MediaType")
+        if root.find("EventIdentification/EventID").get("csd-code") == "110106" and media is not None:
+            assert schema_problems(line) == []
+            if media.get("csd-code") == "110010":
+                found.append(root)
+    return found
 
 
 def banded(sop_class: str, rows: int, columns: int, bands: list[int], **attrs: Any) -> Dataset:
@@ -164,6 +181,11 @@ def test_router_print_fills_two_2x2_films_and_waits(tmp_path: Path, printer: Pri
     assert "printed: job" in done.stdout
     images = printer.written(HARDCOPY_GRAYSCALE)
     assert len(images) == 5 and len(printer.written(STORED_PRINT)) == 2
+    [export] = film_exports(tmp_path)  # audited as an export to film, naming the patient
+    objects = export.findall("ParticipantObjectIdentification")
+    patient = [o for o in objects if o.get("ParticipantObjectTypeCodeRole") == "1"]
+    assert [o.get("ParticipantObjectID") for o in patient] == ["PRINT-1"]
+    assert export.find("EventIdentification").get("EventOutcomeIndicator") == "0"
     by_size: dict[tuple[int, int], list[Dataset]] = {}
     for image in images:
         by_size.setdefault((image.Columns, image.Rows), []).append(image)

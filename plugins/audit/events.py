@@ -40,6 +40,7 @@ SOURCE = Code("110153", "DCM", "Source Role ID")
 DESTINATION_MEDIA = Code("110154", "DCM", "Destination Media")
 SOURCE_MEDIA = Code("110155", "DCM", "Source Media")
 MEDIA_URI = Code("110037", "DCM", "URI")  # CID 405 Media Type: a network destination or source
+FILM = Code("110010", "DCM", "Film")  # CID 405 Media Type: printed film
 
 STUDY_UID = Code("110180", "DCM", "Study Instance UID")
 SOP_CLASS_UID = Code("110181", "DCM", "SOP Class UID")
@@ -191,15 +192,15 @@ def user_authentication(user: Participant, router: Participant, outcome: int, de
 
 def data_export(
     subjects: list[Subject], exporter: Participant, remote: Participant, media_uri: str, outcome: int,
-    description: str,
+    description: str, media: Code = MEDIA_URI,
 ) -> AuditEvent:  # fmt: skip
     """A.5.3.4: data left the security domain of the router (``media_uri``: where to, e.g. ``dicom://AE@host:port``)."""
     exporter.role, remote.role = SOURCE, DESTINATION
     exporter.requestor, remote.requestor = True, False
-    media = Participant(media_uri, False, DESTINATION_MEDIA, host=remote.host, media=MEDIA_URI)
+    medium = Participant(media_uri, False, DESTINATION_MEDIA, host=remote.host, media=media)
     objects = [o for s in subjects for o in subject_objects(s, life_cycle="10")]
     return AuditEvent(EXPORT, "R", outcome, outcome_description=description,
-                      participants=[remote, exporter, media], objects=objects)  # fmt: skip
+                      participants=[remote, exporter, medium], objects=objects)  # fmt: skip
 
 
 def data_import(

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
+import zipfile
 from io import BytesIO
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset
 from sqlalchemy import select
@@ -17,8 +19,9 @@ from plugins.audit.state import Running, running
 from router.hl7.message import parse_message
 from router.hooks.answers import ImportedInstance, InstanceRef
 from router.hooks.specs import hookimpl
-from router.intake.envelope import Envelope
+from router.intake.envelope import Envelope, dataset_text
 from router.outbox.jobs import JobKind
+from router.printing import bundle as print_bundle
 from router.store.models import Job, JobState
 from router.store.tables import JOB
 
@@ -86,6 +89,8 @@ def router_forwarded(job: Job, status: int) -> None:
         for subject in subjects:
             state.record(events.instances_transferred(subject, "R", state.local.participant(True), remote, [],
                                                       description=f"delivered, status 0x{status:04X}"))  # fmt: skip
+    elif job.kind == JobKind.PRINT:
+        _printed(state, job, remote, status)
     elif job.kind in MPPS_JOBS or job.kind == JobKind.HL7:
         try:
             raw = (state.config.data_dir / job.path).read_bytes()
@@ -98,6 +103,26 @@ def router_forwarded(job: Job, status: int) -> None:
             on_hl7.record_message(state, parse_message(raw), "R", users)
         else:
             _procedure(state, "R", job.sop_uid, dcmread(BytesIO(raw), force=True), users)
+
+
+def _printed(state: Running, job: Job, printer: Participant, status: int) -> None:
+    """A print job was printed: an Export message (A.5.3.4: "recording on film"), the printer as the destination
+    and the film as the medium; the objects from the job's payload, or from the index when it is gone."""
+    subjects: dict[str, facts.Subject] = {}
+    try:
+        for ds in print_bundle.objects(state.config.data_dir / job.path):
+            one = facts.from_dataset(ds)
+            subject = subjects.setdefault(one.patient.id, facts.Subject(one.patient))
+            subject.study(dataset_text(ds, "StudyInstanceUID")).add(
+                dataset_text(ds, "SOPClassUID"), dataset_text(ds, "SOPInstanceUID"), dataset_text(ds, "AccessionNumber")
+            )
+    except (OSError, InvalidDicomError, zipfile.BadZipFile):  # its file went with the job: the index may know
+        with state.engine().connect() as conn:
+            subjects = {str(n): subject for n, subject in enumerate(facts.instances(conn, [job.sop_uid]))}
+    film = f"dicom://{printer.user_id}@{printer.host}"
+    text = f"printed on film, status 0x{status:04X}"
+    state.record(events.data_export(list(subjects.values()), state.local.participant(True), printer, film,
+                                    events.SUCCESS, text, media=events.FILM))  # fmt: skip
 
 
 @hookimpl

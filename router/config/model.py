@@ -76,6 +76,9 @@ class Hl7Listener(Strict):
     )
     max_connections: int = Field(64, ge=1, description="simultaneous MLLP connections; more are closed at once")
     accepted_processing_ids: list[Literal["P", "T", "D"]] = Field(["P"], min_length=1, description="MSH-11 accepted")
+    validation: Literal["segments", "structure"] = Field(
+        "segments", description="structure: also parse every message with hl7apy (about 10 ms each)"
+    )
     assigning_authorities: dict[str, AssigningAuthority] = Field(default_factory=dict)
     worklist: Worklist = Worklist()
     local_coding_scheme: str = Field(

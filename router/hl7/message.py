@@ -8,9 +8,15 @@ How it reads a message, and why:
    :mod:`router.hl7.er7`. The header checks and the field helpers (:meth:`Hl7Message.field`,
    :meth:`~Hl7Message.repetitions`, :meth:`~Hl7Message.value`) use that splitter: it is lossless, keeps the wire
    order and works for segments hl7apy does not know (Z-segments).
-3. hl7apy parses the same text with exactly those encoding characters (``Hl7Message.msg``), tolerant validation
+3. Every segment ID must be one the message's version defines (hl7apy's tables, read once per version) or a
+   Z-segment: the one refusal hl7apy's tolerant parse made that the checks above did not (issue 21).
+4. Only when asked (``use_hl7apy=True``, the default here; the intake asks when ``hl7.validate: structure``),
+   hl7apy parses the same text with exactly those encoding characters (``Hl7Message.msg``), tolerant validation
    and ``find_groups=False``: a flat list of segments in wire order (``msg.msg.pid.pid_5``), because grouping
    silently drops segments it cannot place (Z-segments, segments out of order). hl7apy values stay escaped.
+   It costs about 2.5 ms per segment (10 ms for a four-segment ADT on a loaded 2-core machine), the whole budget
+   of a message several times over; :meth:`Hl7Message.model` builds the same tree on demand for code that wants
+   hl7apy's model.
 
 Errors follow HL7 v2 chapter 2 (original acknowledgement rules): the receiving side rejects (AR) a message whose
 MSH-9 message type, MSH-12 version or MSH-11 processing ID is missing or not acceptable, and a frame it cannot
@@ -20,11 +26,13 @@ a byte sequence the declared character set cannot hold or a malformed segment, a
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from hl7apy import load_library
 from hl7apy.consts import VALIDATION_LEVEL
 from hl7apy.exceptions import HL7apyException, UnsupportedVersion
 from hl7apy.parser import parse_message as _hl7apy_parse
@@ -137,6 +145,13 @@ class Hl7Message(Hl7Header):
         for seg in self.segment_list:
             self._index.setdefault(seg[0], []).append(seg)
 
+    def model(self) -> Any:
+        """hl7apy's flat tree of the message (``msg``), parsed now if ``parse_message`` skipped it; raises the
+        ``Hl7Error`` ``parse_message(use_hl7apy=True)`` would have."""
+        if self.msg is None:
+            object.__setattr__(self, "msg", _hl7apy_message(er7.split_segments(self.text), self))
+        return self.msg
+
     def segments(self, name: str) -> list[tuple[str, ...]]:
         """Every ``name`` segment in wire order, each as raw fields (``seg[3]`` is field 3, ``seg[0]`` the ID)."""
         return list(self._index.get(name, ()))
@@ -229,9 +244,9 @@ def parse_message(
 ) -> Hl7Message:
     """Parse and check one message; raises :class:`Hl7Error` (with ``partial`` set whenever MSH was found).
 
-    hl7apy costs about 0.8 ms per segment (4 ms for a small ADT, seconds for thousands of OBX); with
-    ``use_hl7apy=False`` it is skipped, ``msg`` is ``None`` and the field helpers, which cost a fraction of that,
-    still work.
+    hl7apy costs about 1 to 2.5 ms per segment (4 to 10 ms for a small ADT, seconds for thousands of OBX); with
+    ``use_hl7apy=False`` it is skipped, ``msg`` is ``None`` (:meth:`Hl7Message.model` parses it on demand) and the
+    checks and field helpers, which cost a few percent of that, still work.
 
     ``accepted_messages`` maps message codes to the trigger events accepted (``{"ADT": {"A01", "A08"}}``, ``"*"``
     for any event); ``None`` accepts every type. Checks run in this order, the first failure is raised:
@@ -250,6 +265,7 @@ def parse_message(
     MSH-10 empty                                   AE   101        MSH^1^10
     a second MSH in the frame (batch)              AR   100        MSH^2
     a malformed segment ID                         AE   100        SEG^seq
+    a segment ID the version does not define       AE   100        SEG^seq
     hl7apy cannot parse the message                AE   102        (none)
     =============================================  ===  =========  ==================
     """
@@ -357,6 +373,7 @@ def _check_header(
 
 def _check_segments(h: Hl7Header, segment_list: tuple[tuple[str, ...], ...]) -> None:
     seen: dict[str, int] = {}
+    known = _known_segments(h)
     for seg in segment_list:
         name = seg[0]
         seen[name] = seen.get(name, 0) + 1
@@ -365,3 +382,20 @@ def _check_segments(h: Hl7Header, segment_list: tuple[tuple[str, ...], ...]) -> 
             raise Hl7Error("AR", 100, reason, location=("MSH", seen[name]), partial=h)
         if not _SEGMENT_ID.match(name):
             raise Hl7Error("AE", 100, "malformed segment ID", location=(name[:3], seen[name]), partial=h)
+        if name[0] != "Z" and name not in known:
+            reason = f"segment {name} is not defined in HL7 v{h.version}"
+            raise Hl7Error("AE", 100, reason, location=(name, seen[name]), partial=h)
+
+
+def _known_segments(h: Hl7Header) -> frozenset[str]:
+    """The segment IDs the message's version defines (hl7apy's tables, the ones its parser accepts)."""
+    try:
+        return _segments_of_version(h.version)
+    except UnsupportedVersion:
+        reason = f"version {h.version} is not supported by the parser"
+        raise Hl7Error("AR", 203, reason, location=("MSH", 1, 12), partial=h) from None
+
+
+@functools.cache
+def _segments_of_version(version: str) -> frozenset[str]:
+    return frozenset(load_library(version).SEGMENTS)

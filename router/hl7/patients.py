@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import Connection, delete, insert, select, update
+from sqlalchemy import Connection, bindparam, delete, insert, select, update
 
 from router.hl7.codes import (
     DATA_TYPE_ERROR,
@@ -24,6 +25,7 @@ from router.hl7.identifiers import Identifier, bsn_ok, identifier_from_cx
 from router.hl7.segments import HL7_NULL, Segment
 from router.query.matching import normalize_name
 from router.store.models import utcnow
+from router.store.rawsql import raw
 from router.store.tables import PATIENT, STUDY
 from router.store.tables import PATIENT_DETAILS as DETAILS
 from router.store.tables import PATIENT_IDENTIFIER as IDENT
@@ -32,6 +34,24 @@ from router.store.tables import WORKLIST_ITEM as WORKLIST
 UPDATE_EVENTS = {"A01", "A04", "A05", "A08", "A28", "A31"}
 MERGE_EVENTS = {"A40", "A34"}
 SEX = {"M": "M", "F": "F", "O": "O", "A": "O", "N": "O", "U": ""}  # HL7 table 0001 -> DICOM (0010,0040)
+
+# the statements every ADT update runs, compiled once (router.store.rawsql: SQLAlchemy's execution layer cost more
+# than SQLite running them, issue 21); inserts and merges, rarer, stay ordinary Core statements
+_IDENT = select(IDENT.c.patient_fk, IDENT.c.id).where(
+    IDENT.c.value == bindparam("value"), IDENT.c.authority == bindparam("authority")
+)
+_PATIENT_BY_ID = select(PATIENT.c.id).where(
+    PATIENT.c.patient_id == bindparam("value"), PATIENT.c.issuer == bindparam("authority")
+)
+_UPDATE_PATIENT = update(PATIENT).where(PATIENT.c.id == bindparam("b_id"))
+_UPDATE_IDENT = update(IDENT).where(IDENT.c.id == bindparam("b_id"))
+_DETAILS = select(DETAILS.c.patient_fk).where(DETAILS.c.patient_fk == bindparam("b_fk"))
+_UPDATE_DETAILS = update(DETAILS).where(DETAILS.c.patient_fk == bindparam("b_fk"))
+
+
+def _run(conn: Connection, statement: Any, values: dict[str, Any]) -> Any:
+    """``statement`` with ``values`` on the raw cursor; its first row (a tuple) or None."""
+    return raw(statement, conn, sorted(values)).execute(conn, values)
 
 
 @dataclass(frozen=True)
@@ -120,17 +140,12 @@ def _primary(idents: Sequence[Identifier]) -> Identifier:
 def _owners(conn: Connection, idents: Sequence[Identifier]) -> set[int]:
     owners: set[int] = set()
     for ident in idents:
-        row = conn.execute(
-            select(IDENT.c.patient_fk).where(IDENT.c.value == ident.value, IDENT.c.authority == ident.authority)
-        ).first()
+        key = {"value": ident.value, "authority": ident.authority}
+        row = _run(conn, _IDENT, key)
+        if row is None:  # a patient the DICOM index created from images, before the hospital system spoke of it
+            row = _run(conn, _PATIENT_BY_ID, key)
         if row is not None:
-            owners.add(int(row.patient_fk))
-        else:  # a patient the DICOM index created from images, before the hospital system spoke of it
-            row = conn.execute(
-                select(PATIENT.c.id).where(PATIENT.c.patient_id == ident.value, PATIENT.c.issuer == ident.authority)
-            ).first()
-            if row is not None:
-                owners.add(int(row.id))
+            owners.add(int(row[0]))
     return owners
 
 
@@ -142,10 +157,8 @@ def _add_identifiers(conn: Connection, patient_fk: int, idents: Sequence[Identif
                     IDENT.c.patient_fk == patient_fk, IDENT.c.is_bsn.is_(True), IDENT.c.value != ident.value
                 )
             )
-        existing = conn.execute(
-            select(IDENT.c.id).where(IDENT.c.value == ident.value, IDENT.c.authority == ident.authority)
-        ).first()
-        row = {
+        existing = _run(conn, _IDENT, {"value": ident.value, "authority": ident.authority})
+        row: dict[str, Any] = {
             "patient_fk": patient_fk,
             "authority_uid": ident.authority_uid,
             "authority_uid_type": ident.authority_uid_type,
@@ -156,7 +169,7 @@ def _add_identifiers(conn: Connection, patient_fk: int, idents: Sequence[Identif
         if existing is None:
             conn.execute(insert(IDENT).values(value=ident.value, authority=ident.authority, **row))
         else:
-            conn.execute(update(IDENT).where(IDENT.c.id == existing.id).values(**row))
+            _run(conn, _UPDATE_IDENT, {"b_id": existing[1], **row})
 
 
 def _changes(values: dict[str, str]) -> dict[str, str]:
@@ -180,7 +193,7 @@ def upsert_patient(conn: Connection, facts: PatientFacts) -> int:
     if owners:
         patient_fk = owners.pop()
         if changes:
-            conn.execute(update(PATIENT).where(PATIENT.c.id == patient_fk).values(updated_at=utcnow(), **changes))
+            _run(conn, _UPDATE_PATIENT, {"b_id": patient_fk, "updated_at": utcnow(), **changes})
     else:
         primary = _primary(facts.identifiers)
         patient_fk = int(
@@ -193,10 +206,10 @@ def upsert_patient(conn: Connection, facts: PatientFacts) -> int:
     _add_identifiers(conn, patient_fk, facts.identifiers)
     details = _changes(facts.details)
     if details:
-        if conn.execute(select(DETAILS.c.patient_fk).where(DETAILS.c.patient_fk == patient_fk)).first() is None:
+        if _run(conn, _DETAILS, {"b_fk": patient_fk}) is None:
             conn.execute(insert(DETAILS).values(patient_fk=patient_fk, **details))
         else:
-            conn.execute(update(DETAILS).where(DETAILS.c.patient_fk == patient_fk).values(**details))
+            _run(conn, _UPDATE_DETAILS, {"b_fk": patient_fk, **details})
     return patient_fk
 
 

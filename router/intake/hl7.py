@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, insert, select
+from sqlalchemy import Connection, bindparam, insert, select
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from router.hl7.ack import build_ack
@@ -42,17 +42,26 @@ from router.hooks.manager import notify
 from router.intake import activity
 from router.intake.base import Intake, IntakeContext
 from router.intake.envelope import Envelope, Source
+from router.intake.groupcommit import GroupCommit
+from router.intake.pipeline import PipelineResult
 from router.intake.resends import queue_patient_resends
 from router.intake.stage import PlannedForward, StageError
 from router.logs import database_error, redact
 from router.outbox.jobs import HL7_STREAM, JobKind, NewJob, enqueue
 from router.store.activity import record
 from router.store.models import utcnow
+from router.store.rawsql import insert_columns, raw
 from router.store.tables import HL7_LOG as LOG
 
 log = logging.getLogger(__name__)
 
 ORDER_MESSAGES = {"ORM": {"O01"}, "OMI": {"O23"}}
+# run by every message, compiled once (router.store.rawsql)
+_APPLIED = select(LOG.c.ack_code).where(
+    LOG.c.sender == bindparam("sender"), LOG.c.control_id == bindparam("control_id")
+)
+_LOG_INSERT = insert(LOG)
+_LOG_KEYS = insert_columns(LOG)
 
 
 @dataclass
@@ -85,11 +94,13 @@ class Hl7Intake(Intake):
     def __init__(self, context: IntakeContext) -> None:
         super().__init__(context)
         self.on_patients_merged: Callable[[], None] = lambda: None
+        self.group = GroupCommit(self.engine, self.write_lock)  # connections share commits (one fsync)
 
     def handle(self, raw: bytes, peer_address: str) -> bytes:
         """The MLLP handler: the ACK for ``raw``. Never raises for a bad message."""
         try:
-            msg = parse_message(raw, accepted_processing_ids=self.config.hl7.accepted_processing_ids)
+            msg = parse_message(raw, accepted_processing_ids=self.config.hl7.accepted_processing_ids,
+                                use_hl7apy=self.config.hl7.validation == "structure")  # fmt: skip
         except Hl7Error as exc:
             log.warning("HL7 from %s refused: %s", peer_address, redact(exc))
             notify(self.pm, "router_hl7_acknowledged", **_about(exc.partial, peer_address), ack_code=exc.ack_code,
@@ -121,13 +132,11 @@ class Hl7Intake(Intake):
     def _handle(self, msg: Hl7Message, peer_address: str) -> bytes:
         sender = f"{msg.sending_application}^{msg.sending_facility}"
         with self.engine.connect() as conn:
-            done = conn.execute(
-                select(LOG.c.ack_code).where(LOG.c.sender == sender, LOG.c.control_id == msg.control_id)
-            ).first()
+            done = raw(_APPLIED, conn).execute(conn, {"sender": sender, "control_id": msg.control_id})
         if done is not None:
             log.info("HL7 %s %s from %s already applied: acknowledged again", msg.message_type, msg.control_id, sender)
-            self._refused(msg, peer_address, done.ack_code, "applied before: acknowledged again", event="duplicate")
-            return build_ack(msg, done.ack_code)
+            self._refused(msg, peer_address, done[0], "applied before: acknowledged again", event="duplicate")
+            return build_ack(msg, done[0])
         env = Envelope.from_hl7(msg.raw, msg, Source("mllp", msg.sending_application, msg.receiving_application,
                                                      peer_address))  # fmt: skip
         try:
@@ -144,19 +153,7 @@ class Hl7Intake(Intake):
         written: list[Path] = []
         try:
             relpath = self._write_message(msg, written) if plan.forwards else ""
-            with self.write_lock, self.engine.begin() as conn:
-                applied = self._apply(conn, msg, segments) if applies else Applied(["routed only"])
-                self._queue(conn, msg, plan.forwards, relpath)
-                if plan.resends and applied.patient_fk is not None:
-                    count = queue_patient_resends(conn, applied.patient_fk, plan.resends)
-                    applied.summary.append(f"{count} corrected object(s) queued")
-                conn.execute(
-                    insert(LOG).values(
-                        sender=sender, control_id=msg.control_id, message_type=msg.message_type, ack_code="AA",
-                        summary="; ".join(applied.summary)[:1024], received_at=utcnow(),
-                    )
-                )  # fmt: skip
-                record(conn, [activity.hl7_received(msg, peer_address, plan, relpath, applied.summary)])
+            applied = self.group.run(lambda conn: self._commit(conn, msg, segments, plan, relpath, peer_address))
         except IntegrityError as exc:
             self.discard(written)
             if "control_id" in str(exc) or "uq_hl7" in str(exc):  # the same message on another connection won
@@ -170,6 +167,30 @@ class Hl7Intake(Intake):
         self.committed({f.peer for f in plan.forwards} | {peer for peer, _ in plan.resends})
         log.info("HL7 %s %s from %s: %s", msg.message_type, msg.control_id, sender, "; ".join(applied.summary))
         return build_ack(msg, "AA")
+
+    def _commit(
+        self,
+        conn: Connection,
+        msg: Hl7Message,
+        segments: list[Segment],
+        plan: PipelineResult,
+        relpath: str,
+        address: str,
+    ) -> Applied:
+        """The message's rows (effects, jobs, log, activity), in its savepoint of a group commit."""
+        applies = self._supported(msg)
+        applied = self._apply(conn, msg, segments) if applies else Applied(["routed only"])
+        self._queue(conn, msg, plan.forwards, relpath)
+        if plan.resends and applied.patient_fk is not None:
+            count = queue_patient_resends(conn, applied.patient_fk, plan.resends)
+            applied.summary.append(f"{count} corrected object(s) queued")
+        sender = f"{msg.sending_application}^{msg.sending_facility}"
+        raw(_LOG_INSERT, conn, _LOG_KEYS).execute(conn, {
+            "sender": sender, "control_id": msg.control_id, "message_type": msg.message_type, "ack_code": "AA",
+            "summary": "; ".join(applied.summary)[:1024], "received_at": utcnow(),
+        })  # fmt: skip
+        record(conn, [activity.hl7_received(msg, address, plan, relpath, applied.summary)])
+        return applied
 
     @staticmethod
     def _supported(msg: Hl7Message) -> bool:

@@ -229,10 +229,12 @@ class MllpServer:
         except Exception:
             log.exception("MLLP connection from %s failed", peer)
         finally:
-            self._connections.pop(task, None)
             writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
+            try:
+                with contextlib.suppress(Exception):
+                    await writer.wait_closed()
+            finally:  # only now: stop() waits for (and cancels) a connection still closing
+                self._connections.pop(task, None)
 
     async def _read(self, reader: asyncio.StreamReader, deadline: float | None, peer: str) -> bytes | None:
         """The next chunk ("" at the end of the stream); None when the connection must close: idle for
@@ -311,7 +313,7 @@ class MllpServer:
         error = Hl7Error("AR", 207, "the router could not process the message")
         header: Hl7Header | None
         try:
-            header = parse_message(raw, accepted_processing_ids=("P", "T", "D"))
+            header = parse_message(raw, accepted_processing_ids=("P", "T", "D"), use_hl7apy=False)
         except Hl7Error as exc:
             header = exc.partial
         except Exception:

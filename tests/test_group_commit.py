@@ -1,0 +1,153 @@
+"""Group commit (router.intake.groupcommit, issue 21): concurrent callers share one durable commit, each rolled back
+alone when it fails, none answered before the commit that holds its rows; and the HL7 intake over it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import Connection, text
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
+
+from router.app import Router
+from router.config import parse_config
+from router.hl7.ack import ack_code_of
+from router.intake.groupcommit import GroupCommit
+from router.store.db import make_engine
+from router.store.writelock import WriteLock
+
+from hl7msg import adt, encode
+from peers import query, wait_for
+
+
+@pytest.fixture
+def engine(tmp_path: Path) -> Iterator[Engine]:
+    engine = make_engine(f"sqlite:///{tmp_path / 'g.db'}")
+    with engine.begin() as conn:
+        conn.exec_driver_sql("CREATE TABLE item (name TEXT PRIMARY KEY, parent TEXT REFERENCES item(name) "
+                             "DEFERRABLE INITIALLY DEFERRED)")  # fmt: skip
+    try:
+        yield engine
+    finally:
+        engine.dispose()
+
+
+def names(engine: Engine) -> list[str]:
+    with engine.connect() as conn:
+        return [r[0] for r in conn.execute(text("SELECT name FROM item ORDER BY name"))]
+
+
+def insert(name: str, parent: str | None = None, fail: bool = False) -> Callable[[Connection], str]:
+    def work(conn: Connection) -> str:
+        conn.execute(text("INSERT INTO item (name, parent) VALUES (:n, :p)"), {"n": name, "p": parent})
+        if fail:
+            raise ValueError(f"{name} fails after its insert")
+        return name
+
+    return work
+
+
+def in_one_batch(group: GroupCommit, lock: WriteLock, works: list[Callable[[Connection], Any]]) -> list[Future[Any]]:
+    """Run ``works`` from threads of their own so that the first commits alone and the rest together: the write
+    lock is held until they are all queued."""
+    pool = ThreadPoolExecutor(len(works))
+    lock.acquire()
+    try:
+        first = pool.submit(group.run, works[0])
+        wait_for(lambda: group._leading, 10, 0.01, "a leader")
+        rest = [pool.submit(group.run, w) for w in works[1:]]
+        wait_for(lambda: len(group._queue) == len(rest), 10, 0.01, "the others queued")
+    finally:
+        lock.release()
+    pool.shutdown(wait=True)
+    return [first, *rest]
+
+
+def test_queued_callers_share_one_commit_and_each_gets_its_value(engine: Engine) -> None:
+    lock = WriteLock()
+    group = GroupCommit(engine, lock)
+    done = in_one_batch(group, lock, [insert(f"n{i}") for i in range(5)])
+    assert [f.result() for f in done] == [f"n{i}" for i in range(5)]
+    assert (group.stats.commits, group.stats.units, group.stats.largest) == (2, 5, 4)
+    assert names(engine) == [f"n{i}" for i in range(5)]
+
+
+def test_a_failing_unit_is_rolled_back_alone(engine: Engine) -> None:
+    lock = WriteLock()
+    group = GroupCommit(engine, lock)
+    done = in_one_batch(group, lock, [insert("a"), insert("b"), insert("c", fail=True), insert("a"), insert("d")])
+    assert [f.exception() is None for f in done] == [True, True, False, False, True]
+    assert isinstance(done[2].exception(), ValueError)
+    assert isinstance(done[3].exception(), IntegrityError)  # a duplicate of a: its own savepoint only
+    assert names(engine) == ["a", "b", "d"]
+
+
+def test_a_failed_commit_fails_every_caller_of_the_batch_and_keeps_nothing(engine: Engine) -> None:
+    lock = WriteLock()
+    group = GroupCommit(engine, lock)
+    # the deferred foreign key is checked at COMMIT: the whole second batch fails there
+    done = in_one_batch(group, lock, [insert("x"), insert("y"), insert("z", parent="nowhere")])
+    assert done[0].result() == "x"
+    assert all(isinstance(f.exception(), IntegrityError) for f in done[1:])
+    assert names(engine) == ["x"]
+    assert group.run(insert("w")) == "w"  # the next batch commits again
+
+
+def test_a_caller_returns_only_after_its_rows_are_committed(engine: Engine) -> None:
+    group = GroupCommit(engine, WriteLock())
+    seen_before: list[list[str]] = []
+
+    def work(conn: Connection) -> None:
+        insert("late")(conn)
+        seen_before.append(names(engine))  # another connection: not committed yet
+
+    group.run(work)
+    assert seen_before == [[]] and names(engine) == ["late"]
+
+
+def test_callers_from_many_threads_all_commit(engine: Engine) -> None:
+    group = GroupCommit(engine, WriteLock())
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda i: group.run(insert(f"t{i:03d}")), range(200)))
+    assert results == [f"t{i:03d}" for i in range(200)] and len(names(engine)) == 200
+    assert group.stats.units == 200 and group.stats.commits <= 200
+
+
+# -- the HL7 intake ------------------------------------------------------------------------------------------
+@pytest.fixture
+def router(tmp_path: Path) -> Iterator[Router]:
+    (tmp_path / "rules").mkdir()
+    router = Router(parse_config({"data_dir": "var", "rules_dir": "rules"}, tmp_path))
+    try:
+        yield router
+    finally:
+        router.ingestor.close()
+        router.engine.dispose()
+
+
+def test_hl7_messages_of_several_connections_share_a_commit_and_a_resend_is_applied_once(router: Router) -> None:
+    pid = {3: "GC1^^^HOSP^MR", 5: "Groep^Commit", 7: "19900101", 8: "M"}
+    raws = [encode(adt("A01", pid, control_id=f"GC-{i}")) for i in [0, 1, 2, 3, 2]]  # GC-2 re-sent in the batch
+    intake = router.hl7
+    group = intake.group
+
+    pool = ThreadPoolExecutor(len(raws))
+    router.write_lock.acquire()
+    try:
+        first = pool.submit(intake.handle, raws[0], "127.0.0.1:1")
+        wait_for(lambda: group._leading, 10, 0.01, "a leader")
+        rest = [pool.submit(intake.handle, raw, "127.0.0.1:2") for raw in raws[1:]]
+        wait_for(lambda: len(group._queue) == len(rest), 10, 0.01, "the others queued")
+    finally:
+        router.write_lock.release()
+    pool.shutdown(wait=True)
+    acks = [f.result() for f in [first, *rest]]
+    assert [ack_code_of(a)[0] for a in acks] == ["AA"] * 5
+    assert (group.stats.commits, group.stats.largest) == (2, 4)
+    db = router.config.data_dir / "router.db"
+    assert sorted(r[0] for r in query(db, "SELECT control_id FROM hl7log")) == [f"GC-{i}" for i in range(4)]
+    assert query(db, "SELECT count(*) FROM patient WHERE patient_id='GC1'") == [(1,)]
