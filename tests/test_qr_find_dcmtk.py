@@ -337,5 +337,6 @@ def test_findscu_cancel_is_answered(loaded: Loaded) -> None:
         res = findscu(proxy.port, "-S", keys, wd, "--cancel", "1")
     assert proxy.held and "Sending Cancel Request" in res.log, res.log
     assert res.status in (0xFE00, 0x0000), res.log
-    assert len(res.responses) == len(res.statuses) - 1 and (res.status == 0x0000) == (len(res.responses) == BULK)
+    assert len(res.responses) == len(res.statuses) - 1 and len(res.responses) <= BULK
+    assert res.status == 0xFE00 or len(res.responses) == BULK  # (a cancel read after the last match: 0xFE00 too)
     assert "Releasing Association" in res.log
