@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import io
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -159,3 +160,19 @@ def test_the_stow_endpoint_answers_every_body_with_a_documented_status(
 
         check()
     assert {200, 400, 415} <= statuses, f"the strategy reached only {sorted(statuses)}"
+
+
+def test_a_part_whose_uid_has_an_unknown_vr_is_refused_not_a_500(router: Router, tmp_path: Path) -> None:
+    """The example the fuzzing found (a STOW part whose Study Instance UID's VR reads 'Ul'): pydicom raises only
+    when the element is first read, which answered 500; the part is now refused and the request answered."""
+    data = bytearray(write_instances(tmp_path, [make_instance()])[0].read_bytes())
+    at = data.find(b"\x20\x00\x0d\x00UI")
+    assert at > 0
+    data[at + 4 : at + 6] = b"Ul"
+    body = build([("application/dicom", bytes(data))], "cut")
+    url = f"http://127.0.0.1:{router.http_port}/dicomweb/studies"
+    with httpx.Client(timeout=30) as client:
+        response = client.post(
+            url, content=body, headers={"Content-Type": 'multipart/related; type="application/dicom"; boundary=cut'}
+        )
+    assert response.status_code in (200, 202, 409), (response.status_code, response.text[:200])

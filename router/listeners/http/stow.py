@@ -38,7 +38,16 @@ def _uids(data: bytes) -> list[str]:
         ds = dcmread(BytesIO(data), stop_before_pixels=True, specific_tags=list(UID_KEYS))
     except Exception:
         return ["", "", "", ""]
-    return [str(ds.get(k, "")).strip("\x00 ") for k in UID_KEYS]
+    return [_text(ds, k) for k in UID_KEYS]
+
+
+def _text(ds: Dataset, keyword: str) -> str:
+    """A value as text, or "" when it cannot be read: pydicom converts an element when it is first read, and a part
+    damaged there (an unknown VR, say) raises only then."""
+    try:
+        return str(ds.get(keyword, "")).strip("\x00 ")
+    except Exception:
+        return ""
 
 
 def _item(sop_class: str, sop_uid: str) -> Dataset:
