@@ -58,6 +58,15 @@ def missing(program: str, package: str, looked: str) -> NoReturn:
 
 
 # -- DCMTK -----------------------------------------------------------------------------------------------------
+def on_path(program: str, package: str) -> str:
+    """``program`` from the PATH, for the running (interop) test; a missing one fails naming its Debian package."""
+    require(program, package)
+    found = shutil.which(program)
+    if found is None:
+        missing(program, package, "not on PATH")
+    return found
+
+
 def _is_binary(path: Path) -> bool:
     """An ELF executable: DCMTK's tools are; pynetdicom's same-named console scripts and pyenv's shims are not."""
     try:
@@ -144,20 +153,12 @@ def rsyslogd() -> str:
 
 def jing() -> str:
     """jing, the RELAX NG validator (Debian package jing)."""
-    require("jing", "jing")
-    found = shutil.which("jing")
-    if found is None:
-        missing("jing", "jing", "not on PATH")
-    return found
+    return on_path("jing", "jing")
 
 
 def dciodvfy() -> str:
     """dicom3tools' dciodvfy, which checks an object against its IOD (Debian package dicom3tools)."""
-    require("dciodvfy", "dicom3tools")
-    found = shutil.which("dciodvfy")
-    if found is None:
-        missing("dciodvfy", "dicom3tools", "not on PATH")
-    return found
+    return on_path("dciodvfy", "dicom3tools")
 
 
 # -- chromium (the console's browser tests) -------------------------------------------------------------------------
