@@ -18,8 +18,8 @@ from __future__ import annotations
 import io
 import logging
 import uuid
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import AsyncIterator, Iterator
+from typing import IO, Any
 
 import numpy as np
 import pluggy
@@ -36,6 +36,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from router.hooks.answers import InstanceRef
 from router.hooks.manager import notify
 from router.listeners.http.multipart import media_type_params, public_base
+from router.listeners.http.retrieve_body import RetrieveBody
 from router.listeners.http.store_lookup import BadUid, StoredRef, stored
 from router.transcode import TranscodeError, transcode
 
@@ -110,6 +111,10 @@ class Wado:
                instances=[InstanceRef(r.study_uid, r.sop_class_uid, r.sop_uid) for r in refs[:sent]],
                failed=len(refs) - sent, status=status)  # fmt: skip
 
+    def _in_syntax_of(self, ref: StoredRef, wanted: str) -> bytes:
+        with self._open_object(ref) as f:
+            return _in_syntax(f.read(), ref.transfer_syntax, wanted)
+
     def _refs(self, request: Request) -> list[StoredRef]:
         p = request.path_params
         return stored(self.engine, p["study"], p.get("series"), p.get("instance"))
@@ -126,29 +131,27 @@ class Wado:
             return JSONResponse({"error": "not found"}, 404)
         if wanted != "*" and all(r.transfer_syntax != wanted for r in refs):
             try:  # fail before the first byte is sent when the syntax cannot be produced at all
-                await run_in_threadpool(_in_syntax, (self.data_dir / refs[0].path).read_bytes(),
-                                        refs[0].transfer_syntax, wanted)  # fmt: skip
+                await run_in_threadpool(self._in_syntax_of, refs[0], wanted)
             except NotAcceptable as exc:
                 return JSONResponse({"error": str(exc)}, 406)
         boundary = _boundary()
-
-        def parts() -> Iterator[tuple[str, bytes]]:
-            sent = 0
-            try:
-                for ref in refs:
-                    data = (self.data_dir / ref.path).read_bytes()
-                    try:
-                        out = _in_syntax(data, ref.transfer_syntax, wanted)
-                        syntax = ref.transfer_syntax if wanted == "*" else wanted
-                    except NotAcceptable:  # this one cannot be converted: sent as stored, its syntax says so
-                        out, syntax = data, ref.transfer_syntax
-                    yield f"application/dicom; transfer-syntax={syntax}", out
-                    sent += 1
-            finally:  # also when the client went away: then with what it was given
-                self._exported(request, "", refs, sent)
-
+        body = RetrieveBody(refs, self._open_object, lambda data, ref: _as_asked(data, ref, wanted), wanted, boundary)
         media = f'multipart/related; type="application/dicom"; boundary={boundary}'
-        return StreamingResponse(_multipart(parts(), boundary), media_type=media)
+        return StreamingResponse(self._stream(request, body, refs), media_type=media)
+
+    async def _stream(self, request: Request, body: RetrieveBody, refs: list[StoredRef]) -> AsyncIterator[bytes]:
+        """The body a batch at a time, each read in a worker thread (one thread hop and one send per batch of
+        parts, not per part); the export is announced also when the client went away, with what it was given."""
+        try:
+            while chunk := await run_in_threadpool(body.next_batch):
+                yield chunk
+        finally:
+            body.close()
+            self._exported(request, "", refs, body.sent)
+
+    def _open_object(self, ref: StoredRef) -> IO[bytes]:
+        """A stored object's file, opened for reading (the one place a retrieve reads the store)."""
+        return open(self.data_dir / ref.path, "rb")  # closed by RetrieveBody
 
     async def metadata(self, request: Request) -> Response:
         try:
@@ -280,6 +283,14 @@ class Wado:
             return JSONResponse({"error": f"cannot render this instance: {exc}"}, 406)
         self._exported(request, "/rendered", [ref], 1)
         return Response(image, media_type=media)
+
+
+def _as_asked(data: bytes, ref: StoredRef, wanted: str) -> tuple[bytes, str]:
+    """An object in the transfer syntax asked for, or as stored when it cannot be converted (its syntax says so)."""
+    try:
+        return _in_syntax(data, ref.transfer_syntax, wanted), wanted
+    except NotAcceptable:
+        return data, ref.transfer_syntax
 
 
 def _one(refs: list[StoredRef]) -> StoredRef | None:
