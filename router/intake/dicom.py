@@ -138,6 +138,10 @@ class Ingestor(Intake):
 
     # -- public -------------------------------------------------------------------------------------------
     def ingest(self, raw: bytes, source: Source) -> IngestResult:
+        if isinstance(written_as := getattr(raw, "path", None), Path):  # already in a flushed temp file (STOW-RS)
+            done: Future[Path] = Future()
+            done.set_result(written_as)
+            return self._ingest(raw, source, _EarlyWrite(done))  # taken (renamed), or left for the caller to remove
         if len(raw) < OVERLAP_FROM:
             return self._ingest(raw, source, _EarlyWrite(None))
         written: Future[Path] = Future()

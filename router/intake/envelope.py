@@ -270,4 +270,6 @@ def clean_uid(value: object) -> str:
 
 
 def sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
+    """Hex digest; bytes that arrived hashed (a STOW-RS part in a temp file: ``sha256`` attribute) are not read."""
+    known = getattr(data, "sha256", None)
+    return known if isinstance(known, str) else hashlib.sha256(data).hexdigest()

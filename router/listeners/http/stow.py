@@ -5,12 +5,20 @@ ingest as a C-STORE (rules, stages, durable store, outbox) and is answered only 
 resources, 0xC000 cannot understand, 0xA900 identifier mismatch, 0x0111 duplicate refused, 0x0110 processing
 failure, also for an instance whose Study Instance UID is not the one in the URL); 400 malformed multipart;
 413 over ``http.max_upload_bytes``; 415 another media type.
+
+The body is read as it arrives (``router.listeners.http.multipart_stream``): small parts in memory, a large part
+into a temporary file the intake then takes as it is (``router.listeners.http.received``). Nothing is stored before
+the whole body is in and well formed (a 400 or 413 stores nothing). The parts held in memory are then written to temp
+files side by side (their synchronous writes overlap) and stored one after the other, in the order sent, each
+intake taking its part's file as it is. The answer comes when every part is durable or refused.
 """
 
 from __future__ import annotations
 
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from io import BytesIO
+from typing import IO
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
@@ -21,7 +29,9 @@ from starlette.responses import JSONResponse, Response
 
 from router.intake.dicom import Ingestor
 from router.intake.envelope import Source
-from router.listeners.http.multipart import MultipartError, TooLarge, media_type_params, parts, public_base, spool
+from router.listeners.http.multipart import MultipartError, Part, TooLarge, batches, media_type_params, public_base
+from router.listeners.http.multipart_stream import PartParser
+from router.listeners.http.received import ReceivedFile, Spill
 from router.statuses import FAILURE_CANNOT_UNDERSTAND, PROCESSING_FAILURE, SUCCESS
 
 log = logging.getLogger(__name__)
@@ -30,15 +40,23 @@ DICOM_JSON = "application/dicom+json"
 
 
 UID_KEYS = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
+PARALLEL_PARTS = 8  # parts being written to temp files at once, over all requests
+INLINE_PIECE = 256 * 1024  # a piece of body this small is parsed on the event loop (no thread hand-over)
 
 
 def _uids(data: bytes) -> list[str]:
-    """SOP Class, SOP Instance, Study and Series Instance UIDs of a part, as far as they can be read."""
+    """SOP Class, SOP Instance, Study and Series Instance UIDs of a part, as far as they can be read (a part in a
+    file is read from its file: only its header)."""
     try:
-        ds = dcmread(BytesIO(data), stop_before_pixels=True, specific_tags=list(UID_KEYS))
+        with _readable(data) as f:
+            ds = dcmread(f, stop_before_pixels=True, specific_tags=list(UID_KEYS))
     except Exception:
         return ["", "", "", ""]
     return [_text(ds, k) for k in UID_KEYS]
+
+
+def _readable(data: bytes) -> IO[bytes]:
+    return open(data.path, "rb") if isinstance(data, ReceivedFile) else BytesIO(data)
 
 
 def _text(ds: Dataset, keyword: str) -> str:
@@ -61,6 +79,7 @@ class Stow:
     def __init__(self, ingestor: Ingestor, max_upload_bytes: int) -> None:
         self.ingestor = ingestor
         self.max_upload_bytes = max_upload_bytes
+        self._parts = ThreadPoolExecutor(max_workers=PARALLEL_PARTS, thread_name_prefix="stow-part")
 
     async def handle(self, request: Request) -> Response:
         study = request.path_params.get("study")
@@ -70,45 +89,61 @@ class Stow:
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_upload_bytes:
             return JSONResponse({"error": f"the request is larger than {self.max_upload_bytes} bytes"}, 413)
+        spill = Spill(self.ingestor.tmp_dir)
+        received: list[Part] = []
         try:
-            body = await spool(request.stream(), self.max_upload_bytes)
+            received = await self._receive(request, params.get("boundary", ""), spill)
+            return await run_in_threadpool(self._store_all, received, study, spill, request)
         except TooLarge as exc:
             return JSONResponse({"error": str(exc)}, 413)
-        try:
-            return await run_in_threadpool(self._store_all, body, params.get("boundary", ""), study, request)
         except MultipartError as exc:
             return JSONResponse({"error": str(exc)}, 400)
         finally:
-            body.close()
+            for part in received:
+                if isinstance(part.body, ReceivedFile):
+                    part.body.close()
+            spill.discard()  # the part files the intake did not take
 
-    def _store_all(self, body: object, boundary: str, study: str | None, request: Request) -> Response:
+    async def _receive(self, request: Request, boundary: str, spill: Spill) -> list[Part]:
+        """The whole body's parts (a large part in a flushed temp file). Raises MultipartError, TooLarge."""
+        parser = PartParser(boundary, spill.sink)
+        received: list[Part] = []
+        try:
+            async for piece in batches(request.stream(), self.max_upload_bytes):
+                if len(piece) <= INLINE_PIECE and not spill.paths:
+                    received += parser.feed(piece)
+                else:  # writes to a part file, and flushes it when the part ends
+                    received += await run_in_threadpool(parser.feed, piece)
+            parser.close()
+        except BaseException:
+            parser.discard()
+            for part in received:
+                if isinstance(part.body, ReceivedFile):
+                    part.body.close()
+            raise
+        return received
+
+    def _store_all(self, received: list[Part], study: str | None, spill: Spill, request: Request) -> Response:
+        if not received:
+            raise MultipartError("the request holds no part")
         base = public_base(request.scope.get("server"), request.headers.get("host", ""), request.url.scheme)
         client = request.client
         source = Source("stow", calling_ae=request.scope.get("router.user", ""),
                         address=f"{client.host}:{client.port}" if client else "")  # fmt: skip
+        uids = [_uids(part.body) for part in received]
+        reasons = self._store_parts(received, uids, study, spill, source)
         stored, failed = Sequence(), Sequence()
-        seen = 0
-        for part in parts(body, boundary):  # type: ignore[arg-type]
-            seen += 1
-            sop_class, sop_uid, part_study, part_series = _uids(part.body)
-            if part.content_type not in ("application/dicom", ""):
-                reason = FAILURE_CANNOT_UNDERSTAND
-            elif study is not None and part_study and part_study != study:
-                reason = PROCESSING_FAILURE
-            else:
-                result = self.ingestor.ingest(part.body, source)
-                reason = result.status
+        for seen, (reason, (sop_class, sop_uid, part_study, part_series)) in enumerate(
+            zip(reasons, uids, strict=True), 1
+        ):
+            item = _item(sop_class, sop_uid)
             if reason == SUCCESS:
-                item = _item(sop_class, sop_uid)
                 item.RetrieveURL = f"{base}/studies/{part_study}/series/{part_series}/instances/{sop_uid}"
                 stored.append(item)
             else:
-                item = _item(sop_class, sop_uid)
                 item.FailureReason = reason
                 failed.append(item)
                 log.warning("STOW-RS part %d (%s) refused: 0x%04X", seen, sop_uid or "unreadable", reason)
-        if seen == 0:
-            raise MultipartError("the request holds no part")
         answer = Dataset()
         studies = {str(i.RetrieveURL).split("/studies/")[1].split("/")[0] for i in stored}
         if study or len(studies) == 1:
@@ -119,3 +154,26 @@ class Stow:
             answer.FailedSOPSequence = failed
         status = 200 if not failed else 409 if not stored else 202
         return JSONResponse(answer.to_json_dict(), status, media_type=DICOM_JSON)
+
+    def _store_parts(self, received: list[Part], uids: list[list[str]], study: str | None, spill: Spill,
+                     source: Source) -> list[int]:  # fmt: skip
+        """Each part's status, in order. The parts in memory are first written to temp files side by side (their
+        synchronous writes overlap); then each is stored in the order sent, the intake taking its file."""
+        reasons: list[int | None] = []
+        for part, (_cls, _sop, part_study, _series) in zip(received, uids, strict=True):
+            if part.content_type not in ("application/dicom", ""):
+                reasons.append(FAILURE_CANNOT_UNDERSTAND)
+            elif study is not None and part_study and part_study != study:
+                reasons.append(PROCESSING_FAILURE)
+            else:
+                reasons.append(None)
+        bodies = [part.body for part in received]
+        in_memory = [i for i, body in enumerate(bodies) if reasons[i] is None and not isinstance(body, ReceivedFile)]
+        if len(in_memory) > 1:
+            for i, written in zip(in_memory, self._parts.map(spill.written, [bodies[i] for i in in_memory]),
+                                  strict=True):  # fmt: skip
+                bodies[i] = written
+        return [
+            self.ingestor.ingest(body, source).status if r is None else r
+            for body, r in zip(bodies, reasons, strict=True)
+        ]
