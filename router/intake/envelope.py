@@ -9,10 +9,11 @@ them. Stages that only read use ``header`` (decoded without pixel data). ``raw``
 from __future__ import annotations
 
 import hashlib
+import mmap
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from io import BytesIO
-from typing import Any, Literal
+from typing import Any, BinaryIO, Literal
 
 from pydicom import config as pydicom_config
 from pydicom import dcmread
@@ -93,7 +94,7 @@ class Envelope:
 
     def _received_header(self) -> Dataset:
         if self._header is None:
-            self._header = dcmread(BytesIO(self.raw), stop_before_pixels=True)
+            self._header = dcmread(_reader(self.raw), stop_before_pixels=True)
         return self._header
 
     @property
@@ -267,6 +268,15 @@ def _check_rest(raw: bytes, pos: int, header: Dataset) -> None:
 def clean_uid(value: object) -> str:
     """A UID as text without its padding (UIDs are padded with NUL to an even length)."""
     return str(value).rstrip("\x00 ")
+
+
+def _reader(data: bytes) -> BinaryIO:
+    """A file over ``data`` without a copy: BytesIO shares bytes, a mapped file (a large STOW-RS part) is read where
+    it lies (BytesIO would copy all of it, and read every page of the file)."""
+    if isinstance(data, mmap.mmap):
+        data.seek(0)
+        return data
+    return BytesIO(data)
 
 
 def sha256(data: bytes) -> str:

@@ -15,6 +15,8 @@ intake taking its part's file as it is. The answer comes when every part is dura
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from io import BytesIO
@@ -105,17 +107,28 @@ class Stow:
             spill.discard()  # the part files the intake did not take
 
     async def _receive(self, request: Request, boundary: str, spill: Spill) -> list[Part]:
-        """The whole body's parts (a large part in a flushed temp file). Raises MultipartError, TooLarge."""
+        """The whole body's parts (a large part in a flushed temp file). Raises MultipartError, TooLarge. A piece of
+        body is parsed (and written) in a worker thread while the next piece arrives."""
         parser = PartParser(boundary, spill.sink)
         received: list[Part] = []
+        parsing: asyncio.Future[list[Part]] | None = None
         try:
             async for piece in batches(request.stream(), self.max_upload_bytes):
+                if parsing is not None:
+                    received += await parsing
+                    parsing = None
                 if len(piece) <= INLINE_PIECE and not spill.paths:
                     received += parser.feed(piece)
                 else:  # writes to a part file, and flushes it when the part ends
-                    received += await run_in_threadpool(parser.feed, piece)
+                    parsing = asyncio.ensure_future(run_in_threadpool(parser.feed, piece))
+            if parsing is not None:
+                received += await parsing
+                parsing = None
             parser.close()
         except BaseException:
+            if parsing is not None:  # the thread cannot be stopped: let it end before the part file goes
+                with contextlib.suppress(BaseException):
+                    await asyncio.shield(parsing)
             parser.discard()
             for part in received:
                 if isinstance(part.body, ReceivedFile):
