@@ -42,6 +42,11 @@ class RetrieveBody:
             "latin-1"
         )
 
+    @property
+    def finished(self) -> bool:
+        """The whole body has been produced."""
+        return self._ended
+
     def next_batch(self) -> bytes:
         """The next piece of the body; b"" once it has all been produced."""
         out: list[bytes] = []

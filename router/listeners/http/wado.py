@@ -143,8 +143,8 @@ class Wado:
         """The body a batch at a time, each read in a worker thread (one thread hop and one send per batch of
         parts, not per part); the export is announced also when the client went away, with what it was given."""
         try:
-            while chunk := await run_in_threadpool(body.next_batch):
-                yield chunk
+            while not body.finished:  # the last batch says so: no thread hop for an empty one
+                yield await run_in_threadpool(body.next_batch)
         finally:
             body.close()
             self._exported(request, "", refs, body.sent)
