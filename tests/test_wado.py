@@ -134,3 +134,19 @@ def test_errors(router: RouterProcess) -> None:
     jpeg_baseline = 'multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2.4.50'
     assert httpx.get(instance_url(router, ct), headers={"Accept": jpeg_baseline}).status_code == 406
     assert httpx.get(instance_url(router, ct) + "/rendered", headers={"Accept": "image/gif"}).status_code == 406
+
+
+def test_a_retrieve_as_stored_has_its_length_a_converted_one_is_chunked(router: RouterProcess) -> None:
+    ct = source("CT_small.dcm")
+    study = f"{base(router)}/studies/{ct.StudyInstanceUID}"
+    as_stored = httpx.get(study, headers={"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'})
+    assert as_stored.status_code == 200
+    assert int(as_stored.headers["content-length"]) == len(as_stored.content)
+    assert "transfer-encoding" not in as_stored.headers
+    assert sorted(body for _t, body in multipart(as_stored)) == sorted(
+        stored_file(router, d.SOPInstanceUID) for d in map(source, FILES) if d.StudyInstanceUID == ct.StudyInstanceUID
+    )
+    mr = source("MR_small_jp2klossless.dcm")  # stored as JPEG 2000, asked for in Explicit VR Little Endian
+    converted = httpx.get(instance_url(router, mr), headers={"Accept": 'multipart/related; type="application/dicom"'})
+    assert converted.status_code == 200 and "content-length" not in converted.headers
+    assert [t for t, _b in multipart(converted)] == [f"application/dicom; transfer-syntax={EXPLICIT}"]

@@ -42,6 +42,11 @@ class RetrieveBody:
             "latin-1"
         )
 
+    def length(self, sizes: list[int]) -> int:
+        """The body's length when every instance goes as stored, its file ``sizes[i]`` bytes long."""
+        parts = sum(len(self._head(ref.transfer_syntax)) + size + 2 for ref, size in zip(self.refs, sizes, strict=True))
+        return parts + len(f"--{self.boundary}--\r\n")
+
     @property
     def finished(self) -> bool:
         """The whole body has been produced."""

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from typing import IO, Any
@@ -122,7 +123,7 @@ class Wado:
     async def retrieve(self, request: Request) -> Response:
         try:
             wanted = _instance_syntax(request)
-            refs = await run_in_threadpool(self._refs, request)
+            refs, sizes = await run_in_threadpool(self._lookup, request, wanted)
         except BadUid as exc:
             return JSONResponse({"error": str(exc)}, 400)
         except NotAcceptable as exc:
@@ -137,7 +138,23 @@ class Wado:
         boundary = _boundary()
         body = RetrieveBody(refs, self._open_object, lambda data, ref: _as_asked(data, ref, wanted), wanted, boundary)
         media = f'multipart/related; type="application/dicom"; boundary={boundary}'
-        return StreamingResponse(self._stream(request, body, refs), media_type=media)
+        # sent as stored, the body's length is known: no chunked encoding for either side to do
+        length = {} if sizes is None else {"content-length": str(body.length(sizes))}
+        return StreamingResponse(self._stream(request, body, refs), media_type=media, headers=length)
+
+    def _lookup(self, request: Request, wanted: str) -> tuple[list[StoredRef], list[int] | None]:
+        """The instances asked for, and the sizes of their files when all go as stored (None otherwise, or when a
+        file cannot be found: the body is then sent without a length)."""
+        refs = self._refs(request)
+        if any(wanted not in ("*", ref.transfer_syntax) for ref in refs):
+            return refs, None
+        try:
+            return refs, [self._object_size(ref) for ref in refs]
+        except OSError:
+            return refs, None
+
+    def _object_size(self, ref: StoredRef) -> int:
+        return os.stat(self.data_dir / ref.path).st_size
 
     async def _stream(self, request: Request, body: RetrieveBody, refs: list[StoredRef]) -> AsyncIterator[bytes]:
         """The body a batch at a time, each read in a worker thread (one thread hop and one send per batch of
