@@ -29,6 +29,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from router.intake import p10scan
 from router.intake.dicom import Ingestor
 from router.intake.envelope import Source
 from router.listeners.http.multipart import MultipartError, Part, TooLarge, batches, media_type_params, public_base
@@ -46,9 +47,20 @@ PARALLEL_PARTS = 8  # parts being written to temp files at once, over all reques
 INLINE_PIECE = 256 * 1024  # a piece of body this small is parsed on the event loop (no thread hand-over)
 
 
+UID_TAGS = (0x00080016, 0x00080018, 0x0020000D, 0x0020000E)  # the same, by tag
+
+
 def _uids(data: bytes) -> list[str]:
-    """SOP Class, SOP Instance, Study and Series Instance UIDs of a part, as far as they can be read (a part in a
-    file is read from its file: only its header)."""
+    """SOP Class, SOP Instance, Study and Series Instance UIDs of a part, as far as they can be read: from a scan of
+    the object (``p10scan``, a fraction of a pydicom decode), or else pydicom reading its header (a part in a file
+    from its file)."""
+    try:
+        scan = p10scan.scan_p10(data)
+    except Exception:
+        scan = None
+    found = [scan.text(tag) for tag in UID_TAGS] if scan is not None else []
+    if found and all(value is not None for value in found):
+        return [str(value).strip("\x00 ") for value in found]
     try:
         with _readable(data) as f:
             ds = dcmread(f, stop_before_pixels=True, specific_tags=list(UID_KEYS))
