@@ -1,8 +1,11 @@
 """``print`` with ``group: series`` without a printer: the settle time, the group handed over whole by the outbox
-(whatever the batch size, retries included), the stage's arguments, and series order on the film."""
+(whatever the batch size, retries included), the stage's arguments, and series order on the film. The outbox tests
+run on SQLite, and on PostgreSQL as interop (a throwaway cluster from the Debian package, tests/postgres.py): its
+claim takes row locks (FOR UPDATE SKIP LOCKED) that SQLite does not have."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -20,6 +23,9 @@ from router.printing import series
 from router.store.db import make_engine
 from router.store.index import IdCache, index_instance
 from router.store.models import Job, utcnow
+from router.store.tables import JOB
+
+from postgres import PgCluster, postgres_cluster
 
 PRINTER = "PRINTER"
 CT = "1.2.840.10008.5.1.4.1.1.2"
@@ -34,11 +40,28 @@ def _dataset(series_uid: str, sop_uid: str, number: str = "") -> Dataset:
     return ds
 
 
-class Queue:
-    """An index and an outbox on a throwaway SQLite file; objects arrive as the intake queues them."""
+@pytest.fixture(scope="module")
+def pg_cluster() -> Iterator[PgCluster]:
+    with postgres_cluster() as cluster:
+        yield cluster
 
-    def __init__(self, tmp_path: Path) -> None:
-        self.engine: Engine = make_engine(f"sqlite:///{tmp_path / 'index.db'}")
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.interop)])
+def url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """An empty database: an SQLite file, or a fresh database in the module's PostgreSQL cluster."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'index.db'}"
+        return
+    cluster: PgCluster = request.getfixturevalue("pg_cluster")
+    with cluster.fresh_database() as name:
+        yield cluster.url(name)
+
+
+class Queue:
+    """An index and an outbox in a throwaway database; objects arrive as the intake queues them."""
+
+    def __init__(self, url: str, tmp_path: Path) -> None:
+        self.engine: Engine = make_engine(url)
         self.outbox = Outbox(self.engine, ForwardSettings(), tmp_path, node_id="n1")
         self.ids = IdCache()
 
@@ -60,8 +83,8 @@ class Queue:
         return [job.sop_uid for job in self.outbox.claim(PRINTER, limit)]
 
 
-def test_a_later_object_of_the_series_puts_the_whole_group_off(tmp_path: Path) -> None:
-    queue = Queue(tmp_path)
+def test_a_later_object_of_the_series_puts_the_whole_group_off(url: str, tmp_path: Path) -> None:
+    queue = Queue(url, tmp_path)
     start = utcnow()
     queue.arrive("1.5.1", "1.5.1.1", at=start)
     queue.arrive("1.5.2", "1.5.2.1", at=start)  # another series: its own group
@@ -73,8 +96,8 @@ def test_a_later_object_of_the_series_puts_the_whole_group_off(tmp_path: Path) -
     assert due["1.5.2.1"] == start + timedelta(seconds=10), "another series is not put off"
 
 
-def test_a_claim_takes_a_settled_group_whole_beyond_the_batch_size(tmp_path: Path) -> None:
-    queue = Queue(tmp_path)
+def test_a_claim_takes_a_settled_group_whole_beyond_the_batch_size(url: str, tmp_path: Path) -> None:
+    queue = Queue(url, tmp_path)
     for n in range(1, 6):
         queue.arrive("1.6.1", f"1.6.1.{n}", settle=0)
     queue.arrive("1.6.2", "1.6.2.1", settle=0)
@@ -87,8 +110,8 @@ def test_a_claim_takes_a_settled_group_whole_beyond_the_batch_size(tmp_path: Pat
     assert {job.leased_by for job in queue.outbox.list(peer=PRINTER)} == {"n1"}
 
 
-def test_a_failed_group_is_retried_together(tmp_path: Path) -> None:
-    queue = Queue(tmp_path)
+def test_a_failed_group_is_retried_together(url: str, tmp_path: Path) -> None:
+    queue = Queue(url, tmp_path)
     for n in range(1, 4):
         queue.arrive("1.8.1", f"1.8.1.{n}", settle=0)
     claimed = queue.outbox.claim(PRINTER, 10)
@@ -96,14 +119,12 @@ def test_a_failed_group_is_retried_together(tmp_path: Path) -> None:
     # each job backs off with its own jitter; the first due brings the rest of its group
     first = min(claimed, key=lambda job: queue.due_at()[job.sop_uid])
     with queue.engine.begin() as conn:
-        conn.exec_driver_sql(
-            "UPDATE job SET next_attempt_at = ? WHERE id = ?", (utcnow() - timedelta(seconds=1), first.id)
-        )
+        conn.execute(JOB.update().where(JOB.c.id == first.id).values(next_attempt_at=utcnow() - timedelta(seconds=1)))
     assert queue.claim(limit=1) == ["1.8.1.1", "1.8.1.2", "1.8.1.3"]
 
 
-def test_a_second_version_of_an_instance_waits_for_the_first(tmp_path: Path) -> None:
-    queue = Queue(tmp_path)
+def test_a_second_version_of_an_instance_waits_for_the_first(url: str, tmp_path: Path) -> None:
+    queue = Queue(url, tmp_path)
     queue.arrive("1.9.1", "1.9.1.1", settle=0)
     queue.arrive("1.9.1", "1.9.1.2", settle=0)
     with queue.engine.begin() as conn:  # the same instance received again (overwrite policy): a second job
