@@ -31,6 +31,7 @@ from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.sql.expression import FromClause
 
 from router.query.charset import apply_charset, requested_terms
+from router.query.encode import Encoder
 from router.query.matching import InvalidKey, condition, datetime_range, has_wildcard, is_universal
 from router.query.model import (
     ATTRS,
@@ -251,6 +252,32 @@ def _select(plan: FindPlan) -> Any:
     return select(*ids, *columns).select_from(_from_clause(plan.level)).where(*plan.where)
 
 
+FIRST_PAGE = 16  # rows read for the first page: the first response goes out before the rest is read
+
+
+def _pages(
+    engine: Engine, plan: FindPlan, page_size: int, used: Callable[[set[int]], None] | None
+) -> Iterator[tuple[list[dict[str, Any]], dict[str, dict[int, Any]]]]:
+    """The matches, a page of rows at a time with their derived attributes; the first page small."""
+    query = _select(plan)
+    id_col = TABLE[plan.level].c.id
+    last = 0
+    size = min(FIRST_PAGE, page_size)
+    while True:
+        with engine.connect() as conn:
+            rows = [dict(r) for r in conn.execute(query.where(id_col > last).order_by(id_col).limit(size)).mappings()]
+            if not rows:
+                return
+            derived = _derived(conn, plan, rows)
+        if used is not None:
+            used({row[f"_id_{PATIENT}"] for row in rows})
+        yield rows, derived
+        if len(rows) < size:
+            return
+        last = rows[-1][f"_id_{plan.level}"]
+        size = page_size
+
+
 def run_find(
     engine: Engine,
     plan: FindPlan,
@@ -261,24 +288,27 @@ def run_find(
 ) -> Iterator[Dataset]:
     """The response identifiers, one per match, in the order the entities were stored. ``used`` is told the patient
     row ids of each page read (a query counts as a use of what it finds: cache mode evicts by last use)."""
-    query = _select(plan)
-    id_col = TABLE[plan.level].c.id
-    last = 0
-    while True:
-        with engine.connect() as conn:
-            rows = [
-                dict(r) for r in conn.execute(query.where(id_col > last).order_by(id_col).limit(page_size)).mappings()
-            ]
-            if not rows:
-                return
-            derived = _derived(conn, plan, rows)
-        if used is not None:
-            used({row[f"_id_{PATIENT}"] for row in rows})
+    for rows, derived in _pages(engine, plan, page_size, used):
         for row in rows:
             yield _identifier(plan, row, derived, retrieve_ae)
-        if len(rows) < page_size:
-            return
-        last = rows[-1][f"_id_{plan.level}"]
+
+
+def run_find_encoded(
+    engine: Engine,
+    plan: FindPlan,
+    *,
+    implicit_vr: bool,
+    retrieve_ae: str = "",
+    page_size: int = PAGE_SIZE,
+    used: Callable[[set[int]], None] | None = None,
+) -> Iterator[bytes | Dataset]:
+    """As ``run_find``, each identifier already encoded (Implicit or Explicit VR Little Endian) where
+    ``encode.Encoder`` can, else as a ``Dataset`` (a value outside ASCII, a sequence)."""
+    encoder = Encoder(plan, retrieve_ae, implicit_vr=implicit_vr)
+    for rows, derived in _pages(engine, plan, page_size, used):
+        for row in rows:
+            data = encoder.encode(row, derived)
+            yield data if data is not None else _identifier(plan, row, derived, retrieve_ae)
 
 
 # derived attribute -> the deeper level whose rows it counts or lists, and the column it lists
