@@ -4,6 +4,7 @@ identifiers (``run_find_encoded``) decode to the datasets ``run_find`` gives."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from io import BytesIO
 from pathlib import Path
 from typing import Any
@@ -21,13 +22,29 @@ from router.query.model import PATIENT_ROOT, STUDY_ROOT
 from router.store.db import make_engine
 from router.store.tables import INSTANCE, PATIENT, SERIES, STUDY
 
+from postgres import PgCluster, postgres_cluster
+
 STUDIES = 60  # more than the first page and several pages of 7
 NAMES = ["Smith^Ann", "Johnson^Bob", "Jérôme^Buc", "Robinson^Cy"]
 
 
-@pytest.fixture
-def engine(tmp_path: Path) -> Engine:
-    engine = make_engine(f"sqlite:///{tmp_path / 'index.db'}")
+@pytest.fixture(scope="module")
+def pg() -> Iterator[PgCluster]:
+    with postgres_cluster() as cluster:
+        yield cluster
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.interop)])  # PostgreSQL server
+def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
+    if request.param == "sqlite":
+        yield from filled(f"sqlite:///{tmp_path / 'index.db'}")
+        return
+    with request.getfixturevalue("pg").fresh_database() as name:
+        yield from filled(request.getfixturevalue("pg").url(name))
+
+
+def filled(url: str) -> Iterator[Engine]:
+    engine = make_engine(url)
     patients = [{"id": i + 1, "patient_id": f"P{i}", "issuer": "", "name": n, "name_norm": normalize_name(n),
                  "birth_date": "", "sex": "O"} for i, n in enumerate(NAMES)]  # fmt: skip
     studies = [{"id": s + 1, "study_uid": f"1.2.{s}", "patient_fk": s % len(NAMES) + 1,
@@ -43,7 +60,10 @@ def engine(tmp_path: Path) -> Engine:
     with engine.begin() as conn:
         for table, rows in ((PATIENT, patients), (STUDY, studies), (SERIES, series), (INSTANCE, instances)):
             conn.execute(insert(table), rows)
-    return engine
+    try:
+        yield engine
+    finally:
+        engine.dispose()
 
 
 def study_query(**keys: str) -> Dataset:
