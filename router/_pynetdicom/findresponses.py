@@ -43,6 +43,7 @@ BATCH_MESSAGES = 64
 BATCH_SECONDS = 0.005
 ENCODING_FAILED = 0xC312  # pynetdicom's status when a handler's identifier cannot be encoded
 HANDLER_FAILED = 0xC311
+PENDING = (0xFF00, 0xFF01)
 
 
 class _Batch:
@@ -75,11 +76,13 @@ class _Batch:
         rsp.Status = status
         return rsp
 
-    def add(self, rsp: C_FIND, identifier: bytes, plain: bool) -> None:
-        """Send a pending response (``plain``: nothing but its status is set on ``rsp``)."""
-        command = self._command(int(rsp.Status or 0)) if self.direct and plain else None
+    def add(self, status: int, identifier: bytes, rsp: C_FIND | None = None) -> None:
+        """Send a pending response: ``status`` and ``identifier``, or ``rsp`` when it carries more than a status (a
+        handler's status dataset: error comment ...)."""
+        command = self._command(status) if self.direct and rsp is None else None
         if command is None:
             self.flush()
+            rsp = rsp or self.response(status)
             rsp.Identifier = BytesIO(identifier)
             self.dimse.send_msg(rsp, self.cx_id)
             self.sent += 1
@@ -130,12 +133,15 @@ class EncodedFind(ServiceClass):
                 status, answer = result  # type: ignore[misc]
             if not self.assoc.is_established:
                 return
+            if type(status) is int and status in PENDING and isinstance(answer, bytes) and answer:
+                batch.add(status, answer)  # the usual pending response: no primitive to build and check
+                continue
             rsp = self.validate_status(status, batch.response(0x0000))
             category = self.statuses[rsp.Status][0] if rsp.Status in self.statuses else None
             if category == STATUS_PENDING:
                 data = answer if isinstance(answer, bytes) else _encoded(answer, syntax)
                 if data:
-                    batch.add(rsp, data, plain=not isinstance(status, Dataset))
+                    batch.add(int(rsp.Status or 0), data, None if type(status) is int else rsp)
                     continue
                 rsp.Status = ENCODING_FAILED
                 log.error("failed encoding the response identifier")
