@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pynetdicom import AE
+from pynetdicom import AE, evt
 from pynetdicom.dsutils import encode
 from sqlalchemy import insert
 
@@ -124,3 +124,27 @@ def test_a_cancel_ends_the_answer(router: Router) -> None:
         assert echo.Status == 0x0000
     finally:
         assoc.release()
+
+
+def test_with_a_dimse_sent_handler_every_response_is_announced(router: Router) -> None:
+    """A handler bound to EVT_DIMSE_SENT on the listener sees every C-FIND response (sent one by one, unbatched)."""
+    sent: list[int] = []
+
+    def on_sent(event: Any) -> None:
+        if type(event.message).__name__ == "C_FIND_RSP":
+            sent.append(int(event.message.command_set.Status))
+
+    server = router.listener.server
+    assert server is not None
+    server.bind(evt.EVT_DIMSE_SENT, on_sent)
+    try:
+        assoc = associate(router.dicom_port, ExplicitVRLittleEndian)
+        try:
+            answers = list(assoc.send_c_find(query(AccessionNumber="A1*"), FIND))
+        finally:
+            assoc.release()
+    finally:
+        server.unbind(evt.EVT_DIMSE_SENT, on_sent)
+    matches = 1 + 10 + 100  # A1, A10-A19, A100-A199
+    assert [status.Status for status, _ in answers] == [0xFF00] * matches + [0x0000]
+    assert sent == [0xFF00] * matches + [0x0000]
