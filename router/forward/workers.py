@@ -160,6 +160,8 @@ class Forwarder:
 
     def _dispatch_once(self) -> None:
         self.ledger.expire_overdue()
+        if self.keeper.cluster and self.ledger.take_over_silent():
+            log.warning("abandoned storage commitment requests of a silent node: their jobs are sent again")
         now = time.monotonic()
         for peer_name, due in self.outbox.due_counts().items():
             kind = self._types.get(peer_name)
