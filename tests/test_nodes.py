@@ -390,3 +390,29 @@ def _node_rules(cluster: PgCluster, db: str) -> tuple[set[str], int]:
     newest = rows(cluster, db, "SELECT digest FROM ruleset ORDER BY id DESC LIMIT 1")
     reported = rows(cluster, db, "SELECT node_id, rules FROM node WHERE rules <> ''")
     return {n for n, digest in reported if newest and digest == newest[0][0]}, len(reported)
+
+
+def test_parallel_associations_into_one_study_without_the_write_lock(
+    workdir: Path, pg_cluster: PgCluster, database: str
+) -> None:
+    """On PostgreSQL no write lock serialises a node's writers (router.store.writelock.Unlocked): four associations
+    storing one study's series at once, into one node, all succeed and make one patient, study and series."""
+    study, series = generate_uid(), generate_uid()
+    only = node(workdir, "A", pg_cluster.url(database), workdir / "shared", {}, {})
+    try:
+        only.start()
+        batches = [write_instances(workdir / f"in-{n}", [make_instance(study, series) for _ in range(50)])
+                   for n in range(4)]  # fmt: skip
+        results: list[int] = []
+        senders = [threading.Thread(target=lambda b=b: results.append(storescu(only.port, b).returncode))
+                   for b in batches]  # fmt: skip
+        for sender in senders:
+            sender.start()
+        for sender in senders:
+            sender.join(120)
+        assert results == [0, 0, 0, 0], only.output()[-3000:]
+        counts = rows(pg_cluster, database, "SELECT (SELECT count(*) FROM instance), (SELECT count(*) FROM series), "
+                      "(SELECT count(*) FROM study), (SELECT count(*) FROM patient)")  # fmt: skip
+        assert counts == [(200, 1, 1, 1)]
+    finally:
+        only.stop()
