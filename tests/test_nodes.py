@@ -45,7 +45,7 @@ from workflow_peers import MPPS, MppsSCP, mpps_scu
 
 pytestmark = pytest.mark.interop  # PostgreSQL server (Debian postgresql) and DCMTK storescu/storescp
 
-OBJECTS_PER_NODE = 100
+OBJECTS_PER_NODE = 200  # 400 objects in all, as issue 20 asks
 LEASE = 3.0  # s: forward.lease_seconds of the nodes (the least allowed), so that a takeover comes quickly
 
 
