@@ -95,7 +95,7 @@ class SharedRules:
         self.node_id = node_id
         self.reload = reload
         self.seen: int | None = None  # the newest version this node took or published
-        self.local: str | None = None  # the folder's digest at the last sync
+        self.synced: str | None = None  # the folder's digest when it was last the cluster's rule set
         self.routing = ""  # the digest of the rules in force, as reported in the node's row
         self._lock = threading.Lock()
         self._reported: str | None = None
@@ -110,18 +110,17 @@ class SharedRules:
             if loaded:
                 self.routing = digest
             cluster = newest(self.engine)
-            start, edited = self.local is None, self.local is not None and digest != self.local
+            start = self.synced is None
+            edited = not start and digest != self.synced  # since the folder was last the cluster's
             if start and cluster is not None and digest != cluster.digest:
                 edited = self._newest_file() > cluster.saved_at.timestamp()
             if cluster is not None and digest == cluster.digest:
-                self.seen = cluster.id
+                self.seen, self.synced = cluster.id, digest
             elif loaded and (cluster is None or edited):
-                self.seen = self._publish(texts, digest)
+                self.seen, self.synced = self._publish(texts, digest), digest
                 cluster = None
             elif cluster is not None and (self.seen is None or cluster.id > self.seen):
                 self._take(cluster, texts, keep=start or edited)
-                digest = digest_of(read_folder(self.folder))
-            self.local = digest
             self._report(cluster)
 
     def _newest_file(self) -> float:
@@ -156,7 +155,7 @@ class SharedRules:
         except OSError as exc:
             log.error("cannot write the cluster's rule set into %s: %s", folder, exc)
             return
-        self.seen = cluster.id
+        self.seen, self.synced = cluster.id, cluster.digest
         loaded = self.reload()
         if loaded:
             self.routing = cluster.digest
