@@ -103,7 +103,8 @@ class CommitLedger:
             )  # fmt: skip
             for job in jobs:
                 conn.execute(
-                    update(JOB).where(JOB.c.id == job.id, JOB.c.state == JobState.INFLIGHT)
+                    update(JOB).where(JOB.c.id == job.id, JOB.c.state == JobState.INFLIGHT,
+                                      JOB.c.leased_by == self.config.node_id)  # not if taken over meanwhile
                     .values(state=JobState.COMMITTING, attempts=job.attempts + 1, last_error="",
                             last_status=statuses.get(job.id or 0), updated_at=now)
                 )  # fmt: skip
