@@ -7,7 +7,9 @@ SIGKILL while it holds jobs; the other takes them over once their lease has expi
 duplicate can only be a job the killed node had in flight. A second run kills a node in the middle of deliveries to
 a slow, live destination: what it had delivered without its done mark yet arrives twice, and nothing else. The HL7
 stream to an MLLP peer keeps its order while both nodes forward it, and so do the N-CREATE and N-SETs of MPPS
-instances received half by each node.
+instances received half by each node. A rule file saved through one node's admin API is routed by the other within
+a reload, and a node that cannot load the cluster's rule set says so. Four associations store one study into one
+node at once, with no write lock on PostgreSQL.
 """
 
 from __future__ import annotations
