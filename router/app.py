@@ -65,6 +65,8 @@ class Router:
         files.secure_data_dir(config.data_dir, DATA_FOLDERS, sqlite_file(config.effective_database_url))
         self.engine = make_engine(config.effective_database_url)
         self.rules = LiveRules(config.rules_dir, self.stages, config, self.pm)
+        if self.engine.dialect.name == "postgresql":  # a cluster's nodes route by one rule set (docs/cluster.md)
+            self.rules.share(self.engine, config.node_id)
         self.write_lock = write_lock_for(config.effective_database_url)  # one writer at a time (SQLite)
         intake = IntakeContext(config, self.engine, lambda: self.rules.current, self.stages, self.pm, self.write_lock)
         self.ingestor = Ingestor(intake)
