@@ -2,8 +2,9 @@
 
 Every port ``weed server`` would open is named (master, volume, filer, S3 and their gRPC ports; the IAM, Iceberg
 and Lance servers are off), the data lives in a temp folder, one S3 identity (``ACCESS``/``SECRET``) may do
-everything, and one bucket is created. ``stop`` and ``start`` again on the same folder and ports model an S3
-server that goes down and comes back with its data."""
+everything, and one bucket is created. ``stop`` and ``start`` again on the same folder and S3 port model an
+S3 server that goes down and comes back with its data (its internal ports are picked anew at each start: another
+test session may take one while it is down)."""
 
 from __future__ import annotations
 
@@ -30,8 +31,8 @@ STARTUP_TIMEOUT = 60.0
 class Seaweed:
     def __init__(self, folder: Path) -> None:
         self.folder = folder
-        self.ports = {name: free_port() for name in ("master", "volume", "filer", "s3")}
-        self.grpc = {name: free_port() for name in self.ports}
+        self.ports = {"s3": free_port()}  # the router's endpoint: the same across a stop and a start
+        self.grpc: dict[str, int] = {}
         self.proc: subprocess.Popen[bytes] | None = None
         identities = {"identities": [{"name": "router", "credentials": [{"accessKey": ACCESS, "secretKey": SECRET}],
                                       "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}  # fmt: skip
@@ -53,6 +54,9 @@ class Seaweed:
                      region="us-east-1")  # fmt: skip
 
     def start(self) -> None:
+        """Start on the S3 port, with the other ports picked anew (one freed by a stop may be taken meanwhile)."""
+        self.ports.update({name: free_port() for name in ("master", "volume", "filer")})
+        self.grpc = {name: free_port() for name in self.ports}
         p, g = self.ports, self.grpc
         argv = [tools.weed(), "server", f"-dir={self.folder / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
                 f"-master.port={p['master']}", f"-master.port.grpc={g['master']}", "-master.volumeSizeLimitMB=64",
