@@ -1,7 +1,7 @@
 """Shared by the tests of several router nodes on one PostgreSQL: a destination that hangs every association, and
 what the database says about the jobs (who holds which, how many in each state).
 
-tests/test_nodes_s3.py uses these; tests/test_nodes.py has its own copies (written before this module)."""
+tests/test_nodes.py and tests/test_nodes_s3.py use these."""
 
 from __future__ import annotations
 

@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import socket
-import struct
 import subprocess
 import sys
 import threading
@@ -39,6 +37,7 @@ from router.hl7.ack import build_ack
 from router.hl7.message import parse_message
 from router.listeners.mllp import MllpServer
 
+from cluster_peers import BlackHole, held, job_states, rows
 from hl7msg import adt, send
 from peers import RouterProcess, StoreSCP, free_port, make_instance, storescu, wait_for, write_instances
 from postgres import PgCluster, postgres_cluster
@@ -61,32 +60,6 @@ def pg_cluster() -> Iterator[PgCluster]:
 def database(pg_cluster: PgCluster) -> Iterator[str]:
     with pg_cluster.fresh_database() as name:
         yield name
-
-
-class BlackHole:
-    """A TCP listener that accepts connections and never answers: a DICOM peer that hangs every association."""
-
-    def __init__(self, port: int) -> None:
-        self.port = port
-        self.listener = socket.create_server(("127.0.0.1", port))
-        self.accepted: list[socket.socket] = []
-        self._thread = threading.Thread(target=self._accept, daemon=True)
-        self._thread.start()
-
-    def _accept(self) -> None:
-        with contextlib.suppress(OSError):
-            while True:
-                conn, _ = self.listener.accept()
-                self.accepted.append(conn)
-
-    def close(self) -> None:
-        """Close everything with a reset (no TIME_WAIT left on the port, so storescp can take it at once)."""
-        self.listener.close()
-        self._thread.join(5)
-        accepted, self.accepted = self.accepted, []
-        for conn in accepted:
-            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            conn.close()
 
 
 class Ris:
@@ -126,19 +99,6 @@ def node(
     )
 
 
-def rows(cluster: PgCluster, db: str, query: str) -> list[tuple[Any, ...]]:
-    with cluster.connect(db) as conn:
-        return conn.execute(query).fetchall()  # type: ignore[arg-type]
-
-
-def held(cluster: PgCluster, db: str) -> dict[str, list[int]]:
-    """The jobs in flight, by the node that leases them."""
-    out: dict[str, list[int]] = {}
-    for job_id, by in rows(cluster, db, "SELECT id, leased_by FROM job WHERE state = 'inflight'"):
-        out.setdefault(by, []).append(job_id)
-    return out
-
-
 def test_two_nodes_survive_a_sigkill_with_jobs_in_flight(workdir: Path, pg_cluster: PgCluster, database: str) -> None:
     shared, dest_port = workdir / "shared", free_port()
     url = pg_cluster.url(database)
@@ -171,7 +131,7 @@ def test_two_nodes_survive_a_sigkill_with_jobs_in_flight(workdir: Path, pg_clust
         hole.close()
         dest = StoreSCP(workdir, "DEST", port=dest_port).start()
         wait_for(lambda: len(dest.received()) >= len(uids), 120, 0.5, what=f"all {len(uids)} objects at DEST")
-        wait_for(lambda: _states(pg_cluster, database) == {"done": len(uids)}, 30, what="every job done")
+        wait_for(lambda: job_states(pg_cluster, database) == {"done": len(uids)}, 30, what="every job done")
         arrivals = Counter(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID for p in dest.received())
         assert set(arrivals) == uids, "every object arrived"
         duplicates = {uid: n - 1 for uid, n in arrivals.items() if n > 1}
@@ -221,7 +181,7 @@ def test_a_node_killed_mid_delivery_costs_only_duplicates_of_its_batch(
         (a if victim_name == "A" else b).kill9()
         in_flight = set(held(pg_cluster, database).get(victim_name, []))
         wait_for(lambda: set(dest.received) >= uids, 120, 0.5, what=f"all {len(uids)} objects at DEST")
-        wait_for(lambda: _states(pg_cluster, database) == {"done": len(uids)}, 30, what="every job done")
+        wait_for(lambda: job_states(pg_cluster, database) == {"done": len(uids)}, 30, what="every job done")
         arrivals = Counter(dest.received)
         duplicates = {uid: n - 1 for uid, n in arrivals.items() if n > 1}
         sop_of = dict(rows(pg_cluster, database, "SELECT id, sop_uid FROM job"))
@@ -233,10 +193,6 @@ def test_a_node_killed_mid_delivery_costs_only_duplicates_of_its_batch(
         a.stop()
         b.stop()
         dest.stop()
-
-
-def _states(cluster: PgCluster, db: str) -> dict[str, int]:
-    return {state: int(n) for state, n in rows(cluster, db, "SELECT state, count(*) FROM job GROUP BY state")}
 
 
 def test_hl7_stream_stays_in_order_across_two_nodes(workdir: Path, pg_cluster: PgCluster, database: str) -> None:
