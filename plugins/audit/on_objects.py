@@ -108,7 +108,8 @@ def router_forwarded(job: Job, status: int) -> None:
 
 def _printed(state: Running, job: Job, printer: Participant, status: int) -> None:
     """A print job was printed: an Export message (A.5.3.4: "recording on film"), the printer as the destination
-    and the film as the medium; the objects from the job's payload, or from the index when it is gone."""
+    and the film as the medium, and a DICOM Instances Accessed message (A.5.3.6, action R) per patient; the objects
+    from the job's payload, or from the index when it is gone."""
     subjects: dict[str, facts.Subject] = {}
     try:
         for ds in print_bundle.objects(storage.of(state.config).local_path(job.path)):
@@ -124,6 +125,8 @@ def _printed(state: Running, job: Job, printer: Participant, status: int) -> Non
     text = f"printed on film, status 0x{status:04X}"
     state.record(events.data_export(list(subjects.values()), state.local.participant(True), printer, film,
                                     events.SUCCESS, text, media=events.FILM))  # fmt: skip
+    for subject in subjects.values():  # and, as ISUDM 2.1 audits a print ("Study-used"), each patient's instances read
+        state.record(events.instances_accessed(subject, "R", [state.local.participant(True), printer], text))
 
 
 @hookimpl
