@@ -33,6 +33,7 @@ from pathlib import Path
 from pydicom.errors import InvalidDicomError
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
+from router import storage
 from router.hooks.manager import notify
 from router.intake import activity
 from router.intake.base import Intake, IntakeContext
@@ -124,7 +125,7 @@ class Ingestor(Intake):
         super().__init__(context)
         config = context.config
         self.data_dir = config.data_dir
-        self.tmp_dir = config.data_dir / "tmp"
+        self.tmp_dir = storage.tmp_dir(config)
         self.quarantine_dir = config.data_dir / "quarantine"
         self.ids = IdCache(write_lock=context.write_lock)
         # told of each object committed, under the write lock (study UID, bytes, bytes of the version it replaced)
@@ -310,7 +311,7 @@ class Ingestor(Intake):
         renames += [(next(tmp_paths), rel) for rel in derived.values()]
         for tmp, rel in renames:
             written.append(self.data_dir / rel)  # before the rename: a failed folder fsync must clean it too
-            files.commit_file(tmp, self.data_dir / rel)
+            storage.of(self.config).commit(tmp, rel)
 
     def _stored(self, env: Envelope, relpath: str, plan: PipelineResult, old_path: str | None) -> IngestResult:
         """The object is committed: the replaced version's file goes (overwrite policy), the plugins are told, the

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import io
 import logging
-import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from typing import IO, Any
@@ -34,6 +33,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
+from router import storage
 from router.hooks.answers import InstanceRef
 from router.hooks.manager import notify
 from router.listeners.http.multipart import media_type_params, public_base
@@ -143,18 +143,18 @@ class Wado:
         return StreamingResponse(self._stream(request, body, refs), media_type=media, headers=length)
 
     def _lookup(self, request: Request, wanted: str) -> tuple[list[StoredRef], list[int] | None]:
-        """The instances asked for, and the sizes of their files when all go as stored (None otherwise, or when a
-        file cannot be found: the body is then sent without a length)."""
+        """The instances asked for, and the sizes of their files when all go as stored from the data folder (None
+        otherwise, or when a file cannot be found: the body is then sent without a length)."""
         refs = self._refs(request)
-        if any(wanted not in ("*", ref.transfer_syntax) for ref in refs):
-            return refs, None
+        if any(wanted not in ("*", ref.transfer_syntax) for ref in refs) or storage.at(self.data_dir).kind != "folder":
+            return refs, None  # converted, or in a bucket (a size would cost a request per object)
         try:
             return refs, [self._object_size(ref) for ref in refs]
         except OSError:
             return refs, None
 
     def _object_size(self, ref: StoredRef) -> int:
-        return os.stat(self.data_dir / ref.path).st_size
+        return storage.at(self.data_dir).size(ref.path)
 
     async def _stream(self, request: Request, body: RetrieveBody, refs: list[StoredRef]) -> AsyncIterator[bytes]:
         """The body a batch at a time, each read in a worker thread (one thread hop and one send per batch of
@@ -168,7 +168,7 @@ class Wado:
 
     def _open_object(self, ref: StoredRef) -> IO[bytes]:
         """A stored object's file, opened for reading (the one place a retrieve reads the store)."""
-        return open(self.data_dir / ref.path, "rb")  # closed by RetrieveBody
+        return storage.at(self.data_dir).open(ref.path)  # closed by RetrieveBody
 
     async def metadata(self, request: Request) -> Response:
         try:
@@ -183,7 +183,7 @@ class Wado:
         return JSONResponse(body, media_type="application/dicom+json")
 
     def _metadata(self, ref: StoredRef, base: str) -> dict[str, Any]:
-        ds = dcmread(self.data_dir / ref.path)
+        ds = dcmread(storage.at(self.data_dir).local_path(ref.path))
         url = f"{base}/studies/{ref.study_uid}/series/{ref.series_uid}/instances/{ref.sop_uid}"
 
         def bulk(elem: DataElement) -> str:
@@ -217,7 +217,7 @@ class Wado:
         )
 
     def _frames(self, request: Request, ref: StoredRef, numbers: list[int]) -> tuple[str, list[bytes]]:
-        ds = dcmread(self.data_dir / ref.path)
+        ds = dcmread(storage.at(self.data_dir).local_path(ref.path))
         if "PixelData" not in ds:
             raise IndexError("the instance has no pixel data")
         count = int(ds.get("NumberOfFrames", 1) or 1)
@@ -264,7 +264,7 @@ class Wado:
             return JSONResponse({"error": "a bulk data tag is 8 hexadecimal digits"}, 400)
         if ref is None:
             return JSONResponse({"error": "not found"}, 404)
-        ds = await run_in_threadpool(dcmread, self.data_dir / ref.path)
+        ds = await run_in_threadpool(dcmread, storage.at(self.data_dir).local_path(ref.path))
         if tag not in ds or ds[tag].value is None:
             return JSONResponse({"error": "no such attribute"}, 404)
         boundary = _boundary()
@@ -292,7 +292,7 @@ class Wado:
         if ref is None:
             return JSONResponse({"error": "not found"}, 404)
         try:
-            image = await run_in_threadpool(render, self.data_dir / ref.path, frame, media)
+            image = await run_in_threadpool(render, storage.at(self.data_dir).local_path(ref.path), frame, media)
         except IndexError as exc:
             return JSONResponse({"error": str(exc)}, 404)
         except Exception as exc:
