@@ -4,6 +4,7 @@ alone when it fails, none answered before the commit that holds its rows; and th
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from io import BytesIO
@@ -12,7 +13,7 @@ from typing import Any
 
 import pytest
 from pydicom.filewriter import dcmwrite
-from sqlalchemy import Connection, text
+from sqlalchemy import Connection, event, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 
@@ -261,3 +262,41 @@ def test_a_failed_folder_fsync_fails_every_object_of_its_batch_and_leaves_nothin
     monkeypatch.undo()
     again = router.ingestor.ingest(objects[1][1], SOURCE)  # the sender tries again: stored
     assert again.outcome == StoreOutcome.STORED
+
+
+def test_no_row_is_committed_before_the_names_of_its_files_are_durable(
+    router: Router, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A lost page cache at the moment of any commit would keep every row of it with its file: each rename and
+    each new folder of the batch is fsynced before (a test double of the file layer records what is not yet)."""
+    unsynced: set[Path] = set()  # folders holding a rename or a new entry not yet fsynced
+    checked: list[int] = []
+    real_replace, real_mkdir, real_fsync = os.replace, os.mkdir, files.fsync_dir
+
+    def replace(src: Any, dst: Any) -> None:
+        real_replace(src, dst)
+        unsynced.add(Path(dst).parent)
+
+    def mkdir(path: Any, mode: int = 0o777) -> None:
+        real_mkdir(path, mode)
+        unsynced.add(Path(path).parent)
+
+    def fsync_dir(path: Path) -> None:
+        real_fsync(path)
+        unsynced.discard(Path(path))
+
+    def at_commit(_conn: Any) -> None:
+        in_store = {p for p in unsynced if router.config.data_dir / "objects" in (p, *p.parents)}
+        checked.append(len(in_store))
+
+    monkeypatch.setattr(os, "replace", replace)
+    monkeypatch.setattr(os, "mkdir", mkdir)
+    monkeypatch.setattr(files, "fsync_dir", fsync_dir)
+    event.listen(router.engine, "commit", at_commit)
+    try:
+        results = ingest_in_one_batch(router, [raw for _uid, raw in p10_objects(5)])
+        results.append(router.ingestor.ingest(p10_objects(1)[0][1], SOURCE))
+    finally:
+        event.remove(router.engine, "commit", at_commit)
+    assert [r.outcome for r in results] == [StoreOutcome.STORED] * 6
+    assert len(checked) >= 3 and set(checked) == {0}, checked  # at every commit, nothing of the store unsynced
