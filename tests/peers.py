@@ -132,6 +132,16 @@ def associate(
     return ae.associate("127.0.0.1", port, ae_title=called)
 
 
+def c_find_statuses(port: int, sop_class: str, identifier: Dataset, calling: str = "FINDSCU") -> list[int]:
+    """The status of every C-FIND response (pending ones, then the final) to ``identifier`` over one association."""
+    assoc = associate(port, [(sop_class, None)], calling=calling)
+    assert assoc.is_established
+    try:
+        return [int(status.Status) for status, _ds in assoc.send_c_find(identifier, sop_class)]
+    finally:
+        assoc.release()
+
+
 def context_of(item: Dataset | Path) -> tuple[str, str]:
     if isinstance(item, Path):
         meta = read_file_meta_info(item)

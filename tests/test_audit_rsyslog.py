@@ -20,7 +20,7 @@ from pydicom.uid import generate_uid
 
 from audit_repo import Certificates, Received, Rsyslog, jing_problems, received, wait_received
 from hl7msg import adt, message, seg, send
-from peers import DCMTK_ENV, RouterProcess, associate, dcmtk, make_instance, send_datasets, wait_for
+from peers import DCMTK_ENV, RouterProcess, associate, c_find_statuses, dcmtk, make_instance, send_datasets, wait_for
 from workflow_peers import MPPS, mpps_scu
 
 pytestmark = pytest.mark.interop  # rsyslogd (rsyslog, rsyslog-gnutls), jing, DCMTK's getscu
@@ -43,15 +43,6 @@ def audit_settings(certs: Certificates, repo: Rsyslog, udp: bool = True) -> dict
 def event_ids(messages: list[Received]) -> Counter[str]:
     return Counter(etree.fromstring(m.xml.encode()).find("EventIdentification/EventID").get("csd-code")
                    for m in messages)  # fmt: skip
-
-
-def c_find(port: int, sop_class: str, ds: Dataset, calling: str = "FINDSCU") -> list[int]:
-    assoc = associate(port, [(sop_class, None)], calling=calling)
-    assert assoc.is_established
-    try:
-        return [int(status.Status) for status, _ in assoc.send_c_find(ds, sop_class)]
-    finally:
-        assoc.release()
 
 
 def mpps_step(study: str) -> Dataset:
@@ -82,10 +73,10 @@ def _drive(router: RouterProcess, workdir: Path, instance: Dataset) -> None:
     assert send_datasets(router.port, [instance]) == [0]  # received, begin transferring, export (rule), forwarded
     keys = Dataset()
     keys.QueryRetrieveLevel, keys.StudyInstanceUID, keys.PatientID = "STUDY", instance.StudyInstanceUID, ""
-    assert c_find(router.port, STUDY_FIND, keys)[-1] == 0
+    assert c_find_statuses(router.port, STUDY_FIND, keys)[-1] == 0
     mwl = Dataset()
     mwl.PatientName, mwl.ScheduledProcedureStepSequence = "", Sequence([Dataset()])
-    assert c_find(router.port, MWL_FIND, mwl)[-1] == 0
+    assert c_find_statuses(router.port, MWL_FIND, mwl)[-1] == 0
     got = subprocess.run(
         [dcmtk("getscu"), "-S", "-aet", "GETSCU", "-aec", "ROUTER", "-od", str(workdir), "-k",
          "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={instance.StudyInstanceUID}", "127.0.0.1",

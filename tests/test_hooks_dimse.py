@@ -17,13 +17,13 @@ import pytest
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from pydicom.uid import generate_uid
-from pynetdicom import AE
 
 from peers import (
     DCMTK_ENV,
     RouterProcess,
     StoreSCP,
     associate,
+    c_find_statuses,
     dcmtk,
     make_instance,
     storescu,
@@ -129,25 +129,13 @@ def test_a_raising_plugin_is_logged_and_the_recorder_still_hears(site: Site) -> 
 
 
 # -- queries and exports -------------------------------------------------------------------------------------
-def c_find(port: int, sop_class: str, identifier: Dataset) -> list[int]:
-    ae = AE(ae_title="FINDSCU")
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 15
-    ae.add_requested_context(sop_class)
-    assoc = ae.associate("127.0.0.1", port, ae_title="ROUTER")
-    assert assoc.is_established
-    try:
-        return [int(status.Status) for status, _ds in assoc.send_c_find(identifier, sop_class)]
-    finally:
-        assoc.release()
-
-
 def test_c_find_announces_the_query_and_its_matches(site: Site) -> None:
     ds = Dataset()
     ds.QueryRetrieveLevel = "IMAGE"
     ds.StudyInstanceUID = site.study
     ds.SeriesInstanceUID = site.series
     ds.SOPInstanceUID = ""
-    statuses = c_find(site.router.port, STUDY_FIND, ds)
+    statuses = c_find_statuses(site.router.port, STUDY_FIND, ds)
     assert statuses == [0xFF00, 0xFF00, 0x0000]
     event = one(site.events, "query_answered", service="C-FIND", level="IMAGE")
     assert event["matches"] == 2 and event["status"] == 0 and event["calling_ae"] == "FINDSCU"
@@ -161,7 +149,7 @@ def test_worklist_query_is_announced(site: Site) -> None:
     step = Dataset()
     step.Modality = ""
     ds.ScheduledProcedureStepSequence = Sequence([step])
-    assert c_find(site.router.port, MWL_FIND, ds) == [0x0000]
+    assert c_find_statuses(site.router.port, MWL_FIND, ds) == [0x0000]
     event = one(site.events, "query_answered", service="MWL")
     assert (event["matches"], event["status"], event["level"], event["sop_class"]) == (0, 0, "", MWL_FIND)
     assert event["keys"]["AccessionNumber"] == "NOSUCH"

@@ -180,3 +180,39 @@ def test_worklist_problems_are_usage_errors(tmp_path: Path, capsys: pytest.Captu
     code, _, err = run(capsys, config, "import", "--reconcile", "--worklist", "DOWN", "-q", cd)
     assert code == 2 and "worklist peer DOWN" in err, err
     assert rows(config, "select count(*) from instance") in ([], [(0,)]), "nothing imported without the worklist"
+
+
+def test_new_uids_rewrite_a_presentation_states_references_read_before_its_images(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / "cd"
+    folder.mkdir()
+    study, series = generate_uid(), generate_uid()
+    images = [make_instance(study, series, Modality="CT", FrameOfReferenceUID="1.2.3.44") for _ in range(2)]
+    outside = make_instance(Modality="CT")  # on no medium of the run
+    gsps = make_instance(study, sop_class="1.2.840.10008.5.1.4.1.1.11.1", Modality="PR")
+    refs = []
+    for ds in (*images, outside):
+        ref = Dataset()
+        ref.ReferencedSOPClassUID, ref.ReferencedSOPInstanceUID = ds.SOPClassUID, ds.SOPInstanceUID
+        item = Dataset()
+        item.SeriesInstanceUID, item.ReferencedImageSequence = ds.SeriesInstanceUID, [ref]
+        refs.append(item)
+    gsps.ReferencedSeriesSequence = refs
+    for name, ds in (("a-gsps.dcm", gsps), ("b-ct1.dcm", images[0]), ("c-ct2.dcm", images[1])):
+        ds.save_as(folder / name, enforce_file_format=True)  # the walk reads the presentation state first
+    config = site(tmp_path / "site", rules=[{"name": "all", "when": {"source": "media"}, "then": []}])
+    code, _, err = run(capsys, config, "import", "--reconcile", "--new-uids", "-q", str(folder))
+    assert code == 0, err
+    objects = stored(config)
+    [state] = [ds for ds in objects.values() if ds.Modality == "PR"]
+    ct = sorted((ds for ds in objects.values() if ds.Modality == "CT"), key=lambda ds: old_values(ds).SOPInstanceUID)
+    assert [old_values(ds).SOPInstanceUID for ds in ct] == sorted(ds.SOPInstanceUID for ds in images)
+    by_old = {old_values(ds).SOPInstanceUID: ds for ds in ct}
+    got = [(i.SeriesInstanceUID, i.ReferencedImageSequence[0].ReferencedSOPInstanceUID)
+           for i in state.ReferencedSeriesSequence]  # fmt: skip
+    new = [by_old[ds.SOPInstanceUID] for ds in images]
+    assert got == [(new[0].SeriesInstanceUID, new[0].SOPInstanceUID), (new[1].SeriesInstanceUID, new[1].SOPInstanceUID),
+                   (outside.SeriesInstanceUID, outside.SOPInstanceUID)]  # fmt: skip
+    assert state.StudyInstanceUID == new[0].StudyInstanceUID != study
+    assert new[0].FrameOfReferenceUID == new[1].FrameOfReferenceUID != "1.2.3.44"

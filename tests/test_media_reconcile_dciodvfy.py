@@ -1,6 +1,8 @@
 """An object reconciliation changed passes dicom3tools' dciodvfy with no error or warning it did not have before
 (issue 19): the local patient and order, the procedure code with a DICOM coding scheme, new UIDs, a name that
-needs UTF-8. The check is shown to notice the bug it guards against: HL7's coding system copied as it came."""
+needs UTF-8. The check is shown to notice the bug it guards against: HL7's coding system copied as it came. The
+demographics coercion of the ``coerce`` stage, from an HL7 order with a Requesting Physician, adds no finding either
+(Requesting Physician is in no image IOD: dciodvfy called such an object a Standard Extended SOP Class)."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from pydicom import dcmread, examples
 from pydicom.dataset import Dataset
 from pydicom.filewriter import dcmwrite
 from pydicom.sequence import Sequence
+from sqlmodel import Session
 
 from router.hl7.coding import dicom_coding_scheme
 from router.media.reconcile import ReconcileOptions, Reconciler
@@ -86,3 +89,35 @@ def test_a_local_code_adds_only_dciodvfys_warning_for_every_private_scheme(tmp_p
         "Warning - Unrecognized defined term <99LOCAL> for value 1 of attribute <Coding Scheme Designator>"
     }
     assert dcmread(examples.get_path("ct")).get("ProcedureCodeSequence") is None, "the original had no code"
+
+
+def test_the_demographics_coercion_adds_no_finding_and_no_requesting_physician(tmp_path: Path) -> None:
+    from plugins.coerce import CoerceStage
+    from router.config import parse_config
+    from router.intake.envelope import Envelope, Source
+    from router.intake.stage import StageContext
+    from router.store.db import make_engine
+    from router.store.models import Patient, WorklistItem
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'index.db'}")
+    with Session(engine) as session:
+        patient = Patient(patient_id="MRN500", issuer="HOSP", name="Jansen^Anna", birth_date="19750304", sex="F")
+        session.add(patient)
+        session.flush()
+        assert patient.id is not None
+        session.add(WorklistItem(patient_fk=patient.id, accession_number="ACC500", referring_physician="Huisarts^Karel",
+                                 requesting_physician="Aanvrager^Ria", procedure_code_value="RPCT1",
+                                 procedure_code_scheme="SNM", procedure_code_meaning="CT Thorax"))  # fmt: skip
+        session.commit()
+    original = dcmread(examples.get_path("ct"))
+    original.AccessionNumber = "ACC500"
+    before, after = tmp_path / "before.dcm", tmp_path / "after.dcm"
+    original.save_as(before, enforce_file_format=True)
+    env = Envelope.from_p10(before.read_bytes(), Source("dimse", calling_ae="CT"))
+    ctx = StageContext(parse_config({}, tmp_path), engine=engine)
+    assert "demographics from order ACC500" in CoerceStage().run(env, {"demographics": True}, ctx)
+    after.write_bytes(env.payload())
+    coerced = dcmread(after)
+    assert (coerced.PatientID, str(coerced.ReferringPhysicianName)) == ("MRN500", "Huisarts^Karel")
+    assert "RequestingPhysician" not in coerced
+    assert findings(after) - findings(before) == set()

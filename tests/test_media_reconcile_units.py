@@ -197,3 +197,74 @@ def test_matched_only_holds_back_an_unmatched_study_and_the_rest_is_left_alone()
     kept = Reconciler(FakeWorklist(ANNA), ReconcileOptions())
     out, match, changed = kept.apply(raw)
     assert out == raw and changed == [] and match.matched == "none"
+
+
+# -- --new-uids: references inside objects ------------------------------------------------------------------------
+GSPS = "1.2.840.10008.5.1.4.1.1.11.1"  # Grayscale Softcopy Presentation State Storage
+
+
+def _ref(sop_class: str, sop_uid: str) -> Dataset:
+    item = Dataset()
+    item.ReferencedSOPClassUID, item.ReferencedSOPInstanceUID = sop_class, sop_uid
+    return item
+
+
+def referencing_set() -> tuple[list[Dataset], Dataset, Dataset]:
+    """Two images of one series and frame of reference (the second derived from the first), a presentation state
+    of the same study referencing both and an image outside the set, and that outside image."""
+    study, series, frame = "1.2.7", "1.2.7.1", "1.2.7.99"
+    images = [header(StudyInstanceUID=study, SeriesInstanceUID=series, FrameOfReferenceUID=frame) for _ in range(2)]
+    images[1].SourceImageSequence = Sequence([_ref(images[0].SOPClassUID, images[0].SOPInstanceUID)])
+    outside = header(StudyInstanceUID="1.2.8", SeriesInstanceUID="1.2.8.1")
+    gsps = header(StudyInstanceUID=study, SeriesInstanceUID="1.2.7.2", sop_class=GSPS)
+    by_series = [(series, images), ("1.2.8.1", [outside])]
+    gsps.ReferencedSeriesSequence = Sequence()
+    for series_uid, refs in by_series:
+        item = Dataset()
+        item.SeriesInstanceUID = series_uid
+        item.ReferencedImageSequence = Sequence([_ref(ds.SOPClassUID, ds.SOPInstanceUID) for ds in refs])
+        gsps.ReferencedSeriesSequence.append(item)
+    gsps.ReferencedStudySequence = Sequence([_ref("1.2.840.10008.3.1.2.3.1", study)])  # a study's reference
+    return images, gsps, outside
+
+
+def test_new_uids_rewrite_references_to_objects_of_the_run_and_leave_others() -> None:
+    images, gsps, outside = referencing_set()
+    run = Reconciler(FakeWorklist(), ReconcileOptions(new_uids=True))
+    objects = [p10(gsps), *map(p10, images)]  # the presentation state is read first
+    for raw in objects:
+        run.survey(raw)
+    got_gsps, *got_images = [dcmread(BytesIO(run.apply(raw)[0] or b"")) for raw in objects]
+    new = {ds.SOPInstanceUID: got.SOPInstanceUID for ds, got in zip(images, got_images, strict=True)}
+    assert all(uid.startswith("2.25.") for uid in new.values())
+    ours, theirs = got_gsps.ReferencedSeriesSequence
+    assert ours.SeriesInstanceUID == got_images[0].SeriesInstanceUID != images[0].SeriesInstanceUID
+    assert [r.ReferencedSOPInstanceUID for r in ours.ReferencedImageSequence] == [
+        new[ds.SOPInstanceUID] for ds in images
+    ]
+    kept = (theirs.SeriesInstanceUID, theirs.ReferencedImageSequence[0].ReferencedSOPInstanceUID)
+    assert kept == (outside.SeriesInstanceUID, outside.SOPInstanceUID), "an object outside the run: as it was"
+    assert got_gsps.ReferencedStudySequence[0].ReferencedSOPInstanceUID == got_gsps.StudyInstanceUID
+    assert got_gsps.StudyInstanceUID == got_images[0].StudyInstanceUID
+    assert (
+        got_gsps.ReferencedSeriesSequence[0].ReferencedImageSequence[0].ReferencedSOPClassUID == images[0].SOPClassUID
+    )
+    assert got_images[1].SourceImageSequence[0].ReferencedSOPInstanceUID == got_images[0].SOPInstanceUID
+    frames = {ds.FrameOfReferenceUID for ds in got_images}
+    assert len(frames) == 1 and frames != {images[0].FrameOfReferenceUID}, "one frame of reference, re-identified"
+    old = got_gsps.OriginalAttributesSequence[0].ModifiedAttributesSequence[0]
+    assert old.ReferencedSeriesSequence == gsps.ReferencedSeriesSequence, "the old references are kept"
+    assert old.SOPInstanceUID == gsps.SOPInstanceUID
+    assert got_images[0].OriginalAttributesSequence[0].ModifiedAttributesSequence[0].FrameOfReferenceUID == "1.2.7.99"
+
+
+def test_without_the_survey_only_objects_already_read_are_known() -> None:
+    images, gsps, _ = referencing_set()
+    run = Reconciler(FakeWorklist(), ReconcileOptions(new_uids=True))
+    got_gsps = dcmread(BytesIO(run.apply(p10(gsps))[0] or b""))
+    refs = got_gsps.ReferencedSeriesSequence[0].ReferencedImageSequence
+    assert [r.ReferencedSOPInstanceUID for r in refs] == [ds.SOPInstanceUID for ds in images]
+    held = Reconciler(FakeWorklist(), ReconcileOptions(new_uids=True, matched_only=True))
+    for ds in images:
+        held.survey(p10(ds))
+    assert held.in_set == set(), "a held-back study's objects are not imported: references to them stay"

@@ -246,3 +246,43 @@ def test_router_print_refuses_what_it_cannot_print(tmp_path: Path, printer: Prin
     assert refused.returncode == 2 and "no image (no Pixel Data)" in refused.stderr
     bad_format = router.cli("print", "PRINTER", str(no_image), "--format", "STANDARD\x012", check=False)
     assert bad_format.returncode == 2 and "control character" in bad_format.stderr
+
+
+def _series(count: int) -> list[Dataset]:
+    """A CT series of ``count`` images, each one grey level (raw 400 * n, window 0..4095), numbered 1..count but
+    created in a shuffled order."""
+    study, series_uid = generate_uid(), generate_uid()
+    images = []
+    for number in (3, 1, 5, 2, 4, 6)[:count]:
+        ds = banded(CT, 64, 64, [400 * number] * 4, WindowCenter=2048, WindowWidth=4096, InstanceNumber=number)
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series_uid
+        images.append(ds)
+    return images
+
+
+def test_group_series_prints_a_series_from_two_associations_on_one_film_session(
+    tmp_path: Path, printer: PrintSCP
+) -> None:
+    rule = {"print": {"to": "PRINTER", "group": "series", "settle_seconds": 5}}
+    rules = {"10-print.yaml": [{"name": "print-series", "when": {"kind": "dicom"}, "then": [rule]}]}
+    images = _series(5)
+    router = _router(tmp_path, printer.port, rules=rules).start()
+    try:
+        assert send_datasets(router.port, images[:3]) == [0] * 3
+        assert send_datasets(router.port, images[3:]) == [0] * 2  # a second association, within the settle time
+        wait_while_up(router, lambda: [j["state"] for j in jobs(router)] == ["done"] * 5, 60, "the print jobs done")
+    finally:
+        router.stop()
+    films = printer.written(STORED_PRINT)
+    # dcmprscp gives each film session a Study Instance UID of its own (DVPSPrintSCP::filmSessionNCreate), which
+    # its Stored Print objects (one per film) carry
+    assert len(films) == 2 and len({film.StudyInstanceUID for film in films}) == 1
+    hardcopies = {image.SOPInstanceUID: image for image in printer.written(HARDCOPY_GRAYSCALE)}
+    on_films = []
+    for film in films:
+        boxes = sorted(film.ImageBoxContentSequence, key=lambda b: int(b.ImageBoxPosition))
+        grey = [
+            hardcopies[box.ReferencedImageSequence[0].ReferencedSOPInstanceUID].pixel_array[32, 32] for box in boxes
+        ]
+        on_films.append([round(int(level) / 400) for level in grey])
+    assert sorted(on_films) == [[1, 2, 3, 4], [5]], on_films  # by Instance Number, not by arrival

@@ -215,4 +215,6 @@ def test_the_print_stage_takes_printers_only() -> None:
         "peer 'PACS' is not a printer (a DICOM peer with a print section, e.g. print: {})"
     ]
     assert stage.check(["NOPE"], cfg)[0].startswith("unknown peer 'NOPE'")
-    assert stage.check({"to": "PRINTER", "copies": 2}, cfg) == ["unknown argument(s) ['copies'] (expected ['to'])"]
+    assert stage.check({"to": "PRINTER", "copies": 2}, cfg) == [
+        "unknown argument(s) ['copies'] (expected ['group', 'settle_seconds', 'to'])"
+    ]

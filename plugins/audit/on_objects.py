@@ -20,7 +20,7 @@ from router.hl7.message import parse_message
 from router.hooks.answers import ImportedInstance, InstanceRef
 from router.hooks.specs import hookimpl
 from router.intake.envelope import Envelope, dataset_text
-from router.outbox.jobs import JobKind
+from router.outbox.jobs import PRINT_KINDS, JobKind
 from router.printing import bundle as print_bundle
 from router.store.models import Job, JobState
 from router.store.tables import JOB
@@ -89,7 +89,7 @@ def router_forwarded(job: Job, status: int) -> None:
         for subject in subjects:
             state.record(events.instances_transferred(subject, "R", state.local.participant(True), remote, [],
                                                       description=f"delivered, status 0x{status:04X}"))  # fmt: skip
-    elif job.kind == JobKind.PRINT:
+    elif job.kind in PRINT_KINDS:
         _printed(state, job, remote, status)
     elif job.kind in MPPS_JOBS or job.kind == JobKind.HL7:
         try:

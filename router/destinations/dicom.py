@@ -19,7 +19,7 @@ from router.destinations import dimse_n, printer
 from router.destinations.base import DestinationContext, Outcome, Unreachable
 from router.destinations.payload import job_file
 from router.hooks.manager import notify
-from router.outbox.jobs import DIMSE_N_KINDS, JobKind
+from router.outbox.jobs import DIMSE_N_KINDS, PRINT_KINDS, JobKind
 from router.scu.association import MAX_CONTEXTS, AssociationFailed, Item, NoContext, StoreAssociation, context_count
 from router.statuses import SendVerdict, classify_peer_status
 from router.store.models import Job
@@ -51,10 +51,10 @@ class DicomDestination:
         n_jobs = [j for j in jobs if j.kind in DIMSE_N_KINDS]
         if n_jobs:  # commitment reports and MPPS messages: over an association of their own
             yield from dimse_n.send_jobs(self.ctx.requestor, self.peer, self.ctx.config.data_dir, n_jobs, self.ctx.pm)
-        prints = [j for j in jobs if j.kind == JobKind.PRINT]
+        prints = [j for j in jobs if j.kind in PRINT_KINDS]
         if prints:  # print jobs (a printer: a DICOM peer with a print section): over an association of their own
             yield from printer.send_jobs(self.ctx.requestor, self.peer, self.ctx.config.data_dir, prints)
-        stores = [j for j in jobs if j.kind not in DIMSE_N_KINDS and j.kind != JobKind.PRINT]
+        stores = [j for j in jobs if j.kind not in DIMSE_N_KINDS and j.kind not in PRINT_KINDS]
         if stores:
             yield from self._send_stores(stores)
 

@@ -87,8 +87,9 @@ def _order_values(item: Any) -> dict[str, Any]:
     values: dict[str, Any] = {"AccessionNumber": item.accession_number}
     if item.referring_physician:
         values["ReferringPhysicianName"] = item.referring_physician
-    if item.requesting_physician:
-        values["RequestingPhysician"] = item.requesting_physician
+    # no Requesting Physician (0032,1032): PS3.3 defines it in the Imaging Service Request Module only (the worklist
+    # has it), in no composite image IOD, not in Request Attributes Sequence either (PS3.3 Table 10-9); written into
+    # an image it made a Standard Extended SOP Class (dciodvfy)
     if item.procedure_code_value:
         code = Dataset()
         code.CodeValue = item.procedure_code_value

@@ -45,6 +45,7 @@ from router.intake.groupcommit import GroupCommit
 from router.intake.pipeline import PipelineResult
 from router.intake.stage import PlannedForward, StageError
 from router.logs import database_error, redact
+from router.outbox.groups import hold
 from router.outbox.jobs import JobKind, NewJob, enqueue
 from router.outbox.orphans import drop_if_orphaned
 from router.statuses import StoreOutcome, c_store_status
@@ -302,6 +303,11 @@ class Ingestor(Intake):
         )
         jobs = [_job(f, env, derived[id(f.payload)] if _own_file(f, env) else relpath) for f in plan.forwards]
         enqueue(conn, jobs)
+        hold(
+            conn,
+            values.text("SeriesInstanceUID", UNLIMITED),
+            {f.peer: f.settle for f in plan.forwards if f.settle is not None},
+        )
         outcome = StoreOutcome.OVERWRITTEN if existing is not None else StoreOutcome.STORED
         queued = [(job.peer, job.kind.value) for job in jobs]
         record(conn, [activity.dicom_received(env, values, plan, relpath, outcome.value, queued)])

@@ -30,6 +30,7 @@ class PlannedForward:
     rule: str
     commit: bool = False  # request storage commitment from the peer once delivered (docs/workflow.md)
     kind: str = ""  # the outbox JobKind when it is not a store (``print``); empty: a store, or a store and commit
+    settle: float | None = None  # a grouped job (``print-series``): its group is put off this long (outbox.groups)
 
 
 @dataclass
@@ -48,11 +49,17 @@ class StageContext:
         self.resends.append((peer, self.rule))
 
     def plan_forward(
-        self, peer: str, env: Envelope, payload: bytes | None = None, commit: bool = False, kind: str = ""
+        self,
+        peer: str,
+        env: Envelope,
+        payload: bytes | None = None,
+        commit: bool = False,
+        kind: str = "",
+        settle: float | None = None,
     ) -> None:
         """Queue ``env`` as it is now for ``peer`` (or ``payload``, a version of it made for that peer); with
         ``commit`` the peer is asked for storage commitment once it has the object; ``kind`` names another job
-        kind than a store (``print``)."""
+        kind than a store (``print``); ``settle`` puts a grouped job's group off (``router.outbox.groups``)."""
         self.forwards.append(
             PlannedForward(
                 peer=peer,
@@ -62,6 +69,7 @@ class StageContext:
                 rule=self.rule,
                 commit=commit,
                 kind=kind,
+                settle=settle,
             )
         )
 

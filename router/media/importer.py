@@ -127,6 +127,7 @@ class Importer:
         taken: list[Taken] = []
         if self.options.reconcile is not None:
             self.reconciler = Reconciler(self._worklist(), self.options.reconcile)
+            self._survey(candidates, self.reconciler)
         for cand in candidates:
             item = self._take(cand)
             if isinstance(item, Taken) and self.reconciler is not None:
@@ -190,6 +191,20 @@ class Importer:
             raw, out.corrected = checked.corrected, checked.note
         path = cand.source.path_of(cand.name) if checked.corrected is None else None
         return Taken(out, raw, values, source, path)
+
+    def _survey(self, candidates: list[Candidate], reconciler: Reconciler) -> None:
+        """``--new-uids``: a first pass over what will be imported, so that references to an object are rewritten
+        in the objects read before it too (``router.media.references``). Each file is read twice."""
+        if reconciler.options.new_uids:
+            for cand in candidates:
+                item = self._take(cand)
+                if isinstance(item, Taken):
+                    try:
+                        reconciler.survey(item.raw)
+                    except WorklistUnavailable:
+                        raise
+                    except Exception:  # pydicom on a damaged object: refused with the reason when it is reconciled
+                        continue
 
     def _worklist(self) -> Worklist:
         if self.options.worklist:

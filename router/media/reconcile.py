@@ -12,9 +12,11 @@ items made from HL7 orders, or a peer's MWL by C-FIND):
 
 A matched object's patient and order attributes are written with the local values by the demographics coercion
 itself (``router.hl7.demographics.apply_demographics``): the values replaced go to Original Attributes Sequence
-(reason COERCE). ``--new-uids`` gives every Study, Series and SOP Instance UID a new ``2.25`` UID, the same new
-UID for the same old one throughout a run (a keyed hash: objects of one series stay one series, in any order);
-the old UIDs are kept in the same Original Attributes Sequence item. When a local value does not fit the object's
+(reason COERCE). ``--new-uids`` gives every Study, Series, SOP Instance and Frame of Reference UID a new ``2.25``
+UID, the same new UID for the same old one throughout a run (a keyed hash: objects of one series stay one series, in
+any order), and references to them inside objects follow (``router.media.references``: the importer's ``survey``
+pass names every object of the run first); the old values (the top-level attribute, or the whole top-level
+sequence) are kept in the same Original Attributes Sequence item. When a local value does not fit the object's
 Specific Character Set, the object is declared ``ISO_IR 192`` (UTF-8; the old set is kept there too).
 """
 
@@ -33,10 +35,10 @@ from pydicom.dataset import Dataset
 from pydicom.filewriter import dcmwrite
 
 from router.hl7.demographics import Demographics, apply_demographics
+from router.media import references
 from router.media.worklists import Worklist, WorklistEntry
 
 ACCESSION, DEMOGRAPHICS, NONE = "accession", "demographics", "none"
-UID_KEYS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
 UTF8 = "ISO_IR 192"
 # values the demographics coercion writes that no composite image IOD has at the top level (dciodvfy: "not present
 # in standard DICOM IOD"): reconciliation leaves them out, so the object does not become a Standard Extended one
@@ -141,22 +143,37 @@ class Reconciler:
         self.worklist, self.options = worklist, options
         self.uids = uids or UidMap()
         self.studies: dict[str, StudyMatch] = {}
+        self.in_set: set[str] = set()  # --new-uids: the UIDs re-identified in this run (router.media.references)
 
-    def apply(self, raw: bytes) -> tuple[bytes | None, StudyMatch, list[str]]:
-        """The object's new bytes (``raw`` itself when nothing changes; None when its study is held back), its
-        study's match, and the attributes changed in it."""
-        ds = dcmread(BytesIO(raw))
+    def _match(self, ds: Dataset) -> StudyMatch:
         study = _text(ds, "StudyInstanceUID")
         match = self.studies.get(study)
         if match is None:
             match = self.studies[study] = match_study(self.worklist, ds)
             match.held_back = self.options.matched_only and match.matched == NONE
+        return match
+
+    def survey(self, raw: bytes) -> None:
+        """Before the run: note an object that will be imported, so that references to it are rewritten in the
+        objects before it too (``--new-uids``; its study is matched now, once, and held back or not)."""
+        if not self.options.new_uids:
+            return
+        ds = dcmread(BytesIO(raw), stop_before_pixels=True)
+        if not self._match(ds).held_back:
+            self.in_set |= references.identities(ds)
+
+    def apply(self, raw: bytes) -> tuple[bytes | None, StudyMatch, list[str]]:
+        """The object's new bytes (``raw`` itself when nothing changes; None when its study is held back), its
+        study's match, and the attributes changed in it."""
+        ds = dcmread(BytesIO(raw))
+        match = self._match(ds)
         match.objects += 1
         if match.held_back:
             return None, match, []
         values = {k: v for k, v in match.values.items() if k not in OUTSIDE_IODS}
         if self.options.new_uids:
-            values.update({k: self.uids(_text(ds, k)) for k in UID_KEYS if _text(ds, k)})
+            self.in_set |= references.identities(ds)
+            values.update(references.rewritten(ds, self.in_set, self.uids))
             match.new_study_uid = values.get("StudyInstanceUID", "")
         if not _fits(ds, values):
             for _ in ds.iterall():  # every text value decoded under the declared set before the declaration changes

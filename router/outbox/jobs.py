@@ -33,8 +33,10 @@ class JobKind(enum.StrEnum):
     MPPS_CREATE = "mpps-create"  # an MPPS N-CREATE, forwarded
     MPPS_SET = "mpps-set"  # an MPPS N-SET, forwarded (after its N-CREATE: same sop_uid)
     PRINT = "print"  # images printed on a DICOM printer: a stored object, or a bundle (router.printing.bundle)
+    PRINT_SERIES = "print-series"  # a stored object printed with the rest of its series (router.outbox.groups)
 
 
+PRINT_KINDS = frozenset({JobKind.PRINT, JobKind.PRINT_SERIES})  # the printer destination's (a DICOM peer's)
 DIMSE_N_KINDS = frozenset({JobKind.COMMIT_REPORT, JobKind.MPPS_CREATE, JobKind.MPPS_SET})
 # Kinds whose file is also a record another service keeps (the MPPS messages and the step's state, which the next
 # N-SET reads): a delivered job of these kinds never takes its file away. The files of the other kinds are payloads

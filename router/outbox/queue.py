@@ -25,6 +25,7 @@ from sqlalchemy.sql.elements import ColumnElement
 from sqlmodel import Session, col, select
 
 from router.config import ForwardSettings
+from router.outbox import groups
 from router.outbox.orphans import drop_if_orphaned
 from router.store.activity import Entry, record, subject_of
 from router.store.models import Job, JobState, utcnow
@@ -173,13 +174,15 @@ class Outbox:
         for the same instance and peer is pending or inflight (two versions under the overwrite policy must
         not arrive newest first because the older one was backing off). That holds across nodes: a job another
         node is claiming is locked (skipped here) and still pending in this statement's snapshot, so the jobs
-        after it wait too. The claimed jobs are leased to this node for ``forward.lease_seconds``."""
+        after it wait too. The claimed jobs are leased to this node for ``forward.lease_seconds``. A claimed job of a
+        group brings the group's other pending jobs, beyond ``limit`` (``router.outbox.groups``)."""
         now = utcnow()
         lease_until = now + timedelta(seconds=self.settings.lease_seconds)
         params = {"for_peer": peer, "now": now, "limit": limit, "node": self.node_id, "lease_until": lease_until}
         with self._claim_lock, self._writing, self.engine.begin() as conn:
             query = _CLAIM_DUE if due_only else _CLAIM_ANY
             rows = conn.execute(query, params).mappings().all()
+            rows = [*rows, *groups.claim_rest(conn, rows, params)]  # a print group is handed over whole
         return sorted((Job(**row) for row in rows), key=lambda job: job.id or 0)  # RETURNING has no order
 
     def mark_done(self, jobs: Sequence[Job], statuses: dict[int, int | None]) -> None:

@@ -116,23 +116,24 @@ class Actions:
         done = f"{answer.data['queued']} instance(s) queued for {answer.data['peer']}"
         return redirect(f"/studies?done={quote(done)}")
 
-    async def check_rules(self, request: Request) -> Response:
+    async def _send_rules(self, request: Request, method: str, suffix: str) -> tuple[str, str, Answer]:
+        """The editor's text sent to the rules API (``/api/rules/{file}{suffix}``): file name, text, answer."""
         name = request.path_params["file"]
         form = await read_form(request)
         text = str(form.get("text", ""))
-        answer = await self._change(request, "POST", f"/api/rules/{name}/check", form, body=text.encode(),
+        answer = await self._change(request, method, f"/api/rules/{name}{suffix}", form, body=text.encode(),
                                     content_type="application/yaml")  # fmt: skip
+        return name, text, answer
+
+    async def check_rules(self, request: Request) -> Response:
+        name, text, answer = await self._send_rules(request, "POST", "/check")
         if not answer.ok:
             return failed(request, answer)
         checked = answer.data
         return await self.pages.editor(request, name, text, problems=checked["problems"], checked=checked)
 
     async def save_rules(self, request: Request) -> Response:
-        name = request.path_params["file"]
-        form = await read_form(request)
-        text = str(form.get("text", ""))
-        answer = await self._change(request, "PUT", f"/api/rules/{name}", form, body=text.encode(),
-                                    content_type="application/yaml")  # fmt: skip
+        name, text, answer = await self._send_rules(request, "PUT", "")
         if answer.status == 422:
             return await self.pages.editor(request, name, text, 422, problems=answer.data.get("problems", []),
                                            refused=answer.error)  # fmt: skip
