@@ -335,7 +335,8 @@ class Ingestor(Intake):
         sop_uid = env.sop_instance_uid
         relpath, old_path = done.relpath, done.old_path
         if old_path is not None and old_path != relpath:
-            drop_if_orphaned(self.engine, self.data_dir, old_path, sop_uid)
+            with self.write_lock:  # no commit between its look and the removal (an overwrite back to those bytes)
+                drop_if_orphaned(self.engine, self.data_dir, old_path, sop_uid)
         outcome = StoreOutcome.OVERWRITTEN if old_path is not None else StoreOutcome.STORED
         log.info(
             "stored %s from %s (%s), %d forward job(s)",
