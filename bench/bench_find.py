@@ -1,6 +1,7 @@
 """C-FIND benchmark: study-level queries with a wildcard on Patient's Name, the router vs Orthanc, same data.
 
-Usage: python bench/bench_find.py [--instances N] [--repeat R] [--skip-orthanc] [--timeout S] [--out results.json]
+Usage: python bench/bench_find.py [--instances N] [--repeat R] [--skip-orthanc] [--first-response] [--timeout S]
+                                  [--out results.json]
 
 The router's index is filled directly (rows inserted into a fresh SQLite database before ``router serve`` starts:
 C-FIND reads only the index). Orthanc gets the same patients, studies, series and instances as real (pixel-less
@@ -8,8 +9,10 @@ Secondary Capture) objects over C-STORE, since it has no other way in. Both are 
 DCMTK findscu (a native client, as a viewer would be), ``--repeat`` times after one warm-up; the median wall time of
 a findscu run (process start, association, query, every response, release) is printed with the number of matches
 (which must agree), the median echoscu run beside it (the part of that time that is not the query), and the
-router/Orthanc ratio (below 1: the router answers faster). Everything runs on 127.0.0.1 on free ports, in a
-temporary folder removed at the end.
+router/Orthanc ratio (below 1: the router answers faster). With ``--first-response`` a pynetdicom client also
+times the first and the last response of study-level queries by name prefix, date range, accession number and a
+leading wildcard (``find_first.py``). Everything runs on 127.0.0.1 on free ports, in a temporary folder removed at
+the end.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ from bench_store import (  # type: ignore[import-not-found]
     stop,
     version,
 )
+from find_first import FirstTiming, measure_first, print_first  # type: ignore[import-not-found]
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
@@ -217,6 +221,7 @@ def main() -> int:
     ap.add_argument("--instances", type=int, default=100_000, help="instances in the index (default 100000)")
     ap.add_argument("--repeat", type=int, default=15, help="timed queries per target and query (default 15)")
     ap.add_argument("--skip-orthanc", action="store_true", help="the router only")
+    ap.add_argument("--first-response", action="store_true", help="also time first/last responses (pynetdicom)")
     ap.add_argument("--timeout", type=float, default=900, help="upper bound for loading Orthanc, seconds")
     ap.add_argument("--out", help="also write the results as JSON")
     args = ap.parse_args()
@@ -227,6 +232,8 @@ def main() -> int:
           f"{version([orthanc, '--version']) if orthanc else 'not used'}; {args.instances} instances")  # fmt: skip
     work = Path(tempfile.mkdtemp(prefix="bench-find-"))
     results: list[Timing] = []
+    firsts: list[FirstTiming] = []
+    studies = max(1, args.instances // (SERIES_PER_STUDY * INSTANCES_PER_SERIES))
     echo_ms: dict[str, float] = {}
     try:
         router_dir = work / "router"
@@ -238,6 +245,8 @@ def main() -> int:
             deadline = time.monotonic() + 300
             results += [measure("router", "ROUTER", port, q, args.repeat, deadline) for q in QUERIES]
             echo_ms["router"] = baseline("ROUTER", port, args.repeat)
+            if args.first_response:
+                firsts += measure_first("router", "ROUTER", port, studies, args.repeat, time.monotonic() + 300)
         finally:
             stop(proc)
         if orthanc:
@@ -253,9 +262,11 @@ def main() -> int:
                 deadline = time.monotonic() + 300
                 results += [measure("orthanc", "ORTHANC", port, q, args.repeat, deadline) for q in QUERIES]
                 echo_ms["orthanc"] = baseline("ORTHANC", port, args.repeat)
+                if args.first_response:
+                    firsts += measure_first("orthanc", "ORTHANC", port, studies, args.repeat, time.monotonic() + 300)
             finally:
                 stop(proc)
-    except (StartError, subprocess.TimeoutExpired) as exc:
+    except (StartError, RuntimeError, subprocess.TimeoutExpired) as exc:
         print(f"failed: {exc}", file=sys.stderr)
         return 1
     finally:
@@ -276,9 +287,12 @@ def main() -> int:
             ratios[q] = r.median_ms / o.median_ms
             agree = "same matches" if r.matches == o.matches else f"MATCHES DIFFER ({r.matches} vs {o.matches})"
             print(f"router/orthanc median time, {q}: {ratios[q]:.2f} ({agree})")
+    if firsts:
+        print_first(firsts)
     if args.out:
         Path(args.out).write_text(json.dumps({"instances": args.instances, "ratios": ratios, "echo_ms": echo_ms,
-                                              "results": [t.__dict__ for t in results]}, indent=2))  # fmt: skip
+                                              "results": [t.__dict__ for t in results],
+                                              "first_response": [t.__dict__ for t in firsts]}, indent=2))  # fmt: skip
     return 0
 
 

@@ -11,6 +11,7 @@ from types import FrameType
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from router import _pynetdicom
+from router import storage as object_storage
 from router.commitment.ledger import CommitLedger
 from router.commitment.scp import CommitmentSCP
 from router.config import RouterConfig
@@ -63,8 +64,11 @@ class Router:
             raise StartupError(f"{config.source or 'configuration'}: invalid configuration\n" + "\n".join(problems))
         files.set_access(config.data_access)  # modes of everything under data_dir (router/store/files.py)
         files.secure_data_dir(config.data_dir, DATA_FOLDERS, sqlite_file(config.effective_database_url))
+        object_storage.register(config)  # the store every reader of this process finds by data_dir
         self.engine = make_engine(config.effective_database_url)
         self.rules = LiveRules(config.rules_dir, self.stages, config, self.pm)
+        if self.engine.dialect.name == "postgresql":  # a cluster's nodes route by one rule set (docs/cluster.md)
+            self.rules.share(self.engine, config.node_id)
         self.write_lock = write_lock_for(config.effective_database_url)  # one writer at a time (SQLite)
         intake = IntakeContext(config, self.engine, lambda: self.rules.current, self.stages, self.pm, self.write_lock)
         self.ingestor = Ingestor(intake)
@@ -144,7 +148,7 @@ class Router:
 
     def _clear_partial_writes(self) -> None:
         """Temp files left by a crash were never acknowledged: they can go."""
-        tmp = self.config.data_dir / "tmp"
+        tmp = object_storage.tmp_dir(self.config)
         leftovers = list(tmp.glob("*.part"))
         for path in leftovers:
             path.unlink(missing_ok=True)

@@ -1,7 +1,9 @@
 """``router nodes``: the routers sharing this database, their version, heartbeat and the jobs they hold.
 
 Each node's forward workers write a heartbeat row every few seconds (``router.outbox.leases``); a node silent for
-longer than ``forward.lease_seconds`` has lost its leases, and the other nodes send its jobs. docs/cluster.md.
+longer than ``forward.lease_seconds`` has lost its leases, and the other nodes send its jobs. ``dropped``: outcomes the
+node dropped since its start because their jobs had been taken over; ``rules``: the digest of the rules it routes by,
+``DIFFERS`` when they are not the cluster's rule set (``router.rules.shared``). docs/cluster.md.
 """
 
 from __future__ import annotations
@@ -32,12 +34,20 @@ def cmd_nodes(args: argparse.Namespace) -> int:
     if not nodes:
         print("no node has run its forward workers on this database yet")
         return EXIT_OK
-    print(f"{'node':<24} {'status':<8} {'version':<10} {'started':<20} {'heartbeat':>10} {'holds':>6}")
+    print(f"{'node':<24} {'status':<8} {'version':<10} {'started':<20} {'heartbeat':>10} {'holds':>6} "
+          f"{'dropped':>7}  rules")  # fmt: skip
     for node in nodes:
-        mark = " (this one)" if node["node_id"] == cfg.node_id else ""
+        rules = _rules(node) + (" (this one)" if node["node_id"] == cfg.node_id else "")
         print(f"{node['node_id']:<24} {node['status']:<8} {node['version']:<10} {node['started_at'][:19]:<20} "
-              f"{node['heartbeat_age']:>8.1f} s {node['holds']:>6}{mark}")  # fmt: skip
+              f"{node['heartbeat_age']:>8.1f} s {node['holds']:>6} {node['dropped']:>7}  {rules}")  # fmt: skip
     return EXIT_OK
+
+
+def _rules(node: dict[str, Any]) -> str:
+    """The digest of the rules a node routes by (12 hex digits), and whether they are the cluster's rule set."""
+    if not node["rules"]:
+        return "-"
+    return f"{node['rules'][:12]}{'' if node['rules_current'] else ' DIFFERS'}"
 
 
 def add_nodes_command(sub: Any) -> argparse.ArgumentParser:

@@ -89,8 +89,9 @@ def _kill_leftover(data: Path) -> None:
 
 
 @contextlib.contextmanager
-def postgres_cluster(timeout: float = STARTUP_TIMEOUT) -> Iterator[PgCluster]:
-    """Start a throwaway cluster; always stop it and remove its folder."""
+def postgres_cluster(timeout: float = STARTUP_TIMEOUT, fsync: bool = False) -> Iterator[PgCluster]:
+    """Start a throwaway cluster; always stop it and remove its folder. ``fsync``: durable commits, as in
+    production (the benches); off for the tests."""
     bin_dir = tools.postgres_bin()
     as_user: str | None = None
     if os.geteuid() == 0:
@@ -113,7 +114,7 @@ def postgres_cluster(timeout: float = STARTUP_TIMEOUT) -> Iterator[PgCluster]:
             "initdb",
         )
         cluster = PgCluster("127.0.0.1", free_port())
-        options = f"-c listen_addresses=127.0.0.1 -p {cluster.port} -k {root} -c fsync=off"
+        options = f"-c listen_addresses=127.0.0.1 -p {cluster.port} -k {root} -c fsync={'on' if fsync else 'off'}"
         started = True  # from here on a (partly) started server must be stopped
         _run(
             [str(bin_dir / "pg_ctl"), "-D", str(data), "-l", str(log), "-o", options, "-w", "-t", str(int(timeout)),

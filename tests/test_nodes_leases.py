@@ -91,6 +91,34 @@ def test_router_nodes_lists_the_nodes(tmp_path: Path) -> None:
     assert '"holds": 1' in as_json and '"node_id": "N1"' in as_json, as_json
 
 
+def lost_lease_outcomes_are_dropped(engine: Engine) -> None:
+    """Node A claims, its lease expires, node B takes the jobs over and claims them: A's done and failure marks
+    change nothing (counted in ``Outbox.dropped``), B's count."""
+    queue_jobs(engine, ("PACS", "6.1"), ("PACS", "6.2"))
+    node_a = Outbox(engine, SETTINGS, Path("."), node_id="A")
+    node_b = Outbox(engine, SETTINGS, Path("."), node_id="B")
+    claimed = node_a.claim("PACS", 10)
+    assert len(claimed) == 2
+    with engine.begin() as conn:
+        conn.execute(update(JOB).values(lease_until=utcnow() - timedelta(seconds=1)))  # A went silent
+        assert take_over_expired(conn, "B", utcnow()) == {"PACS": 2}
+    assert {(j.state, j.leased_by) for j in node_a.list()} == {(JobState.PENDING, "")}
+    assert node_a.mark_done(claimed[:1], {}) == [], "A no longer holds the job: nothing marked"
+    assert node_a.mark_failed_many(claimed[1:], "late", permanent=True) == [None]
+    assert node_a.dropped == 2
+    assert {(j.state, j.attempts) for j in node_a.list()} == {(JobState.PENDING, 0)}, "A's outcomes changed nothing"
+    retaken = node_b.claim("PACS", 10)
+    assert node_a.mark_done(claimed, {}) == [], "nor once B holds them"
+    assert {(j.state, j.leased_by) for j in node_b.list()} == {(JobState.INFLIGHT, "B")}
+    assert [j.id for j in node_b.mark_done(retaken, {})] == [j.id for j in retaken], "the holder's marks count"
+    assert {j.state for j in node_b.list()} == {JobState.DONE}
+    assert node_b.dropped == 0
+
+
+def test_a_node_whose_lease_was_taken_over_cannot_mark_the_jobs(tmp_path: Path) -> None:
+    lost_lease_outcomes_are_dropped(make_engine(f"sqlite:///{tmp_path / 'router.db'}"))
+
+
 # -- PostgreSQL: two nodes on one database -------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def pg_cluster() -> Iterator[PgCluster]:
@@ -215,3 +243,8 @@ def test_association_slots_hold_for_the_cluster(pg_engine: Engine) -> None:
     finally:
         node_a.dispose()
         node_b.dispose()
+
+
+@pytest.mark.interop  # PostgreSQL server
+def test_a_node_whose_lease_was_taken_over_cannot_mark_the_jobs_on_postgresql(pg_engine: Engine) -> None:
+    lost_lease_outcomes_are_dropped(pg_engine)

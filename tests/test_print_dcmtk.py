@@ -91,6 +91,17 @@ def film_exports(workdir: Path) -> list[etree._Element]:
     return found
 
 
+def instances_accessed(workdir: Path) -> list[etree._Element]:
+    """The DICOM Instances Accessed messages (PS3.15 A.5.3.6) of the audit file, each checked against the schema."""
+    path = workdir / "audit.xml.log"
+    lines = path.read_text().splitlines() if path.exists() else []
+    found = [(line, etree.fromstring(line.encode())) for line in lines]
+    accessed = [(line, root) for line, root in found
+                if root.find("EventIdentification/EventID").get("csd-code") == "110103"]  # fmt: skip
+    assert all(schema_problems(line) == [] for line, _root in accessed)
+    return [root for _line, root in accessed]
+
+
 def banded(sop_class: str, rows: int, columns: int, bands: list[int], **attrs: Any) -> Dataset:
     """An image of four vertical bands of the raw values ``bands`` (12 bits stored)."""
     ds = Dataset()
@@ -186,6 +197,10 @@ def test_router_print_fills_two_2x2_films_and_waits(tmp_path: Path, printer: Pri
     patient = [o for o in objects if o.get("ParticipantObjectTypeCodeRole") == "1"]
     assert [o.get("ParticipantObjectID") for o in patient] == ["PRINT-1"]
     assert export.find("EventIdentification").get("EventOutcomeIndicator") == "0"
+    [accessed] = instances_accessed(tmp_path)  # and as ISUDM 2.1 audits a print: the patient's instances were read
+    assert accessed.find("EventIdentification").get("EventActionCode") == "R"
+    read = accessed.findall("ParticipantObjectIdentification")
+    assert [o.get("ParticipantObjectID") for o in read if o.get("ParticipantObjectTypeCodeRole") == "1"] == ["PRINT-1"]
     by_size: dict[tuple[int, int], list[Dataset]] = {}
     for image in images:
         by_size.setdefault((image.Columns, image.Rows), []).append(image)

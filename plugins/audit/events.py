@@ -17,6 +17,7 @@ from plugins.audit.message import AuditEvent, Code, Description, Participant, Pa
 APPLICATION_ACTIVITY = Code("110100", "DCM", "Application Activity")
 BEGIN_TRANSFERRING = Code("110102", "DCM", "Begin Transferring DICOM Instances")
 INSTANCES_TRANSFERRED = Code("110104", "DCM", "DICOM Instances Transferred")
+INSTANCES_ACCESSED = Code("110103", "DCM", "DICOM Instances Accessed")
 EXPORT = Code("110106", "DCM", "Export")
 IMPORT = Code("110107", "DCM", "Import")
 ORDER_RECORD = Code("110109", "DCM", "Order Record")
@@ -134,6 +135,12 @@ def instances_transferred(
     source.role, destination.role = SOURCE, DESTINATION
     return AuditEvent(INSTANCES_TRANSFERRED, action, outcome, outcome_description=description,
                       participants=[source, destination, *others], objects=subject_objects(subject))  # fmt: skip
+
+
+def instances_accessed(subject: Subject, action: str, users: list[Participant], description: str = "") -> AuditEvent:
+    """A.5.3.6: instances of one patient were used (R: read, e.g. printed) by ``users`` (the requestor first)."""
+    return AuditEvent(INSTANCES_ACCESSED, action, SUCCESS, outcome_description=description, participants=users,
+                      objects=subject_objects(subject))  # fmt: skip
 
 
 def begin_transferring(subject: Subject, source: Participant, destination: Participant) -> AuditEvent:

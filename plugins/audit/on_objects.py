@@ -16,6 +16,7 @@ from sqlalchemy import select
 from plugins.audit import events, facts, on_hl7, stage
 from plugins.audit.message import Participant
 from plugins.audit.state import Running, running
+from router import storage
 from router.hl7.message import parse_message
 from router.hooks.answers import ImportedInstance, InstanceRef
 from router.hooks.specs import hookimpl
@@ -93,7 +94,7 @@ def router_forwarded(job: Job, status: int) -> None:
         _printed(state, job, remote, status)
     elif job.kind in MPPS_JOBS or job.kind == JobKind.HL7:
         try:
-            raw = (state.config.data_dir / job.path).read_bytes()
+            raw = storage.of(state.config).read_bytes(job.path)
         except OSError as exc:  # its file went with the job: what was sent cannot be told any more
             log.warning("audit: forwarded %s job %s: its message cannot be read (%s); not audited", job.kind,
                         job.id, exc.strerror)  # fmt: skip
@@ -107,10 +108,11 @@ def router_forwarded(job: Job, status: int) -> None:
 
 def _printed(state: Running, job: Job, printer: Participant, status: int) -> None:
     """A print job was printed: an Export message (A.5.3.4: "recording on film"), the printer as the destination
-    and the film as the medium; the objects from the job's payload, or from the index when it is gone."""
+    and the film as the medium, and a DICOM Instances Accessed message (A.5.3.6, action R) per patient; the objects
+    from the job's payload, or from the index when it is gone."""
     subjects: dict[str, facts.Subject] = {}
     try:
-        for ds in print_bundle.objects(state.config.data_dir / job.path):
+        for ds in print_bundle.objects(storage.of(state.config).local_path(job.path)):
             one = facts.from_dataset(ds)
             subject = subjects.setdefault(one.patient.id, facts.Subject(one.patient))
             subject.study(dataset_text(ds, "StudyInstanceUID")).add(
@@ -123,6 +125,8 @@ def _printed(state: Running, job: Job, printer: Participant, status: int) -> Non
     text = f"printed on film, status 0x{status:04X}"
     state.record(events.data_export(list(subjects.values()), state.local.participant(True), printer, film,
                                     events.SUCCESS, text, media=events.FILM))  # fmt: skip
+    for subject in subjects.values():  # and, as ISUDM 2.1 audits a print ("Study-used"), each patient's instances read
+        state.record(events.instances_accessed(subject, "R", [state.local.participant(True), printer], text))
 
 
 @hookimpl

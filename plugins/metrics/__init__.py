@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from plugins.metrics import labels as lbl
+from router import storage
 from router.config import RouterConfig
 from router.hooks.answers import Authenticated, Denied
 from router.hooks.specs import hookimpl
@@ -55,7 +56,7 @@ class Metrics:
     def __init__(self, config: RouterConfig, process: str) -> None:
         self.config = config
         self.process = process
-        self.folder = config.data_dir / FOLDER
+        self.folder = storage.node_dir(config) / FOLDER
         self.labels = lbl.Labels(config)
         if process == "forward":
             _count_in_files(self.folder)

@@ -166,6 +166,22 @@ def replace_service_class(original: type[ServiceClass], replacement: type[Servic
     services.replace(original, replacement)
 
 
+def find_service(base: type[ServiceClass]) -> type[ServiceClass]:
+    """``base`` serving C-FIND with pre-encoded identifiers and batched pending responses
+    (``findresponses.EncodedFind``); ``base`` itself without the patches."""
+    if not installed():
+        return base
+    from router._pynetdicom import findresponses
+
+    return findresponses.find_service(base)
+
+
+def encoded_identifiers(event: Any) -> bool:
+    """Whether the EVT_C_FIND handler of ``event`` may yield pending identifiers as bytes, already encoded in the
+    context's transfer syntax (only ``find_service`` classes say so)."""
+    return bool(getattr(event, "router_encoded_identifiers", False))
+
+
 def quiet_event_logging() -> None:
     """Bind none of pynetdicom's standard logging handlers (documented option ``LOG_HANDLER_LEVEL``)."""
     from pynetdicom import _config

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from datetime import timedelta
 from functools import partial
@@ -26,12 +27,14 @@ from typing import Any
 import pluggy
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
-from sqlalchemy import Connection, bindparam, insert, select, update
+from sqlalchemy import Connection, and_, bindparam, insert, or_, select, update
 from sqlalchemy.engine import Engine
+from sqlalchemy.sql.elements import ColumnElement
 
 from router.commitment.datasets import BadRequest, Ref, read_report
 from router.config import RouterConfig
 from router.hooks.manager import notify
+from router.outbox.leases import beat_interval
 from router.outbox.orphans import drop_if_orphaned
 from router.outbox.queue import backoff_delay
 from router.statuses import INVALID_ARGUMENT, PROCESSING_FAILURE
@@ -40,7 +43,7 @@ from router.store.models import CommitState, Job, JobState, utcnow
 from router.store.removal import remove_instance
 from router.store.tables import COMMIT_ITEM as ITEM
 from router.store.tables import COMMIT_TRANSACTION as TX
-from router.store.tables import JOB
+from router.store.tables import JOB, NODE
 from router.store.writelock import WriteLock
 
 log = logging.getLogger(__name__)
@@ -72,6 +75,7 @@ class CommitLedger:
         self.on_jobs_requeued: Callable[[set[str]], None] = lambda peers: None
         self._reported: dict[str, threading.Event] = {}
         self._lock = threading.Lock()
+        self._silent_checked = time.monotonic()
 
     # -- a new request --------------------------------------------------------------------------------------
     def begin(self, peer: str, jobs: list[Job], statuses: dict[int, int]) -> tuple[str, list[Ref]]:
@@ -85,8 +89,9 @@ class CommitLedger:
             for row in conn.execute(select(ITEM).where(ITEM.c.job_fk.in_(ids)).order_by(ITEM.c.id)):
                 last[row.job_fk] = row
             tx_id = conn.execute(
-                insert(TX).values(transaction_uid=uid, peer=peer, state=CommitState.REQUESTING, detail="",
-                                  created_at=now, updated_at=now).returning(TX.c.id)
+                insert(TX).values(transaction_uid=uid, peer=peer, node_id=self.config.node_id,
+                                  state=CommitState.REQUESTING, detail="", created_at=now, updated_at=now)
+                .returning(TX.c.id)
             ).scalar_one()  # fmt: skip
             conn.execute(
                 insert(ITEM),
@@ -98,7 +103,8 @@ class CommitLedger:
             )  # fmt: skip
             for job in jobs:
                 conn.execute(
-                    update(JOB).where(JOB.c.id == job.id, JOB.c.state == JobState.INFLIGHT)
+                    update(JOB).where(JOB.c.id == job.id, JOB.c.state == JobState.INFLIGHT,
+                                      JOB.c.leased_by == self.config.node_id)  # not if taken over meanwhile
                     .values(state=JobState.COMMITTING, attempts=job.attempts + 1, last_error="",
                             last_status=statuses.get(job.id or 0), updated_at=now)
                 )  # fmt: skip
@@ -150,7 +156,8 @@ class CommitLedger:
     def fail(self, uid: str, reason: str, permanent: bool = False, abandoned: bool = False) -> None:
         """Every instance of ``uid`` still open failed (or, ``abandoned``, was never asked for)."""
         with self.engine.begin() as conn:
-            tx = conn.execute(select(TX).where(TX.c.transaction_uid == uid)).first()
+            # locked: two nodes giving up the same request (overdue, abandoned) requeue its jobs once
+            tx = conn.execute(select(TX).where(TX.c.transaction_uid == uid).with_for_update()).first()
             if tx is None or tx.state in (CommitState.DONE, CommitState.FAILED):
                 return
             conn.execute(update(TX).where(TX.c.id == tx.id)
@@ -214,12 +221,35 @@ class CommitLedger:
         return len(rows)
 
     def recover(self) -> int:
-        """At start-up: requests the peer never accepted are abandoned (their jobs requested again)."""
+        """At start-up: this node's requests the peer never accepted are abandoned (their jobs requested again), and
+        so are those of nodes that are silent (``take_over_silent``) and those made before requests had a node."""
+        self._silent_checked = time.monotonic()
+        node = self.config.node_id
+        own = TX.c.node_id.in_([node, ""])
+        return self._abandon(
+            or_(own, _of_silent_nodes(node)), "the router stopped before the peer accepted the N-ACTION"
+        )
+
+    def take_over_silent(self) -> int:
+        """Requests of other nodes that are silent (no heartbeat for ``forward.lease_seconds``, or stopped) and
+        that their peer never accepted: abandoned, as their node's own start-up would; how many. Checked at most
+        once per heartbeat interval (every forwarder dispatch pass calls it)."""
+        if time.monotonic() - self._silent_checked < beat_interval(self.config.forward.lease_seconds):
+            return 0
+        self._silent_checked = time.monotonic()
+        return self._abandon(_of_silent_nodes(self.config.node_id), "its node went silent before the peer "
+                             "accepted the N-ACTION")  # fmt: skip
+
+    def _abandon(self, whose: ColumnElement[bool], reason: str) -> int:
         with self.engine.connect() as conn:
-            query = select(TX.c.transaction_uid).where(TX.c.state == CommitState.REQUESTING)
-            uids = list(conn.execute(query).scalars())
+            query = select(TX.c.transaction_uid).where(TX.c.state == CommitState.REQUESTING, whose)
+            uids = list(
+                conn.execute(
+                    query, {"since": utcnow() - timedelta(seconds=self.config.forward.lease_seconds)}
+                ).scalars()
+            )
         for uid in uids:
-            self.fail(uid, "the router stopped before the peer accepted the N-ACTION", abandoned=True)
+            self.fail(uid, reason, abandoned=True)
         return len(uids)
 
     # -- helpers --------------------------------------------------------------------------------------------
@@ -278,6 +308,13 @@ class CommitLedger:
         retry = {job.peer for job, _e, dead in failed if not dead}
         if retry:
             self.on_jobs_requeued(retry)
+
+
+def _of_silent_nodes(node_id: str) -> ColumnElement[bool]:
+    """Requests of another node that has no heartbeat since ``:since`` (or stopped, or has no row): a node whose
+    forward workers are gone, whose jobs are taken over as well (``router.outbox.leases``)."""
+    live = select(NODE.c.node_id).where(NODE.c.stopped_at.is_(None), NODE.c.heartbeat_at >= bindparam("since"))
+    return and_(TX.c.node_id != node_id, TX.c.node_id != "", TX.c.node_id.not_in(live.scalar_subquery()))
 
 
 def _request_no(job: Job, last: Any) -> int:

@@ -15,7 +15,6 @@ committed before the N-ACTION is answered, so a report owed survives a crash.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import uuid
 from collections.abc import Callable
@@ -30,6 +29,7 @@ from sqlalchemy import select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
+from router import storage
 from router._pynetdicom import reply_gate
 from router.commitment import REQUEST_COMMITMENT, STORAGE_COMMITMENT, WELL_KNOWN_INSTANCE
 from router.commitment.datasets import BadRequest, Ref, event_information, read_action, report_uids, to_bytes
@@ -83,7 +83,7 @@ def verify(engine: Engine, config: RouterConfig, refs: list[Ref]) -> list[tuple[
 
 def _intact(config: RouterConfig, row: Any) -> bool:
     try:
-        size = os.stat(config.data_dir / row.path).st_size
+        size = storage.of(config).size(row.path)
     except OSError:
         log.error("storage commitment: %s is indexed but its file %s is missing", row.sop_uid, row.path)
         return False
@@ -153,9 +153,9 @@ class CommitmentSCP:
     def _queue(self, peer: str, uid: str, info: Dataset, due_now: bool) -> int:
         """The report as a durable outbox job for ``peer``; held back while it is tried on this association."""
         relpath = f"commitment/{files.safe_component(uid)}-{uuid.uuid4().hex[:8]}.dcm"
-        tmp = files.write_temp(self.config.data_dir / "tmp", to_bytes(info))
+        tmp = files.write_temp(storage.tmp_dir(self.config), to_bytes(info))
         try:
-            files.commit_file(tmp, self.config.data_dir / relpath)
+            storage.of(self.config).commit(tmp, relpath)
         except OSError:
             files.remove_quietly(tmp)
             raise
@@ -165,7 +165,7 @@ class CommitmentSCP:
             with self.engine.begin() as conn:
                 return enqueue_one(conn, report, due=utcnow() + timedelta(seconds=hold))
         except SQLAlchemyError:
-            files.remove_quietly(self.config.data_dir / relpath)
+            storage.of(self.config).delete(relpath)
             raise
 
     def _report_here(
@@ -231,4 +231,4 @@ class CommitmentSCP:
         with self.engine.connect() as conn:
             path = conn.execute(select(JOB.c.path).where(JOB.c.id == job_id)).scalar()
         if path:
-            files.remove_quietly(self.config.data_dir / path)
+            storage.of(self.config).delete(path)

@@ -131,6 +131,9 @@ def parse_config(data: Any, base_dir: Path, source: Path | None = None) -> Route
     problems = tls.problems(cfg)
     if problems:
         raise ConfigError("\n".join(problems))
+    from router import storage
+
+    storage.register(cfg)  # what reads objects by data_dir alone finds this store
     return cfg
 
 

@@ -14,6 +14,7 @@ from typing import Any, Literal
 from pydantic import Field, ValidationInfo, field_validator
 
 from router.config.base import Strict
+from router.config.s3 import S3Settings
 
 UNITS = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
          "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}  # fmt: skip
@@ -65,6 +66,7 @@ class StorageSettings(Strict):
     )
     keep_days: float | None = Field(None, gt=0, description="evict objects received longer ago (any mode)")
     check_interval: float = Field(60.0, gt=0, le=60, description="seconds between checks (besides after each store)")
+    s3: S3Settings | None = Field(None, description="keep objects in this S3-compatible bucket; null: in data_dir")
 
     @field_validator("high_water", "low_water", mode="before")
     @classmethod

@@ -24,6 +24,7 @@ from pynetdicom import AE, build_role
 from pynetdicom.association import Association
 from pynetdicom.presentation import build_context
 
+from router import storage
 from router.commitment import STORAGE_COMMITMENT, WELL_KNOWN_INSTANCE
 from router.commitment.datasets import event_type_of, report_uids
 from router.config import DicomPeer
@@ -112,7 +113,7 @@ def _one(
     if _CLASS[kind] not in accepted:
         return Outcome.permanent(job, f"{peer.ae_title} accepted no context for {what} ({_CLASS[kind]})")
     try:
-        ds = from_part10((data_dir / job.path).read_bytes())
+        ds = from_part10(storage.at(data_dir).read_bytes(job.path))
     except FileNotFoundError:
         return Outcome.permanent(job, f"stored {what} {job.path} is missing")
     try:

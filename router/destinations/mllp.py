@@ -12,6 +12,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import ClassVar
 
+from router import storage
 from router.config import AnyPeer, MllpPeer
 from router.destinations.base import DestinationContext, Outcome, Unreachable
 from router.hl7.ack import ack_code_of
@@ -57,7 +58,7 @@ class MllpDestination:
             if self.stop.is_set():
                 return
             try:
-                verdict, reason = self._send_one(self.data_dir / job.path)
+                verdict, reason = self._send_one(storage.at(self.data_dir).local_path(job.path))
             except FileNotFoundError:
                 yield Outcome.permanent(job, f"stored message {job.path} is missing")
                 continue

@@ -18,6 +18,7 @@ from pydicom import dcmread
 from pydicom.filewriter import dcmwrite
 from sqlalchemy.engine import Engine
 
+from router import storage
 from router.config import ObjectPeer, RouterConfig
 from router.hl7.demographics import apply_bsn_mode, apply_demographics, known_demographics
 from router.outbox.jobs import JobKind
@@ -27,7 +28,7 @@ from router.store.models import Job
 
 def corrected_copy(engine: Engine, config: RouterConfig, job: Job) -> Path:
     """A temporary file holding the job's stored object as it must be sent now (the caller removes it)."""
-    ds = dcmread(config.data_dir / job.path)
+    ds = dcmread(storage.of(config).local_path(job.path))
     with engine.connect() as conn:
         known = known_demographics(conn, ds)
     if known is not None:
@@ -37,7 +38,7 @@ def corrected_copy(engine: Engine, config: RouterConfig, job: Job) -> Path:
             apply_bsn_mode(ds, known, config)
     out = BytesIO()
     dcmwrite(out, ds, enforce_file_format=True)
-    path = config.data_dir / "tmp" / f"corrected-{job.id}-{uuid.uuid4().hex[:8]}.part"
+    path = storage.tmp_dir(config) / f"corrected-{job.id}-{uuid.uuid4().hex[:8]}.part"
     path.write_bytes(out.getvalue())
     return path
 
@@ -46,7 +47,7 @@ def corrected_copy(engine: Engine, config: RouterConfig, job: Job) -> Path:
 def job_file(engine: Engine, config: RouterConfig, job: Job) -> Iterator[Path]:
     """The file holding what ``job`` sends, for as long as the block runs (a copy made now is removed after)."""
     if job.kind != JobKind.DICOM_CORRECTED:
-        yield config.data_dir / job.path
+        yield storage.of(config).local_path(job.path)
         return
     copy = corrected_copy(engine, config, job)
     try:

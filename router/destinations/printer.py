@@ -28,6 +28,7 @@ from pynetdicom import AE
 from pynetdicom.association import Association
 from pynetdicom.presentation import build_context
 
+from router import storage
 from router.config import DicomPeer
 from router.config.printing import PrintSettings
 from router.destinations.base import Outcome, Unreachable
@@ -99,7 +100,7 @@ def print_series(assoc: Association, peer: DicomPeer, settings: PrintSettings, g
 
 def print_job(assoc: Association, peer: DicomPeer, settings: PrintSettings, data_dir: Path, job: Job) -> Outcome:
     """One job, one film session."""
-    path = data_dir / job.path
+    path = storage.at(data_dir).local_path(job.path)
     try:
         overrides = bundle.read_overrides(path)
         own = settings.with_overrides(overrides.format, overrides.copies)

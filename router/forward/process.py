@@ -39,6 +39,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from router import _pynetdicom
+from router import storage as object_storage
 from router.commitment.ledger import CommitLedger
 from router.config import RouterConfig
 from router.forward.workers import make_forwarder
@@ -219,6 +220,7 @@ def _wakes(fd: int) -> Iterator[set[str] | None]:
 def run(config: RouterConfig, wake_fd: int, ready_fd: int, parent: int | None = None) -> None:
     _pynetdicom.install()  # before any association: pynetdicom configured and patched
     files.set_access(config.data_access)  # the modes of the files it writes under data_dir
+    object_storage.register(config)  # the store reads in this process use (config arrived pickled, not parsed)
     read_values_as_they_came()
     pm = build_plugin_manager(config)
     engine = make_engine(config.effective_database_url)

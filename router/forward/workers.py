@@ -160,6 +160,8 @@ class Forwarder:
 
     def _dispatch_once(self) -> None:
         self.ledger.expire_overdue()
+        if self.keeper.cluster and self.ledger.take_over_silent():
+            log.warning("abandoned storage commitment requests of a silent node: their jobs are sent again")
         now = time.monotonic()
         for peer_name, due in self.outbox.due_counts().items():
             kind = self._types.get(peer_name)
@@ -245,11 +247,13 @@ class Forwarder:
             error,
         )
 
-    def fail_many(self, jobs: list[Job], error: str, permanent: bool, status: int | None = None) -> list[bool]:
-        """Record a failed attempt for each job (one transaction) and tell the plugins; which are now dead."""
+    def fail_many(self, jobs: list[Job], error: str, permanent: bool, status: int | None = None) -> list[bool | None]:
+        """Record a failed attempt for each job (one transaction) and tell the plugins; which are now dead (None:
+        the job's lease was taken over by another node, and this outcome dropped)."""
         verdicts = self.outbox.mark_failed_many(jobs, error, permanent, status)
         for job, dead in zip(jobs, verdicts, strict=True):
-            notify(self.pm, "router_forward_failed", job=job, error=error, dead=dead)
+            if dead is not None:
+                notify(self.pm, "router_forward_failed", job=job, error=error, dead=dead)
         return verdicts
 
     def peer_unreachable(self, peer_name: str, jobs: list[Job], error: str) -> None:

@@ -23,6 +23,7 @@ from pathlib import Path
 import pluggy
 from sqlalchemy.engine import Engine
 
+from router import storage
 from router.config import RouterConfig
 from router.intake.envelope import Envelope
 from router.intake.pipeline import PipelineResult, run_pipeline
@@ -61,10 +62,10 @@ class Intake:
     def write_file(self, relpath: str, data: bytes, written: list[Path]) -> str:
         """Write ``data`` durably at ``relpath`` under the data folder; ``written`` gets every path this created,
         so ``discard`` can remove them if what follows fails."""
-        tmp = files.write_temp(self.config.data_dir / "tmp", data)
+        tmp = files.write_temp(storage.tmp_dir(self.config), data)
         written.append(tmp)
         written.append(self.config.data_dir / relpath)
-        files.commit_file(tmp, self.config.data_dir / relpath)
+        storage.of(self.config).commit(tmp, relpath)
         return relpath
 
     @staticmethod

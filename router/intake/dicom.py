@@ -37,6 +37,7 @@ from pydicom.errors import InvalidDicomError
 from sqlalchemy import Connection
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
+from router import storage
 from router.hooks.manager import notify
 from router.intake import activity
 from router.intake.base import Intake, IntakeContext
@@ -49,6 +50,7 @@ from router.outbox.groups import hold
 from router.outbox.jobs import JobKind, NewJob, enqueue
 from router.outbox.orphans import drop_if_orphaned
 from router.statuses import StoreOutcome, c_store_status
+from router.storage.folder import FolderStorage
 from router.store import files
 from router.store.activity import record
 from router.store.index import IdCache, find_instance, index_instance
@@ -135,7 +137,7 @@ class Ingestor(Intake):
         super().__init__(context)
         config = context.config
         self.data_dir = config.data_dir
-        self.tmp_dir = config.data_dir / "tmp"
+        self.tmp_dir = storage.tmp_dir(config)
         self.quarantine_dir = config.data_dir / "quarantine"
         self.ids = IdCache(write_lock=context.write_lock)
         # told of each object committed, under the write lock (study UID, bytes, bytes of the version it replaced)
@@ -324,10 +326,13 @@ class Ingestor(Intake):
         tmp_paths = iter(written[1:])
         renames = [(tmp_object, relpath)]
         renames += [(next(tmp_paths), rel) for rel in derived.values()]
-        batch = self.group.batch
+        batch, store = self.group.batch, storage.of(self.config)
         for tmp, rel in renames:
             written.append(self.data_dir / rel)  # before the rename: a failed folder fsync must clean it too
-            batch.place(tmp, self.data_dir / rel)
+            if isinstance(store, FolderStorage):
+                batch.place(tmp, store.root / rel)  # its folder fsynced once for the batch, before the commit
+            else:
+                store.commit(tmp, rel)  # durable when it returns (S3: the server's answer)
 
     def _stored(self, env: Envelope, done: _Committed, plan: PipelineResult) -> IngestResult:
         """The object is committed: the replaced version's file goes (overwrite policy), the plugins are told, the

@@ -23,6 +23,7 @@ from pydicom.dataset import Dataset
 from pydicom.fileset import FileSet
 from sqlalchemy import Connection, select
 
+from router import storage
 from router.hooks.answers import InstanceRef
 from router.store.tables import INSTANCE, PATIENT, SERIES, STUDY
 
@@ -80,7 +81,7 @@ def stored_instances(conn: Connection, data_dir: Path, studies: list[str], patie
     if patient_id:
         query = query.where(PATIENT.c.patient_id == patient_id)
     return [
-        Stored(InstanceRef(row.study_uid, row.sop_class_uid, row.sop_uid), data_dir / row.path)
+        Stored(InstanceRef(row.study_uid, row.sop_class_uid, row.sop_uid), storage.at(data_dir).local_path(row.path))
         for row in conn.execute(query)
     ]
 

@@ -24,6 +24,7 @@ from pynetdicom import evt
 from sqlalchemy import Connection, insert, select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
+from router import storage
 from router.hooks.manager import notify
 from router.intake.base import Intake
 from router.intake.envelope import Envelope, Source
@@ -136,7 +137,7 @@ class MppsService(Intake):
         refusal = check_set(mods, row.status)
         if refusal is not None:
             raise Refused(refusal)
-        state = apply_set(from_part10((self.config.data_dir / row.path).read_bytes()), mods)
+        state = apply_set(from_part10(storage.of(self.config).read_bytes(row.path)), mods)
         message = MppsMessage("N-SET", uid, mods, state)
         raw = to_part10(mods, MPPS, uid)
         plan = self.plan(Envelope.from_mpps(raw, message, source))

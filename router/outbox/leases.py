@@ -29,7 +29,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 import router
 from router.store.models import JobState, utcnow
-from router.store.tables import JOB, NODE
+from router.store.tables import JOB, NODE, RULE_SET
 
 if TYPE_CHECKING:
     from router.outbox.queue import Outbox
@@ -95,13 +95,14 @@ def other_live_instance(conn: Connection, node_id: str, instance: str, lease_sec
 
 
 def write_heartbeat(conn: Connection, node_id: str, instance: str, started: datetime, leased: int,
-                    stopped: bool = False) -> None:  # fmt: skip
-    """Insert or update the node's row."""
+                    stopped: bool = False, dropped: int = 0) -> None:  # fmt: skip
+    """Insert or update the node's row (its ``rules`` are the serving process's to write: ``router.rules.shared``)."""
     now = utcnow()
     values = {"node_id": node_id, "instance": instance, "version": router.__version__, "started_at": started,
-              "heartbeat_at": now, "stopped_at": now if stopped else None, "leased": leased}  # fmt: skip
+              "heartbeat_at": now, "stopped_at": now if stopped else None, "leased": leased,
+              "dropped": dropped}  # fmt: skip
     dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-    statement = dialect.insert(NODE).values(**values)
+    statement = dialect.insert(NODE).values(**values, rules="")
     changed = {key: statement.excluded[key] for key in values if key != "node_id"}
     conn.execute(statement.on_conflict_do_update(index_elements=[NODE.c.node_id], set_=changed))
 
@@ -109,12 +110,15 @@ def write_heartbeat(conn: Connection, node_id: str, instance: str, started: date
 def node_rows(conn: Connection, lease_seconds: float) -> list[dict[str, Any]]:
     """Every node (``router nodes``, ``GET /api/nodes``): its row, ``status`` (``up``: a heartbeat within the last
     lease; ``stopped``: stopped cleanly; ``silent``: no heartbeat for longer, its jobs are taken over), the
-    seconds since its heartbeat and the jobs it holds now (in flight under its lease)."""
+    seconds since its heartbeat, the jobs it holds now (in flight under its lease), the outcomes it dropped since
+    its start (their jobs taken over), the digest of the rules it routes by (``rules``; on PostgreSQL,
+    ``rules_current``: whether they are the cluster's rule set, ``router.rules.shared``)."""
     held: dict[str, int] = dict(
         conn.execute(
             select(JOB.c.leased_by, func.count()).where(JOB.c.state == JobState.INFLIGHT).group_by(JOB.c.leased_by)
         ).all()
     )
+    cluster_rules = conn.execute(select(RULE_SET.c.digest).order_by(RULE_SET.c.id.desc()).limit(1)).scalar()
     now = utcnow()
     nodes = []
     for row in conn.execute(select(NODE).order_by(NODE.c.node_id)).mappings():
@@ -123,7 +127,8 @@ def node_rows(conn: Connection, lease_seconds: float) -> list[dict[str, Any]]:
         nodes.append({"node_id": row["node_id"], "status": status, "version": row["version"],
                       "instance": row["instance"], "started_at": _aware(row["started_at"]).isoformat(),
                       "heartbeat_at": _aware(row["heartbeat_at"]).isoformat(), "heartbeat_age": round(age, 1),
-                      "holds": int(held.get(row["node_id"], 0))})  # fmt: skip
+                      "holds": int(held.get(row["node_id"], 0)), "dropped": row["dropped"],
+                      "rules": row["rules"], "rules_current": row["rules"] == cluster_rules})  # fmt: skip
     return nodes
 
 
@@ -172,7 +177,7 @@ class NodeKeeper:
         try:
             with self.outbox.writing, self.outbox.engine.begin() as conn:
                 leased = renew(conn, self.node_id, utcnow() + timedelta(seconds=self.lease_seconds))
-                write_heartbeat(conn, self.node_id, self.instance, self.started, leased, stopped=True)
+                write_heartbeat(conn, self.node_id, self.instance, self.started, leased, True, self.outbox.dropped)
         except Exception:
             log.exception("cannot record that node %r stopped", self.node_id)
 
@@ -181,7 +186,7 @@ class NodeKeeper:
         now = utcnow()
         with self.outbox.writing, self.outbox.engine.begin() as conn:
             leased = renew(conn, self.node_id, now + timedelta(seconds=self.lease_seconds))
-            write_heartbeat(conn, self.node_id, self.instance, self.started, leased)
+            write_heartbeat(conn, self.node_id, self.instance, self.started, leased, dropped=self.outbox.dropped)
             return take_over_expired(conn, self.node_id, now) if self.cluster else {}
 
     def _run(self) -> None:

@@ -13,7 +13,7 @@ from sqlalchemy import bindparam
 from sqlalchemy import select as core_select
 from sqlalchemy.engine import Engine
 
-from router.store import files
+from router import storage
 from router.store.models import JobState
 from router.store.tables import INSTANCE, JOB
 
@@ -54,5 +54,5 @@ def drop_orphans(engine: Engine, data_dir: Path, candidates: Sequence[tuple[str,
             if conn.execute(_JOB_NEEDS_PATH, {"sop_uid": sop_uid, "path": relpath}).first() is None:
                 removed.append(relpath)
     for relpath in removed:
-        files.remove_quietly(data_dir / relpath)
+        storage.at(data_dir).delete(relpath)
     return removed

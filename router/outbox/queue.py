@@ -12,6 +12,7 @@ expired (at-least-once delivery; ``router.outbox.leases``).
 from __future__ import annotations
 
 import contextlib
+import logging
 import random
 import threading
 from collections.abc import Iterable, Sequence
@@ -20,7 +21,7 @@ from pathlib import Path
 
 from sqlalchemy import Select, Update, bindparam, delete, func, update
 from sqlalchemy import select as core_select
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.sql.elements import ColumnElement
 from sqlmodel import Session, col, select
 
@@ -32,6 +33,8 @@ from router.store.models import Job, JobState, utcnow
 from router.store.peer_state import PAUSED
 from router.store.tables import JOB
 from router.store.writelock import WriteLock
+
+log = logging.getLogger(__name__)
 
 
 def backoff_delay(attempts: int, settings: ForwardSettings, rng: random.Random | None = None) -> float:
@@ -97,7 +100,7 @@ _DUE_COUNTS = (
 )
 _DONE = (
     update(JOB)
-    .where(JOB.c.id == bindparam("job_id"))
+    .where(JOB.c.id == bindparam("job_id"))  # a job ``_held`` found this node still leases (row locked)
     .values(
         state=JobState.DONE,
         attempts=bindparam("n_attempts"),
@@ -108,6 +111,20 @@ _DONE = (
         lease_until=None,
     )
 )
+
+
+def _held(conn: Connection, jobs: Sequence[Job], node_id: str) -> set[int]:
+    """The ids of ``jobs`` this node still leases (in flight, ``leased_by`` = ``node_id``), their rows locked until
+    the transaction ends: a job whose lease expired and was taken over belongs to its new holder, and the outcome
+    this node reports for it is dropped (the new holder delivers it, and records what happens)."""
+    ids = [job.id for job in jobs]
+    held = (
+        core_select(JOB.c.id)
+        .where(JOB.c.id.in_(ids), JOB.c.state == JobState.INFLIGHT, JOB.c.leased_by == node_id)
+        .order_by(JOB.c.id)  # rows locked in one order by every writer of done marks
+        .with_for_update()
+    )
+    return {int(i) for i in conn.execute(held).scalars()}
 
 
 def _attempt(job: Job, event: str, attempt: int, status: int | None, error: str = "") -> Entry:
@@ -142,6 +159,7 @@ class Outbox:
         self.settings = settings
         self.data_dir = data_dir
         self._claim_lock = threading.Lock()  # one claimer at a time: a job is never handed out twice
+        self.dropped = 0  # outcomes dropped since start: their jobs' leases had been taken over (``mark_done``)
         self._writing: WriteLock | contextlib.nullcontext[None] = write_lock or contextlib.nullcontext()
 
     @property
@@ -185,29 +203,39 @@ class Outbox:
             rows = [*rows, *groups.claim_rest(conn, rows, params)]  # a print group is handed over whole
         return sorted((Job(**row) for row in rows), key=lambda job: job.id or 0)  # RETURNING has no order
 
-    def mark_done(self, jobs: Sequence[Job], statuses: dict[int, int | None]) -> None:
-        """Mark delivered jobs done, with a ``delivered`` activity row each, in one transaction."""
+    def mark_done(self, jobs: Sequence[Job], statuses: dict[int, int | None]) -> list[Job]:
+        """Mark delivered jobs done, with a ``delivered`` activity row each, in one transaction: those this node
+        still leases (``_held``); the others' outcomes are dropped (``dropped``). The jobs marked."""
         if not jobs:
-            return
+            return []
         now = utcnow()
         with self._writing, self.engine.begin() as conn:
-            conn.execute(
-                _DONE,
-                [
-                    {"job_id": job.id, "n_attempts": job.attempts + 1, "status": statuses.get(job.id or 0), "now": now}
-                    for job in jobs
-                ],
-            )
-            record(conn, [_attempt(job, "delivered", job.attempts + 1, statuses.get(job.id or 0)) for job in jobs])
+            held = _held(conn, jobs, self.node_id)
+            marked = [job for job in jobs if job.id in held]
+            if marked:
+                conn.execute(
+                    _DONE,
+                    [{"job_id": job.id, "n_attempts": job.attempts + 1, "status": statuses.get(job.id or 0),
+                      "now": now} for job in marked],
+                )  # fmt: skip
+                record(conn, [_attempt(job, "delivered", job.attempts + 1, statuses.get(job.id or 0))
+                              for job in marked])  # fmt: skip
+        self._drop([job for job in jobs if job.id not in held], "delivered")
+        return marked
 
     def mark_failed_many(
         self, jobs: Sequence[Job], error: str, permanent: bool, status: int | None = None
-    ) -> list[bool]:
-        """Record one failed attempt for each job, in one transaction; which of them are now dead."""
+    ) -> list[bool | None]:
+        """Record one failed attempt for each job, in one transaction; which of them are now dead (None: the job's
+        lease was lost, its outcome dropped, see ``mark_done``)."""
         now = utcnow()
-        verdicts = []
+        verdicts: list[bool | None] = []
         with self._writing, Session(self.engine) as session:
+            held = _held(session.connection(), jobs, self.node_id) if jobs else set()
             for job in jobs:
+                if job.id not in held:
+                    verdicts.append(None)
+                    continue
                 attempts = job.attempts + 1
                 dead = permanent or attempts >= self.settings.max_attempts
                 values: dict[str, object] = {
@@ -224,10 +252,24 @@ class Outbox:
                 session.execute(update(Job).where(col(Job.id) == job.id).values(**values))
                 job.attempts = attempts
                 verdicts.append(dead)
+            attempted = [(job, dead) for job, dead in zip(jobs, verdicts, strict=True) if dead is not None]
             record(session.connection(), [_attempt(job, "dead" if dead else "failed", job.attempts, status, error)
-                                          for job, dead in zip(jobs, verdicts, strict=True)])  # fmt: skip
+                                          for job, dead in attempted])  # fmt: skip
             session.commit()
+        self._drop([job for job in jobs if job.id not in held], "failed")
         return verdicts
+
+    def _drop(self, jobs: Sequence[Job], outcome: str) -> None:
+        """Count and log outcomes dropped because this node no longer leases their jobs."""
+        if not jobs:
+            return
+        with self._claim_lock:
+            self.dropped += len(jobs)
+        log.warning(
+            "%d %s job(s) for %s are no longer leased by node %r (the lease expired and another node took them "
+            "over): their outcome is dropped, the new holder delivers them",
+            len(jobs), outcome, ", ".join(sorted({job.peer for job in jobs})), self.node_id,
+        )  # fmt: skip
 
     def release(self, jobs: Iterable[Job]) -> None:
         """Give unattempted claimed jobs back (shutdown in the middle of a batch): those this node still holds."""

@@ -21,6 +21,7 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
+from router import storage
 from router.store import files
 
 BUNDLE_DIR = "print"
@@ -51,7 +52,7 @@ def write_bundle(data_dir: Path, objects: Sequence[bytes], overrides: Overrides)
     uid = generate_uid()
     relpath = f"{BUNDLE_DIR}/{uid}{SUFFIX}"
     tmp = files.write_temp(data_dir / "tmp", make_bundle(objects, overrides))
-    files.commit_file(tmp, data_dir / relpath)
+    storage.at(data_dir).commit(tmp, relpath)
     return relpath, uid
 
 

@@ -16,6 +16,7 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
+from router import storage
 from router.store.models import Job
 
 _HEADER = ["SeriesInstanceUID", "InstanceNumber", "SOPInstanceUID"]
@@ -47,7 +48,7 @@ def order_key(instance_number: str, sop_uid: str) -> tuple[int, str]:
 
 def member(data_dir: Path, job: Job) -> Member:
     """Read the header of ``job``'s payload; raises OSError or InvalidDicomError when it cannot be read."""
-    path = data_dir / job.path
+    path = storage.at(data_dir).local_path(job.path)
     ds = dcmread(path, stop_before_pixels=True, specific_tags=_HEADER)
     sop_uid = _text(ds, "SOPInstanceUID") or job.sop_uid
     return Member(job, path, _text(ds, "SeriesInstanceUID"), order_key(_text(ds, "InstanceNumber"), sop_uid))

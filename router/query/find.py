@@ -1,10 +1,12 @@
 """C-FIND on the index: a request identifier becomes a query plan; result rows become response identifiers.
 
 ``plan_find`` checks the identifier against the information model and turns each key into a condition
-(``router.query.matching``). ``run_find`` pages through the matches, ``PAGE_SIZE`` rows per database round trip
-ordered by the level's primary key, holding a connection only while a page is read, so a long answer neither
-keeps everything in memory nor a read transaction open. Derived attributes (counts, Modalities in Study, the
-Request Attributes Sequence) are computed per page with one grouped query each.
+(``router.query.matching``). ``run_find`` reads the first ``FIRST_PAGE`` matches (ordered by the level's primary
+key) on their own, then the ids of the others in one query, then their rows ``PAGE_SIZE`` at a time by id,
+holding a connection only while a page is read: a long answer keeps its ids in memory (8 bytes a match), not its
+rows, and no read transaction open. Derived attributes (counts, Modalities in Study, the Request Attributes
+Sequence) are computed per page with one grouped query each. ``run_find_encoded`` gives the same matches encoded
+(``router.query.encode``).
 
 Hierarchical queries (the default, PS3.4 C.4.1.3.1): below the top level of the model, the identifier must hold
 the unique key of every higher level as a single value (else 0xA900). Other keys of higher levels are matched
@@ -14,6 +16,7 @@ form. Keys below the query level are ignored; keys the router does not know are 
 
 from __future__ import annotations
 
+from array import array
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -25,12 +28,13 @@ from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
-from sqlalchemy import exists, func, select
+from sqlalchemy import bindparam, exists, func, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.sql.expression import FromClause
 
 from router.query.charset import apply_charset, requested_terms
+from router.query.encode import Encoder
 from router.query.matching import InvalidKey, condition, datetime_range, has_wildcard, is_universal
 from router.query.model import (
     ATTRS,
@@ -242,13 +246,54 @@ def _from_clause(level: str) -> Any:
     return frm
 
 
-def _select(plan: FindPlan) -> Any:
+def _select(plan: FindPlan, *, matching: bool = True) -> Any:
+    """The returned columns of the level's rows (and the ids of the levels above); ``matching``: of the matches."""
     ids = [TABLE[lv].c.id.label(f"_id_{lv}") for lv in LEVELS[: DEPTH[plan.level] + 1]]
     wanted = {a.keyword: a for a in plan.returned if a.column is not None}
     for lv in plan.model.levels[: plan.model.levels.index(plan.level) + 1]:
         wanted.setdefault(UNIQUE_KEY[lv], ATTRS[UNIQUE_KEY[lv]])
     columns = [a.column.label(k) for k, a in wanted.items()]
-    return select(*ids, *columns).select_from(_from_clause(plan.level)).where(*plan.where)
+    query = select(*ids, *columns).select_from(_from_clause(plan.level))
+    return query.where(*plan.where) if matching else query
+
+
+FIRST_PAGE = 16  # rows read for the first page: the first response goes out before the rest is read
+Page = tuple[list[dict[str, Any]], dict[str, dict[int, Any]]]
+
+
+def _page(engine: Engine, plan: FindPlan, query: Any, used: Callable[[set[int]], None] | None) -> Page | None:
+    with engine.connect() as conn:
+        rows = [dict(r) for r in conn.execute(query).mappings()]
+        if not rows:
+            return None
+        derived = _derived(conn, plan, rows)
+    if used is not None:
+        used({row[f"_id_{PATIENT}"] for row in rows})
+    return rows, derived
+
+
+def _pages(engine: Engine, plan: FindPlan, page_size: int, used: Callable[[set[int]], None] | None) -> Iterator[Page]:
+    """The matches, a page of rows at a time with their derived attributes.
+
+    The first ``FIRST_PAGE`` matches are read on their own, so the first response does not wait for the rest. Then
+    the ids of the other matches are read in one query (one sort, however the database finds them: through the
+    date index, the name index ...) and their rows a page at a time by id: a page never repeats the search."""
+    id_col = TABLE[plan.level].c.id
+    first = _page(engine, plan, _select(plan).where(id_col > 0).order_by(id_col).limit(FIRST_PAGE), used)
+    if first is None:
+        return
+    yield first
+    if len(first[0]) < FIRST_PAGE:
+        return
+    last = first[0][-1][f"_id_{plan.level}"]
+    matched = select(id_col).select_from(_from_clause(plan.level)).where(*plan.where, id_col > last).order_by(id_col)
+    with engine.connect() as conn:
+        ids = array("q", conn.execute(matched).scalars())
+    by_id = _select(plan, matching=False).where(id_col.in_(bindparam("ids", expanding=True))).order_by(id_col)
+    for start in range(0, len(ids), page_size):
+        page = _page(engine, plan, by_id.params(ids=list(ids[start : start + page_size])), used)
+        if page is not None:  # None: every one of them was deleted meanwhile
+            yield page
 
 
 def run_find(
@@ -261,24 +306,27 @@ def run_find(
 ) -> Iterator[Dataset]:
     """The response identifiers, one per match, in the order the entities were stored. ``used`` is told the patient
     row ids of each page read (a query counts as a use of what it finds: cache mode evicts by last use)."""
-    query = _select(plan)
-    id_col = TABLE[plan.level].c.id
-    last = 0
-    while True:
-        with engine.connect() as conn:
-            rows = [
-                dict(r) for r in conn.execute(query.where(id_col > last).order_by(id_col).limit(page_size)).mappings()
-            ]
-            if not rows:
-                return
-            derived = _derived(conn, plan, rows)
-        if used is not None:
-            used({row[f"_id_{PATIENT}"] for row in rows})
+    for rows, derived in _pages(engine, plan, page_size, used):
         for row in rows:
             yield _identifier(plan, row, derived, retrieve_ae)
-        if len(rows) < page_size:
-            return
-        last = rows[-1][f"_id_{plan.level}"]
+
+
+def run_find_encoded(
+    engine: Engine,
+    plan: FindPlan,
+    *,
+    implicit_vr: bool,
+    retrieve_ae: str = "",
+    page_size: int = PAGE_SIZE,
+    used: Callable[[set[int]], None] | None = None,
+) -> Iterator[bytes | Dataset]:
+    """As ``run_find``, each identifier already encoded (Implicit or Explicit VR Little Endian) where
+    ``encode.Encoder`` can, else as a ``Dataset`` (a value outside ASCII, a sequence)."""
+    encoder = Encoder(plan, retrieve_ae, implicit_vr=implicit_vr)
+    for rows, derived in _pages(engine, plan, page_size, used):
+        for row in rows:
+            data = encoder.encode(row, derived)
+            yield data if data is not None else _identifier(plan, row, derived, retrieve_ae)
 
 
 # derived attribute -> the deeper level whose rows it counts or lists, and the column it lists

@@ -19,6 +19,7 @@ from pydicom.dataset import Dataset
 from sqlalchemy import func, select
 from sqlalchemy.engine import Engine
 
+from router import storage
 from router.query.find import QueryError, element, key_text, query_level
 from router.query.matching import InvalidKey, condition, is_universal
 from router.query.model import (
@@ -121,7 +122,7 @@ def iter_matches(
         with engine.connect() as conn:
             rows = conn.execute(query.where(INSTANCE_T.c.id > last)).all()
         for _id, sop_uid, relpath, study_uid in rows:
-            yield Match(str(sop_uid), Item(data_dir / relpath, sop_class, ts), str(study_uid))
+            yield Match(str(sop_uid), Item(storage.at(data_dir).local_path(relpath), sop_class, ts), str(study_uid))
         if len(rows) < page_size:
             return
         last = rows[-1][0]

@@ -11,12 +11,14 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import pluggy
+from sqlalchemy.engine import Engine
 
 from router.config import RouterConfig
 from router.hooks.manager import notify
 from router.intake.stage import Stage
 from router.rules.loader import directory_signature, load_rules
 from router.rules.model import RuleSet
+from router.rules.shared import SharedRules
 
 log = logging.getLogger(__name__)
 
@@ -33,13 +35,35 @@ class LiveRules:
         self._current = RuleSet()
         self._seen_signature: tuple[tuple[str, float, int], ...] | None = None
         self.last_problems: list[str] = []
+        self.shared: SharedRules | None = None
 
     @property
     def current(self) -> RuleSet:
         return self._current
 
+    def share(self, engine: Engine, node_id: str) -> None:
+        """Route by the cluster's rule set (several nodes on one PostgreSQL database): every reload syncs the folder
+        with it (``router.rules.shared``)."""
+        self.shared = SharedRules(engine, self._dir, node_id, self._reload_taken)
+
     def reload_if_changed(self) -> bool:
-        """Re-read the rule files if any changed; True when new rules took effect."""
+        """Re-read the rule files if any changed (on a node of a cluster, after syncing them with the cluster's
+        rule set); True when new rules took effect."""
+        ok = self._reload()
+        if self.shared is not None:
+            try:
+                self.shared.sync(loaded=not self.last_problems)
+            except Exception as exc:  # the database is away: the rules in force stay, synced at the next reload
+                log.warning("cannot sync the rules with the cluster's rule set (%s): trying again at the next "
+                            "reload", type(exc).__name__)  # fmt: skip
+        return ok
+
+    def _reload_taken(self) -> bool:
+        """Load the cluster's rule set just written into the folder; whether it is in force."""
+        self._reload()
+        return not self.last_problems
+
+    def _reload(self) -> bool:
         with self._lock:
             signature = directory_signature(self._dir)
             if signature == self._seen_signature:

@@ -1,5 +1,8 @@
 """Object files: written once, via a temp file, fsynced, renamed atomically, directory fsynced.
 
+``write_temp`` writes every received object to this node's temporary folder (``router.storage.tmp_dir``);
+``commit_file`` is the folder store's commit (``router.storage.folder``); the S3 store PUTs the temp file instead.
+
 Everything the router writes under ``data_dir`` may hold patient data (objects, HL7 messages, quarantined bytes and
 their reasons, dead letters' payloads, the SQLite database): files are created with ``FILE_MODE`` and folders with
 ``DIR_MODE``, readable by the router's user only (``data_access: owner``, 0600 and 0700), or by its group too

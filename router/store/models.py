@@ -239,6 +239,7 @@ class CommitTransaction(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     transaction_uid: str = Field(unique=True, max_length=64)
     peer: str = Field(max_length=64, index=True)
+    node_id: str = Field(default="", max_length=64, description="the node whose forward workers requested it")
     state: str = Field(default=CommitState.REQUESTING, max_length=16)
     deadline: datetime | None = None
     detail: str = Field(default="", max_length=1024)

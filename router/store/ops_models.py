@@ -129,3 +129,16 @@ class Node(SQLModel, table=True):
     heartbeat_at: datetime = Field(default_factory=utcnow)
     stopped_at: datetime | None = None
     leased: int = 0
+    rules: str = Field(default="", max_length=64, description="digest of the rule files its serving process routes by")
+    dropped: int = 0  # outcomes dropped since start because another node had taken the job over
+
+
+class RuleSet(SQLModel, table=True):
+    """A version of the cluster's rule files (``router.rules.shared``): the newest row is the rule set every node
+    routes by. ``files`` is a JSON object, file name -> YAML text; ``digest`` the SHA-256 of the files."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    digest: str = Field(max_length=64)
+    files: str = Field(sa_column=Column(Text, nullable=False))
+    node_id: str = Field(default="", max_length=64, description="the node that published it")
+    saved_at: datetime = Field(default_factory=utcnow)

@@ -24,6 +24,7 @@ from typing import Any
 from sqlalchemy import Connection, delete, exists, insert, select
 from sqlalchemy.engine import Engine
 
+from router import storage
 from router.outbox.orphans import drop_orphans
 from router.store.models import utcnow
 from router.store.tables import (
@@ -147,8 +148,7 @@ def remove_files(data_dir: Path, paths: Iterable[tuple[str, str]], folders_too: 
     folders: set[Path] = set()
     for relpath, _uid in paths:
         path = data_dir / relpath
-        with contextlib.suppress(OSError):
-            path.unlink(missing_ok=True)
+        storage.at(data_dir).delete(relpath)
         folders.add(path.parent)
     if not folders_too:
         return
@@ -171,7 +171,7 @@ def sweep_removed(engine: Engine, data_dir: Path, write_lock: WriteLock, batch: 
                 rows = conn.execute(select(REMOVED_FILE).order_by(REMOVED_FILE.c.id).limit(batch)).all()
             if not rows:
                 return handled
-            left = [(r.path, r.sop_uid) for r in rows if (data_dir / r.path).exists()]
+            left = [(r.path, r.sop_uid) for r in rows if storage.at(data_dir).exists(r.path)]
             remove_files(data_dir, [(p, "") for p in drop_orphans(engine, data_dir, left)])
             with engine.begin() as conn:
                 _delete(conn, REMOVED_FILE, REMOVED_FILE.c.id, [r.id for r in rows])

@@ -29,7 +29,7 @@ from sqlmodel import SQLModel
 from router.store import models, ops_models  # noqa: F401  (register the tables)
 from router.store.writelock import write_lock_for
 
-HEAD = "0002"  # the newest revision in router/store/migrations/versions (tests/test_migrations.py checks it)
+HEAD = "0003"  # the newest revision in router/store/migrations/versions (tests/test_migrations.py checks it)
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 VERSION_TABLE_NAME = "alembic_version"
 # Alembic's own version table, as ``alembic stamp`` creates it

@@ -16,16 +16,17 @@ import time
 from collections.abc import Callable, Iterator
 
 from pydicom.dataset import Dataset
-from pydicom.uid import UID
+from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import evt
 from pynetdicom.association import Association
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
+from router import _pynetdicom
 from router.config import RouterConfig
 from router.logs import database_error, redact
-from router.query.find import QueryError, plan_find, run_find
+from router.query.find import FindPlan, QueryError, plan_find, run_find, run_find_encoded
 from router.query.model import FIND, SOP_CLASSES
 from router.statuses import (
     QR_CANCELLED,
@@ -47,7 +48,7 @@ FIND_OPTIONS = (1, 1, 0, 0, 0)
 RETRIEVE_OPTIONS = (1, 0)
 OUT_OF_RESOURCES_ERRORS = (OperationalError, PoolTimeout, MemoryError)
 
-FindResult = tuple[int, Dataset | None]
+FindResult = tuple[int, Dataset | bytes | None]  # bytes: an identifier encoded for EncodedFind (_encoded_syntax)
 
 
 def negotiated(assoc: Association, sop_class: str) -> bytes:
@@ -70,6 +71,17 @@ def on_extended(event: evt.Event) -> dict[UID, bytes]:
             1 if i < len(supported) and supported[i] and byte == 1 else 0 for i, byte in enumerate(bytes(info))
         )
     return reply
+
+
+def _encoded_syntax(event: evt.Event) -> bool | None:
+    """Implicit VR (True) or Explicit VR (False) Little Endian when the service takes identifiers as bytes in the
+    context's transfer syntax (``router._pynetdicom.find_service``); None: answer Datasets."""
+    if not _pynetdicom.encoded_identifiers(event):
+        return None
+    syntax = UID(str(event.context.transfer_syntax))
+    if syntax == ImplicitVRLittleEndian:
+        return True
+    return False if syntax == ExplicitVRLittleEndian else None
 
 
 class QueryRetrieveSCP:
@@ -99,7 +111,7 @@ class QueryRetrieveSCP:
                 combined_datetime=options[1:2] == b"\x01",
             )
             level = plan.level
-            for match in run_find(self.engine, plan, retrieve_ae=self.config.ae_title, used=self.on_patients_used):
+            for match in self._matches(event, plan):
                 if event.is_cancelled:
                     log.info("C-FIND %s %s from %s cancelled after %d match(es)", model.name, level, calling, count)
                     yield QR_CANCELLED, None
@@ -134,3 +146,12 @@ class QueryRetrieveSCP:
             (time.monotonic() - started) * 1000,
         )
         yield SUCCESS, None
+
+    def _matches(self, event: evt.Event, plan: FindPlan) -> Iterator[Dataset | bytes]:
+        """The response identifiers: encoded straight from the index rows where the service takes bytes."""
+        implicit_vr = _encoded_syntax(event)
+        if implicit_vr is None:
+            return run_find(self.engine, plan, retrieve_ae=self.config.ae_title, used=self.on_patients_used)
+        return run_find_encoded(
+            self.engine, plan, implicit_vr=implicit_vr, retrieve_ae=self.config.ae_title, used=self.on_patients_used
+        )

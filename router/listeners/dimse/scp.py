@@ -194,7 +194,8 @@ class DicomListener:
         self.ingestor = ingestor
         self.pm = pm
         _pynetdicom.install()
-        _pynetdicom.replace_service_class(QueryRetrieveServiceClass, RetrieveService)  # C-MOVE, C-GET: qr_retrieve
+        # C-MOVE, C-GET: qr_retrieve; C-FIND responses pre-encoded (qr.py)
+        _pynetdicom.replace_service_class(QueryRetrieveServiceClass, _pynetdicom.find_service(RetrieveService))
         self.qr = QueryRetrieveSCP(config, ingestor.engine)
         self.c_find: dict[str, Callable[[evt.Event], Iterator[FindResult]]] = {
             uid: self.qr.on_find for uid in FIND_SOP_CLASSES

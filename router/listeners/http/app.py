@@ -99,5 +99,6 @@ def make_app(
     if api is not None:
         served = api_routes(api, authenticator)
         routes += [*served, *console_routes(served)]  # the web console at /, a client of the API
-    health = Middleware(Health, engine=engine, data_dir=config.data_dir)  # /healthz, /readyz: before authentication
+    # /healthz, /readyz: before authentication
+    health = Middleware(Health, engine=engine, data_dir=config.data_dir, config=config)
     return Starlette(routes=routes, middleware=[health, Middleware(Authentication, authenticator=authenticator)])

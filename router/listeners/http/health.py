@@ -2,8 +2,9 @@
 
 - ``/healthz`` (liveness): the process serves HTTP. 200 ``{"status": "ok"}``.
 - ``/readyz`` (readiness): 200 when the database answers (the schema's revision is read: a node whose database was
-  upgraded underneath it by a newer router is not ready) and ``data_dir`` takes a file (one is written to and
-  removed from its ``tmp`` folder, where every received object is written first); else 503 with the check that
+  upgraded underneath it by a newer router is not ready) and the storage works: this node's ``tmp`` folder takes a
+  file (one is written and removed: every received object is written there first) and the configured store
+  answers (an S3 bucket: a HEAD of the bucket, docs/storage.md); else 503 with the check that
   failed. Each check is bounded by ``CHECK_TIMEOUT``: a database or a storage that hangs is a failure, not a hang.
 
 An ASGI middleware in front of authentication (``router.listeners.http.app`` puts it first), so that no credentials
@@ -26,6 +27,9 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from router import storage
+from router.config import RouterConfig
+from router.storage import Storage
 from router.store import files
 from router.store.schema import HEAD, VERSION_TABLE
 
@@ -50,8 +54,8 @@ def check_database(engine: Engine) -> None:
         raise NotReady(f"schema revision {'+'.join(revisions) or 'none'}, this node needs {HEAD}")
 
 
-def check_storage(data_dir: Path) -> None:
-    tmp = data_dir / "tmp"
+def check_storage(tmp: Path, store: Storage) -> None:
+    """This node's temp folder takes a file (every object is written there first), and the store answers."""
     probe = tmp / f".readyz-{os.getpid()}-{time.monotonic_ns()}"
     try:
         files.make_dirs(tmp)
@@ -63,16 +67,30 @@ def check_storage(data_dir: Path) -> None:
         os.unlink(probe)
     except OSError as exc:
         raise NotReady(f"data_dir not writable ({type(exc).__name__})") from exc
+    try:
+        store.check()
+    except OSError as exc:
+        raise NotReady(f"{store.kind} store not answering ({type(exc).__name__})") from exc
 
 
 class Health:
     """Answers ``/healthz`` and ``/readyz``; every other request goes on to ``app``."""
 
-    def __init__(self, app: ASGIApp, engine: Engine, data_dir: Path, timeout: float = CHECK_TIMEOUT) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        engine: Engine,
+        data_dir: Path,
+        timeout: float = CHECK_TIMEOUT,
+        config: RouterConfig | None = None,
+    ) -> None:
+        """With ``config``: this node's temp folder and the configured store; without: ``data_dir``'s."""
         self.app = app
+        tmp = storage.tmp_dir(config) if config is not None else data_dir / "tmp"
+        store = storage.of(config) if config is not None else storage.at(data_dir)
         self.checks: dict[str, Callable[[], None]] = {
             "database": lambda: check_database(engine),
-            "storage": lambda: check_storage(data_dir),
+            "storage": lambda: check_storage(tmp, store),
         }
         self.timeout = timeout
         self._failing: set[str] = set()

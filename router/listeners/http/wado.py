@@ -33,6 +33,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
+from router import storage
 from router.hooks.answers import InstanceRef
 from router.hooks.manager import notify
 from router.listeners.http.multipart import media_type_params, public_base
@@ -126,7 +127,7 @@ class Wado:
             return JSONResponse({"error": "not found"}, 404)
         if wanted != "*" and all(r.transfer_syntax != wanted for r in refs):
             try:  # fail before the first byte is sent when the syntax cannot be produced at all
-                await run_in_threadpool(_in_syntax, (self.data_dir / refs[0].path).read_bytes(),
+                await run_in_threadpool(_in_syntax, storage.at(self.data_dir).read_bytes(refs[0].path),
                                         refs[0].transfer_syntax, wanted)  # fmt: skip
             except NotAcceptable as exc:
                 return JSONResponse({"error": str(exc)}, 406)
@@ -136,7 +137,7 @@ class Wado:
             sent = 0
             try:
                 for ref in refs:
-                    data = (self.data_dir / ref.path).read_bytes()
+                    data = storage.at(self.data_dir).read_bytes(ref.path)
                     try:
                         out = _in_syntax(data, ref.transfer_syntax, wanted)
                         syntax = ref.transfer_syntax if wanted == "*" else wanted
@@ -163,7 +164,7 @@ class Wado:
         return JSONResponse(body, media_type="application/dicom+json")
 
     def _metadata(self, ref: StoredRef, base: str) -> dict[str, Any]:
-        ds = dcmread(self.data_dir / ref.path)
+        ds = dcmread(storage.at(self.data_dir).local_path(ref.path))
         url = f"{base}/studies/{ref.study_uid}/series/{ref.series_uid}/instances/{ref.sop_uid}"
 
         def bulk(elem: DataElement) -> str:
@@ -197,7 +198,7 @@ class Wado:
         )
 
     def _frames(self, request: Request, ref: StoredRef, numbers: list[int]) -> tuple[str, list[bytes]]:
-        ds = dcmread(self.data_dir / ref.path)
+        ds = dcmread(storage.at(self.data_dir).local_path(ref.path))
         if "PixelData" not in ds:
             raise IndexError("the instance has no pixel data")
         count = int(ds.get("NumberOfFrames", 1) or 1)
@@ -244,7 +245,7 @@ class Wado:
             return JSONResponse({"error": "a bulk data tag is 8 hexadecimal digits"}, 400)
         if ref is None:
             return JSONResponse({"error": "not found"}, 404)
-        ds = await run_in_threadpool(dcmread, self.data_dir / ref.path)
+        ds = await run_in_threadpool(dcmread, storage.at(self.data_dir).local_path(ref.path))
         if tag not in ds or ds[tag].value is None:
             return JSONResponse({"error": "no such attribute"}, 404)
         boundary = _boundary()
@@ -272,7 +273,7 @@ class Wado:
         if ref is None:
             return JSONResponse({"error": "not found"}, 404)
         try:
-            image = await run_in_threadpool(render, self.data_dir / ref.path, frame, media)
+            image = await run_in_threadpool(render, storage.at(self.data_dir).local_path(ref.path), frame, media)
         except IndexError as exc:
             return JSONResponse({"error": str(exc)}, 404)
         except Exception as exc:

@@ -17,6 +17,7 @@ from typing import Any
 
 from sqlalchemy import select
 
+from router import storage
 from router.intake.dryrun import (
     DryRun,
     NotReadable,
@@ -140,7 +141,7 @@ class DryRuns:
         if path is None:
             return None
         try:
-            return (self.services.config.data_dir / path).read_bytes()
+            return storage.of(self.services.config).read_bytes(path)
         except OSError:
             return None
 

@@ -1,8 +1,9 @@
 """``GET /api/nodes``: the router nodes sharing this database (``router nodes`` prints the same rows).
 
 Each node's forward workers beat every few seconds (``router.outbox.leases``): its version, start, last heartbeat,
-status (``up``, ``stopped``, ``silent``: its leases have expired and other nodes send its jobs) and the jobs it
-holds in flight. docs/cluster.md.
+status (``up``, ``stopped``, ``silent``: its leases have expired and other nodes send its jobs), the jobs it
+holds in flight, the outcomes it dropped (their jobs taken over) and the digest of the rules it routes by, with
+whether they are the cluster's rule set (``router.rules.shared``). docs/cluster.md.
 """
 
 from __future__ import annotations
