@@ -1,6 +1,6 @@
 """C-STORE throughput benchmark: the router vs DCMTK storescp vs Orthanc, all on 127.0.0.1.
 
-Usage: python bench/bench_store.py [--tiny N] [--ct N] [--out results.json] [--skip-orthanc]
+Usage: python bench/bench_store.py [--tiny N] [--ct N] [--parallel N] [--out results.json] [--skip-orthanc]
 See bench/README.md.
 """
 
@@ -59,7 +59,7 @@ class RouterUnavailable(Exception):
 @dataclass
 class Result:
     corpus: str
-    mode: str  # "receive" or "forward"
+    mode: str  # "receive", "receive<N>" (N parallel senders) or "forward"
     target: str
     instances: int
     seconds: float | None = None
@@ -178,12 +178,13 @@ def start_storescp(
     dicom_port: int,
     forward_dest: int | None = None,  # unused: storescp only receives
     aet: str = "STORESCP",
+    fork: bool = False,
 ) -> Popen:
-    """storescp writing into workdir/out. As DEST it gets --fork: a router may open several
-    associations at once, which a single-process storescp would serve one after the other."""
+    """storescp writing into workdir/out. As DEST (or with ``fork``, for parallel senders) it gets --fork: a router
+    may open several associations at once, which a single-process storescp would serve one after the other."""
     (workdir / "out").mkdir(parents=True, exist_ok=True)
     cmd = [dcmtk("storescp"), "-aet", aet, "-od", str(workdir / "out"), str(dicom_port)]
-    if aet == "DEST":
+    if aet == "DEST" or fork:
         cmd.insert(1, "--fork")
     return start_process(aet.lower(), cmd, partial(echo_ok, aet, dicom_port), workdir)
 
@@ -269,10 +270,14 @@ def time_storescu(
     logdir: Path,
     timeout: float,
     dest: Path | None = None,
+    parallel: int = 1,
 ) -> float:
     """Send the corpus over one association. Seconds until storescu exits or, with dest, until
     dest holds as many files as the corpus (polled every POLL s; given up after timeout, or
-    after STALL_TIMEOUT without a new file once storescu has ended)."""
+    after STALL_TIMEOUT without a new file once storescu has ended). With ``parallel`` > 1 (receive only):
+    that many storescu processes at once, each with every parallel-th file of the corpus; the wall time of all."""
+    if parallel > 1:
+        return time_parallel(corpus, aet, port, logdir, timeout, parallel)
     cmd = [dcmtk("storescu"), "-aet", "BENCH", "-aec", aet, "--scan-directories", "--recurse"]
     cmd += ["127.0.0.1", str(port), str(corpus.path)]
     log_path = logdir / "storescu.log"
@@ -301,9 +306,35 @@ def time_storescu(
         stop(proc)
 
 
+def time_parallel(corpus: Corpus, aet: str, port: int, logdir: Path, timeout: float, parallel: int) -> float:
+    """Seconds for ``parallel`` storescu processes, each sending its share of the corpus over one association."""
+    names = sorted(str(p) for p in corpus.path.rglob("*") if p.is_file())
+    procs = []
+    t0 = time.perf_counter()
+    try:
+        for i in range(parallel):
+            cmd = [dcmtk("storescu"), "-aet", f"BENCH{i}", "-aec", aet, "127.0.0.1", str(port), *names[i::parallel]]
+            procs.append(spawn(cmd, logdir / f"storescu{i}.log"))
+        for proc in procs:
+            proc.wait(max(0.0, timeout - (time.perf_counter() - t0)))
+        elapsed = time.perf_counter() - t0
+        for i, proc in enumerate(procs):
+            if proc.returncode:
+                raise RuntimeError(
+                    f"storescu {i} exited with code {proc.returncode}: {log_tail(logdir / f'storescu{i}.log')}"
+                )
+        return elapsed
+    finally:
+        for proc in procs:
+            stop(proc)
+
+
 def bench(corpus: Corpus, mode: str, target: str, root: Path, timeout: float) -> Result:
     """Start target (and DEST for mode 'forward') fresh, push the corpus, time it, stop all."""
     aet, start = TARGETS[target]
+    parallel = int(mode[len("receive") :] or 1) if mode.startswith("receive") else 1  # "receive4": four senders
+    if target == "storescp" and parallel > 1:
+        start = partial(start_storescp, fork=True)
     res = Result(corpus.name, mode, target, corpus.count)
     workdir = root / f"{corpus.name}-{mode}-{target}"
     workdir.mkdir()
@@ -323,7 +354,7 @@ def bench(corpus: Corpus, mode: str, target: str, root: Path, timeout: float) ->
                 raise RouterUnavailable(str(exc)) from exc
             raise
         os.sync()  # start on a quiet disk: no target pays for the writeback of the corpus or of the run before
-        res.seconds = time_storescu(corpus, aet, port, workdir, timeout, dest_out)
+        res.seconds = time_storescu(corpus, aet, port, workdir, timeout, dest_out, parallel)
         got = corpus.count if mode == "forward" else received(target, workdir)
         res.check = "n/a" if got is None else "ok" if got == corpus.count else f"got {got}"
     except (StartError, RuntimeError, OSError, subprocess.SubprocessError) as exc:
@@ -363,8 +394,9 @@ RATIOS = [("receive", "orthanc"), ("receive", "storescp"), ("forward", "orthanc"
 def ratios(results: list[Result]) -> dict[str, float | None]:
     rate = {(r.corpus, r.mode, r.target): r.inst_s for r in results}
     out: dict[str, float | None] = {}
+    parallel = sorted({r.mode for r in results if r.mode.startswith("receive") and r.mode != "receive"})
     for corpus in dict.fromkeys(r.corpus for r in results):
-        for mode, other in RATIOS:
+        for mode, other in RATIOS + [(m, t) for m in parallel for t in ("orthanc", "storescp")]:
             a, b = rate.get((corpus, mode, "router")), rate.get((corpus, mode, other))
             out[f"{corpus} {mode} router/{other}"] = a / b if a and b else None
     return out
@@ -380,6 +412,9 @@ def main() -> int:
     ap.add_argument("--tiny", type=int, default=2000, help="tiny SC instances (default 2000)")
     ap.add_argument("--ct", type=int, default=300, help="512x512 CT slices (default 300)")
     ap.add_argument("--out", type=Path, help="write results to this JSON file")
+    ap.add_argument(
+        "--parallel", type=int, default=1, help="also receive with N storescu processes at once (default 1: not)"
+    )
     ap.add_argument("--skip-orthanc", action="store_true", help="do not benchmark Orthanc")
     ap.add_argument("--timeout", type=float, default=600, help="per-run bound in s (default 600)")
     ap.add_argument(
@@ -407,6 +442,8 @@ def main() -> int:
         for rnd in range(args.rounds):
             order = targets[rnd % len(targets) :] + targets[: rnd % len(targets)]  # no target always follows another
             plan = [(c, "receive", t) for c in corpora.values() for t in order]
+            if args.parallel > 1:
+                plan += [(c, f"receive{args.parallel}", t) for c in corpora.values() for t in order]
             plan += [(c, "forward", t) for c in corpora.values() for t in order if t != "storescp"]
             for corpus, mode, target in plan:
                 if target == "router" and router_down:

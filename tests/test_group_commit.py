@@ -1,27 +1,35 @@
 """Group commit (router.intake.groupcommit, issue 21): concurrent callers share one durable commit, each rolled back
-alone when it fails, none answered before the commit that holds its rows; and the HL7 intake over it."""
+alone when it fails, none answered before the commit that holds its rows; and the HL7 and DICOM intakes over it
+(objects stored at once share the commit and their folder's fsync)."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from io import BytesIO
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Connection, text
+from pydicom.filewriter import dcmwrite
+from sqlalchemy import Connection, event, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 
 from router.app import Router
 from router.config import parse_config
 from router.hl7.ack import ack_code_of
+from router.intake.dicom import IngestResult
+from router.intake.envelope import Source
 from router.intake.groupcommit import GroupCommit
+from router.statuses import StoreOutcome
+from router.store import files
 from router.store.db import make_engine
 from router.store.writelock import WriteLock
 
 from hl7msg import adt, encode
-from peers import query, wait_for
+from peers import make_instance, query, wait_for
 
 
 @pytest.fixture
@@ -109,6 +117,25 @@ def test_a_caller_returns_only_after_its_rows_are_committed(engine: Engine) -> N
     assert seen_before == [[]] and names(engine) == ["late"]
 
 
+def test_a_rolled_back_unit_drops_what_it_asked_to_run_after_the_commit(engine: Engine) -> None:
+    lock = WriteLock()
+    group = GroupCommit(engine, lock)
+    called: list[str] = []
+
+    def then(name: str, fail: bool = False) -> Callable[[Connection], str]:
+        def work(conn: Connection) -> str:
+            group.batch.after_commit(lambda: called.append(name))
+            return insert(name, fail=fail)(conn)
+
+        return work
+
+    done = in_one_batch(group, lock, [then("p"), then("q"), then("r", fail=True), then("s")])
+    assert [f.exception() is None for f in done] == [True, True, False, True]
+    assert called == ["p", "q", "s"] and names(engine) == ["p", "q", "s"]
+    with pytest.raises(RuntimeError):
+        group.batch  # noqa: B018  # only a unit's work has a batch
+
+
 def test_callers_from_many_threads_all_commit(engine: Engine) -> None:
     group = GroupCommit(engine, WriteLock())
     with ThreadPoolExecutor(4) as pool:
@@ -151,3 +178,125 @@ def test_hl7_messages_of_several_connections_share_a_commit_and_a_resend_is_appl
     db = router.config.data_dir / "router.db"
     assert sorted(r[0] for r in query(db, "SELECT control_id FROM hl7log")) == [f"GC-{i}" for i in range(4)]
     assert query(db, "SELECT count(*) FROM patient WHERE patient_id='GC1'") == [(1,)]
+
+
+# -- the DICOM intake ----------------------------------------------------------------------------------------
+SOURCE = Source(protocol="dimse", calling_ae="GC", called_ae="ROUTER", address="127.0.0.1")
+STUDY, SERIES = "1.2.826.0.1.3680043.2.1125.77.1", "1.2.826.0.1.3680043.2.1125.77.2"
+
+
+def p10_objects(n: int) -> list[tuple[str, bytes]]:
+    out = []
+    for _ in range(n):
+        ds = make_instance(STUDY, SERIES)
+        buf = BytesIO()
+        dcmwrite(buf, ds, enforce_file_format=True)
+        out.append((str(ds.SOPInstanceUID), buf.getvalue()))
+    return out
+
+
+def ingest_in_one_batch(router: Router, raws: list[bytes]) -> list[IngestResult]:
+    """Ingest ``raws`` from threads of their own, the first alone and the rest in one batch."""
+    group = router.ingestor.group
+    pool = ThreadPoolExecutor(len(raws))
+    router.write_lock.acquire()
+    try:
+        first = pool.submit(router.ingestor.ingest, raws[0], SOURCE)
+        wait_for(lambda: group._leading, 10, 0.01, "a leader")
+        rest = [pool.submit(router.ingestor.ingest, raw, SOURCE) for raw in raws[1:]]
+        wait_for(lambda: len(group._queue) == len(rest), 10, 0.01, "the others queued")
+    finally:
+        router.write_lock.release()
+    pool.shutdown(wait=True)
+    return [f.result() for f in [first, *rest]]
+
+
+def count_fsyncs(monkeypatch: pytest.MonkeyPatch, fail_from: int | None = None) -> list[Path]:
+    """Every folder fsync from now on; with ``fail_from``, that one and the later ones raise."""
+    synced: list[Path] = []
+    real = files.fsync_dir
+
+    def fsync_dir(path: Path) -> None:
+        synced.append(path)
+        if fail_from is not None and len(synced) >= fail_from:
+            raise OSError(28, "No space left on device (simulated)")
+        real(path)
+
+    monkeypatch.setattr(files, "fsync_dir", fsync_dir)
+    return synced
+
+
+def instance_paths(router: Router) -> dict[str, str]:
+    db = router.config.data_dir / "router.db"
+    return dict(query(db, "SELECT sop_uid, path FROM instance"))
+
+
+def test_dicom_objects_stored_at_once_share_one_commit_and_one_folder_fsync(
+    router: Router, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    objects = p10_objects(6)
+    synced = count_fsyncs(monkeypatch)
+    results = ingest_in_one_batch(router, [raw for _uid, raw in objects])
+    assert [r.outcome for r in results] == [StoreOutcome.STORED] * 6
+    group = router.ingestor.group
+    assert (group.stats.commits, group.stats.largest) == (2, 5)
+    series = router.config.data_dir / "objects" / STUDY / SERIES
+    assert synced.count(series) == 2, synced  # once per batch, not once per object
+    paths = instance_paths(router)
+    for uid, raw in objects:
+        assert (router.config.data_dir / paths[uid]).read_bytes() == raw
+
+
+def test_a_failed_folder_fsync_fails_every_object_of_its_batch_and_leaves_nothing_of_them(
+    router: Router, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    objects = p10_objects(4)
+    # the first batch makes and fsyncs three folders (objects/, the study's, the series'): the second one's fails
+    count_fsyncs(monkeypatch, fail_from=4)
+    results = ingest_in_one_batch(router, [raw for _uid, raw in objects])
+    assert [r.outcome for r in results] == [StoreOutcome.STORED] + [StoreOutcome.OUT_OF_RESOURCES] * 3
+    assert list(instance_paths(router)) == [objects[0][0]]
+    series = router.config.data_dir / "objects" / STUDY / SERIES
+    assert sorted(p.name for p in series.iterdir()) == [f"{objects[0][0]}.dcm"]
+    assert not list((router.config.data_dir / "tmp").iterdir())
+    monkeypatch.undo()
+    again = router.ingestor.ingest(objects[1][1], SOURCE)  # the sender tries again: stored
+    assert again.outcome == StoreOutcome.STORED
+
+
+def test_no_row_is_committed_before_the_names_of_its_files_are_durable(
+    router: Router, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A lost page cache at the moment of any commit would keep every row of it with its file: each rename and
+    each new folder of the batch is fsynced before (a test double of the file layer records what is not yet)."""
+    unsynced: set[Path] = set()  # folders holding a rename or a new entry not yet fsynced
+    checked: list[int] = []
+    real_replace, real_mkdir, real_fsync = os.replace, os.mkdir, files.fsync_dir
+
+    def replace(src: Any, dst: Any) -> None:
+        real_replace(src, dst)
+        unsynced.add(Path(dst).parent)
+
+    def mkdir(path: Any, mode: int = 0o777) -> None:
+        real_mkdir(path, mode)
+        unsynced.add(Path(path).parent)
+
+    def fsync_dir(path: Path) -> None:
+        real_fsync(path)
+        unsynced.discard(Path(path))
+
+    def at_commit(_conn: Any) -> None:
+        in_store = {p for p in unsynced if router.config.data_dir / "objects" in (p, *p.parents)}
+        checked.append(len(in_store))
+
+    monkeypatch.setattr(os, "replace", replace)
+    monkeypatch.setattr(os, "mkdir", mkdir)
+    monkeypatch.setattr(files, "fsync_dir", fsync_dir)
+    event.listen(router.engine, "commit", at_commit)
+    try:
+        results = ingest_in_one_batch(router, [raw for _uid, raw in p10_objects(5)])
+        results.append(router.ingestor.ingest(p10_objects(1)[0][1], SOURCE))
+    finally:
+        event.remove(router.engine, "commit", at_commit)
+    assert [r.outcome for r in results] == [StoreOutcome.STORED] * 6
+    assert len(checked) >= 3 and set(checked) == {0}, checked  # at every commit, nothing of the store unsynced

@@ -7,7 +7,9 @@ Order of work (the acknowledgement comes only after the last step):
 2. an instance already stored with the same bytes is accepted and nothing else happens;
 3. rules and stages run (coerce changes what is forwarded, forward plans outbox jobs);
 4. the object (and any changed payload) is written to a temp file and fsynced;
-5. under the write lock: insert index and outbox rows, rename into place, fsync the folder, commit.
+5. in a unit of a group commit (``router.intake.groupcommit``): insert index and outbox rows, rename into place;
+   objects being stored at the same time (other associations, STOW requests) share the folder fsyncs and the one
+   commit, each answered only after it.
 Any failure on the way removes what this object wrote and is answered with a failure status.
 
 For a large object, step 4 for the bytes as received overlaps steps 1 to 3: the calling thread writes them (a
@@ -28,9 +30,11 @@ import uuid
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from pydicom.errors import InvalidDicomError
+from sqlalchemy import Connection
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from router import storage
@@ -38,6 +42,7 @@ from router.hooks.manager import notify
 from router.intake import activity
 from router.intake.base import Intake, IntakeContext
 from router.intake.envelope import UNLIMITED, Envelope, Source, sha256
+from router.intake.groupcommit import GroupCommit
 from router.intake.pipeline import PipelineResult
 from router.intake.stage import PlannedForward, StageError
 from router.logs import database_error, redact
@@ -45,6 +50,7 @@ from router.outbox.groups import hold
 from router.outbox.jobs import JobKind, NewJob, enqueue
 from router.outbox.orphans import drop_if_orphaned
 from router.statuses import StoreOutcome, c_store_status
+from router.storage.folder import FolderStorage
 from router.store import files
 from router.store.activity import record
 from router.store.index import IdCache, find_instance, index_instance
@@ -103,6 +109,12 @@ def _remove_written(done: Future[Path]) -> None:
         files.remove_quietly(done.result())
 
 
+@dataclass(frozen=True)
+class _Committed:
+    relpath: str
+    old_path: str | None  # the replaced version's file (overwrite policy)
+
+
 class _EarlyWrite:
     """The temp file of the bytes as received, being written by the calling thread; removed unless taken."""
 
@@ -134,6 +146,8 @@ class Ingestor(Intake):
         # waits for its own worker, so fewer would only queue them.
         workers = config.dicom.max_associations + 8
         self._workers = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="store-ingest")
+        # objects being stored at the same time (associations, STOW requests) share one commit and folder fsyncs
+        self.group = GroupCommit(self.engine, self.write_lock)
 
     def close(self) -> None:
         self._workers.shutdown(wait=True)
@@ -209,16 +223,20 @@ class Ingestor(Intake):
                 tmp_object = files.write_temp(self.tmp_dir, env.stored)
             written.append(tmp_object)
             derived = self._write_derived(env, plan, written)
+            commit = partial(self._commit, env, digest, tmp_object, derived, plan, written)
             known = existing is not None
-            with self.write_lock:
-                try:
-                    return self._commit(env, digest, tmp_object, derived, plan, written, look_again=known)
-                except IntegrityError:
-                    self.ids.clear()  # or a cached id named a row another process deleted (PostgreSQL)
-                    if known:
-                        raise
-                    log.info("%s was stored meanwhile by another association: deciding again", env.sop_instance_uid)
-                    return self._commit(env, digest, tmp_object, derived, plan, written, look_again=True)
+            try:
+                done = self.group.run(partial(commit, look_again=known))
+            except IntegrityError:
+                self.ids.clear()  # or a cached id named a row another process deleted (PostgreSQL)
+                if known:
+                    raise
+                log.info("%s was stored meanwhile by another association: deciding again", env.sop_instance_uid)
+                done = self.group.run(partial(commit, look_again=True))
+            if isinstance(done, StoreOutcome):
+                self.discard(written)
+                return self._finish_duplicate(env, done)
+            return self._stored(env, done, plan)
         except OSError as exc:
             self.discard(written)
             return self._refuse(env, StoreOutcome.OUT_OF_RESOURCES, f"cannot write: {exc}")
@@ -259,66 +277,75 @@ class Ingestor(Intake):
         derived: dict[int, str],
         plan: PipelineResult,
         written: list[Path],
+        conn: Connection,
         look_again: bool,
-    ) -> IngestResult:
-        """Rows, renames and the commit. Without ``look_again`` (the lookup before the rules found no instance with
-        this SOP Instance UID) the rows are inserted at once: an instance another association stored meanwhile
-        makes the insert fail on the unique SOP Instance UID (IntegrityError, before any file is renamed) and the
-        caller decides again with ``look_again``."""
+    ) -> _Committed | StoreOutcome:
+        """Rows and renames, in a unit of the group commit (``conn``: its savepoint); the duplicate outcome when
+        ``look_again`` finds the instance stored meanwhile. Without ``look_again`` (the lookup before the rules
+        found no instance with this SOP Instance UID) the rows are inserted at once: an instance another
+        association stored meanwhile makes the insert fail on the unique SOP Instance UID (IntegrityError, before
+        any file is renamed) and the caller decides again with ``look_again``."""
         values = env.stored_values()
         sop_uid = env.sop_instance_uid
-        with self.engine.begin() as conn:  # commits when the block ends, rolls back on any exception
-            existing = find_instance(conn, sop_uid) if look_again else None
-            verdict = self._duplicate_verdict(existing.sha256 if existing else None, digest)
-            if verdict is not None:
-                self.discard(written)
-                return self._finish_duplicate(env, verdict)
-            study_uid = values.text("StudyInstanceUID", UNLIMITED)
-            relpath = files.object_relpath(study_uid, values.text("SeriesInstanceUID", UNLIMITED), sop_uid)
-            if existing is not None:  # overwrite policy: a new file name, the old file goes after commit
-                relpath = relpath[: -len(".dcm")] + f".{digest[:12]}.dcm"
-            size = len(env.stored if env.stored is not None else env.raw)
-            new_ids = index_instance(
-                conn,
-                self.ids,
-                values,
-                relpath=relpath,
-                size=size,
-                digest=digest,
-                transfer_syntax=values.meta_uid("TransferSyntaxUID"),
-                calling_ae=env.source.calling_ae,
-                existing=existing,
-            )
-            jobs = [_job(f, env, derived[id(f.payload)] if _own_file(f, env) else relpath) for f in plan.forwards]
-            enqueue(conn, jobs)
-            hold(
-                conn,
-                values.text("SeriesInstanceUID", UNLIMITED),
-                {f.peer: f.settle for f in plan.forwards if f.settle is not None},
-            )
-            outcome = StoreOutcome.OVERWRITTEN if existing is not None else StoreOutcome.STORED
-            queued = [(job.peer, job.kind.value) for job in jobs]
-            record(conn, [activity.dicom_received(env, values, plan, relpath, outcome.value, queued)])
-            self._rename_into_place(tmp_object, relpath, derived, written)
-        self.ids.remember(new_ids)
-        self.on_stored(study_uid, size, existing.size if existing is not None else 0)
-        return self._stored(env, relpath, plan, existing.path if existing is not None else None)
+        existing = find_instance(conn, sop_uid) if look_again else None
+        verdict = self._duplicate_verdict(existing.sha256 if existing else None, digest)
+        if verdict is not None:
+            return verdict
+        study_uid = values.text("StudyInstanceUID", UNLIMITED)
+        relpath = files.object_relpath(study_uid, values.text("SeriesInstanceUID", UNLIMITED), sop_uid)
+        if existing is not None:  # overwrite policy: a new file name, the old file goes after commit
+            relpath = relpath[: -len(".dcm")] + f".{digest[:12]}.dcm"
+        size = len(env.stored if env.stored is not None else env.raw)
+        new_ids = index_instance(
+            conn,
+            self.ids,
+            values,
+            relpath=relpath,
+            size=size,
+            digest=digest,
+            transfer_syntax=values.meta_uid("TransferSyntaxUID"),
+            calling_ae=env.source.calling_ae,
+            existing=existing,
+        )
+        jobs = [_job(f, env, derived[id(f.payload)] if _own_file(f, env) else relpath) for f in plan.forwards]
+        enqueue(conn, jobs)
+        hold(
+            conn,
+            values.text("SeriesInstanceUID", UNLIMITED),
+            {f.peer: f.settle for f in plan.forwards if f.settle is not None},
+        )
+        outcome = StoreOutcome.OVERWRITTEN if existing is not None else StoreOutcome.STORED
+        queued = [(job.peer, job.kind.value) for job in jobs]
+        record(conn, [activity.dicom_received(env, values, plan, relpath, outcome.value, queued)])
+        self._rename_into_place(tmp_object, relpath, derived, written)
+        replaced = existing.size if existing is not None else 0
+        batch = self.group.batch
+        batch.after_commit(partial(self.ids.remember, new_ids))
+        batch.after_commit(partial(self.on_stored, study_uid, size, replaced))  # under the write lock still
+        return _Committed(relpath, existing.path if existing is not None else None)
 
     def _rename_into_place(self, tmp_object: Path, relpath: str, derived: dict[int, str], written: list[Path]) -> None:
-        """Files take their names only after the rows: a unique-UID failure before leaves no file behind."""
+        """Files take their names only after the rows: a unique-UID failure before leaves no file behind. Their
+        folders are fsynced once for the whole group commit, before it commits."""
         tmp_paths = iter(written[1:])
         renames = [(tmp_object, relpath)]
         renames += [(next(tmp_paths), rel) for rel in derived.values()]
+        batch, store = self.group.batch, storage.of(self.config)
         for tmp, rel in renames:
             written.append(self.data_dir / rel)  # before the rename: a failed folder fsync must clean it too
-            storage.of(self.config).commit(tmp, rel)
+            if isinstance(store, FolderStorage):
+                batch.place(tmp, store.root / rel)  # its folder fsynced once for the batch, before the commit
+            else:
+                store.commit(tmp, rel)  # durable when it returns (S3: the server's answer)
 
-    def _stored(self, env: Envelope, relpath: str, plan: PipelineResult, old_path: str | None) -> IngestResult:
+    def _stored(self, env: Envelope, done: _Committed, plan: PipelineResult) -> IngestResult:
         """The object is committed: the replaced version's file goes (overwrite policy), the plugins are told, the
         forward workers woken."""
         sop_uid = env.sop_instance_uid
+        relpath, old_path = done.relpath, done.old_path
         if old_path is not None and old_path != relpath:
-            drop_if_orphaned(self.engine, self.data_dir, old_path, sop_uid)
+            with self.write_lock:  # no commit between its look and the removal (an overwrite back to those bytes)
+                drop_if_orphaned(self.engine, self.data_dir, old_path, sop_uid)
         outcome = StoreOutcome.OVERWRITTEN if old_path is not None else StoreOutcome.STORED
         log.info(
             "stored %s from %s (%s), %d forward job(s)",

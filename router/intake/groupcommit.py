@@ -14,22 +14,35 @@ commits once, and only then hands each caller its own result or exception. So:
 
 Leadership passes on after each batch (the leader returns to its own sender at once), so no caller waits for more
 than the batch it joined and the one running when it came.
+
+A unit that also gives files their names (a C-STORE: the object renamed from its fsynced temp file) does it
+through ``GroupCommit.batch.place``: the rename happens in the unit, the folder's fsync once for the whole batch,
+before its commit (objects of one series share one folder, so four associations sending one study pay one folder
+fsync per batch). ``batch.after_commit(fn)`` runs ``fn`` once the batch is committed, still under the write lock
+(a unit rolled back to its savepoint drops what it registered).
 """
 
 from __future__ import annotations
 
+import logging
+import os
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 from sqlalchemy import Connection
 from sqlalchemy.engine import Engine
 
+from router.store import files
 from router.store.writelock import WriteLock
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 MAX_BATCH = 64  # units per transaction at most
+_KNOWN_MAX = 100_000  # folders remembered as durable, at most
 
 
 @dataclass
@@ -38,6 +51,55 @@ class _Unit(Generic[T]):
     done: bool = False
     value: Any = None
     error: BaseException | None = None
+
+
+class _Failed(Exception):
+    """A unit alone in its transaction raised ``error``: roll back, then hand the caller ``error`` itself."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+@dataclass
+class Batch:
+    """What the units of one transaction share: the folders to fsync before its commit, the calls after it."""
+
+    known: set[Path]  # folders whose entries are durable (the group's, shared by its batches)
+    folders: set[Path] = field(default_factory=set)
+    after: list[Callable[[], None]] = field(default_factory=list)
+
+    def place(self, tmp: Path, final: Path) -> None:
+        """Give the fsynced temp file ``tmp`` its name ``final``: durable once the batch is committed (its folder,
+        and any folder made for it, are fsynced before the commit). The one function through which the ingest
+        gives files their names."""
+        created: list[Path] = []
+        parent = final.parent
+        while parent not in self.known and not parent.exists():
+            created.append(parent)
+            parent = parent.parent
+        if created:
+            files.make_dirs(final.parent)
+        self.folders.update(folder.parent for folder in created)
+        self.folders.add(final.parent)
+        try:
+            os.replace(tmp, final)
+        except FileNotFoundError:
+            if final.parent not in self.known or not tmp.exists():
+                raise
+            self.known.clear()  # the folder went away behind our back: forget what we knew and start again
+            self.place(tmp, final)
+
+    def after_commit(self, fn: Callable[[], None]) -> None:
+        self.after.append(fn)
+
+    def sync(self) -> None:
+        """fsync the batch's folders (before the commit; an OSError fails the whole batch)."""
+        for folder in sorted(self.folders, key=lambda p: len(p.parts), reverse=True):  # children first
+            files.fsync_dir(folder)
+        if len(self.known) > _KNOWN_MAX:
+            self.known.clear()
+        self.known.update(self.folders)
 
 
 @dataclass
@@ -53,6 +115,8 @@ class GroupCommit:
     def __init__(self, engine: Engine, write_lock: WriteLock, max_batch: int = MAX_BATCH) -> None:
         self.engine, self.write_lock, self.max_batch = engine, write_lock, max_batch
         self.stats = GroupStats()
+        self._known: set[Path] = set()
+        self._batch: Batch | None = None
         self._cond = threading.Condition()
         self._queue: list[_Unit[Any]] = []
         self._leading = False
@@ -81,32 +145,68 @@ class GroupCommit:
             raise unit.error
         return unit.value
 
+    @property
+    def batch(self) -> Batch:
+        """The batch being committed (for a unit's ``work``, which runs while it is built)."""
+        if self._batch is None:
+            raise RuntimeError("GroupCommit.batch is only there for a unit's work")
+        return self._batch
+
     def _commit(self, batch: list[_Unit[Any]]) -> None:
         """One transaction for ``batch``; never raises: each unit gets its value or an exception."""
+        shared = self._batch = Batch(self._known)
         try:
-            with self.write_lock, self.engine.begin() as conn:
-                if conn.dialect.name == "sqlite":  # pysqlite: a SAVEPOINT first would begin (and RELEASE end) it
-                    conn.exec_driver_sql("BEGIN IMMEDIATE")
-                for unit in batch:
-                    self._one(conn, unit)
+            with self.write_lock:
+                try:
+                    with self.engine.begin() as conn:
+                        if conn.dialect.name == "sqlite":  # pysqlite: a SAVEPOINT first would begin (RELEASE end) it
+                            conn.exec_driver_sql("BEGIN IMMEDIATE")
+                        if len(batch) == 1:  # alone: no savepoint (SQLAlchemy's costs ~0.1 ms); a failure ends it all
+                            self._alone(conn, batch[0])
+                        else:
+                            for unit in batch:
+                                self._one(conn, unit, shared)
+                        shared.sync()
+                finally:
+                    self._batch = None
+                self._committed(batch, shared)
+        except _Failed as failed:  # a unit alone failed: its transaction is rolled back, the caller gets its error
+            batch[0].error, batch[0].value = failed.error, None
         except BaseException as exc:  # nothing of the batch is committed: every caller gets the failure
             for unit in batch:
                 unit.error, unit.value = exc, None
-        else:
-            self.stats.commits += 1
-            self.stats.units += len(batch)
-            self.stats.largest = max(self.stats.largest, len(batch))
         finally:
             for unit in batch:
                 unit.done = True
 
+    def _committed(self, batch: list[_Unit[Any]], shared: Batch) -> None:
+        self.stats.commits += 1
+        self.stats.units += len(batch)
+        self.stats.largest = max(self.stats.largest, len(batch))
+        for fn in shared.after:
+            try:
+                fn()
+            except Exception:  # committed all the same: the callers are answered
+                log.exception("a call after a group commit failed")
+
     @staticmethod
-    def _one(conn: Connection, unit: _Unit[Any]) -> None:
+    def _alone(conn: Connection, unit: _Unit[Any]) -> None:
+        """The only unit of its transaction: its exception rolls the transaction back (the caller gets it)."""
+        try:
+            unit.value = unit.work(conn)
+        except Exception as exc:
+            unit.error = _Failed(exc)
+            raise unit.error from exc
+
+    @staticmethod
+    def _one(conn: Connection, unit: _Unit[Any], shared: Batch) -> None:
         savepoint = conn.begin_nested()
+        registered = len(shared.after)
         try:
             unit.value = unit.work(conn)
         except Exception as exc:
             savepoint.rollback()
+            del shared.after[registered:]
             unit.error = exc
         else:
             savepoint.commit()
