@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import BinaryIO
 
+from router.storage.base import Placer
 from router.store import files
 
 
@@ -19,6 +20,9 @@ class FolderStorage:
 
     def commit(self, tmp: Path, relpath: str) -> None:
         files.commit_file(tmp, self.root / relpath)
+
+    def commit_in(self, batch: Placer, tmp: Path, relpath: str) -> None:
+        batch.place(tmp, self.root / relpath)  # its folder fsynced once for the batch, before the commit
 
     def local_path(self, relpath: str) -> Path:
         return self.root / relpath

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 from urllib.parse import urlsplit
 
 from router.config.s3 import S3Settings
-from router.storage.base import StorageUnavailable
+from router.storage.base import Placer, StorageUnavailable
 from router.storage.cache import ReadCache
 from router.store import files
 
@@ -98,6 +98,9 @@ class S3Storage:
                                     num_parallel_uploads=1)  # fmt: skip
         self.cache.drop(relpath)  # an overwritten key must not be read from an older copy
         files.remove_quietly(tmp)
+
+    def commit_in(self, batch: Placer, tmp: Path, relpath: str) -> None:
+        self.commit(tmp, relpath)  # durable when the server answers: nothing left for the batch's commit
 
     def local_path(self, relpath: str) -> Path:
         key = self.key(relpath)
