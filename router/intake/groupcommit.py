@@ -12,11 +12,15 @@ commits once, and only then hands each caller its own result or exception. So:
 - if the commit fails, every caller of that batch gets the failure, and none of them is acknowledged;
 - one caller alone (one connection) costs one transaction and one savepoint, as before plus the savepoint.
 
+One caller with several units in order (the parts of one STOW-RS request) gives them together with
+``GroupCommit.run_many(works)``: they are queued side by side, so they share a transaction (as many as
+``max_batch`` allows) and their rows are inserted in the order given; each keeps its own savepoint and outcome.
+
 Leadership passes on after each batch (the leader returns to its own sender at once), so no caller waits for more
 than the batch it joined and the one running when it came.
 
 A unit that also gives files their names (a C-STORE: the object renamed from its fsynced temp file) does it
-through ``GroupCommit.batch.place``: the rename happens in the unit, the folder's fsync once for the whole batch,
+through ``GroupCommit.batch.place`` (a store's ``commit_in``: S3 commits at once instead): the rename happens in the unit, the folder's fsync once for the whole batch,
 before its commit (objects of one series share one folder, so four associations sending one study pay one folder
 fsync per batch). ``batch.after_commit(fn)`` runs ``fn`` once the batch is committed, still under the write lock
 (a unit rolled back to its savepoint drops what it registered).
@@ -27,10 +31,10 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, cast
 
 from sqlalchemy import Connection
 from sqlalchemy.engine import Engine
@@ -51,6 +55,19 @@ class _Unit(Generic[T]):
     done: bool = False
     value: Any = None
     error: BaseException | None = None
+
+
+@dataclass(frozen=True)
+class Done(Generic[T]):
+    """One unit's outcome: its value, or the exception its caller gets (``get`` raises it)."""
+
+    value: T | None
+    error: BaseException | None = None
+
+    def get(self) -> T:
+        if self.error is not None:
+            raise self.error
+        return cast(T, self.value)
 
 
 class _Failed(Exception):
@@ -124,14 +141,21 @@ class GroupCommit:
     def run(self, work: Callable[[Connection], T]) -> T:
         """``work(conn)`` inside a savepoint of a shared transaction; its value once that transaction is committed
         (its exception, after its savepoint was rolled back, or the commit's if the commit failed)."""
-        unit: _Unit[T] = _Unit(work)
+        return self.run_many([work])[0].get()
+
+    def run_many(self, works: Sequence[Callable[[Connection], T]]) -> list[Done[T]]:
+        """The ``works`` of one caller (a STOW request's parts) queued together, in this order: each in a savepoint
+        of its own, as many to a transaction as ``max_batch`` allows (one commit and one fsync per folder for up
+        to that many), their rows inserted in the order given. Returns once every one is committed or failed:
+        each one's outcome, to ``get``."""
+        units: list[_Unit[T]] = [_Unit(work) for work in works]
         with self._cond:
-            self._queue.append(unit)
-        while not unit.done:
+            self._queue.extend(units)
+        while not all(unit.done for unit in units):
             with self._cond:
-                while self._leading and not unit.done:
+                while self._leading and not all(unit.done for unit in units):
                     self._cond.wait()
-                if unit.done:
+                if all(unit.done for unit in units):
                     break
                 self._leading = True
                 batch, self._queue = self._queue[: self.max_batch], self._queue[self.max_batch :]
@@ -141,9 +165,7 @@ class GroupCommit:
                 with self._cond:
                     self._leading = False
                     self._cond.notify_all()
-        if unit.error is not None:
-            raise unit.error
-        return unit.value
+        return [Done(unit.value, unit.error) for unit in units]
 
     @property
     def batch(self) -> Batch:
