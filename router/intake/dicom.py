@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
@@ -42,7 +42,7 @@ from router.hooks.manager import notify
 from router.intake import activity
 from router.intake.base import Intake, IntakeContext
 from router.intake.envelope import UNLIMITED, Envelope, Source, sha256
-from router.intake.groupcommit import GroupCommit
+from router.intake.groupcommit import Done, GroupCommit
 from router.intake.pipeline import PipelineResult
 from router.intake.stage import PlannedForward, StageError
 from router.logs import database_error, redact
@@ -50,7 +50,6 @@ from router.outbox.groups import hold
 from router.outbox.jobs import JobKind, NewJob, enqueue
 from router.outbox.orphans import drop_if_orphaned
 from router.statuses import StoreOutcome, c_store_status
-from router.storage.folder import FolderStorage
 from router.store import files
 from router.store.activity import record
 from router.store.index import IdCache, find_instance, index_instance
@@ -113,6 +112,27 @@ def _remove_written(done: Future[Path]) -> None:
 class _Committed:
     relpath: str
     old_path: str | None  # the replaced version's file (overwrite policy)
+
+
+@dataclass(frozen=True)
+class _Pending:
+    """An object checked, planned and in its temp file: ``commit(conn, look_again)`` is its unit of the group."""
+
+    env: Envelope
+    plan: PipelineResult
+    written: list[Path]
+    commit: Callable[..., _Committed | StoreOutcome]
+    known: bool  # the lookup found this SOP Instance UID stored already
+
+
+def _written_as(raw: bytes) -> Future[Path] | None:
+    """The flushed temp file ``raw`` is already in (a STOW-RS part), as an early write done."""
+    path = getattr(raw, "path", None)
+    if not isinstance(path, Path):
+        return None
+    done: Future[Path] = Future()
+    done.set_result(path)
+    return done
 
 
 class _EarlyWrite:
@@ -178,7 +198,27 @@ class Ingestor(Intake):
         finally:
             early.discard()
 
+    def ingest_many(self, raws: Sequence[bytes], source: Source) -> list[IngestResult]:
+        """Each object's result, in order: checked one after the other, then committed together (in as few group
+        commits as ``GroupCommit.max_batch`` allows, rows inserted in this order), each answered as ``ingest``
+        would. An object that is already in a flushed temp file (``path``) is taken from it."""
+        results: list[IngestResult] = []
+        for start in range(0, len(raws), self.group.max_batch):  # a batch's objects held at once, no more
+            checked = [self._check(raw, source, _EarlyWrite(_written_as(raw)))
+                       for raw in raws[start : start + self.group.max_batch]]  # fmt: skip
+            results += self._store(checked)
+        return results
+
     def _ingest(self, raw: bytes, source: Source, early: _EarlyWrite) -> IngestResult:
+        return self._store([self._check(raw, source, early)])[0]
+
+    def _store(self, checked: list[IngestResult | _Pending]) -> list[IngestResult]:
+        """The objects ready to commit committed together, in order; every one's result."""
+        pending = [c for c in checked if isinstance(c, _Pending)]
+        done = iter(self.group.run_many([partial(p.commit, look_again=p.known) for p in pending]))
+        return [self._finish(c, next(done)) if isinstance(c, _Pending) else c for c in checked]
+
+    def _check(self, raw: bytes, source: Source, early: _EarlyWrite) -> IngestResult | _Pending:
         try:
             env = Envelope.from_p10(raw, source)
             values = env.values
@@ -195,10 +235,11 @@ class Ingestor(Intake):
         if source.protocol == "dimse" and (mismatch := _request_mismatch(env)):
             return self._refuse_quarantined(raw, early, source, StoreOutcome.INVALID, mismatch, env=env)
         notify(self.pm, "router_instance_received", envelope=env)
-        return self._ingest_envelope(env, early)
+        return self._prepare(env, early)
 
     # -- steps --------------------------------------------------------------------------------------------
-    def _ingest_envelope(self, env: Envelope, early: _EarlyWrite) -> IngestResult:
+    def _prepare(self, env: Envelope, early: _EarlyWrite) -> IngestResult | _Pending:
+        """Steps 2 to 4: the object's result when it ends there (a duplicate, a refusal), else its commit to run."""
         sop_uid = env.sop_instance_uid
         digest = sha256(env.raw)
         try:
@@ -223,30 +264,38 @@ class Ingestor(Intake):
                 tmp_object = files.write_temp(self.tmp_dir, env.stored)
             written.append(tmp_object)
             derived = self._write_derived(env, plan, written)
-            commit = partial(self._commit, env, digest, tmp_object, derived, plan, written)
-            known = existing is not None
+        except Exception as exc:
+            return self._failed(env, written, exc)
+        commit = partial(self._commit, env, digest, tmp_object, derived, plan, written)
+        return _Pending(env, plan, written, commit, known=existing is not None)
+
+    def _finish(self, pending: _Pending, done: Done[_Committed | StoreOutcome]) -> IngestResult:
+        """Step 5's outcome: the object stored, a duplicate found meanwhile, or its failure answered."""
+        env = pending.env
+        try:
             try:
-                done = self.group.run(partial(commit, look_again=known))
+                result = done.get()
             except IntegrityError:
                 self.ids.clear()  # or a cached id named a row another process deleted (PostgreSQL)
-                if known:
+                if pending.known:
                     raise
-                log.info("%s was stored meanwhile by another association: deciding again", env.sop_instance_uid)
-                done = self.group.run(partial(commit, look_again=True))
-            if isinstance(done, StoreOutcome):
-                self.discard(written)
-                return self._finish_duplicate(env, done)
-            return self._stored(env, done, plan)
-        except OSError as exc:
-            self.discard(written)
-            return self._refuse(env, StoreOutcome.OUT_OF_RESOURCES, f"cannot write: {exc}")
-        except SQLAlchemyError as exc:
-            self.discard(written)
-            return self._refuse(env, StoreOutcome.OUT_OF_RESOURCES, f"database failure: {database_error(exc)}")
+                log.info("%s was stored meanwhile by another sender: deciding again", env.sop_instance_uid)
+                result = self.group.run(partial(pending.commit, look_again=True))
+            if isinstance(result, StoreOutcome):
+                self.discard(pending.written)
+                return self._finish_duplicate(env, result)
+            return self._stored(env, result, pending.plan)
         except Exception as exc:
-            self.discard(written)
-            log.exception("storing %s failed", env.sop_instance_uid)
-            return self._refuse(env, StoreOutcome.PROCESSING_FAILED, f"internal error: {exc!r}")
+            return self._failed(env, pending.written, exc)
+
+    def _failed(self, env: Envelope, written: list[Path], exc: Exception) -> IngestResult:
+        self.discard(written)
+        if isinstance(exc, OSError):
+            return self._refuse(env, StoreOutcome.OUT_OF_RESOURCES, f"cannot write: {exc}")
+        if isinstance(exc, SQLAlchemyError):
+            return self._refuse(env, StoreOutcome.OUT_OF_RESOURCES, f"database failure: {database_error(exc)}")
+        log.error("storing %s failed", env.sop_instance_uid, exc_info=exc)
+        return self._refuse(env, StoreOutcome.PROCESSING_FAILED, f"internal error: {exc!r}")
 
     def _duplicate_verdict(self, stored_digest: str | None, digest: str) -> StoreOutcome | None:
         """None when the object is new or must be (over)written; otherwise the duplicate outcome."""
@@ -333,10 +382,7 @@ class Ingestor(Intake):
         batch, store = self.group.batch, storage.of(self.config)
         for tmp, rel in renames:
             written.append(self.data_dir / rel)  # before the rename: a failed folder fsync must clean it too
-            if isinstance(store, FolderStorage):
-                batch.place(tmp, store.root / rel)  # its folder fsynced once for the batch, before the commit
-            else:
-                store.commit(tmp, rel)  # durable when it returns (S3: the server's answer)
+            store.commit_in(batch, tmp, rel)  # a folder: fsynced once for the batch; S3: durable when it returns
 
     def _stored(self, env: Envelope, done: _Committed, plan: PipelineResult) -> IngestResult:
         """The object is committed: the replaced version's file goes (overwrite policy), the plugins are told, the

@@ -8,9 +8,11 @@ failure, also for an instance whose Study Instance UID is not the one in the URL
 
 The body is read as it arrives (``router.listeners.http.multipart_stream``): small parts in memory, a large part
 into a temporary file the intake then takes as it is (``router.listeners.http.received``). Nothing is stored before
-the whole body is in and well formed (a 400 or 413 stores nothing). The small parts are then written to temp files
-side by side (their synchronous writes overlap), and every part is stored one after the other, in the order sent,
-the intake taking a part's file as it is. The answer comes when every part is durable or refused.
+the whole body is in and well formed (a 400 or 413 stores nothing). The parts in memory are then written to temp files
+side by side (their synchronous writes overlap), then every part is checked in the order sent and the request's
+parts are committed together (``Ingestor.ingest_many``: one group commit, rows in the order sent, each part in a
+savepoint of its own so that a refused or duplicate part fails alone), the intake taking a part's file as it is.
+The answer comes when every part is durable or refused: after the commit that holds its rows.
 """
 
 from __future__ import annotations
@@ -44,10 +46,6 @@ DICOM_JSON = "application/dicom+json"
 
 UID_KEYS = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
 PARALLEL_PARTS = 8  # parts being written to temp files at once, over all requests
-# Parts smaller than this are written side by side before being stored (300 small parts, batches of 10: median
-# 327 inst/s against 268 without, five alternated runs); a larger part's write already overlaps its checks in the
-# intake, and ten of them written at once were no faster (bench/README.md, issue 21 figures).
-PREWRITE_BELOW = 64 * 1024
 INLINE_PIECE = 256 * 1024  # a piece of body this small is parsed on the event loop (no thread hand-over)
 
 
@@ -186,8 +184,9 @@ class Stow:
 
     def _store_parts(self, received: list[Part], uids: list[list[str]], study: str | None, spill: Spill,
                      source: Source) -> list[int]:  # fmt: skip
-        """Each part's status, in order. The small parts are first written to temp files side by side (their
-        synchronous writes overlap); then each is stored in the order sent, the intake taking its file."""
+        """Each part's status, in order. The parts in memory are first written to temp files side by side (their
+        synchronous writes overlap); then the intake takes them all, in the order sent, each from its file, and
+        commits them together (``Ingestor.ingest_many``: one SQLite commit and one folder fsync for up to 64)."""
         reasons: list[int | None] = []
         for part, (_cls, _sop, part_study, _series) in zip(received, uids, strict=True):
             if part.content_type not in ("application/dicom", ""):
@@ -197,13 +196,11 @@ class Stow:
             else:
                 reasons.append(None)
         bodies = [part.body for part in received]
-        in_memory = [i for i, body in enumerate(bodies) if reasons[i] is None and len(body) < PREWRITE_BELOW
-                     and not isinstance(body, ReceivedFile)]  # fmt: skip
+        in_memory = [i for i, body in enumerate(bodies) if reasons[i] is None and not isinstance(body, ReceivedFile)]
         if len(in_memory) > 1:
             for i, written in zip(in_memory, self._parts.map(spill.written, [bodies[i] for i in in_memory]),
                                   strict=True):  # fmt: skip
                 bodies[i] = written
-        return [
-            self.ingestor.ingest(body, source).status if r is None else r
-            for body, r in zip(bodies, reasons, strict=True)
-        ]
+        todo = [i for i, reason in enumerate(reasons) if reason is None]
+        results = iter(self.ingestor.ingest_many([bodies[i] for i in todo], source))
+        return [next(results).status if reason is None else reason for reason in reasons]
