@@ -105,6 +105,59 @@ def test_a_failed_commit_fails_every_caller_of_the_batch_and_keeps_nothing(engin
     assert group.run(insert("w")) == "w"  # the next batch commits again
 
 
+def rowid_order(engine: Engine) -> list[str]:
+    with engine.connect() as conn:
+        return [r[0] for r in conn.execute(text("SELECT name FROM item ORDER BY rowid"))]
+
+
+def test_one_callers_units_share_one_commit_in_their_order_and_each_keeps_its_outcome(engine: Engine) -> None:
+    group = GroupCommit(engine, WriteLock())
+    works = [insert("m3"), insert("m1"), insert("m2", fail=True), insert("m1"), insert("m0")]
+    done = group.run_many(works)
+    assert (group.stats.commits, group.stats.largest) == (1, 5)
+    assert [d.value for d in done] == ["m3", "m1", None, None, "m0"]
+    assert isinstance(done[2].error, ValueError) and isinstance(done[3].error, IntegrityError)
+    with pytest.raises(IntegrityError):
+        done[3].get()
+    assert rowid_order(engine) == ["m3", "m1", "m0"]  # inserted in the order given, not sorted
+
+
+def test_more_units_than_a_batch_holds_commit_in_batches_in_order(engine: Engine) -> None:
+    group = GroupCommit(engine, WriteLock(), max_batch=3)
+    order = [f"k{i}" for i in (7, 2, 9, 4, 1, 8, 3)]
+    assert [d.get() for d in group.run_many([insert(n) for n in order])] == order
+    assert (group.stats.commits, group.stats.largest) == (3, 3)
+    assert rowid_order(engine) == order
+
+
+def test_a_failed_commit_fails_every_unit_of_one_caller(engine: Engine) -> None:
+    group = GroupCommit(engine, WriteLock())
+    done = group.run_many([insert("u"), insert("v", parent="nowhere"), insert("w")])
+    assert all(isinstance(d.error, IntegrityError) for d in done)
+    assert names(engine) == []
+
+
+def test_a_callers_units_wait_behind_a_running_batch_and_join_the_others_queued(engine: Engine) -> None:
+    lock = WriteLock()
+    group = GroupCommit(engine, lock)
+    pool = ThreadPoolExecutor(3)
+    lock.acquire()
+    try:
+        first = pool.submit(group.run, insert("lead"))
+        wait_for(lambda: group._leading, 10, 0.01, "a leader")
+        other = pool.submit(group.run, insert("other"))
+        wait_for(lambda: len(group._queue) == 1, 10, 0.01, "another caller queued")
+        many = pool.submit(group.run_many, [insert(f"p{i}") for i in range(4)])
+        wait_for(lambda: len(group._queue) == 5, 10, 0.01, "the units queued")
+    finally:
+        lock.release()
+    pool.shutdown(wait=True)
+    assert first.result() == "lead" and other.result() == "other"
+    assert [d.get() for d in many.result()] == [f"p{i}" for i in range(4)]
+    assert (group.stats.commits, group.stats.largest) == (2, 5)
+    assert rowid_order(engine) == ["lead", "other", "p0", "p1", "p2", "p3"]
+
+
 def test_a_caller_returns_only_after_its_rows_are_committed(engine: Engine) -> None:
     group = GroupCommit(engine, WriteLock())
     seen_before: list[list[str]] = []
