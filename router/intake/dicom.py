@@ -8,8 +8,8 @@ Order of work (the acknowledgement comes only after the last step):
 3. rules and stages run (coerce changes what is forwarded, forward plans outbox jobs);
 4. the object (and any changed payload) is written to a temp file and fsynced;
 5. in a unit of a group commit (``router.intake.groupcommit``): insert index and outbox rows, rename into place;
-   objects being stored at the same time (other associations, STOW requests) share the folder fsyncs and the one
-   commit, each answered only after it.
+   objects being stored at the same time (other associations, the parts of a STOW request: ``ingest_many``) share
+   the folder fsyncs and the one commit, each answered only after it.
 Any failure on the way removes what this object wrote and is answered with a failure status.
 
 For a large object, step 4 for the bytes as received overlaps steps 1 to 3: the calling thread writes them (a

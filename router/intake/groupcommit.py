@@ -20,10 +20,11 @@ Leadership passes on after each batch (the leader returns to its own sender at o
 than the batch it joined and the one running when it came.
 
 A unit that also gives files their names (a C-STORE: the object renamed from its fsynced temp file) does it
-through ``GroupCommit.batch.place`` (a store's ``commit_in``: S3 commits at once instead): the rename happens in the unit, the folder's fsync once for the whole batch,
-before its commit (objects of one series share one folder, so four associations sending one study pay one folder
-fsync per batch). ``batch.after_commit(fn)`` runs ``fn`` once the batch is committed, still under the write lock
-(a unit rolled back to its savepoint drops what it registered).
+through ``GroupCommit.batch.place`` (the folder store's ``commit_in``; S3 commits at once instead): the rename
+happens in the unit, the folder's fsync once for the whole batch, before its commit (objects of one series share
+one folder, so four associations sending one study pay one folder fsync per batch). ``batch.after_commit(fn)``
+runs ``fn`` once the batch is committed, still under the write lock (a unit rolled back to its savepoint drops
+what it registered).
 """
 
 from __future__ import annotations
