@@ -5,6 +5,7 @@ over a router's ingest, so its commits and fsyncs can be counted."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from io import BytesIO
 from pathlib import Path
@@ -171,4 +172,44 @@ def test_more_parts_than_a_batch_holds_commit_in_batches_in_order(
     response = stow(client, *[p10(ds) for ds in sent])
     assert response.status_code == 200, response.text
     assert len(commits) == 3
+    assert indexed(router) == [str(ds.SOPInstanceUID) for ds in sent]
+
+
+def test_no_row_of_a_request_is_committed_before_the_names_of_its_files_are_durable(
+    router: Router, client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A lost page cache at the moment of the request's commit would keep every row with its file: each rename and
+    each new folder is fsynced before it (a test double of the file layer records what is not yet)."""
+    unsynced: set[Path] = set()  # folders holding a rename or a new entry not yet fsynced
+    at_commit: list[int] = []
+    real_replace, real_mkdir, real_fsync = os.replace, os.mkdir, files.fsync_dir
+    objects = router.config.data_dir / "objects"
+
+    def replace(src: Any, dst: Any) -> None:
+        real_replace(src, dst)
+        unsynced.add(Path(dst).parent)
+
+    def mkdir(path: Any, mode: int = 0o777) -> None:
+        real_mkdir(path, mode)
+        unsynced.add(Path(path).parent)
+
+    def fsync_dir(path: Path) -> None:
+        real_fsync(path)
+        unsynced.discard(Path(path))
+
+    def check(_conn: Any) -> None:
+        at_commit.append(len({p for p in unsynced if objects in (p, *p.parents)}))
+
+    monkeypatch.setattr(os, "replace", replace)
+    monkeypatch.setattr(os, "mkdir", mkdir)
+    monkeypatch.setattr(files, "fsync_dir", fsync_dir)
+    event.listen(router.engine, "commit", check)
+    try:
+        study = pydicom.uid.generate_uid()
+        sent = [make_instance(study, series) for series in ("1.2.3.1", "1.2.3.2") for _ in range(3)]
+        response = stow(client, *[p10(ds) for ds in sent])
+    finally:
+        event.remove(router.engine, "commit", check)
+    assert response.status_code == 200, response.text
+    assert at_commit == [0]  # one commit, nothing of the store unsynced at it
     assert indexed(router) == [str(ds.SOPInstanceUID) for ds in sent]
