@@ -3,7 +3,8 @@
 The data set goes to a flushed temp file in the node's temp folder as its fragments arrive (router._pynetdicom.spool)
 and the intake renames that file into the store: the router's peak resident memory (VmHWM, reset after a warm-up
 through /proc/<pid>/clear_refs) may rise by less than 60 MiB for a 200 MiB object. bench/bench_memory.py does the
-same with 1 GiB. A smaller object past the 4 MiB threshold is stored byte for byte, and twice is one object.
+same with 1 GiB. A smaller object past the 4 MiB threshold is stored byte for byte, and twice is one object; one
+cut off by an abort leaves no file behind.
 """
 
 from __future__ import annotations
@@ -16,9 +17,11 @@ from pathlib import Path
 import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pynetdicom.dimse_messages import C_STORE_RQ
+from pynetdicom.dimse_primitives import C_STORE
 from test_stow_memory import FRAME, FRAMES, MF_WORD_SC, memory
 
-from peers import RouterProcess, make_instance, query, send_datasets
+from peers import RouterProcess, associate, make_instance, query, send_datasets, wait_for
 
 RISE_LIMIT = 60 * 1024 * 1024
 PIECE = 1024 * 1024
@@ -97,3 +100,32 @@ def test_an_object_past_the_spool_threshold_is_stored_as_sent_and_once(workdir: 
     assert rows == [(1,)] and len(files) == 1
     assert data_set_digest(files[0]) == data_set_digest(obj)
     assert no_part_files(router), "the duplicate's part file was left behind"
+
+
+def test_a_data_set_cut_off_by_an_abort_leaves_no_part_file(workdir: Path, tmp_path: Path) -> None:
+    obj = tmp_path / "cut.dcm"
+    sop = write_frames(obj, 16)  # 8 MiB
+    data = obj.read_bytes()
+    request = C_STORE()
+    request.MessageID, request.Priority = 1, 2
+    request.AffectedSOPClassUID, request.AffectedSOPInstanceUID = MF_WORD_SC, sop
+    request.DataSet = BytesIO(data[144 + struct.unpack("<L", data[140:144])[0] :])
+    message = C_STORE_RQ()
+    message.primitive_to_message(request)
+    router = RouterProcess(workdir).start()
+    try:
+        assoc = associate(router.port, [(MF_WORD_SC, ExplicitVRLittleEndian)])
+        assert assoc.is_established
+        fragments = message.encode_msg(assoc.accepted_contexts[0].context_id, assoc.acceptor.maximum_length)
+        sent = 0
+        for pdata in fragments:  # the command set, then 6 MiB of the data set: past the 4 MiB kept in memory
+            assoc.dul.send_pdu(pdata)
+            sent += sum(len(value) for _cx, value in pdata.presentation_data_value_list)
+            if sent > 6 * 1024 * 1024:
+                break
+        wait_for(lambda: not no_part_files(router), 20, what="the data set to go to a part file")
+        assoc.abort()
+        wait_for(lambda: no_part_files(router), 20, what="the part file to be removed")
+        assert query(router.data_dir / "router.db", "SELECT COUNT(*) FROM instance WHERE sop_uid = ?", sop) == [(0,)]
+    finally:
+        router.stop()

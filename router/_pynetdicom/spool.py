@@ -16,8 +16,8 @@ context's transfer syntax), then the fragments received so far, then each one as
 mapped read-only: ``spooled(request)`` is then a ``SpooledObject`` that reads as bytes (the intake scans its first
 bytes; pages are read only where touched) and carries its ``path`` and ``sha256``, so the intake renames it into the
 store as its early write and does not hash it again. A file that cannot be written (disk full) is removed and the
-request carries the ``OSError`` instead. A message that never completes (the association aborted) closes and
-removes its file when pynetdicom drops it.
+request carries the ``OSError`` instead. A message that never completes (the association aborted, the connection
+lost) has its file closed and removed when the DUL thread that was writing it ends.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from pynetdicom.dimse_messages import C_STORE_RQ, DIMSEMessage
+from pynetdicom.dul import DULServiceProvider
 
 SPOOL_FROM = 4 * 1024 * 1024  # a data set larger than this goes to a file
 WRITE_BYTES = 1 << 20  # fragments gathered into one write
@@ -45,6 +46,7 @@ _IN_MEMORY = "_router_in_memory"  # on a message that stays in memory (no spool,
 _names = count()
 _decode_msg = DIMSEMessage.decode_msg
 _to_primitive = DIMSEMessage.message_to_primitive
+_dul_run = DULServiceProvider.run_reactor
 
 Head = Callable[[str, str, str], bytes]
 
@@ -98,6 +100,11 @@ class _Sink:
         except OSError as exc:  # a full disk: the request is answered with it
             self.failed = exc
             self._abandon()
+
+    def abandon(self) -> None:
+        """The message will not complete: its file closed and removed (on the DUL thread, the one writer)."""
+        self.failed = OSError("the association ended before the data set did")
+        self._abandon()
 
     def finish(self) -> SpooledObject | OSError:
         self._flush()
@@ -161,6 +168,17 @@ def _patched_to_primitive(self: DIMSEMessage) -> Any:
     return primitive
 
 
+def _patched_dul_run(self: DULServiceProvider) -> None:
+    """The DUL thread's loop; when it ends, a data set still arriving into a file is abandoned."""
+    try:
+        _dul_run(self)
+    finally:
+        message = getattr(getattr(self.assoc, "dimse", None), "message", None)
+        sink = getattr(message, "data_set", None)
+        if isinstance(sink, _Sink):
+            sink.abandon()
+
+
 def spool_large(ae: Any, tmp_dir: Path, head: Head, spool_from: int = SPOOL_FROM) -> None:
     """Receive the C-STORE data sets of ``ae``'s associations past ``spool_from`` bytes into files in ``tmp_dir``."""
     setattr(ae, _AE_ATTR, (tmp_dir, head, spool_from))
@@ -173,10 +191,12 @@ def spooled(request: Any) -> SpooledObject | OSError | None:
 
 
 def install() -> None:
-    """After ``command.install()``: wraps the ``message_to_primitive`` it sets."""
-    global _to_primitive
+    """After ``reactor.install()``: wraps the ``message_to_primitive`` (``command.py``) and DUL loop it sets."""
+    global _to_primitive, _dul_run
     if DIMSEMessage.decode_msg is _patched_decode_msg:
         return
     _to_primitive = DIMSEMessage.message_to_primitive
+    _dul_run = DULServiceProvider.run_reactor
+    DULServiceProvider.run_reactor = _patched_dul_run  # type: ignore[method-assign]
     DIMSEMessage.decode_msg = _patched_decode_msg  # type: ignore[method-assign]
     DIMSEMessage.message_to_primitive = _patched_to_primitive  # type: ignore[method-assign]
