@@ -4,11 +4,12 @@ The data set goes to a flushed temp file in the node's temp folder as its fragme
 and the intake renames that file into the store: the router's peak resident memory (VmHWM, reset after a warm-up
 through /proc/<pid>/clear_refs) may rise by less than 60 MiB for a 200 MiB object. bench/bench_memory.py does the
 same with 1 GiB. A smaller object past the 4 MiB threshold is stored byte for byte, and twice is one object; one
-cut off by an abort leaves no file behind.
+cut off by an abort leaves no file behind; a full disk on the way is answered 'out of resources'.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import struct
 from io import BytesIO
@@ -20,6 +21,10 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from pynetdicom.dimse_messages import C_STORE_RQ
 from pynetdicom.dimse_primitives import C_STORE
 from test_stow_memory import FRAME, FRAMES, MF_WORD_SC, memory
+
+from router._pynetdicom import spool
+from router.app import Router
+from router.config import parse_config
 
 from peers import RouterProcess, associate, make_instance, query, send_datasets, wait_for
 
@@ -129,3 +134,30 @@ def test_a_data_set_cut_off_by_an_abort_leaves_no_part_file(workdir: Path, tmp_p
         assert query(router.data_dir / "router.db", "SELECT COUNT(*) FROM instance WHERE sop_uid = ?", sop) == [(0,)]
     finally:
         router.stop()
+
+
+def test_a_full_disk_while_the_data_set_arrives_is_answered_out_of_resources_then_recovers(
+    workdir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    obj = tmp_path / "mid.dcm"
+    sop = write_frames(obj, 12)
+    (workdir / "rules").mkdir()
+    config = {"data_dir": "var", "rules_dir": "rules"} | {
+        listener: {"host": "127.0.0.1", "port": 0} for listener in ("dicom", "hl7", "http")
+    }
+    router = Router(parse_config(config, workdir))
+    router.start()
+    try:
+        assert router.dicom_port is not None
+        with monkeypatch.context() as patch:
+            patch.setattr(spool, "write_all", no_space)
+            assert send_datasets(router.dicom_port, [obj]) == [0xA700]
+        assert not list((workdir / "var" / "objects").rglob("*.dcm")) and not list(workdir.rglob("*.part"))
+        assert send_datasets(router.dicom_port, [obj]) == [0], "the router must take the object once the disk is back"
+        assert len(list((workdir / "var" / "objects").rglob(f"*{sop}*.dcm"))) == 1
+    finally:
+        router.stop()
+
+
+def no_space(fd: int, data: bytearray) -> None:
+    raise OSError(errno.ENOSPC, "No space left on device")

@@ -66,6 +66,12 @@ def _abandon(fd: int, path: Path) -> None:
         path.unlink()
 
 
+def write_all(fd: int, data: bytearray) -> None:
+    with memoryview(data) as view:
+        while view:
+            view = view[os.write(fd, view) :]
+
+
 class _Sink:
     """Stands in for the message's ``BytesIO`` data set: pynetdicom only calls ``write`` on it while receiving."""
 
@@ -94,9 +100,7 @@ class _Sink:
         pending, self.pending = self.pending, bytearray()
         self.hash.update(pending)
         try:
-            with memoryview(pending) as view:
-                while view:
-                    view = view[os.write(self.fd, view) :]
+            write_all(self.fd, pending)
         except OSError as exc:  # a full disk: the request is answered with it
             self.failed = exc
             self._abandon()
