@@ -1,4 +1,5 @@
-"""Resident memory of the router while a large multi-frame object goes in by STOW-RS and out by WADO-RS.
+"""Resident memory of the router while a large multi-frame object goes in by STOW-RS and out by WADO-RS, and
+another one comes in by C-STORE.
 
 Usage: python bench/bench_memory.py [--mib 1024] [--limit-mib 100] [--timeout 600] [--out FILE]
 See bench/README.md (section bench_memory.py).
@@ -22,10 +23,12 @@ from io import BytesIO
 from pathlib import Path
 
 import httpx
-from bench_dicomweb import start_router  # bench/bench_dicomweb.py: the router with its durable defaults
+from bench_dicomweb import Server, start_router  # bench/bench_dicomweb.py: the router with its durable defaults
 from bench_store import PROCS, stop
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.filereader import read_file_meta_info
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pynetdicom import AE, _config
 
 MF_WORD_SC = "1.2.840.10008.5.1.4.1.1.7.3"  # Multi-frame Grayscale Word Secondary Capture Image Storage
 ROWS = COLUMNS = 512
@@ -144,12 +147,16 @@ class Report:
     wado_peak_parts_kib: dict[str, int] = field(default_factory=dict)
     wado_bytes: int = 0
     wado_as_sent: bool = False
+    cstore_s: float = 0.0
+    cstore_peak_kib: int = 0
+    cstore_peak_parts_kib: dict[str, int] = field(default_factory=dict)
+    cstore_as_sent: bool = False  # the stored file's data set is the one sent
     after_kib: int = 0
     hwm_kib: int = 0  # VmHWM: the kernel's own peak since the warm-up (catches what sampling misses)
 
     @property
     def rise_kib(self) -> int:
-        return max(self.stow_peak_kib, self.wado_peak_kib, self.hwm_kib) - self.before_kib
+        return max(self.stow_peak_kib, self.wado_peak_kib, self.cstore_peak_kib, self.hwm_kib) - self.before_kib
 
 
 def run(root: Path, mib: int, timeout: float) -> Report:
@@ -181,10 +188,52 @@ def run(root: Path, mib: int, timeout: float) -> Report:
         with Sampler(pid) as wado_rss, client.stream("GET", url, headers={"Accept": accept}) as answer:
             report.wado_as_sent, report.wado_bytes = as_sent(answer, digest)
         report.wado_s = round(time.perf_counter() - t0, 2)
-        report.after_kib, report.hwm_kib = rss_kib(pid)["VmRSS"], rss_kib(pid)["VmHWM"]
     report.stow_peak_kib, report.stow_peak_parts_kib = stow_rss.peak, stow_rss.parts
     report.wado_peak_kib, report.wado_peak_parts_kib = wado_rss.peak, wado_rss.parts
+    obj.unlink()  # the C-STORE object: another instance of the same size
+    _study, sop, _size = write_multiframe(obj, mib)
+    t0 = time.perf_counter()
+    with Sampler(pid) as cstore_rss:
+        status = c_store(dicom_port(server), obj, timeout)
+    report.cstore_s = round(time.perf_counter() - t0, 2)
+    if status != 0:
+        raise SystemExit(f"C-STORE answered 0x{status:04X}")
+    report.cstore_peak_kib, report.cstore_peak_parts_kib = cstore_rss.peak, cstore_rss.parts
+    found = list((root / "router" / "var" / "objects").rglob(f"*{sop}*.dcm"))
+    report.cstore_as_sent = len(found) == 1 and data_set_digest(found[0]) == data_set_digest(obj)
+    report.after_kib, report.hwm_kib = rss_kib(pid)["VmRSS"], rss_kib(pid)["VmHWM"]
     return report
+
+
+def dicom_port(server: Server) -> int:
+    """The router's DICOM port, from the configuration ``start_router`` wrote."""
+    config = Path(server.proc.args[-1]).read_text()  # type: ignore[index]
+    return int(config.split("dicom: {port: ", 1)[1].split(",", 1)[0])
+
+
+def c_store(port: int, path: Path, timeout: float) -> int:
+    """The file sent by C-STORE (pynetdicom, from the file a fragment at a time); the response's status."""
+    meta = read_file_meta_info(path)
+    _config.STORE_SEND_CHUNKED_DATASET = True
+    ae = AE(ae_title="BENCHSCU")
+    ae.dimse_timeout = ae.network_timeout = timeout
+    ae.add_requested_context(meta.MediaStorageSOPClassUID, meta.TransferSyntaxUID)
+    assoc = ae.associate("127.0.0.1", port, ae_title="ROUTER")
+    if not assoc.is_established:
+        raise SystemExit("the router refused the association")
+    try:
+        rsp = assoc.send_c_store(path)
+        return int(rsp.Status) if "Status" in rsp else -1
+    finally:
+        assoc.release()
+
+
+def data_set_digest(path: Path) -> bytes:
+    """SHA-256 of a Part 10 file's data set: what follows the preamble and the file meta group."""
+    with path.open("rb") as f:
+        head = f.read(144)  # preamble, "DICM", (0002,0000) UL with its 4-byte value
+        f.seek(144 + int.from_bytes(head[140:144], "little"))
+        return hashlib.file_digest(f, "sha256").digest()
 
 
 def mib(kib: int) -> str:
@@ -208,7 +257,7 @@ def main() -> int:
         for proc in list(PROCS):
             stop(proc)
         shutil.rmtree(root, ignore_errors=True)
-    ok = r.rise_kib < args.limit_mib * 1024 and r.wado_as_sent
+    ok = r.rise_kib < args.limit_mib * 1024 and r.wado_as_sent and r.cstore_as_sent
     rate = r.object_bytes / 1e6
     print(f"object {r.object_bytes / 2**20:.0f} MiB (written in {r.generated_s} s); router VmRSS {mib(r.before_kib)}")
     print(
@@ -216,6 +265,10 @@ def main() -> int:
     )
     print(
         f"WADO-RS {r.wado_s} s ({rate / r.wado_s:.0f} MB/s), VmRSS peak {mib(r.wado_peak_kib)} {r.wado_peak_parts_kib}"
+    )
+    print(
+        f"C-STORE {r.cstore_s} s ({rate / r.cstore_s:.0f} MB/s), VmRSS peak {mib(r.cstore_peak_kib)} "
+        f"{r.cstore_peak_parts_kib}; stored as sent: {r.cstore_as_sent}"
     )
     print(f"after: VmRSS {mib(r.after_kib)}, VmHWM {mib(r.hwm_kib)}; WADO-RS answer as sent: {r.wado_as_sent}")
     print(f"rise {r.rise_kib / 1024:.1f} MiB (limit {args.limit_mib} MiB): {'ok' if ok else 'FAILED'}")

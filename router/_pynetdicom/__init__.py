@@ -29,6 +29,7 @@ import pynetdicom
 if TYPE_CHECKING:
     import ssl
     from collections.abc import Callable
+    from pathlib import Path
     from typing import Any
 
     from pynetdicom import AE
@@ -91,9 +92,10 @@ def _apply_patches() -> bool:
             ", ".join(problems), SUPPORTED["pynetdicom"], SUPPORTED["pydicom"],
         )  # fmt: skip
         return False
-    from router._pynetdicom import cancels, handshake, reactor, requestor  # the first private names imported
+    from router._pynetdicom import cancels, handshake, reactor, requestor, spool  # the first private names imported
 
     reactor.install()
+    spool.install()  # after reactor (command.py's message_to_primitive): large C-STORE data sets go to a file
     requestor.install()  # a requestor reads the acceptor's answer once it waits for it (a quick A-ASSOCIATE-RJ)
     cancels.install()  # a C-CANCEL that came before its request was served is kept for it
     handshake.install()  # TLS client sockets: readable means application data (reactor.py reads before it sends)
@@ -180,6 +182,25 @@ def encoded_identifiers(event: Any) -> bool:
     """Whether the EVT_C_FIND handler of ``event`` may yield pending identifiers as bytes, already encoded in the
     context's transfer syntax (only ``find_service`` classes say so)."""
     return bool(getattr(event, "router_encoded_identifiers", False))
+
+
+def spool_large(ae: AE, tmp_dir: Path, head: Callable[[str, str, str], bytes]) -> None:
+    """Receive the large C-STORE data sets of ``ae``'s associations into files in ``tmp_dir``, each beginning with
+    ``head(sop_class, instance, transfer_syntax)`` (``spool.py``); nothing without the patches (memory as before)."""
+    if installed():
+        from router._pynetdicom import spool
+
+        spool.spool_large(ae, tmp_dir, head)
+
+
+def spooled(request: Any) -> Any:
+    """The ``spool.SpooledObject`` a C-STORE request's object was received into (bytes-like, with ``path`` and
+    ``sha256``), the ``OSError`` that kept it from being written, or None (the data set is in memory)."""
+    if not installed():
+        return None
+    from router._pynetdicom import spool
+
+    return spool.spooled(request)
 
 
 def quiet_event_logging() -> None:

@@ -49,9 +49,9 @@ from router.hooks.answers import POLICY_FAILED, Accept, Reject
 from router.hooks.manager import decide, notify
 from router.intake.dicom import Ingestor
 from router.intake.envelope import Source
-from router.listeners.dimse.p10 import p10
 from router.listeners.dimse.qr import FIND_SOP_CLASSES, QR_SOP_CLASSES, FindResult, QueryRetrieveSCP, on_extended
 from router.listeners.dimse.qr_retrieve import RETRIEVER_ATTR, Retriever, RetrieveService
+from router.listeners.dimse.received import head, ingest_received
 from router.listeners.dimse.workflow import WorkflowServices
 from router.logs import redact
 from router.scu.association import set_nodelay
@@ -220,6 +220,7 @@ class DicomListener:
         # called / calling AE checks: the association policy (plugins.access by default), in _on_requested
         ae.require_called_aet = False
         ae.require_calling_aet = []
+        _pynetdicom.spool_large(ae, self.ingestor.tmp_dir, head)  # a large C-STORE data set goes to a file
         ae.add_supported_context(VERIFICATION, _UNCOMPRESSED_ORDER)
         ae.add_supported_context(MWL_FIND, _UNCOMPRESSED_ORDER)
         for cx in AllStoragePresentationContexts:
@@ -381,12 +382,7 @@ class DicomListener:
 
     def _on_store(self, event: evt.Event) -> int:
         try:
-            raw = p10(event)
-        except Exception as exc:  # a dataset pynetdicom itself cannot frame
-            log.warning("C-STORE from %s: cannot read the dataset: %s", event.assoc.requestor.ae_title, redact(exc))
-            raw = b""
-        try:
-            return self.ingestor.ingest(raw, _source(event)).status
+            return ingest_received(self.ingestor, event, _source(event)).status
         except Exception:
             log.exception("C-STORE from %s failed unexpectedly", event.assoc.requestor.ae_title)
             return PROCESSING_FAILURE
