@@ -41,6 +41,7 @@ from router import storage
 from router.hooks.manager import notify
 from router.intake import activity
 from router.intake.base import Intake, IntakeContext
+from router.intake.early import EarlyWrite, written_as
 from router.intake.envelope import UNLIMITED, Envelope, Source, sha256
 from router.intake.groupcommit import Done, GroupCommit
 from router.intake.pipeline import PipelineResult
@@ -103,11 +104,6 @@ def _job(fwd: PlannedForward, env: Envelope, path: str) -> NewJob:
     return NewJob(kind, fwd.peer, env.sop_instance_uid, path, env.sop_class_uid, fwd.transfer_syntax, fwd.rule)
 
 
-def _remove_written(done: Future[Path]) -> None:
-    if not done.cancelled() and done.exception() is None:
-        files.remove_quietly(done.result())
-
-
 @dataclass(frozen=True)
 class _Committed:
     relpath: str
@@ -123,33 +119,6 @@ class _Pending:
     written: list[Path]
     commit: Callable[..., _Committed | StoreOutcome]
     known: bool  # the lookup found this SOP Instance UID stored already
-
-
-def _written_as(raw: bytes) -> Future[Path] | None:
-    """The flushed temp file ``raw`` is already in (a STOW-RS part), as an early write done."""
-    path = getattr(raw, "path", None)
-    if not isinstance(path, Path):
-        return None
-    done: Future[Path] = Future()
-    done.set_result(path)
-    return done
-
-
-class _EarlyWrite:
-    """The temp file of the bytes as received, being written by the calling thread; removed unless taken."""
-
-    def __init__(self, pending: Future[Path] | None) -> None:
-        self.pending = pending
-
-    def take(self) -> Path | None:
-        """The fsynced temp file (waits for it; raises its OSError), or None without an early write."""
-        pending, self.pending = self.pending, None
-        return pending.result() if pending is not None else None
-
-    def discard(self) -> None:
-        pending, self.pending = self.pending, None
-        if pending is not None:
-            pending.add_done_callback(_remove_written)
 
 
 class Ingestor(Intake):
@@ -177,16 +146,16 @@ class Ingestor(Intake):
         if isinstance(written_as := getattr(raw, "path", None), Path):  # already in a flushed temp file (STOW-RS)
             done: Future[Path] = Future()
             done.set_result(written_as)
-            return self._ingest(raw, source, _EarlyWrite(done))  # taken (renamed), or left for the caller to remove
+            return self._ingest(raw, source, EarlyWrite(done))  # taken (renamed), or left for the caller to remove
         if len(raw) < OVERLAP_FROM:
-            return self._ingest(raw, source, _EarlyWrite(None))
+            return self._ingest(raw, source, EarlyWrite(None))
         written: Future[Path] = Future()
-        early = _EarlyWrite(written)
+        early = EarlyWrite(written)
         try:
             job = self._workers.submit(self._ingest, raw, source, early)
         except RuntimeError:  # shutting down: everything on this thread
             job = None
-            early = _EarlyWrite(None)
+            early = EarlyWrite(None)
         try:
             if job is None:
                 return self._ingest(raw, source, early)
@@ -204,12 +173,12 @@ class Ingestor(Intake):
         would. An object that is already in a flushed temp file (``path``) is taken from it."""
         results: list[IngestResult] = []
         for start in range(0, len(raws), self.group.max_batch):  # a batch's objects held at once, no more
-            checked = [self._check(raw, source, _EarlyWrite(_written_as(raw)))
+            checked = [self._check(raw, source, EarlyWrite(written_as(raw)))
                        for raw in raws[start : start + self.group.max_batch]]  # fmt: skip
             results += self._store(checked)
         return results
 
-    def _ingest(self, raw: bytes, source: Source, early: _EarlyWrite) -> IngestResult:
+    def _ingest(self, raw: bytes, source: Source, early: EarlyWrite) -> IngestResult:
         return self._store([self._check(raw, source, early)])[0]
 
     def _store(self, checked: list[IngestResult | _Pending]) -> list[IngestResult]:
@@ -218,7 +187,7 @@ class Ingestor(Intake):
         done = iter(self.group.run_many([partial(p.commit, look_again=p.known) for p in pending]))
         return [self._finish(c, next(done)) if isinstance(c, _Pending) else c for c in checked]
 
-    def _check(self, raw: bytes, source: Source, early: _EarlyWrite) -> IngestResult | _Pending:
+    def _check(self, raw: bytes, source: Source, early: EarlyWrite) -> IngestResult | _Pending:
         try:
             env = Envelope.from_p10(raw, source)
             values = env.values
@@ -238,7 +207,7 @@ class Ingestor(Intake):
         return self._prepare(env, early)
 
     # -- steps --------------------------------------------------------------------------------------------
-    def _prepare(self, env: Envelope, early: _EarlyWrite) -> IngestResult | _Pending:
+    def _prepare(self, env: Envelope, early: EarlyWrite) -> IngestResult | _Pending:
         """Steps 2 to 4: the object's result when it ends there (a duplicate, a refusal), else its commit to run."""
         sop_uid = env.sop_instance_uid
         digest = sha256(env.raw)
@@ -450,7 +419,7 @@ class Ingestor(Intake):
     def _refuse_quarantined(
         self,
         raw: bytes,
-        early: _EarlyWrite,
+        early: EarlyWrite,
         source: Source,
         outcome: StoreOutcome,
         reason: str,
