@@ -20,12 +20,12 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from pynetdicom.dimse_messages import C_STORE_RQ
 from pynetdicom.dimse_primitives import C_STORE
-from test_stow_memory import FRAME, FRAMES, MF_WORD_SC, memory
 
 from router._pynetdicom import spool
 from router.app import Router
 from router.config import parse_config
 
+from memory_probe import FRAME, FRAMES, MF_WORD_SC, memory
 from peers import RouterProcess, associate, make_instance, query, send_datasets, wait_for
 
 RISE_LIMIT = 60 * 1024 * 1024

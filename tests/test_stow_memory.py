@@ -19,11 +19,9 @@ import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
+from memory_probe import FRAME, FRAMES, MF_WORD_SC, memory
 from peers import RouterProcess, make_instance
 
-MF_WORD_SC = "1.2.840.10008.5.1.4.1.1.7.3"  # Multi-frame Grayscale Word Secondary Capture Image Storage
-FRAME = 512 * 512 * 2
-FRAMES = 400  # 400 frames of 512 KiB: 200 MiB of pixel data
 PIECE = 1024 * 1024
 RISE_LIMIT = 60 * 1024 * 1024
 ACCEPT = 'multipart/related; type="application/dicom"; transfer-syntax=*'
@@ -48,12 +46,6 @@ def write_multiframe(path: Path) -> tuple[str, str]:
         for n in range(FRAMES):
             f.write(bytes([n % 256]) * FRAME)
     return str(ds.StudyInstanceUID), str(ds.SOPInstanceUID)
-
-
-def memory(pid: int) -> dict[str, int]:
-    """VmRSS and VmHWM in bytes."""
-    fields = (line.partition(":") for line in Path(f"/proc/{pid}/status").read_text().splitlines())
-    return {key: int(value.split()[0]) * 1024 for key, _, value in fields if key in ("VmRSS", "VmHWM")}
 
 
 def multipart(path: Path, boundary: str) -> Iterator[bytes]:
