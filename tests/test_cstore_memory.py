@@ -16,8 +16,7 @@ from io import BytesIO
 from pathlib import Path
 
 import pytest
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom.dimse_messages import C_STORE_RQ
 from pynetdicom.dimse_primitives import C_STORE
 
@@ -25,7 +24,7 @@ from router._pynetdicom import spool
 from router.app import Router
 from router.config import parse_config
 
-from memory_probe import FRAME, FRAMES, MF_WORD_SC, memory
+from memory_probe import FRAMES, MF_WORD_SC, memory, write_frames
 from peers import RouterProcess, associate, make_instance, query, send_datasets, wait_for
 
 RISE_LIMIT = 60 * 1024 * 1024
@@ -54,7 +53,7 @@ def test_a_200_mb_object_received_by_c_store_raises_resident_memory_by_less_than
     workdir: Path, tmp_path: Path
 ) -> None:
     obj = tmp_path / "large.dcm"
-    sop = write_frames(obj, FRAMES)  # 200 MiB of pixel data
+    _study, sop = write_frames(obj, FRAMES, "MEM2")  # 200 MiB of pixel data
     router = RouterProcess(workdir).start()
     try:
         pid = router.proc.pid
@@ -71,30 +70,9 @@ def test_a_200_mb_object_received_by_c_store_raises_resident_memory_by_less_than
     assert peak - before < RISE_LIMIT, f"C-STORE raised VmHWM by {(peak - before) / 2**20:.0f} MiB"
 
 
-def write_frames(path: Path, frames: int) -> str:
-    """A multi-frame object of ``frames`` 512 KiB frames, written a frame at a time; its SOP Instance UID."""
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID = MF_WORD_SC
-    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID = generate_uid()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
-    ds.PatientID, ds.Modality, ds.SamplesPerPixel, ds.PhotometricInterpretation = "MEM2", "OT", 1, "MONOCHROME2"
-    ds.NumberOfFrames, ds.Rows, ds.Columns = frames, 512, 512
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
-    head = BytesIO()
-    ds.save_as(head, enforce_file_format=True)
-    with path.open("wb") as f:
-        f.write(head.getvalue())
-        f.write(b"\xe0\x7f\x10\x00OW\x00\x00" + (frames * FRAME).to_bytes(4, "little"))  # (7FE0,0010) OW
-        for n in range(frames):
-            f.write(bytes([(n * 7) % 256]) * FRAME)
-    return str(ds.SOPInstanceUID)
-
-
 def test_an_object_past_the_spool_threshold_is_stored_as_sent_and_once(workdir: Path, tmp_path: Path) -> None:
     obj = tmp_path / "mid.dcm"
-    sop = write_frames(obj, 12)  # 6 MiB: past the 4 MiB kept in memory, in many 16 KiB fragments
+    _study, sop = write_frames(obj, 12, "MEM2")  # 6 MiB: past the 4 MiB kept in memory, in many 16 KiB fragments
     router = RouterProcess(workdir).start()
     try:
         assert send_datasets(router.port, [obj, obj]) == [0, 0]  # the second: the same bytes, accepted again
@@ -109,7 +87,7 @@ def test_an_object_past_the_spool_threshold_is_stored_as_sent_and_once(workdir: 
 
 def test_a_data_set_cut_off_by_an_abort_leaves_no_part_file(workdir: Path, tmp_path: Path) -> None:
     obj = tmp_path / "cut.dcm"
-    sop = write_frames(obj, 16)  # 8 MiB
+    _study, sop = write_frames(obj, 16, "MEM2")  # 8 MiB
     data = obj.read_bytes()
     request = C_STORE()
     request.MessageID, request.Priority = 1, 2
@@ -140,7 +118,7 @@ def test_a_full_disk_while_the_data_set_arrives_is_answered_out_of_resources_the
     workdir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     obj = tmp_path / "mid.dcm"
-    sop = write_frames(obj, 12)
+    _study, sop = write_frames(obj, 12, "MEM2")
     (workdir / "rules").mkdir()
     config = {"data_dir": "var", "rules_dir": "rules"} | {
         listener: {"host": "127.0.0.1", "port": 0} for listener in ("dicom", "hl7", "http")

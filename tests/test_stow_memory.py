@@ -16,36 +16,14 @@ from pathlib import Path
 
 import httpx
 import pytest
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.dataset import Dataset
 
-from memory_probe import FRAME, FRAMES, MF_WORD_SC, memory
+from memory_probe import memory, write_frames
 from peers import RouterProcess, make_instance
 
 PIECE = 1024 * 1024
 RISE_LIMIT = 60 * 1024 * 1024
 ACCEPT = 'multipart/related; type="application/dicom"; transfer-syntax=*'
-
-
-def write_multiframe(path: Path) -> tuple[str, str]:
-    """The object written a frame at a time; (Study, SOP Instance UID)."""
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID = MF_WORD_SC
-    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID = generate_uid()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
-    ds.PatientID, ds.Modality, ds.SamplesPerPixel, ds.PhotometricInterpretation = "MEM1", "OT", 1, "MONOCHROME2"
-    ds.NumberOfFrames, ds.Rows, ds.Columns = FRAMES, 512, 512
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
-    head = BytesIO()
-    ds.save_as(head, enforce_file_format=True)
-    with path.open("wb") as f:
-        f.write(head.getvalue())
-        f.write(b"\xe0\x7f\x10\x00OW\x00\x00" + (FRAMES * FRAME).to_bytes(4, "little"))  # (7FE0,0010) OW
-        for n in range(FRAMES):
-            f.write(bytes([n % 256]) * FRAME)
-    return str(ds.StudyInstanceUID), str(ds.SOPInstanceUID)
 
 
 def multipart(path: Path, boundary: str) -> Iterator[bytes]:
@@ -66,7 +44,7 @@ def test_a_200_mb_object_in_by_stow_and_out_by_wado_raises_resident_memory_by_le
     workdir: Path, tmp_path: Path
 ) -> None:
     obj = tmp_path / "large.dcm"
-    study, sop = write_multiframe(obj)
+    study, sop = write_frames(obj)
     router = RouterProcess(workdir).start()
     try:
         pid = router.proc.pid

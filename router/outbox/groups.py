@@ -22,22 +22,11 @@ from typing import Any
 
 from sqlalchemy import Connection, RowMapping, bindparam, select, update
 
-from router.outbox.jobs import JobKind
+from router.outbox.jobs import WAITS_FOR_EARLIER, JobKind
 from router.store.models import JobState, utcnow
 from router.store.tables import INSTANCE, JOB, SERIES
 
 GROUPED = JobKind.PRINT_SERIES.value
-_OLDER = JOB.alias("older")
-_WAITS = (
-    select(_OLDER.c.id)
-    .where(
-        _OLDER.c.peer == JOB.c.peer,
-        _OLDER.c.sop_uid == JOB.c.sop_uid,
-        _OLDER.c.id < JOB.c.id,
-        _OLDER.c.state.in_([JobState.PENDING, JobState.INFLIGHT]),
-    )
-    .exists()
-)
 _SERIES_SOPS = (
     select(INSTANCE.c.sop_uid)
     .join(SERIES, SERIES.c.id == INSTANCE.c.series_fk)
@@ -53,7 +42,10 @@ _PENDING_IN_GROUPS = (JOB.c.peer == bindparam("for_peer"), JOB.c.kind == GROUPED
                       JOB.c.sop_uid.in_(_SERIES_SOPS))  # fmt: skip
 _HOLD = update(JOB).where(*_PENDING_IN_GROUPS).values(next_attempt_at=bindparam("due"), updated_at=bindparam("now"))
 _REST = (
-    select(JOB.c.id).where(*_PENDING_IN_GROUPS, ~_WAITS).order_by(JOB.c.id).with_for_update(skip_locked=True, of=JOB)
+    select(JOB.c.id)
+    .where(*_PENDING_IN_GROUPS, ~WAITS_FOR_EARLIER)
+    .order_by(JOB.c.id)
+    .with_for_update(skip_locked=True, of=JOB)
 )
 _TAKE = (
     update(JOB)

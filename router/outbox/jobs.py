@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, insert
+from sqlalchemy import Connection, insert, select
 
 from router.outbox.wakes import announce
 from router.store.models import JobState, utcnow
@@ -95,3 +95,18 @@ def enqueue_one(conn: Connection, job: NewJob, due: datetime | None = None) -> i
     job_id = int(conn.execute(_INSERT.values(**row).returning(JOB.c.id)).scalar_one())
     announce(conn, {job.peer})
     return job_id
+
+
+_EARLIER = JOB.alias("earlier")
+# A job waits while an earlier job of the same instance to the same peer is pending or in flight: versions of one
+# instance, the HL7 stream and an MPPS instance's messages reach a peer in the order they were queued.
+WAITS_FOR_EARLIER = (
+    select(_EARLIER.c.id)
+    .where(
+        _EARLIER.c.peer == JOB.c.peer,
+        _EARLIER.c.sop_uid == JOB.c.sop_uid,
+        _EARLIER.c.id < JOB.c.id,
+        _EARLIER.c.state.in_([JobState.PENDING, JobState.INFLIGHT]),
+    )
+    .exists()
+)

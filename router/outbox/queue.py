@@ -27,6 +27,7 @@ from sqlmodel import Session, col, select
 
 from router.config import ForwardSettings
 from router.outbox import groups
+from router.outbox.jobs import WAITS_FOR_EARLIER
 from router.outbox.orphans import drop_if_orphaned
 from router.store.activity import Entry, record, subject_of
 from router.store.models import Job, JobState, utcnow
@@ -47,20 +48,9 @@ def backoff_delay(attempts: int, settings: ForwardSettings, rng: random.Random |
 # The statements of the forwarding hot path, built once so that SQLAlchemy reuses their compiled form. Forwarded
 # objects cost claims, done marks and orphan checks (a sender writes them for many jobs at once); built per call
 # they took more of the GIL than the C-STORE they accompany.
-_EARLIER = JOB.alias("earlier")
-_BLOCKED = (
-    core_select(_EARLIER.c.id)
-    .where(
-        _EARLIER.c.peer == JOB.c.peer,
-        _EARLIER.c.sop_uid == JOB.c.sop_uid,
-        _EARLIER.c.id < JOB.c.id,
-        _EARLIER.c.state.in_([JobState.PENDING, JobState.INFLIGHT]),
-    )
-    .exists()
-)
 _NOT_PAUSED = JOB.c.peer.not_in(PAUSED.scalar_subquery())  # a paused peer's jobs stay pending (peer_state)
 _CLAIMABLE = core_select(JOB.c.id).where(
-    JOB.c.state == JobState.PENDING, JOB.c.peer == bindparam("for_peer"), ~_BLOCKED, _NOT_PAUSED
+    JOB.c.state == JobState.PENDING, JOB.c.peer == bindparam("for_peer"), ~WAITS_FOR_EARLIER, _NOT_PAUSED
 )
 
 
