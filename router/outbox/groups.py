@@ -22,7 +22,7 @@ from typing import Any
 
 from sqlalchemy import Connection, RowMapping, bindparam, select, update
 
-from router.outbox.jobs import WAITS_FOR_EARLIER, JobKind
+from router.outbox.jobs import WAITS_FOR_EARLIER, JobKind, taken
 from router.store.models import JobState, utcnow
 from router.store.tables import INSTANCE, JOB, SERIES
 
@@ -50,12 +50,7 @@ _REST = (
 _TAKE = (
     update(JOB)
     .where(JOB.c.id.in_(bindparam("ids", expanding=True)), JOB.c.state == JobState.PENDING)
-    .values(
-        state=JobState.INFLIGHT,
-        updated_at=bindparam("now"),
-        leased_by=bindparam("node"),
-        lease_until=bindparam("lease_until"),
-    )
+    .values(**taken())
     .returning(*JOB.c)
 )
 

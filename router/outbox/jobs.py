@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, insert, select
+from sqlalchemy import Connection, bindparam, insert, select
 
 from router.outbox.wakes import announce
 from router.store.models import JobState, utcnow
@@ -110,3 +110,9 @@ WAITS_FOR_EARLIER = (
     )
     .exists()
 )
+
+
+def taken() -> dict[str, Any]:
+    """The values of a job a claim takes: in flight, leased to the claiming node (``node``) until ``lease_until``."""
+    return {"state": JobState.INFLIGHT, "updated_at": bindparam("now"), "leased_by": bindparam("node"),
+            "lease_until": bindparam("lease_until")}  # fmt: skip

@@ -27,7 +27,7 @@ from sqlmodel import Session, col, select
 
 from router.config import ForwardSettings
 from router.outbox import groups
-from router.outbox.jobs import WAITS_FOR_EARLIER
+from router.outbox.jobs import WAITS_FOR_EARLIER, taken
 from router.outbox.orphans import drop_if_orphaned
 from router.store.activity import Entry, record, subject_of
 from router.store.models import Job, JobState, utcnow
@@ -64,12 +64,7 @@ def _take(claimable: Select[tuple[int]]) -> Update:
     return (
         update(JOB)
         .where(JOB.c.id.in_(core_select(chosen.c.id)), JOB.c.state == JobState.PENDING)
-        .values(
-            state=JobState.INFLIGHT,
-            updated_at=bindparam("now"),
-            leased_by=bindparam("node"),
-            lease_until=bindparam("lease_until"),
-        )
+        .values(**taken())
         .returning(*JOB.c)
     )
 
