@@ -1,5 +1,6 @@
-"""Shared by the tests of several router nodes on one PostgreSQL: a destination that hangs every association, and
-what the database says about the jobs (who holds which, how many in each state).
+"""Shared by the tests of several router nodes on one PostgreSQL: a destination that hangs every association, what
+the database says about the jobs (who holds which, how many in each state), killing a node that holds jobs and
+checking that only its jobs in flight arrived twice.
 
 tests/test_nodes.py and tests/test_nodes_s3.py use these."""
 
@@ -9,8 +10,14 @@ import contextlib
 import socket
 import struct
 import threading
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
+import pydicom
+
+from peers import RouterProcess, StoreSCP, wait_for
 from postgres import PgCluster
 
 
@@ -55,3 +62,40 @@ def held(cluster: PgCluster, db: str) -> dict[str, list[int]]:
 
 def job_states(cluster: PgCluster, db: str) -> dict[str, int]:
     return {state: int(n) for state, n in rows(cluster, db, "SELECT state, count(*) FROM job GROUP BY state")}
+
+
+def arrived_at(dest: StoreSCP) -> Counter[str]:
+    """How many times each SOP instance arrived at a DCMTK storescp."""
+    return Counter(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID for p in dest.received())
+
+
+@dataclass(frozen=True)
+class Killed:
+    name: str  # the node killed
+    survivor: RouterProcess
+    in_flight: set[int]  # the jobs it held when it died
+
+
+def kill_a_holder(cluster: PgCluster, db: str, nodes: dict[str, RouterProcess]) -> Killed:
+    """Once a node holds jobs in flight, SIGKILL the first of ``nodes`` that does."""
+    wait_for(lambda: bool(held(cluster, db)), 30, what="a node to hold jobs in flight")
+    holding = held(cluster, db)
+    name = next(n for n in nodes if n in holding)
+    nodes[name].kill9()
+    in_flight = set(held(cluster, db).get(name, []))
+    assert in_flight, "the killed node held jobs"
+    return Killed(name, next(router for n, router in nodes.items() if n != name), in_flight)
+
+
+def duplicates_only_in_flight(
+    cluster: PgCluster, db: str, arrivals: Callable[[], Counter[str]], uids: set[str], in_flight: set[int]
+) -> dict[str, int]:
+    """Once every job is done: every object arrived, and those that arrived more than once were among the killed
+    node's jobs ``in_flight``. The duplicates, SOP Instance UID -> extra arrivals."""
+    wait_for(lambda: job_states(cluster, db) == {"done": len(uids)}, 30, what="every job done")
+    arrived = arrivals()
+    assert set(arrived) == uids, "every object arrived"
+    duplicates = {uid: n - 1 for uid, n in arrived.items() if n > 1}
+    sop_of = dict(rows(cluster, db, "SELECT id, sop_uid FROM job"))
+    assert set(duplicates) <= {sop_of[i] for i in in_flight}, "only the killed node's jobs in flight may arrive twice"
+    return duplicates

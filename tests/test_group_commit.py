@@ -4,7 +4,6 @@ alone when it fails, none answered before the commit that holds its rows; and th
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from io import BytesIO
@@ -30,6 +29,7 @@ from router.store.writelock import WriteLock
 
 from hl7msg import adt, encode
 from peers import make_instance, query, wait_for
+from unsynced import UnsyncedNames
 
 
 @pytest.fixture
@@ -322,29 +322,12 @@ def test_no_row_is_committed_before_the_names_of_its_files_are_durable(
 ) -> None:
     """A lost page cache at the moment of any commit would keep every row of it with its file: each rename and
     each new folder of the batch is fsynced before (a test double of the file layer records what is not yet)."""
-    unsynced: set[Path] = set()  # folders holding a rename or a new entry not yet fsynced
     checked: list[int] = []
-    real_replace, real_mkdir, real_fsync = os.replace, os.mkdir, files.fsync_dir
-
-    def replace(src: Any, dst: Any) -> None:
-        real_replace(src, dst)
-        unsynced.add(Path(dst).parent)
-
-    def mkdir(path: Any, mode: int = 0o777) -> None:
-        real_mkdir(path, mode)
-        unsynced.add(Path(path).parent)
-
-    def fsync_dir(path: Path) -> None:
-        real_fsync(path)
-        unsynced.discard(Path(path))
 
     def at_commit(_conn: Any) -> None:
-        in_store = {p for p in unsynced if router.config.data_dir / "objects" in (p, *p.parents)}
-        checked.append(len(in_store))
+        checked.append(unsynced.under(router.config.data_dir / "objects"))
 
-    monkeypatch.setattr(os, "replace", replace)
-    monkeypatch.setattr(os, "mkdir", mkdir)
-    monkeypatch.setattr(files, "fsync_dir", fsync_dir)
+    unsynced = UnsyncedNames(monkeypatch)
     event.listen(router.engine, "commit", at_commit)
     try:
         results = ingest_in_one_batch(router, [raw for _uid, raw in p10_objects(5)])

@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import pydicom
 import pytest
 import yaml
 from pydicom.dataset import Dataset
@@ -37,7 +36,7 @@ from router.hl7.ack import build_ack
 from router.hl7.message import parse_message
 from router.listeners.mllp import MllpServer
 
-from cluster_peers import BlackHole, held, job_states, rows
+from cluster_peers import BlackHole, arrived_at, duplicates_only_in_flight, held, kill_a_holder, rows
 from hl7msg import adt, send
 from peers import RouterProcess, StoreSCP, free_port, make_instance, storescu, wait_for, write_instances
 from postgres import PgCluster, postgres_cluster
@@ -119,34 +118,23 @@ def test_two_nodes_survive_a_sigkill_with_jobs_in_flight(workdir: Path, pg_clust
         uids = {p.stem for paths in sent.values() for p in paths}
         assert rows(pg_cluster, database, "SELECT count(*) FROM job")[0][0] == len(uids)
 
-        wait_for(lambda: bool(held(pg_cluster, database)), 30, what="a node to hold jobs in flight")
-        holding = held(pg_cluster, database)
-        victim, survivor = (a, b) if "A" in holding else (b, a)
-        victim_name = "A" if victim is a else "B"
-        victim.kill9()
-        in_flight = set(held(pg_cluster, database).get(victim_name, []))
-        assert in_flight, "the killed node held jobs"
+        killed = kill_a_holder(pg_cluster, database, {"A": a, "B": b})
         # its senders' association slots (advisory locks) go with its connections; its leases run out in LEASE s
 
         hole.close()
         dest = StoreSCP(workdir, "DEST", port=dest_port).start()
         wait_for(lambda: len(dest.received()) >= len(uids), 120, 0.5, what=f"all {len(uids)} objects at DEST")
-        wait_for(lambda: job_states(pg_cluster, database) == {"done": len(uids)}, 30, what="every job done")
-        arrivals = Counter(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID for p in dest.received())
-        assert set(arrivals) == uids, "every object arrived"
-        duplicates = {uid: n - 1 for uid, n in arrivals.items() if n > 1}
-        sop_of = dict(rows(pg_cluster, database, "SELECT id, sop_uid FROM job"))
-        allowed = {sop_of[i] for i in in_flight}
-        assert set(duplicates) <= allowed, "only the killed node's jobs in flight may arrive twice"
-        print(f"killed {victim_name} holding {len(in_flight)} job(s); duplicates: {sum(duplicates.values())}")
+        duplicates = duplicates_only_in_flight(pg_cluster, database, lambda: arrived_at(dest), uids, killed.in_flight)
+        print(f"killed {killed.name} holding {len(killed.in_flight)} job(s); duplicates: {sum(duplicates.values())}")
+        survivor = killed.survivor
         assert "took over" in survivor.output(), "the survivor took the killed node's jobs over"
         events = [json.loads(line) for line in (workdir / "events.jsonl").read_text().splitlines()]
         taken = [e for e in events if e["event"] == "jobs_taken_over"]
-        assert {e["node_id"] for e in taken} == {"B" if victim is a else "A"}, taken
-        assert sum(e["peers"]["DEST"] for e in taken) == len(in_flight), "router_jobs_taken_over counts them all"
+        assert {e["node_id"] for e in taken} == {"B" if killed.name == "A" else "A"}, taken
+        assert sum(e["peers"]["DEST"] for e in taken) == len(killed.in_flight), "router_jobs_taken_over counts them all"
 
         listing = survivor.cli("nodes").stdout
-        assert f"{victim_name} " in listing and "silent" in listing, listing
+        assert f"{killed.name} " in listing and "silent" in listing, listing
         assert "up" in listing and "(this one)" in listing, listing
     finally:
         hole.close()
@@ -181,11 +169,7 @@ def test_a_node_killed_mid_delivery_costs_only_duplicates_of_its_batch(
         (a if victim_name == "A" else b).kill9()
         in_flight = set(held(pg_cluster, database).get(victim_name, []))
         wait_for(lambda: set(dest.received) >= uids, 120, 0.5, what=f"all {len(uids)} objects at DEST")
-        wait_for(lambda: job_states(pg_cluster, database) == {"done": len(uids)}, 30, what="every job done")
-        arrivals = Counter(dest.received)
-        duplicates = {uid: n - 1 for uid, n in arrivals.items() if n > 1}
-        sop_of = dict(rows(pg_cluster, database, "SELECT id, sop_uid FROM job"))
-        assert set(duplicates) <= {sop_of[i] for i in in_flight}, "only the killed node's jobs in flight came twice"
+        duplicates = duplicates_only_in_flight(pg_cluster, database, lambda: Counter(dest.received), uids, in_flight)
         assert sum(duplicates.values()) <= len(in_flight)
         print(f"killed {victim_name} mid-delivery holding {len(in_flight)} job(s); "
               f"duplicates: {sum(duplicates.values())} of {len(uids)} objects")  # fmt: skip

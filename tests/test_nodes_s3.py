@@ -9,14 +9,12 @@ arrives; a duplicate can only be a job the killed node had in flight. Nothing is
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
-import pydicom
 import pytest
 
-from cluster_peers import BlackHole, held, job_states, rows
+from cluster_peers import BlackHole, arrived_at, duplicates_only_in_flight, kill_a_holder, rows
 from peers import RouterProcess, StoreSCP, free_port, make_instance, storescu, wait_for, write_instances
 from postgres import PgCluster, postgres_cluster
 from seaweed import Seaweed, seaweed
@@ -83,23 +81,14 @@ def test_two_nodes_on_s3_survive_a_sigkill_with_jobs_in_flight(
             assert not (router.data_dir / "objects").exists() or not any((router.data_dir / "objects").rglob("*.dcm"))
             assert (router.data_dir / "nodes" / name / "tmp").is_dir(), "the node's own temp folder"
 
-        wait_for(lambda: bool(held(pg_cluster, database)), 30, what="a node to hold jobs in flight")
-        holding = held(pg_cluster, database)
-        victim, survivor, victim_name = (a, b, "A") if "A" in holding else (b, a, "B")
-        victim.kill9()
-        in_flight = set(held(pg_cluster, database).get(victim_name, []))
-        assert in_flight, "the killed node held jobs"
+        killed = kill_a_holder(pg_cluster, database, {"A": a, "B": b})
 
         hole.close()
         dest = StoreSCP(workdir, "DEST", port=dest_port).start()
         wait_for(lambda: len(dest.received()) >= len(uids), 120, 0.5, what=f"all {len(uids)} objects at DEST")
-        wait_for(lambda: job_states(pg_cluster, database) == {"done": len(uids)}, 30, what="every job done")
-        arrivals = Counter(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID for p in dest.received())
-        assert set(arrivals) == uids, "every object arrived"
-        duplicates = {uid: n - 1 for uid, n in arrivals.items() if n > 1}
-        sop_of = dict(rows(pg_cluster, database, "SELECT id, sop_uid FROM job"))
-        assert set(duplicates) <= {sop_of[i] for i in in_flight}, "only the killed node's jobs in flight twice"
-        print(f"killed {victim_name} holding {len(in_flight)} job(s); duplicates: {sum(duplicates.values())}")
+        duplicates = duplicates_only_in_flight(pg_cluster, database, lambda: arrived_at(dest), uids, killed.in_flight)
+        print(f"killed {killed.name} holding {len(killed.in_flight)} job(s); duplicates: {sum(duplicates.values())}")
+        survivor = killed.survivor
         assert "took over" in survivor.output(), "the survivor took the killed node's jobs over"
         read_from_s3 = list((survivor.data_dir / "nodes").rglob("cache/*/objects/**/*.dcm"))
         assert read_from_s3, "the survivor read the objects it forwarded from the bucket, into its read cache"

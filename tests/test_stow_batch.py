@@ -5,7 +5,6 @@ over a router's ingest, so its commits and fsyncs can be counted."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from io import BytesIO
 from pathlib import Path
@@ -24,6 +23,7 @@ from router.listeners.http.multipart import build
 from router.store import files
 
 from peers import make_instance, query
+from unsynced import UnsyncedNames
 
 BOUNDARY = "batch-boundary"
 MULTIPART = f'multipart/related; type="application/dicom"; boundary={BOUNDARY}'
@@ -180,29 +180,13 @@ def test_no_row_of_a_request_is_committed_before_the_names_of_its_files_are_dura
 ) -> None:
     """A lost page cache at the moment of the request's commit would keep every row with its file: each rename and
     each new folder is fsynced before it (a test double of the file layer records what is not yet)."""
-    unsynced: set[Path] = set()  # folders holding a rename or a new entry not yet fsynced
     at_commit: list[int] = []
-    real_replace, real_mkdir, real_fsync = os.replace, os.mkdir, files.fsync_dir
     objects = router.config.data_dir / "objects"
 
-    def replace(src: Any, dst: Any) -> None:
-        real_replace(src, dst)
-        unsynced.add(Path(dst).parent)
-
-    def mkdir(path: Any, mode: int = 0o777) -> None:
-        real_mkdir(path, mode)
-        unsynced.add(Path(path).parent)
-
-    def fsync_dir(path: Path) -> None:
-        real_fsync(path)
-        unsynced.discard(Path(path))
-
     def check(_conn: Any) -> None:
-        at_commit.append(len({p for p in unsynced if objects in (p, *p.parents)}))
+        at_commit.append(unsynced.under(objects))
 
-    monkeypatch.setattr(os, "replace", replace)
-    monkeypatch.setattr(os, "mkdir", mkdir)
-    monkeypatch.setattr(files, "fsync_dir", fsync_dir)
+    unsynced = UnsyncedNames(monkeypatch)
     event.listen(router.engine, "commit", check)
     try:
         study = pydicom.uid.generate_uid()
