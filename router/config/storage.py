@@ -67,6 +67,11 @@ class StorageSettings(Strict):
     keep_days: float | None = Field(None, gt=0, description="evict objects received longer ago (any mode)")
     check_interval: float = Field(60.0, gt=0, le=60, description="seconds between checks (besides after each store)")
     s3: S3Settings | None = Field(None, description="keep objects in this S3-compatible bucket; null: in data_dir")
+    journal: bool = Field(
+        True,
+        description="small objects acknowledged after one flush of a write-ahead journal instead of three "
+        "(SQLite and the data_dir folder on Linux only; docs/storage.md)",
+    )
 
     @field_validator("high_water", "low_water", mode="before")
     @classmethod

@@ -13,14 +13,17 @@ Order of work (the acknowledgement comes only after the last step):
 Any failure on the way removes what this object wrote and is answered with a failure status.
 
 For a large object, step 4 for the bytes as received overlaps steps 1 to 3: the calling thread writes them (a
-synchronous write, during which it holds no GIL) while a worker thread checks, hashes, looks up and runs the rules,
-then waits for that write and commits. The other way round (a writer thread for the file) loses most of the
-overlap: the writer needs the GIL to start and again after each system call, and the checking thread holds it. When
+synchronous write, holding no GIL) while a worker thread checks, hashes, looks up and runs the rules, then waits
+for that write and commits (a writer thread instead would need the GIL the checking thread holds). When
 the object turns out to be a duplicate or a stage changes what is stored, that temp file is removed unused; an
 unusable object is moved from it into quarantine.
 
 A small object is taken through every step on the calling thread: checking, hashing and looking it up take less
 time than handing it to a worker and waking the caller again (``OVERLAP_FROM``).
+
+With the write-ahead journal open (``open_journal``; ``router.intake.journaled``), an object up to ``JOURNAL_MAX``
+held in memory is written in steps 4 and 5 without flushes: its group commit's journal record holds its bytes, and
+that record's one synchronous write is what its acknowledgement waits for.
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ from router.intake.base import Intake, IntakeContext
 from router.intake.early import EarlyWrite, written_as
 from router.intake.envelope import UNLIMITED, Envelope, Source, sha256
 from router.intake.groupcommit import Done, GroupCommit
+from router.intake.journaled import Entry, Replayed, open_journal
 from router.intake.pipeline import PipelineResult
 from router.intake.stage import PlannedForward, StageError
 from router.logs import database_error, redact
@@ -54,6 +58,7 @@ from router.statuses import StoreOutcome, c_store_status
 from router.store import files
 from router.store.activity import record
 from router.store.index import IdCache, find_instance, index_instance
+from router.store.journal import Journal
 from router.store.models import utcnow
 
 log = logging.getLogger(__name__)
@@ -63,6 +68,9 @@ REQUIRED_UIDS = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesIns
 # than the overlap gains: 2000 objects of 1 KB from storescu, in-process, five alternated pairs, 273-378 objects/s
 # with the worker, 325-423 without (bench/README.md, ninth session).
 OVERLAP_FROM = 64 * 1024
+# Objects up to this size go through the journal when it is open; larger ones keep their own flushes (their bytes
+# would be written twice, and held in memory until the commit).
+JOURNAL_MAX = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -137,9 +145,26 @@ class Ingestor(Intake):
         self._workers = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="store-ingest")
         # objects being stored at the same time (associations, STOW requests) share one commit and folder fsyncs
         self.group = GroupCommit(self.engine, self.write_lock)
+        self.journal: Journal | None = None
+
+    def open_journal(self) -> Replayed | None:
+        """Replay what a power cut left in the write-ahead journal, then take small objects through it (None when
+        this configuration does not use one: ``router.intake.journaled.open_journal``)."""
+        if (opened := open_journal(self)) is None:
+            return None
+        self.journal = self.group.journal = opened[0]
+        return opened[1]
 
     def close(self) -> None:
         self._workers.shutdown(wait=True)
+        journal, self.journal = self.journal, None
+        if journal is not None:
+            self.group.journal = None
+            journal.close()  # a last checkpoint: nothing to replay after a clean stop
+
+    def _journaled(self, raw: bytes) -> bool:
+        """Whether this object goes through the journal (its files written without flushes)."""
+        return self.journal is not None and not isinstance(getattr(raw, "path", None), Path) and len(raw) <= JOURNAL_MAX
 
     # -- public -------------------------------------------------------------------------------------------
     def ingest(self, raw: bytes, source: Source) -> IngestResult:
@@ -160,7 +185,7 @@ class Ingestor(Intake):
             if job is None:
                 return self._ingest(raw, source, early)
             try:
-                written.set_result(files.write_temp(self.tmp_dir, raw))
+                written.set_result(files.write_temp(self.tmp_dir, raw, durable=not self._journaled(raw)))
             except Exception as exc:  # the worker meets it when it takes the file (an OSError: out of resources)
                 written.set_exception(exc)
             return job.result()
@@ -226,16 +251,17 @@ class Ingestor(Intake):
             return self._refuse(env, StoreOutcome.PROCESSING_FAILED, str(exc))
 
         written: list[Path] = []
+        lazy = self._journaled(env.raw)
         try:
             if env.stored is None:
-                tmp_object = early.take() or files.write_temp(self.tmp_dir, env.raw)
+                tmp_object = early.take() or files.write_temp(self.tmp_dir, env.raw, durable=not lazy)
             else:
-                tmp_object = files.write_temp(self.tmp_dir, env.stored)
+                tmp_object = files.write_temp(self.tmp_dir, env.stored, durable=not lazy)
             written.append(tmp_object)
-            derived = self._write_derived(env, plan, written)
+            derived = self._write_derived(env, plan, written, lazy)
         except Exception as exc:
             return self._failed(env, written, exc)
-        commit = partial(self._commit, env, digest, tmp_object, derived, plan, written)
+        commit = partial(self._commit, env, digest, tmp_object, derived, plan, written, lazy)
         return _Pending(env, plan, written, commit, known=existing is not None)
 
     def _finish(self, pending: _Pending, done: Done[_Committed | StoreOutcome]) -> IngestResult:
@@ -277,12 +303,12 @@ class Ingestor(Intake):
             return None
         return StoreOutcome.DUPLICATE_IGNORED if policy == "ignore" else StoreOutcome.DUPLICATE_REJECTED
 
-    def _write_derived(self, env: Envelope, plan: PipelineResult, written: list[Path]) -> dict[int, str]:
+    def _write_derived(self, env: Envelope, plan: PipelineResult, written: list[Path], lazy: bool) -> dict[int, str]:
         """Write each changed payload once (content-addressed); map id(payload) -> relpath."""
         derived: dict[int, str] = {}
         for fwd in plan.forwards:
             if _own_file(fwd, env) and id(fwd.payload) not in derived:
-                tmp = files.write_temp(self.tmp_dir, fwd.payload)
+                tmp = files.write_temp(self.tmp_dir, fwd.payload, durable=not lazy)
                 written.append(tmp)
                 derived[id(fwd.payload)] = files.derived_relpath(sha256(fwd.payload))
         return derived
@@ -295,6 +321,7 @@ class Ingestor(Intake):
         derived: dict[int, str],
         plan: PipelineResult,
         written: list[Path],
+        lazy: bool,
         conn: Connection,
         look_again: bool,
     ) -> _Committed | StoreOutcome:
@@ -335,23 +362,31 @@ class Ingestor(Intake):
         outcome = StoreOutcome.OVERWRITTEN if existing is not None else StoreOutcome.STORED
         queued = [(job.peer, job.kind.value) for job in jobs]
         record(conn, [activity.dicom_received(env, values, plan, relpath, outcome.value, queued)])
-        self._rename_into_place(tmp_object, relpath, derived, written)
+        self._rename_into_place(tmp_object, relpath, derived, written, lazy)
         replaced = existing.size if existing is not None else 0
         batch = self.group.batch
+        if lazy:  # what a replay after a power cut needs to store it again
+            payloads = {id(f.payload): f.payload for f in plan.forwards if _own_file(f, env)}
+            stored = ((relpath, env.stored if env.stored is not None else env.raw),)
+            batch.journal(Entry(env.raw, env.source, sop_uid, digest,
+                                stored + tuple((rel, payloads[key]) for key, rel in derived.items())))  # fmt: skip
         batch.after_commit(partial(self.ids.remember, new_ids))
         batch.after_commit(partial(self.on_stored, study_uid, size, replaced))  # under the write lock still
         return _Committed(relpath, existing.path if existing is not None else None)
 
-    def _rename_into_place(self, tmp_object: Path, relpath: str, derived: dict[int, str], written: list[Path]) -> None:
+    def _rename_into_place(
+        self, tmp_object: Path, relpath: str, derived: dict[int, str], written: list[Path], lazy: bool
+    ) -> None:
         """Files take their names only after the rows: a unique-UID failure before leaves no file behind. Their
-        folders are fsynced once for the whole group commit, before it commits."""
+        folders are fsynced once for the whole group commit, before it commits (``lazy``: the journal's checkpoint
+        flushes them)."""
         tmp_paths = iter(written[1:])
         renames = [(tmp_object, relpath)]
         renames += [(next(tmp_paths), rel) for rel in derived.values()]
         batch, store = self.group.batch, storage.of(self.config)
         for tmp, rel in renames:
             written.append(self.data_dir / rel)  # before the rename: a failed folder fsync must clean it too
-            store.commit_in(batch, tmp, rel)  # a folder: fsynced once for the batch; S3: durable when it returns
+            store.commit_in(batch, tmp, rel, lazy)  # a folder: fsynced once for the batch; S3: durable when it returns
 
     def _stored(self, env: Envelope, done: _Committed, plan: PipelineResult) -> IngestResult:
         """The object is committed: the replaced version's file goes (overwrite policy), the plugins are told, the

@@ -25,6 +25,14 @@ happens in the unit, the folder's fsync once for the whole batch, before its com
 one folder, so four associations sending one study pay one folder fsync per batch). ``batch.after_commit(fn)``
 runs ``fn`` once the batch is committed, still under the write lock (a unit rolled back to its savepoint drops
 what it registered).
+
+With a write-ahead journal (``router.store.journal``, set as ``journal``), a unit whose files were written without
+a flush places them with ``lazy=True`` and gives ``batch.journal(entry)`` what a replay needs to store it again.
+Before the commit, the leader appends one record of all the batch's entries (one synchronous write); a batch whose
+every unit is in it commits without flushing (SQLite ``synchronous=NORMAL`` for that commit only) and without the
+lazy files' folder fsyncs: the journal's checkpoint flushes them later. A batch with any other unit (a large object,
+an HL7 message) still fsyncs its other folders and commits with a flush. Without a journal, or when the record does
+not fit it, the lazy files and their folders are fsynced as any others.
 """
 
 from __future__ import annotations
@@ -41,6 +49,7 @@ from sqlalchemy import Connection
 from sqlalchemy.engine import Engine
 
 from router.store import files
+from router.store.journal import Journal, Ticket, TooLarge
 from router.store.writelock import WriteLock
 
 log = logging.getLogger(__name__)
@@ -86,11 +95,15 @@ class Batch:
     known: set[Path]  # folders whose entries are durable (the group's, shared by its batches)
     folders: set[Path] = field(default_factory=set)
     after: list[Callable[[], None]] = field(default_factory=list)
+    entries: list[Any] = field(default_factory=list)  # what the journal record holds (router.intake.journaled)
+    lazy: list[Path] = field(default_factory=list)  # files placed unflushed: the journal has their bytes
+    lazy_folders: set[Path] = field(default_factory=set)
+    flushed: bool = False  # a unit outside the journal: the commit must flush
 
-    def place(self, tmp: Path, final: Path) -> None:
-        """Give the fsynced temp file ``tmp`` its name ``final``: durable once the batch is committed (its folder,
-        and any folder made for it, are fsynced before the commit). The one function through which the ingest
-        gives files their names."""
+    def place(self, tmp: Path, final: Path, lazy: bool = False) -> None:
+        """Give the temp file ``tmp`` its name ``final``: durable once the batch is committed (its folder, and any
+        folder made for it, are fsynced before the commit; with ``lazy``, ``tmp`` was not flushed and the batch's
+        journal record holds its bytes). The one function through which the ingest gives files their names."""
         created: list[Path] = []
         parent = final.parent
         while parent not in self.known and not parent.exists():
@@ -98,15 +111,38 @@ class Batch:
             parent = parent.parent
         if created:
             files.make_dirs(final.parent)
-        self.folders.update(folder.parent for folder in created)
-        self.folders.add(final.parent)
+        self.folders.update(folder.parent for folder in created)  # a new folder's name is flushed even when lazy:
+        (self.lazy_folders if lazy else self.folders).add(final.parent)  # a later object outside it relies on it
         try:
             os.replace(tmp, final)
         except FileNotFoundError:
             if final.parent not in self.known or not tmp.exists():
                 raise
             self.known.clear()  # the folder went away behind our back: forget what we knew and start again
-            self.place(tmp, final)
+            self.place(tmp, final, lazy)
+            return
+        if lazy:
+            self.lazy.append(final)
+
+    def journal(self, entry: Any) -> None:
+        """What a replay needs to store this unit's object again, for the batch's journal record."""
+        self.entries.append(entry)
+
+    def write_ahead(self, journal: Journal | None, encode: Callable[[list[Any]], list[bytes]]) -> Ticket | None:
+        """The batch's journal record, appended (durable when this returns), or None: no entries, or no journal
+        (then the lazy files and their folders are fsynced as any others)."""
+        if not self.entries:
+            return None
+        if journal is not None:
+            try:
+                return journal.append(encode(self.entries))
+            except TooLarge as exc:
+                log.info("group commit without the journal: %s", exc)
+        for path in self.lazy:
+            files.fsync_file(path)
+        self.folders |= self.lazy_folders
+        self.flushed = True
+        return None
 
     def after_commit(self, fn: Callable[[], None]) -> None:
         self.after.append(fn)
@@ -132,6 +168,9 @@ class GroupStats:
 class GroupCommit:
     def __init__(self, engine: Engine, write_lock: WriteLock, max_batch: int = MAX_BATCH) -> None:
         self.engine, self.write_lock, self.max_batch = engine, write_lock, max_batch
+        self.journal: Journal | None = None  # set once a replay has run (router.intake.dicom.Ingestor.open_journal)
+        self.encode: Callable[[list[Any]], list[bytes]] = lambda entries: []  # a batch's entries as record parts
+        self.wal: Path | None = None  # the SQLite database's log, fsynced after a commit that must flush
         self.stats = GroupStats()
         self._known: set[Path] = set()
         self._batch: Batch | None = None
@@ -181,15 +220,7 @@ class GroupCommit:
         try:
             with self.write_lock:
                 try:
-                    with self.engine.begin() as conn:
-                        if conn.dialect.name == "sqlite":  # pysqlite: a SAVEPOINT first would begin (RELEASE end) it
-                            conn.exec_driver_sql("BEGIN IMMEDIATE")
-                        if len(batch) == 1:  # alone: no savepoint (SQLAlchemy's costs ~0.1 ms); a failure ends it all
-                            self._alone(conn, batch[0])
-                        else:
-                            for unit in batch:
-                                self._one(conn, unit, shared)
-                        shared.sync()
+                    self._transaction(batch, shared)
                 finally:
                     self._batch = None
                 self._committed(batch, shared)
@@ -202,6 +233,36 @@ class GroupCommit:
             for unit in batch:
                 unit.done = True
 
+    def _transaction(self, batch: list[_Unit[Any]], shared: Batch) -> None:
+        ticket: Ticket | None = None
+        with self.engine.connect() as conn:
+            sqlite = conn.dialect.name == "sqlite"
+            lowered = sqlite and self.journal is not None and self.wal is not None
+            if lowered:  # SQLite refuses to change it inside a transaction: the WAL is fsynced below if need be
+                _synchronous(conn, "NORMAL")
+            try:
+                with conn.begin():
+                    if sqlite:  # pysqlite: a SAVEPOINT first would begin (RELEASE end) it
+                        conn.exec_driver_sql("BEGIN IMMEDIATE")
+                    if len(batch) == 1:  # alone: no savepoint (SQLAlchemy's costs ~0.1 ms); a failure ends it all
+                        self._alone(conn, batch[0], shared)
+                    else:
+                        for unit in batch:
+                            self._one(conn, unit, shared)
+                    ticket = shared.write_ahead(self.journal, self.encode)
+                    shared.sync()
+                if lowered and (ticket is None or shared.flushed) and self.wal is not None:
+                    _flush_log(self.wal)  # a unit outside the journal: its rows flushed as FULL would
+            except BaseException:
+                if ticket is not None and self.journal is not None:
+                    self.journal.abort(ticket)
+                raise
+            finally:
+                if lowered:
+                    _synchronous(conn, "FULL")
+        if ticket is not None and self.journal is not None:
+            self.journal.finished(ticket)
+
     def _committed(self, batch: list[_Unit[Any]], shared: Batch) -> None:
         self.stats.commits += 1
         self.stats.units += len(batch)
@@ -213,23 +274,44 @@ class GroupCommit:
                 log.exception("a call after a group commit failed")
 
     @staticmethod
-    def _alone(conn: Connection, unit: _Unit[Any]) -> None:
+    def _alone(conn: Connection, unit: _Unit[Any], shared: Batch) -> None:
         """The only unit of its transaction: its exception rolls the transaction back (the caller gets it)."""
         try:
             unit.value = unit.work(conn)
         except Exception as exc:
             unit.error = _Failed(exc)
             raise unit.error from exc
+        shared.flushed |= not shared.entries
 
     @staticmethod
     def _one(conn: Connection, unit: _Unit[Any], shared: Batch) -> None:
         savepoint = conn.begin_nested()
-        registered = len(shared.after)
+        registered, entries, lazy = len(shared.after), len(shared.entries), len(shared.lazy)
         try:
             unit.value = unit.work(conn)
         except Exception as exc:
             savepoint.rollback()
-            del shared.after[registered:]
+            del shared.after[registered:], shared.entries[entries:], shared.lazy[lazy:]
             unit.error = exc
         else:
             savepoint.commit()
+            shared.flushed |= len(shared.entries) == entries  # a unit outside the journal
+
+
+def _flush_log(wal: Path) -> None:
+    try:
+        files.fsync_file(wal)
+    except FileNotFoundError:  # no log at this moment: everything is in the database file
+        files.fsync_file(wal.with_name(wal.name.removesuffix("-wal")))
+
+
+def _synchronous(conn: Connection, level: str) -> None:
+    """Set SQLite's ``synchronous`` on the driver's connection (outside SQLAlchemy's transaction handling); a
+    connection that cannot be set back to FULL is not reused."""
+    try:
+        conn.connection.dbapi_connection.execute(f"PRAGMA synchronous={level}")  # type: ignore[union-attr]
+    except Exception:
+        if level == "NORMAL":
+            raise
+        log.exception("cannot restore synchronous=FULL: dropping the connection")
+        conn.invalidate()

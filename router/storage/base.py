@@ -22,7 +22,7 @@ class Placer(Protocol):
     """What a group commit offers a store (``router.intake.groupcommit.Batch``): a local rename whose folder is
     fsynced once for the whole batch, before its commit."""
 
-    def place(self, tmp: Path, final: Path) -> None: ...
+    def place(self, tmp: Path, final: Path, lazy: bool = False) -> None: ...
 
 
 class Storage(Protocol):
@@ -31,10 +31,11 @@ class Storage(Protocol):
     def commit(self, tmp: Path, relpath: str) -> None:
         """Move the fsynced local temp file ``tmp`` into the store at ``relpath``; returns once it is durable."""
 
-    def commit_in(self, batch: Placer, tmp: Path, relpath: str) -> None:
+    def commit_in(self, batch: Placer, tmp: Path, relpath: str, lazy: bool = False) -> None:
         """``commit``, inside a unit of a group commit: durable once ``batch`` is committed, at the latest. A folder
-        renames through ``batch.place`` (one folder fsync for the batch); a store that cannot defer its
-        durability (S3) commits at once, as ``commit`` does."""
+        renames through ``batch.place`` (one folder fsync for the batch; ``lazy``: ``tmp`` was not flushed, the
+        batch's journal record holds its bytes); a store that cannot defer its durability (S3) commits at once, as
+        ``commit`` does."""
 
     def local_path(self, relpath: str) -> Path:
         """A local file with the bytes at ``relpath`` (a folder: the file itself; S3: a copy in the read cache).

@@ -21,8 +21,8 @@ class FolderStorage:
     def commit(self, tmp: Path, relpath: str) -> None:
         files.commit_file(tmp, self.root / relpath)
 
-    def commit_in(self, batch: Placer, tmp: Path, relpath: str) -> None:
-        batch.place(tmp, self.root / relpath)  # its folder fsynced once for the batch, before the commit
+    def commit_in(self, batch: Placer, tmp: Path, relpath: str, lazy: bool = False) -> None:
+        batch.place(tmp, self.root / relpath, lazy)  # its folder fsynced once for the batch, before the commit
 
     def local_path(self, relpath: str) -> Path:
         return self.root / relpath

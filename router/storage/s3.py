@@ -99,7 +99,7 @@ class S3Storage:
         self.cache.drop(relpath)  # an overwritten key must not be read from an older copy
         files.remove_quietly(tmp)
 
-    def commit_in(self, batch: Placer, tmp: Path, relpath: str) -> None:
+    def commit_in(self, batch: Placer, tmp: Path, relpath: str, lazy: bool = False) -> None:
         self.commit(tmp, relpath)  # durable when the server answers: nothing left for the batch's commit
 
     def local_path(self, relpath: str) -> Path:

@@ -16,13 +16,17 @@ then out of other users' reach) and the SQLite database file to ``FILE_MODE``.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
+import errno
 import logging
 import os
 import re
 import stat
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import cast
 
 log = logging.getLogger(__name__)
 
@@ -122,10 +126,11 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def write_temp(tmp_dir: Path, data: bytes) -> Path:
-    """Write ``data`` durably to a new temp file; the caller renames or removes it."""
+def write_temp(tmp_dir: Path, data: bytes, durable: bool = True) -> Path:
+    """Write ``data`` to a new temp file, durably unless ``durable`` is false (an object the write-ahead journal
+    holds: ``router.store.journal``); the caller renames or removes it."""
     path = tmp_dir / f"{time.time_ns()}-{os.getpid()}-{id(data)}.part"
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_DSYNC
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | (_O_DSYNC if durable else 0)
     try:
         fd = os.open(path, flags, FILE_MODE)
     except FileNotFoundError:  # the first write, or the folder was removed: one more system call only then
@@ -136,7 +141,7 @@ def write_temp(tmp_dir: Path, data: bytes) -> Path:
         while view:
             written = os.write(fd, view)
             view = view[written:]
-        if not _O_DSYNC:
+        if durable and not _O_DSYNC:
             os.fsync(fd)
     except BaseException:
         os.close(fd)
@@ -172,6 +177,41 @@ def commit_file(tmp: Path, final: Path) -> None:
     if len(_known_dirs) > 100_000:
         _known_dirs.clear()
     _known_dirs.add(final.parent)
+
+
+def fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _libc_syncfs() -> Callable[[int], int] | None:
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        return cast("Callable[[int], int]", libc.syncfs)
+    except (OSError, AttributeError):  # not Linux (or a libc without syncfs)
+        return None
+
+
+_syncfs = _libc_syncfs()
+HAS_SYNCFS = _syncfs is not None
+
+
+def syncfs(path: Path) -> None:
+    """Write back everything cached for the file system holding ``path`` (file data, names, the database's log) and
+    flush the device's cache: one flush for all of it (Linux ``syncfs(2)``; it reports write-back errors since
+    Linux 5.8). OSError when it fails."""
+    if _syncfs is None:
+        raise OSError(errno.ENOSYS, "syncfs is not available on this system")
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        if _syncfs(fd) != 0:
+            code = ctypes.get_errno()
+            raise OSError(code, f"syncfs {path}: {os.strerror(code)}")
+    finally:
+        os.close(fd)
 
 
 def remove_quietly(path: Path) -> None:

@@ -1,0 +1,163 @@
+"""What the write-ahead journal (``router.store.journal``) holds of each small object, and the replay after a
+power cut.
+
+A group commit's record holds one entry per object: the object as received (what a replay ingests again), its
+sender, its SOP Instance UID and SHA-256, and every file the commit named (the stored object, changed payloads)
+with its bytes. A payload shared by several entries is written once.
+
+Replay (``replay``, run by ``Ingestor.open_journal`` before any listener opens) takes the records a checkpoint had
+not covered yet, in order, skipping those whose commit failed (an aborted record):
+
+- the index holds the instance with these bytes: its commit survived; each of its files is checked against the
+  journal's bytes and written again (durably) where it is missing or differs (a power cut can keep a row whose file
+  was never flushed);
+- otherwise (the commit was lost with the page cache): the object is ingested again, through the same path a sender
+  takes (rules and stages now in force, durable writes, no journal), which writes its files and rows and queues its
+  jobs.
+
+Then a checkpoint flushes everything and empties the journal. After a crash that kept the page cache (SIGKILL) every
+entry is found whole: the replay only reads.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import struct
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from router import storage
+from router.intake.envelope import Source
+from router.statuses import StoreOutcome
+from router.store import files
+from router.store.index import find_instance
+from router.store.journal import ABORTED, Journal, JournalBusy, Record
+from router.store.writelock import sqlite_file
+
+if TYPE_CHECKING:
+    from router.intake.dicom import Ingestor
+
+log = logging.getLogger(__name__)
+
+_LENGTH = struct.Struct("<I")
+CHECKPOINT_INTERVAL = 1.0  # seconds between checkpoints while records come (at most this much to replay)
+
+
+@dataclass(frozen=True)
+class Entry:
+    raw: bytes  # the object as received
+    source: Source
+    sop_uid: str
+    digest: str  # SHA-256 of raw: the index's sha256 of this version
+    files: tuple[tuple[str, bytes], ...]  # relative path under data_dir, bytes
+
+
+def encode(entries: list[Entry]) -> list[bytes]:
+    """The parts of one journal record (a JSON head, then each distinct blob once)."""
+    blobs: list[bytes] = []
+    index: dict[int, int] = {}
+
+    def blob(data: bytes) -> int:
+        found = index.get(id(data))
+        if found is None:
+            found = index[id(data)] = len(blobs)
+            blobs.append(data)
+        return found
+
+    units = [{"source": asdict(e.source), "sop": e.sop_uid, "digest": e.digest, "raw": blob(e.raw),
+              "files": [[rel, blob(data)] for rel, data in e.files]} for e in entries]  # fmt: skip
+    head = json.dumps({"units": units, "sizes": [len(b) for b in blobs]}, separators=(",", ":")).encode()
+    return [_LENGTH.pack(len(head)), head, *blobs]
+
+
+def decode(payload: bytes) -> list[Entry]:
+    (length,) = _LENGTH.unpack_from(payload)
+    head = json.loads(payload[_LENGTH.size : _LENGTH.size + length])
+    blobs, at = [], _LENGTH.size + length
+    for size in head["sizes"]:
+        blobs.append(payload[at : at + size])
+        at += size
+    return [Entry(blobs[u["raw"]], Source(**u["source"]), u["sop"], u["digest"],
+                  tuple((rel, blobs[i]) for rel, i in u["files"])) for u in head["units"]]  # fmt: skip
+
+
+@dataclass
+class Replayed:
+    """What a replay did (logged, and read by tests)."""
+
+    records: int = 0
+    found: int = 0  # objects whose commit survived
+    files_rewritten: int = 0
+    ingested: int = 0  # objects stored again
+    failed: int = 0  # objects a replay could not store again (logged with the reason)
+
+
+def _live(records: list[Record]) -> list[Record]:
+    aborted = {struct.unpack("<Q", r.payload)[0] for r in records if r.flags & ABORTED}
+    return [r for r in records if not r.flags & ABORTED and r.seq not in aborted]
+
+
+def _same(path: Path, data: bytes) -> bool:
+    try:
+        return path.stat().st_size == len(data) and path.read_bytes() == data
+    except OSError:
+        return False
+
+
+def replay(journal: Journal, ingestor: Ingestor) -> Replayed:
+    """Store again what the records after the journal's durable start hold, then checkpoint (see above)."""
+    done = Replayed()
+    for record in _live(journal.pending()):
+        done.records += 1
+        for entry in decode(record.payload):
+            with ingestor.engine.connect() as conn:
+                stored = find_instance(conn, entry.sop_uid)
+            if stored is not None and stored.sha256 == entry.digest:
+                done.found += 1
+                for relpath, data in entry.files:
+                    if not _same(ingestor.data_dir / relpath, data):
+                        files.commit_file(files.write_temp(ingestor.tmp_dir, data), ingestor.data_dir / relpath)
+                        done.files_rewritten += 1
+                continue
+            result = ingestor.ingest(entry.raw, entry.source)
+            if result.outcome in (StoreOutcome.STORED, StoreOutcome.OVERWRITTEN):
+                done.ingested += 1
+            else:
+                done.failed += 1
+                log.error("journal replay: %s could not be stored again: %s (%s)", entry.sop_uid,
+                          result.outcome.value, result.reason)  # fmt: skip
+    journal.checkpoint()
+    if done.records:
+        log.warning("journal replay after an unclean stop: %d record(s), %d object(s) found stored (%d file(s) "
+                    "written again), %d stored again, %d failed", done.records, done.found, done.files_rewritten,
+                    done.ingested, done.failed)  # fmt: skip
+    return done
+
+
+def open_journal(ingestor: Ingestor) -> tuple[Journal, Replayed] | None:
+    """The node's journal (``<node dir>/journal``), replayed and checkpointing, or None where this configuration
+    does not use one: ``storage.journal: false``, a server database (its commits are PostgreSQL's to flush), an S3
+    store (a PUT is durable when it returns), no ``syncfs`` (not Linux), or another process holding it."""
+    config = ingestor.config
+    database = sqlite_file(config.effective_database_url)
+    if not config.storage.journal or database is None or config.storage.s3 is not None or not files.HAS_SYNCFS:
+        return None
+    sync_paths = [config.data_dir]
+    if database.parent.stat().st_dev != config.data_dir.stat().st_dev:
+        sync_paths.append(database.parent)
+    try:
+        journal = Journal(storage.node_dir(config) / "journal", sync_paths)
+    except JournalBusy as exc:
+        log.warning("no write-ahead journal: %s (every object is flushed on its own)", exc)
+        return None
+    try:
+        replayed = replay(journal, ingestor)
+    except BaseException:
+        journal.close()
+        raise
+    journal.start(CHECKPOINT_INTERVAL)
+    ingestor.group.encode = encode
+    ingestor.group.wal = database.with_name(database.name + "-wal")
+    return journal, replayed
