@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from router.store import files
-from router.store.journal import ALIGN, HEADER_SIZE, Journal, JournalBusy, TooLarge
+from router.store.journal import ALIGN, HEADER_SIZE, CannotMake, Journal, JournalBusy, TooLarge
 
 CAPACITY = 16 * ALIGN
 
@@ -121,3 +121,17 @@ def test_a_new_journal_is_private_and_preallocated(tmp_path: Path) -> None:
     info = (tmp_path / "journal").stat()
     assert info.st_mode & 0o777 == files.FILE_MODE and info.st_size == HEADER_SIZE + CAPACITY
     assert not (tmp_path / "journal.new").exists()
+
+
+def test_a_journal_that_does_not_fit_is_not_made(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real_write = os.write
+
+    def write(fd: int, data: bytes) -> int:
+        if len(data) > HEADER_SIZE:
+            raise OSError(28, "No space left on device")
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, "write", write)
+    with pytest.raises(CannotMake, match="No space"):
+        journal(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []

@@ -33,7 +33,7 @@ from router.intake.envelope import Source
 from router.statuses import StoreOutcome
 from router.store import files
 from router.store.index import find_instance
-from router.store.journal import ABORTED, Journal, JournalBusy, Record
+from router.store.journal import ABORTED, CannotMake, Journal, JournalBusy, Record
 from router.store.writelock import sqlite_file
 
 if TYPE_CHECKING:
@@ -149,7 +149,7 @@ def open_journal(ingestor: Ingestor) -> tuple[Journal, Replayed] | None:
         sync_paths.append(database.parent)
     try:
         journal = Journal(storage.node_dir(config) / "journal", sync_paths)
-    except JournalBusy as exc:
+    except (JournalBusy, CannotMake) as exc:
         log.warning("no write-ahead journal: %s (every object is flushed on its own)", exc)
         return None
     try:

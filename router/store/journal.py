@@ -58,6 +58,10 @@ class JournalBusy(OSError):
     """Another process holds the journal (a second ``router serve`` on the same ``data_dir``)."""
 
 
+class CannotMake(OSError):
+    """The journal file could not be made (no room for it): a router runs without one."""
+
+
 class TooLarge(ValueError):
     """A record larger than the journal's ring can hold."""
 
@@ -132,8 +136,11 @@ class Journal:
             while left:
                 left -= os.write(fd, zeros[: min(left, len(zeros))])
             os.fsync(fd)
-        finally:
+        except OSError as exc:  # no room for it (ENOSPC): nothing half made is left
             os.close(fd)
+            tmp.unlink(missing_ok=True)
+            raise CannotMake(f"cannot make {self.path}: {exc}") from exc
+        os.close(fd)
         os.replace(tmp, self.path)
         files.fsync_dir(self.path.parent)
 
