@@ -122,7 +122,10 @@ class Router:
         if self.rules.last_problems:
             raise StartupError("rules are invalid:\n" + "\n".join(self.rules.last_problems))
         self._clear_partial_writes()
-        self.ingestor.open_journal()  # a power cut's objects stored again before anything is received
+        try:
+            self.ingestor.open_journal()  # a power cut's objects stored again before anything is received
+        except OSError as exc:  # a damaged journal, a replay that cannot write: the message says what to do
+            raise StartupError(f"write-ahead journal: {exc} (docs/storage.md)") from exc
         notify(self.pm, "router_startup", config=self.config, process="serve", plugin_settings=self.pm.settings)
         self.forwarder.start()
         self.scheduler.add_job(

@@ -153,7 +153,8 @@ class Journal:
         body, (crc,) = raw[: _HEADER.size], struct.unpack("<I", raw[_HEADER.size :])
         magic, version, capacity, start, seq = _HEADER.unpack(body)
         if magic != _HEADER_MAGIC or zlib.crc32(body) != crc or version != _VERSION or capacity != self.capacity:
-            raise OSError(f"{self.path}: not a journal of this router (or its header is damaged)")
+            raise OSError(f"{self.path}: not a journal of this router, or its header is damaged "
+                          "(move it aside to start without replaying it)")  # fmt: skip
         return start, seq
 
     def _at(self, logical: int) -> int:
