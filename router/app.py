@@ -171,6 +171,7 @@ class Router:
         self.forwarder.stop()
         notify(self.pm, "router_shutdown", process="serve")
         self.ingestor.close()
+        self.hl7.group.close()
         self.write_lock.close()
         self.engine.dispose()
         log.info("router stopped")

@@ -10,7 +10,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import CTImageStorage, generate_uid
 from pynetdicom import dimse_messages as msgs
 from pynetdicom import dimse_primitives as prims
-from pynetdicom.dsutils import encode
+from pynetdicom.dsutils import decode, encode
 
 from router import _pynetdicom
 from router._pynetdicom import command
@@ -218,3 +218,17 @@ def test_decoding_leaves_to_pynetdicom_what_it_does_not_read() -> None:
     assert command.decode_primitive(received(multi)) is None
     # the installed path still decodes all of them, through pynetdicom
     assert received(c_echo_rsp_with_comment("odd")).message_to_primitive().ErrorComment == "odd"
+
+
+@pytest.mark.parametrize("name", DECODE_CASES)
+def test_a_received_command_set_reads_as_pydicom_decodes_it(name: str) -> None:
+    msg = received(DECODE_CASES[name]())
+    assert isinstance(msg.command_set, command.CommandSet)
+    theirs = decode(BytesIO(msg.encoded_command_set.getvalue()), True, True)
+    lazy = command.CommandSet(msg.encoded_command_set.getvalue())
+    for keyword in ("CommandField", "CommandDataSetType", "MessageID", "AffectedSOPInstanceUID", "Status"):
+        if keyword in theirs:
+            assert getattr(lazy, keyword) == getattr(theirs, keyword)  # read from the bytes
+    assert "_router_lazy" in object.__getattribute__(lazy, "__dict__")  # nothing decoded by pydicom yet
+    assert msg.command_set == theirs and len(msg.command_set) == len(theirs)  # decoded, into itself, when used
+    assert [e.keyword for e in msg.command_set] == [e.keyword for e in theirs]

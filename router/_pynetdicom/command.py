@@ -12,6 +12,13 @@ decoded command set (converting every element through pydicom's value handling) 
 attributes; for the usual elements (UI, US, UL, each with one value) it reads them from the encoded bytes
 instead and sets the same attributes through the same setters. Anything else takes pynetdicom's way.
 
+``CommandSet`` spares the decode of a received command set: pynetdicom's ``decode_msg`` decodes it with pydicom
+(0.15-0.2 ms a message, 18 % of the router's CPU for a small C-STORE) to read two values, Command Field and
+Command Data Set Type, and ``decode_primitive`` reads the rest from the bytes anyway. The ``decode`` that
+``decode_msg`` calls is replaced by one returning a ``CommandSet``: a pydicom ``Dataset`` whose single-valued UI,
+US and UL elements are read from the bytes, and which is decoded by pydicom, into itself, on the first use of
+anything else (an event handler reading the message, pynetdicom's own ``message_to_primitive``).
+
 ``encode_primitive`` goes one step further for the messages sent most (a C-STORE request or response, a C-ECHO
 response): it encodes the command set straight from the DIMSE primitive, without building pynetdicom's
 ``DIMSEMessage`` and its pydicom ``Dataset`` (about 0.3 ms per message here), following ``primitive_to_message``
@@ -28,6 +35,7 @@ from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.uid import UID
+from pynetdicom import dimse_messages
 from pynetdicom.dimse_messages import (
     _COMMAND_SET_KEYWORDS,
     _DATASET_KEYWORDS,
@@ -35,7 +43,7 @@ from pynetdicom.dimse_messages import (
     _MSG_TO_PRIMITVE,
     DIMSEMessage,
 )
-from pynetdicom.dsutils import encode
+from pynetdicom.dsutils import decode, encode
 
 _HEADER = struct.Struct("<HHL")  # an element in implicit VR little endian: group, element, value length
 _UL = struct.Struct("<L")
@@ -220,6 +228,61 @@ def _set_command_group_length(self: DIMSEMessage) -> None:
     self.command_set.CommandGroupLength = len(encode_command_set(self.command_set))
 
 
+_element_names: dict[int, tuple[str, str] | None] = {}
+
+
+def _simple_values(data: memoryview) -> dict[str, Any]:
+    """Keyword -> value of the single-valued UI, US and UL elements of an encoded command set (others left out)."""
+    values: dict[str, Any] = {}
+    offset, end = 0, len(data)
+    while end - offset >= 8:
+        group, element, length = _HEADER.unpack_from(data, offset)
+        offset += 8
+        if group != 0x0000 or length > end - offset:
+            break
+        tag = group << 16 | element
+        if tag not in _element_names:
+            keyword = keyword_for_tag(tag)
+            _element_names[tag] = (keyword, str(dictionary_VR(tag))) if keyword else None
+        named = _element_names[tag]
+        if named is not None:
+            value = _decoded_value(named[1], bytes(data[offset : offset + length]))
+            if value is not None:
+                values[named[0]] = value
+        offset += length
+    return values
+
+
+class CommandSet(Dataset):
+    """A received command set whose simple values are read from its bytes; decoded by pydicom, into this object,
+    on the first use of anything else."""
+
+    def __init__(self, encoded: bytes) -> None:  # Dataset.__init__ runs only when it is decoded
+        with memoryview(encoded) as data:
+            values = _simple_values(data)
+        object.__setattr__(self, "_router_lazy", (encoded, values))
+
+    def __getattribute__(self, name: str) -> Any:
+        state = object.__getattribute__(self, "__dict__")
+        lazy = state.get("_router_lazy")
+        if lazy is not None:
+            if name in lazy[1]:
+                return lazy[1][name]
+            del state["_router_lazy"]
+            state.update(decode(BytesIO(lazy[0]), True, True).__dict__)
+        return super().__getattribute__(name)
+
+
+def _decode_command_set(
+    bytestring: BytesIO, is_implicit_vr: bool, is_little_endian: bool, deflated: bool = False
+) -> Dataset:
+    """``pynetdicom.dsutils.decode`` as ``decode_msg`` calls it, for a command set: a ``CommandSet``."""
+    if deflated or not (is_implicit_vr and is_little_endian):
+        return decode(bytestring, is_implicit_vr, is_little_endian, deflated)
+    return CommandSet(bytestring.getvalue())
+
+
 def install() -> None:
     DIMSEMessage._set_command_group_length = _set_command_group_length  # type: ignore[method-assign]
     DIMSEMessage.message_to_primitive = _fast_message_to_primitive  # type: ignore[method-assign]
+    dimse_messages.decode = _decode_command_set

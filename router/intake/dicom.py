@@ -157,6 +157,7 @@ class Ingestor(Intake):
 
     def close(self) -> None:
         self._workers.shutdown(wait=True)
+        self.group.close()
         journal, self.journal = self.journal, None
         if journal is not None:
             self.group.journal = None

@@ -171,6 +171,8 @@ class GroupCommit:
         self.journal: Journal | None = None  # set once a replay has run (router.intake.dicom.Ingestor.open_journal)
         self.encode: Callable[[list[Any]], list[bytes]] = lambda entries: []  # a batch's entries as record parts
         self.wal: Path | None = None  # the SQLite database's log, fsynced after a commit that must flush
+        self._conn: Connection | None = None  # kept between batches (``_connection``)
+        self._normal = False
         self.stats = GroupStats()
         self._known: set[Path] = set()
         self._batch: Batch | None = None
@@ -233,33 +235,52 @@ class GroupCommit:
             for unit in batch:
                 unit.done = True
 
+    def _connection(self, normal: bool) -> Connection:
+        """The group commit's own connection, kept between batches (checking one out of the pool and back costs
+        more than a small object's rows); its ``synchronous`` NORMAL while a journal holds the batches."""
+        if self._conn is None:
+            self._conn, self._normal = self.engine.connect(), False
+        if normal != self._normal:
+            _synchronous(self._conn, "NORMAL" if normal else "FULL")
+            self._normal = normal
+        return self._conn
+
+    def close(self) -> None:
+        """Give the kept connection back (``synchronous`` FULL again); the next batch takes another."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            if self._normal:
+                _synchronous(conn, "FULL")
+            conn.close()
+
     def _transaction(self, batch: list[_Unit[Any]], shared: Batch) -> None:
         ticket: Ticket | None = None
-        with self.engine.connect() as conn:
-            sqlite = conn.dialect.name == "sqlite"
-            lowered = sqlite and self.journal is not None and self.wal is not None
-            if lowered:  # SQLite refuses to change it inside a transaction: the WAL is fsynced below if need be
-                _synchronous(conn, "NORMAL")
-            try:
-                with conn.begin():
-                    if sqlite:  # pysqlite: a SAVEPOINT first would begin (RELEASE end) it
-                        conn.exec_driver_sql("BEGIN IMMEDIATE")
-                    if len(batch) == 1:  # alone: no savepoint (SQLAlchemy's costs ~0.1 ms); a failure ends it all
-                        self._alone(conn, batch[0], shared)
-                    else:
-                        for unit in batch:
-                            self._one(conn, unit, shared)
-                    ticket = shared.write_ahead(self.journal, self.encode)
-                    shared.sync()
-                if lowered and (ticket is None or shared.flushed) and self.wal is not None:
-                    _flush_log(self.wal)  # a unit outside the journal: its rows flushed as FULL would
-            except BaseException:
-                if ticket is not None and self.journal is not None:
-                    self.journal.abort(ticket)
-                raise
-            finally:
-                if lowered:
-                    _synchronous(conn, "FULL")
+        sqlite = self.engine.dialect.name == "sqlite"
+        normal = sqlite and self.journal is not None and self.wal is not None
+        # SQLite: one connection kept (and synchronous set outside a transaction, where SQLite allows it); a server
+        # database: one from the pool each time, checked (pool_pre_ping) after a restart of the server
+        conn = self._connection(normal) if sqlite else self.engine.connect()
+        try:
+            with conn.begin():
+                if sqlite:  # pysqlite: a SAVEPOINT first would begin (RELEASE end) it
+                    conn.exec_driver_sql("BEGIN IMMEDIATE")
+                if len(batch) == 1:  # alone: no savepoint (SQLAlchemy's costs ~0.1 ms); a failure ends it all
+                    self._alone(conn, batch[0], shared)
+                else:
+                    for unit in batch:
+                        self._one(conn, unit, shared)
+                ticket = shared.write_ahead(self.journal, self.encode)
+                shared.sync()
+            if normal and (ticket is None or shared.flushed) and self.wal is not None:
+                _flush_log(self.wal)  # a unit outside the journal: its rows flushed as FULL would
+        except BaseException:
+            if ticket is not None and self.journal is not None:
+                self.journal.abort(ticket)
+            self.close()  # a connection that failed is not kept
+            raise
+        finally:
+            if not sqlite:
+                conn.close()
         if ticket is not None and self.journal is not None:
             self.journal.finished(ticket)
 
