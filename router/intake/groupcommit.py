@@ -306,17 +306,28 @@ class GroupCommit:
 
     @staticmethod
     def _one(conn: Connection, unit: _Unit[Any], shared: Batch) -> None:
-        savepoint = conn.begin_nested()
+        # The savepoint on the driver's connection: SQLAlchemy's begin_nested() and its commit cost 0.06 ms a unit
+        # (a quarter of a group commit's time with four associations), the statements alone a few microseconds.
+        _driver_sql(conn, "SAVEPOINT unit")
         registered, entries, lazy = len(shared.after), len(shared.entries), len(shared.lazy)
         try:
             unit.value = unit.work(conn)
         except Exception as exc:
-            savepoint.rollback()
+            _driver_sql(conn, "ROLLBACK TO SAVEPOINT unit")
+            _driver_sql(conn, "RELEASE SAVEPOINT unit")
             del shared.after[registered:], shared.entries[entries:], shared.lazy[lazy:]
             unit.error = exc
         else:
-            savepoint.commit()
+            _driver_sql(conn, "RELEASE SAVEPOINT unit")
             shared.flushed |= len(shared.entries) == entries  # a unit outside the journal
+
+
+def _driver_sql(conn: Connection, sql: str) -> None:
+    cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    try:
+        cursor.execute(sql)
+    finally:
+        cursor.close()
 
 
 def _flush_log(wal: Path) -> None:
