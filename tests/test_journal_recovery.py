@@ -48,6 +48,7 @@ def p10(study: str = "1.2.826.0.1.3680043.2.1125.88.1", series: str = "1.2.826.0
 @pytest.fixture
 def make_router(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Router]]:
     monkeypatch.setattr(journaled, "CHECKPOINT_INTERVAL", 3600.0)  # checkpoints only when a test takes one
+    monkeypatch.setattr(journaled, "_BOOT_ID", journaled._BOOT_ID)  # set back after a simulated restart
     made: list[Router] = []
 
     def make(root: Path, journal: bool = True) -> Router:
@@ -87,7 +88,9 @@ def durable_copy(router: Router, dest: Path) -> None:
 
 def disk_after_power_cut(router: Router, durable: Path, keep_database: bool) -> Path:
     """``durable`` (a ``durable_copy``) with the journal as the synchronous writes left it; with ``keep_database``,
-    the database as it is now instead of the checkpoint's."""
+    the database as it is now instead of the checkpoint's. The machine restarts (a new boot id)."""
+    journaled._BOOT_ID = durable / "boot_id"  # type: ignore[misc]
+    journaled._BOOT_ID.write_text("after-the-power-cut\n")
     shutil.copyfile(router.config.data_dir / "journal", durable / "var" / "journal")
     if keep_database:
         (durable / "var" / "router.db").unlink()
@@ -222,3 +225,28 @@ def test_large_objects_and_a_router_without_the_journal_keep_their_own_flushes(
     assert journal.used > 0
     off = make_router(tmp_path / "off", journal=False)
     assert off.ingestor.open_journal() is None and not (off.config.data_dir / "journal").exists()
+
+
+@pytest.mark.parametrize("restarted", [False, True], ids=["process-killed", "machine-restarted"])
+def test_a_record_whose_commit_never_came_is_stored_only_after_a_restart_of_the_machine(
+    tmp_path: Path, make_router: Callable[..., Router], restarted: bool
+) -> None:
+    """The process died between the journal write and the commit (never acknowledged). With the same boot the page
+    cache kept every commit that happened, so a missing row means none happened: nothing is stored. After a
+    restart of the machine a missing row may be a commit the power cut took: the object is stored again."""
+    router = make_router(tmp_path / "live")
+    journal = router.ingestor.open_journal() and router.ingestor.journal
+    assert journal
+    raw = p10()
+    sop_uid = str(dcmread(BytesIO(raw)).SOPInstanceUID)
+    journal.append(journaled.encode([journaled.Entry(raw, SOURCE, sop_uid, hashlib.sha256(raw).hexdigest(), ())]))
+    disk = tmp_path / "disk"
+    durable_copy(router, disk)  # the checkpoint covers only finished records: this one stays
+    shutil.copyfile(router.config.data_dir / "journal", disk / "var" / "journal")
+    if restarted:
+        journaled._BOOT_ID = disk / "boot_id"  # type: ignore[misc]
+        journaled._BOOT_ID.write_text("another boot\n")
+    replayed = make_router(disk).ingestor.open_journal()
+    assert replayed is not None
+    assert (replayed.ingested, replayed.never_committed) == ((1, 0) if restarted else (0, 1))
+    assert list(every_row_has_its_file(disk)) == ([sop_uid] if restarted else [])

@@ -11,9 +11,11 @@ not covered yet, in order, skipping those whose commit failed (an aborted record
 - the index holds the instance with these bytes: its commit survived; each of its files is checked against the
   journal's bytes and written again (durably) where it is missing or differs (a power cut can keep a row whose file
   was never flushed);
-- otherwise (the commit was lost with the page cache): the object is ingested again, through the same path a sender
-  takes (rules and stages now in force, durable writes, no journal), which writes its files and rows and queues its
-  jobs.
+- otherwise, if the machine was restarted since the record was written (its boot id differs: a power cut may have
+  taken the commit with the page cache), the object is ingested again, through the same path a sender takes (rules
+  and stages now in force, durable writes, no journal), which writes its files and rows and queues its jobs;
+- otherwise (the same boot: only the process died, the page cache kept every commit that happened) the commit never
+  happened and the sender was never answered: nothing is stored (the sender sends it again).
 
 Then a checkpoint flushes everything and empties the journal. After a crash that kept the page cache (SIGKILL) every
 entry is found whole: the replay only reads.
@@ -52,6 +54,19 @@ class Entry:
     sop_uid: str
     digest: str  # SHA-256 of raw: the index's sha256 of this version
     files: tuple[tuple[str, bytes], ...]  # relative path under data_dir, bytes
+    boot: str = ""  # the kernel's boot id when it was written (read back from the journal)
+
+
+def boot_id() -> str:
+    """This boot of the machine (Linux ``/proc/sys/kernel/random/boot_id``); "" where there is none."""
+    try:
+        return _BOOT_ID.read_text().strip()
+    except OSError:
+        return ""
+
+
+_BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
+_written_in: str | None = None
 
 
 def encode(entries: list[Entry]) -> list[bytes]:
@@ -68,8 +83,12 @@ def encode(entries: list[Entry]) -> list[bytes]:
 
     units = [{"source": asdict(e.source), "sop": e.sop_uid, "digest": e.digest, "raw": blob(e.raw),
               "files": [[rel, blob(data)] for rel, data in e.files]} for e in entries]  # fmt: skip
-    head = json.dumps({"units": units, "sizes": [len(b) for b in blobs]}, separators=(",", ":")).encode()
-    return [_LENGTH.pack(len(head)), head, *blobs]
+    global _written_in
+    if _written_in is None:
+        _written_in = boot_id()  # the boot a running process writes in does not change
+    head = {"units": units, "sizes": [len(b) for b in blobs], "boot": _written_in}
+    data = json.dumps(head, separators=(",", ":")).encode()
+    return [_LENGTH.pack(len(data)), data, *blobs]
 
 
 def decode(payload: bytes) -> list[Entry]:
@@ -79,8 +98,9 @@ def decode(payload: bytes) -> list[Entry]:
     for size in head["sizes"]:
         blobs.append(payload[at : at + size])
         at += size
+    boot = head.get("boot", "")
     return [Entry(blobs[u["raw"]], Source(**u["source"]), u["sop"], u["digest"],
-                  tuple((rel, blobs[i]) for rel, i in u["files"])) for u in head["units"]]  # fmt: skip
+                  tuple((rel, blobs[i]) for rel, i in u["files"]), boot) for u in head["units"]]  # fmt: skip
 
 
 @dataclass
@@ -92,6 +112,7 @@ class Replayed:
     files_rewritten: int = 0
     ingested: int = 0  # objects stored again
     failed: int = 0  # objects a replay could not store again (logged with the reason)
+    never_committed: int = 0  # same boot, no row: the process died before the commit (never acknowledged)
 
 
 def _live(records: list[Record]) -> list[Record]:
@@ -108,7 +129,7 @@ def _same(path: Path, data: bytes) -> bool:
 
 def replay(journal: Journal, ingestor: Ingestor) -> Replayed:
     """Store again what the records after the journal's durable start hold, then checkpoint (see above)."""
-    done = Replayed()
+    done, boot = Replayed(), boot_id()
     for record in _live(journal.pending()):
         done.records += 1
         for entry in decode(record.payload):
@@ -121,6 +142,9 @@ def replay(journal: Journal, ingestor: Ingestor) -> Replayed:
                         files.commit_file(files.write_temp(ingestor.tmp_dir, data), ingestor.data_dir / relpath)
                         done.files_rewritten += 1
                 continue
+            if boot and entry.boot == boot:
+                done.never_committed += 1
+                continue
             result = ingestor.ingest(entry.raw, entry.source)
             if result.outcome in (StoreOutcome.STORED, StoreOutcome.OVERWRITTEN):
                 done.ingested += 1
@@ -131,8 +155,8 @@ def replay(journal: Journal, ingestor: Ingestor) -> Replayed:
     journal.checkpoint()
     if done.records:
         log.warning("journal replay after an unclean stop: %d record(s), %d object(s) found stored (%d file(s) "
-                    "written again), %d stored again, %d failed", done.records, done.found, done.files_rewritten,
-                    done.ingested, done.failed)  # fmt: skip
+                    "written again), %d stored again, %d failed, %d never committed", done.records, done.found,
+                    done.files_rewritten, done.ingested, done.failed, done.never_committed)  # fmt: skip
     return done
 
 
