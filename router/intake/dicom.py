@@ -21,7 +21,7 @@ unusable object is moved from it into quarantine.
 A small object is taken through every step on the calling thread: checking, hashing and looking it up take less
 time than handing it to a worker and waking the caller again (``OVERLAP_FROM``).
 
-With the write-ahead journal open (``open_journal``; ``router.intake.journaled``), an object up to ``JOURNAL_MAX``
+With the write-ahead journal open (``open_journal``; ``router.intake.journaled``), an object below ``JOURNAL_MAX``
 held in memory is written in steps 4 and 5 without flushes: its group commit's journal record holds its bytes, and
 that record's one synchronous write is what its acknowledgement waits for.
 """
@@ -68,9 +68,9 @@ REQUIRED_UIDS = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesIns
 # than the overlap gains: 2000 objects of 1 KB from storescu, in-process, five alternated pairs, 273-378 objects/s
 # with the worker, 325-423 without (bench/README.md, ninth session).
 OVERLAP_FROM = 64 * 1024
-# Objects up to this size go through the journal when it is open; larger ones keep their own flushes (their bytes
-# would be written twice, and held in memory until the commit).
-JOURNAL_MAX = 1024 * 1024
+# Objects below this size go through the journal when it is open; larger ones keep their own flushes: written twice
+# (journal, then file) and checksummed, 525 KB CT slices took more time than their three flushes (bench/README.md).
+JOURNAL_MAX = OVERLAP_FROM
 
 
 @dataclass(frozen=True)
@@ -165,7 +165,7 @@ class Ingestor(Intake):
 
     def _journaled(self, raw: bytes) -> bool:
         """Whether this object goes through the journal (its files written without flushes)."""
-        return self.journal is not None and not isinstance(getattr(raw, "path", None), Path) and len(raw) <= JOURNAL_MAX
+        return self.journal is not None and not isinstance(getattr(raw, "path", None), Path) and len(raw) < JOURNAL_MAX
 
     # -- public -------------------------------------------------------------------------------------------
     def ingest(self, raw: bytes, source: Source) -> IngestResult:
