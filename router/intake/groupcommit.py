@@ -139,7 +139,7 @@ class Batch:
             except TooLarge as exc:
                 log.info("group commit without the journal: %s", exc)
         for path in self.lazy:
-            files.fsync_file(path)
+            files.fsync_path(path)
         self.folders |= self.lazy_folders
         self.flushed = True
         return None
@@ -332,9 +332,9 @@ def _driver_sql(conn: Connection, sql: str) -> None:
 
 def _flush_log(wal: Path) -> None:
     try:
-        files.fsync_file(wal)
+        files.fsync_path(wal)
     except FileNotFoundError:  # no log at this moment: everything is in the database file
-        files.fsync_file(wal.with_name(wal.name.removesuffix("-wal")))
+        files.fsync_path(wal.with_name(wal.name.removesuffix("-wal")))
 
 
 def _synchronous(conn: Connection, level: str) -> None:
