@@ -250,3 +250,26 @@ def test_a_record_whose_commit_never_came_is_stored_only_after_a_restart_of_the_
     assert replayed is not None
     assert (replayed.ingested, replayed.never_committed) == ((1, 0) if restarted else (0, 1))
     assert list(every_row_has_its_file(disk)) == ([sop_uid] if restarted else [])
+
+
+def test_a_journal_left_when_it_is_turned_off_is_replayed_then_removed(
+    tmp_path: Path, make_router: Callable[..., Router]
+) -> None:
+    router = make_router(tmp_path / "live")
+    router.ingestor.open_journal()
+    disk = tmp_path / "disk"
+    durable_copy(router, disk)
+    raw = p10()
+    assert router.ingestor.ingest(raw, SOURCE).outcome == StoreOutcome.STORED
+    disk_after_power_cut(router, disk, keep_database=False)
+    (disk / "rules").mkdir()
+    (disk / "rules" / "10-forward.yaml").write_text(FORWARD_RULE)
+    off = Router(parse_config({**CONFIG, "storage": {"journal": False}}, disk))
+    try:
+        off.rules.reload_if_changed()
+        assert off.ingestor.open_journal() is None
+        assert list(every_row_has_its_file(disk)) == [str(dcmread(BytesIO(raw)).SOPInstanceUID)]
+        assert not (disk / "var" / "journal").exists()
+    finally:
+        off.ingestor.close()
+        off.engine.dispose()

@@ -163,16 +163,26 @@ def replay(journal: Journal, ingestor: Ingestor) -> Replayed:
 def open_journal(ingestor: Ingestor) -> tuple[Journal, Replayed] | None:
     """The node's journal (``<node dir>/journal``), replayed and checkpointing, or None where this configuration
     does not use one: ``storage.journal: false``, a server database (its commits are PostgreSQL's to flush), an S3
-    store (a PUT is durable when it returns), no ``syncfs`` (not Linux), or another process holding it."""
+    store (a PUT is durable when it returns), no ``syncfs`` (not Linux), or another process holding it. A journal
+    left by an earlier configuration that used one is replayed first, then removed."""
     config = ingestor.config
     database = sqlite_file(config.effective_database_url)
-    if not config.storage.journal or database is None or config.storage.s3 is not None or not files.HAS_SYNCFS:
-        return None
+    path = storage.node_dir(config) / "journal"
     sync_paths = [config.data_dir]
-    if database.parent.stat().st_dev != config.data_dir.stat().st_dev:
+    if database is not None and database.parent.stat().st_dev != config.data_dir.stat().st_dev:
         sync_paths.append(database.parent)
+    if not config.storage.journal or database is None or config.storage.s3 is not None or not files.HAS_SYNCFS:
+        if path.exists() and files.HAS_SYNCFS:  # one left by a configuration that used it: replayed, then removed
+            journal = Journal(path, sync_paths)
+            try:
+                replay(journal, ingestor)
+            finally:
+                journal.close()
+            path.unlink()
+            log.info("write-ahead journal %s replayed and removed (this configuration does not use one)", path)
+        return None
     try:
-        journal = Journal(storage.node_dir(config) / "journal", sync_paths)
+        journal = Journal(path, sync_paths)
     except (JournalBusy, CannotMake) as exc:
         log.warning("no write-ahead journal: %s (every object is flushed on its own)", exc)
         return None

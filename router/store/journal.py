@@ -206,8 +206,8 @@ class Journal:
         if at + size - self._start > self.capacity:
             self.checkpoint()
             with self._lock:
-                if self._start == self._head:  # empty: start the next record on a lap of its own
-                    self._head = self._start = self._head + self.capacity - self._head % self.capacity
+                if self._start == self._head:  # empty: start the next record at the beginning of the ring
+                    self._head = self._start = self._head + (-self._head) % self.capacity
             at = self._place(size)
             if at + size - self._start > self.capacity:  # records not finished yet take the room
                 raise TooLarge(f"no room for a record of {length} bytes before the journal's start")
