@@ -86,6 +86,14 @@ def durable_copy(router: Router, dest: Path) -> None:
         copy_database(var / "router.db", dest / "var" / "router.db")
 
 
+def checkpointed(tmp_path: Path, make_router: Callable[..., Router]) -> tuple[Router, Path]:
+    """A router with its journal open, and the copy of its disk right after a checkpoint (``tmp_path / "disk"``)."""
+    router = make_router(tmp_path / "live")
+    assert router.ingestor.open_journal() is not None
+    durable_copy(router, tmp_path / "disk")
+    return router, tmp_path / "disk"
+
+
 def disk_after_power_cut(router: Router, durable: Path, keep_database: bool) -> Path:
     """``durable`` (a ``durable_copy``) with the journal as the synchronous writes left it; with ``keep_database``,
     the database as it is now instead of the checkpoint's. The machine restarts (a new boot id)."""
@@ -189,10 +197,7 @@ def test_a_crash_that_keeps_the_page_cache_replays_nothing_and_rewrites_nothing(
 def test_an_object_whose_commit_failed_is_not_stored_by_a_replay(
     tmp_path: Path, make_router: Callable[..., Router]
 ) -> None:
-    router = make_router(tmp_path / "live")
-    router.ingestor.open_journal()
-    disk = tmp_path / "disk"
-    durable_copy(router, disk)
+    router, disk = checkpointed(tmp_path, make_router)
     first, refused = p10(), p10()
     assert router.ingestor.ingest(first, SOURCE).outcome == StoreOutcome.STORED
 
@@ -255,10 +260,7 @@ def test_a_record_whose_commit_never_came_is_stored_only_after_a_restart_of_the_
 def test_a_journal_left_when_it_is_turned_off_is_replayed_then_removed(
     tmp_path: Path, make_router: Callable[..., Router]
 ) -> None:
-    router = make_router(tmp_path / "live")
-    router.ingestor.open_journal()
-    disk = tmp_path / "disk"
-    durable_copy(router, disk)
+    router, disk = checkpointed(tmp_path, make_router)
     raw = p10()
     assert router.ingestor.ingest(raw, SOURCE).outcome == StoreOutcome.STORED
     disk_after_power_cut(router, disk, keep_database=False)
