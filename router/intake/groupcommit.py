@@ -38,7 +38,6 @@ not fit it, the lazy files and their folders are fsynced as any others.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -56,7 +55,6 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 MAX_BATCH = 64  # units per transaction at most
-_KNOWN_MAX = 100_000  # folders remembered as durable, at most
 
 
 @dataclass
@@ -104,23 +102,9 @@ class Batch:
         """Give the temp file ``tmp`` its name ``final``: durable once the batch is committed (its folder, and any
         folder made for it, are fsynced before the commit; with ``lazy``, ``tmp`` was not flushed and the batch's
         journal record holds its bytes). The one function through which the ingest gives files their names."""
-        created: list[Path] = []
-        parent = final.parent
-        while parent not in self.known and not parent.exists():
-            created.append(parent)
-            parent = parent.parent
-        if created:
-            files.make_dirs(final.parent)
+        created = files.rename_into(tmp, final, self.known)
         self.folders.update(folder.parent for folder in created)  # a new folder's name is flushed even when lazy:
         (self.lazy_folders if lazy else self.folders).add(final.parent)  # a later object outside it relies on it
-        try:
-            os.replace(tmp, final)
-        except FileNotFoundError:
-            if final.parent not in self.known or not tmp.exists():
-                raise
-            self.known.clear()  # the folder went away behind our back: forget what we knew and start again
-            self.place(tmp, final, lazy)
-            return
         if lazy:
             self.lazy.append(final)
 
@@ -151,9 +135,7 @@ class Batch:
         """fsync the batch's folders (before the commit; an OSError fails the whole batch)."""
         for folder in sorted(self.folders, key=lambda p: len(p.parts), reverse=True):  # children first
             files.fsync_dir(folder)
-        if len(self.known) > _KNOWN_MAX:
-            self.known.clear()
-        self.known.update(self.folders)
+        files.remember_durable(self.known, self.folders)
 
 
 @dataclass

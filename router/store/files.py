@@ -158,13 +158,16 @@ def write_temp(tmp_dir: Path, data: bytes, durable: bool = True) -> Path:
 
 
 _known_dirs: set[Path] = set()  # folders known to exist durably: most objects land in an existing series folder
+KNOWN_MAX = 100_000  # folders remembered as durable, at most
 
 
-def commit_file(tmp: Path, final: Path) -> None:
-    """Move a fsynced temp file to its final name and make the rename durable."""
+def rename_into(tmp: Path, final: Path, known: set[Path]) -> list[Path]:
+    """Rename ``tmp`` to ``final``, making the folders it needs; the folders made (each one's entry in its parent,
+    and ``final``'s in ``final.parent``, are durable only once fsynced). ``known`` holds folders known to exist
+    durably: a walk stops at them, and it is emptied when one of them went away behind our back."""
     created: list[Path] = []
     parent = final.parent
-    while parent not in _known_dirs and not parent.exists():
+    while parent not in known and not parent.exists():
         created.append(parent)
         parent = parent.parent
     if created:
@@ -172,17 +175,27 @@ def commit_file(tmp: Path, final: Path) -> None:
     try:
         os.replace(tmp, final)
     except FileNotFoundError:
-        if final.parent not in _known_dirs or not tmp.exists():
+        if final.parent not in known or not tmp.exists():
             raise
-        _known_dirs.clear()  # the folder went away behind our back: forget what we knew and start again
-        commit_file(tmp, final)
-        return
+        known.clear()  # the folder went away behind our back: forget what we knew and start again
+        return rename_into(tmp, final, known)
+    return created
+
+
+def remember_durable(known: set[Path], folders: Iterable[Path]) -> None:
+    """Add ``folders`` (just fsynced) to ``known``, which never grows past ``KNOWN_MAX``."""
+    if len(known) > KNOWN_MAX:
+        known.clear()
+    known.update(folders)
+
+
+def commit_file(tmp: Path, final: Path) -> None:
+    """Move a fsynced temp file to its final name and make the rename durable."""
+    created = rename_into(tmp, final, _known_dirs)
     fsync_dir(final.parent)
     for folder in created:  # new folders must be durable entries of their parents too
         fsync_dir(folder.parent)
-    if len(_known_dirs) > 100_000:
-        _known_dirs.clear()
-    _known_dirs.add(final.parent)
+    remember_durable(_known_dirs, [final.parent])
 
 
 def _libc_syncfs() -> Callable[[int], int] | None:
