@@ -44,10 +44,10 @@ from router import storage
 from router.hooks.manager import notify
 from router.intake import activity
 from router.intake.base import Intake, IntakeContext
-from router.intake.early import EarlyWrite, written_as
+from router.intake.early import EarlyWrite, in_file, written_as
 from router.intake.envelope import UNLIMITED, Envelope, Source, sha256
 from router.intake.groupcommit import Done, GroupCommit
-from router.intake.journaled import Entry, Replayed, open_journal
+from router.intake.journaled import Entry, Replayed, encode, open_journal
 from router.intake.pipeline import PipelineResult
 from router.intake.stage import PlannedForward, StageError
 from router.logs import database_error, redact
@@ -145,33 +145,33 @@ class Ingestor(Intake):
         self._workers = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="store-ingest")
         # objects being stored at the same time (associations, STOW requests) share one commit and folder fsyncs
         self.group = GroupCommit(self.engine, self.write_lock)
-        self.journal: Journal | None = None
+
+    @property
+    def journal(self) -> Journal | None:
+        """The write-ahead journal small objects go through (the group commit's), if there is one."""
+        return self.group.journal
 
     def open_journal(self) -> Replayed | None:
         """Replay what a power cut left in the write-ahead journal, then take small objects through it (None when
         this configuration does not use one: ``router.intake.journaled.open_journal``)."""
         if (opened := open_journal(self)) is None:
             return None
-        self.journal = self.group.journal = opened[0]
+        self.group.use_journal(opened[0], encode)
         return opened[1]
 
     def close(self) -> None:
         self._workers.shutdown(wait=True)
         self.group.close()
-        journal, self.journal = self.journal, None
-        if journal is not None:
-            self.group.journal = None
+        if (journal := self.journal) is not None:
+            self.group.use_journal(None)
             journal.close()  # a last checkpoint: nothing to replay after a clean stop
 
-    def _journaled(self, raw: bytes) -> bool:
-        """Whether this object goes through the journal (its files written without flushes)."""
-        return self.journal is not None and not isinstance(getattr(raw, "path", None), Path) and len(raw) < JOURNAL_MAX
+    def _journaled(self, raw: bytes) -> bool:  # through the journal: its files are written without flushes
+        return self.journal is not None and in_file(raw) is None and len(raw) < JOURNAL_MAX
 
     # -- public -------------------------------------------------------------------------------------------
     def ingest(self, raw: bytes, source: Source) -> IngestResult:
-        if isinstance(written_as := getattr(raw, "path", None), Path):  # already in a flushed temp file (STOW-RS)
-            done: Future[Path] = Future()
-            done.set_result(written_as)
+        if (done := written_as(raw)) is not None:  # already in a flushed temp file (STOW-RS, a spooled C-STORE)
             return self._ingest(raw, source, EarlyWrite(done))  # taken (renamed), or left for the caller to remove
         if len(raw) < OVERLAP_FROM:
             return self._ingest(raw, source, EarlyWrite(None))

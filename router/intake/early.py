@@ -19,11 +19,16 @@ def _remove_written(done: Future[Path]) -> None:
         files.remove_quietly(done.result())
 
 
-def written_as(raw: bytes) -> Future[Path] | None:
-    """The flushed temp file ``raw`` is already in (a large STOW-RS part, a spooled C-STORE data set), as an early
-    write done."""
+def in_file(raw: bytes) -> Path | None:
+    """The flushed temp file ``raw`` is already in (a large STOW-RS part, a spooled C-STORE data set), if it is."""
     path = getattr(raw, "path", None)
-    if not isinstance(path, Path):
+    return path if isinstance(path, Path) else None
+
+
+def written_as(raw: bytes) -> Future[Path] | None:
+    """``in_file(raw)`` as an early write done."""
+    path = in_file(raw)
+    if path is None:
         return None
     done: Future[Path] = Future()
     done.set_result(path)

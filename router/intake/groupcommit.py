@@ -49,7 +49,7 @@ from sqlalchemy.engine import Engine
 
 from router.store import files
 from router.store.journal import Journal, Ticket, TooLarge
-from router.store.writelock import WriteLock
+from router.store.writelock import WriteLock, sqlite_file
 
 log = logging.getLogger(__name__)
 
@@ -150,9 +150,11 @@ class GroupStats:
 class GroupCommit:
     def __init__(self, engine: Engine, write_lock: WriteLock, max_batch: int = MAX_BATCH) -> None:
         self.engine, self.write_lock, self.max_batch = engine, write_lock, max_batch
-        self.journal: Journal | None = None  # set once a replay has run (router.intake.dicom.Ingestor.open_journal)
+        self.journal: Journal | None = None  # ``use_journal``
         self.encode: Callable[[list[Any]], list[bytes]] = lambda entries: []  # a batch's entries as record parts
-        self.wal: Path | None = None  # the SQLite database's log, fsynced after a commit that must flush
+        database = sqlite_file(engine.url.render_as_string(hide_password=False))
+        # the SQLite database's log, fsynced after a commit that must flush while the connection runs NORMAL
+        self.wal = database.with_name(database.name + "-wal") if database is not None else None
         self._conn: Connection | None = None  # kept between batches (``_connection``)
         self._normal = False
         self.stats = GroupStats()
@@ -216,6 +218,13 @@ class GroupCommit:
         finally:
             for unit in batch:
                 unit.done = True
+
+    def use_journal(self, journal: Journal | None, encode: Callable[[list[Any]], list[bytes]] | None = None) -> None:
+        """Take the units' entries through ``journal`` (each batch's as one record of ``encode(entries)``); None:
+        no journal any more."""
+        self.journal = journal
+        if encode is not None:
+            self.encode = encode
 
     def _connection(self, normal: bool) -> Connection:
         """The group commit's own connection, kept between batches (checking one out of the pool and back costs

@@ -192,6 +192,4 @@ def open_journal(ingestor: Ingestor) -> tuple[Journal, Replayed] | None:
         journal.close()
         raise
     journal.start(CHECKPOINT_INTERVAL)
-    ingestor.group.encode = encode
-    ingestor.group.wal = database.with_name(database.name + "-wal")
     return journal, replayed
