@@ -171,15 +171,8 @@ def open_journal(ingestor: Ingestor) -> tuple[Journal, Replayed] | None:
     sync_paths = [config.data_dir]
     if database is not None and database.parent.stat().st_dev != config.data_dir.stat().st_dev:
         sync_paths.append(database.parent)
-    if not config.storage.journal or database is None or config.storage.s3 is not None or not files.HAS_SYNCFS:
-        if path.exists() and files.HAS_SYNCFS:  # one left by a configuration that used it: replayed, then removed
-            journal = Journal(path, sync_paths)
-            try:
-                replay(journal, ingestor)
-            finally:
-                journal.close()
-            path.unlink()
-            log.info("write-ahead journal %s replayed and removed (this configuration does not use one)", path)
+    used = config.storage.journal and database is not None and config.storage.s3 is None and files.HAS_SYNCFS
+    if not used and not (path.exists() and files.HAS_SYNCFS):  # a journal left by a configuration that used one
         return None
     try:
         journal = Journal(path, sync_paths)
@@ -191,5 +184,10 @@ def open_journal(ingestor: Ingestor) -> tuple[Journal, Replayed] | None:
     except BaseException:
         journal.close()
         raise
+    if not used:  # replayed, and no more of it
+        journal.close()
+        path.unlink()
+        log.info("write-ahead journal %s replayed and removed (this configuration does not use one)", path)
+        return None
     journal.start(CHECKPOINT_INTERVAL)
     return journal, replayed
