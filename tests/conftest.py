@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from router import _pynetdicom
+from router.app import Router
 
 import tools
 from peers import RouterProcess, StoreSCP
@@ -29,6 +30,16 @@ def pynetdicom_as_the_router_runs_it() -> None:
     did when importing router.scu.association applied them (now router._pynetdicom.install(), docs/pynetdicom.md);
     without them a peer's send_c_store can lose its response to pynetdicom's reactor race (a 30 s DIMSE timeout)."""
     _pynetdicom.install()
+
+
+@pytest.fixture
+def unstarted_routers() -> Iterator[list[Router]]:
+    """Routers a test builds in-process and never starts (nothing listens): each one appended is closed at the end."""
+    made: list[Router] = []
+    yield made
+    for router in made:
+        router.ingestor.close()
+        router.engine.dispose()
 
 
 @pytest.fixture

@@ -199,14 +199,10 @@ def test_callers_from_many_threads_all_commit(engine: Engine) -> None:
 
 # -- the HL7 intake ------------------------------------------------------------------------------------------
 @pytest.fixture
-def router(tmp_path: Path) -> Iterator[Router]:
+def router(tmp_path: Path, unstarted_routers: list[Router]) -> Router:
     (tmp_path / "rules").mkdir()
-    router = Router(parse_config({"data_dir": "var", "rules_dir": "rules"}, tmp_path))
-    try:
-        yield router
-    finally:
-        router.ingestor.close()
-        router.engine.dispose()
+    unstarted_routers.append(Router(parse_config({"data_dir": "var", "rules_dir": "rules"}, tmp_path)))
+    return unstarted_routers[-1]
 
 
 def test_hl7_messages_of_several_connections_share_a_commit_and_a_resend_is_applied_once(router: Router) -> None:

@@ -14,7 +14,7 @@ import hashlib
 import shutil
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from io import BytesIO
 from pathlib import Path
 from typing import Any
@@ -46,23 +46,19 @@ def p10(study: str = "1.2.826.0.1.3680043.2.1125.88.1", series: str = "1.2.826.0
 
 
 @pytest.fixture
-def make_router(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Router]]:
+def make_router(monkeypatch: pytest.MonkeyPatch, unstarted_routers: list[Router]) -> Callable[..., Router]:
     monkeypatch.setattr(journaled, "CHECKPOINT_INTERVAL", 3600.0)  # checkpoints only when a test takes one
     monkeypatch.setattr(journaled, "_BOOT_ID", journaled._BOOT_ID)  # set back after a simulated restart
-    made: list[Router] = []
 
     def make(root: Path, journal: bool = True) -> Router:
         (root / "rules").mkdir(parents=True, exist_ok=True)
         (root / "rules" / "10-forward.yaml").write_text(FORWARD_RULE)
         router = Router(parse_config({**CONFIG, "storage": {"journal": journal}}, root))
         router.rules.reload_if_changed()
-        made.append(router)
+        unstarted_routers.append(router)
         return router
 
-    yield make
-    for router in made:
-        router.ingestor.close()
-        router.engine.dispose()
+    return make
 
 
 def copy_database(src: Path, dest: Path) -> None:
@@ -264,14 +260,7 @@ def test_a_journal_left_when_it_is_turned_off_is_replayed_then_removed(
     raw = p10()
     assert router.ingestor.ingest(raw, SOURCE).outcome == StoreOutcome.STORED
     disk_after_power_cut(router, disk, keep_database=False)
-    (disk / "rules").mkdir()
-    (disk / "rules" / "10-forward.yaml").write_text(FORWARD_RULE)
-    off = Router(parse_config({**CONFIG, "storage": {"journal": False}}, disk))
-    try:
-        off.rules.reload_if_changed()
-        assert off.ingestor.open_journal() is None
-        assert list(every_row_has_its_file(disk)) == [str(dcmread(BytesIO(raw)).SOPInstanceUID)]
-        assert not (disk / "var" / "journal").exists()
-    finally:
-        off.ingestor.close()
-        off.engine.dispose()
+    off = make_router(disk, journal=False)
+    assert off.ingestor.open_journal() is None
+    assert list(every_row_has_its_file(disk)) == [str(dcmread(BytesIO(raw)).SOPInstanceUID)]
+    assert not (disk / "var" / "journal").exists()

@@ -31,14 +31,10 @@ FAILED, REFERENCED, REASON = "00081198", "00081199", "00081197"
 
 
 @pytest.fixture
-def router(tmp_path: Path) -> Iterator[Router]:
+def router(tmp_path: Path, unstarted_routers: list[Router]) -> Router:
     (tmp_path / "rules").mkdir()
-    router = Router(parse_config({"data_dir": "var", "rules_dir": "rules"}, tmp_path))
-    try:
-        yield router
-    finally:
-        router.ingestor.close()
-        router.engine.dispose()
+    unstarted_routers.append(Router(parse_config({"data_dir": "var", "rules_dir": "rules"}, tmp_path)))
+    return unstarted_routers[-1]
 
 
 @pytest.fixture
