@@ -94,6 +94,8 @@ class ForwardProcess:
                 self._overflowed = False
             except BlockingIOError:
                 self._overflowed = True
+            except BrokenPipeError:  # the child died: the supervisor starts another, which reads the whole queue
+                self._close_pipe()
 
     def stop(self) -> None:
         self._stopping.set()

@@ -11,11 +11,14 @@ one skeleton, and answer the sender only after its last step:
    (``router.outbox.jobs.enqueue``);
 5. after the commit, the forward workers are woken for the peers of the new jobs (``committed``).
 
-A failure on the way removes what was written (``discard``) and is answered with a failure.
+A failure on the way removes what was written (``discard``) and is answered with a failure. Nothing after the
+commit makes the answer a failure or removes a file: the object is stored, and its jobs are in the outbox whether
+or not the wake-up reached the workers (their next poll finds them).
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +34,8 @@ from router.intake.stage import Stage
 from router.rules.model import RuleSet
 from router.store import files
 from router.store.writelock import WriteLock
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -75,6 +80,10 @@ class Intake:
             files.remove_quietly(path)
 
     def committed(self, peers: set[str]) -> None:
-        """Jobs for ``peers`` are committed: wake the forward workers."""
+        """Jobs for ``peers`` are committed: wake the forward workers. Never raises: the commit is done, and the
+        workers' next poll (``forward.poll_interval``) finds jobs whose wake-up was lost."""
         if peers:
-            self.on_jobs_committed(peers)
+            try:
+                self.on_jobs_committed(peers)
+            except Exception:
+                log.exception("waking the forward workers failed: their next poll sends the jobs")

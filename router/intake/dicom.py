@@ -277,12 +277,12 @@ class Ingestor(Intake):
                     raise
                 log.info("%s was stored meanwhile by another sender: deciding again", env.sop_instance_uid)
                 result = self.group.run(partial(pending.commit, look_again=True))
-            if isinstance(result, StoreOutcome):
-                self.discard(pending.written)
-                return self._finish_duplicate(env, result)
-            return self._stored(env, result, pending.plan)
         except Exception as exc:
             return self._failed(env, pending.written, exc)
+        if isinstance(result, StoreOutcome):
+            self.discard(pending.written)
+            return self._finish_duplicate(env, result)
+        return self._stored(env, result, pending.plan)  # committed: nothing from here on removes a file
 
     def _failed(self, env: Envelope, written: list[Path], exc: Exception) -> IngestResult:
         self.discard(written)
@@ -395,16 +395,14 @@ class Ingestor(Intake):
         sop_uid = env.sop_instance_uid
         relpath, old_path = done.relpath, done.old_path
         if old_path is not None and old_path != relpath:
-            with self.write_lock:  # no commit between its look and the removal (an overwrite back to those bytes)
-                drop_if_orphaned(self.engine, self.data_dir, old_path, sop_uid)
+            try:
+                with self.write_lock:  # no commit between its look and the removal (an overwrite back to them)
+                    drop_if_orphaned(self.engine, self.data_dir, old_path, sop_uid)
+            except Exception:  # the new version is stored all the same; the old file stays behind
+                log.exception("%s overwritten: its replaced file %s was not removed", sop_uid, old_path)
         outcome = StoreOutcome.OVERWRITTEN if old_path is not None else StoreOutcome.STORED
-        log.info(
-            "stored %s from %s (%s), %d forward job(s)",
-            sop_uid,
-            env.source.calling_ae or env.source.protocol,
-            outcome.value,
-            len(plan.forwards),
-        )
+        source = env.source.calling_ae or env.source.protocol
+        log.info("stored %s from %s (%s), %d forward job(s)", sop_uid, source, outcome.value, len(plan.forwards))
         notify(
             self.pm,
             "router_instance_stored",
