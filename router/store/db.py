@@ -15,6 +15,7 @@ without that check, for ``router db`` (which upgrades what ``make_engine`` refus
 from __future__ import annotations
 
 import sqlite3
+import time
 from typing import Any
 
 from sqlalchemy import event
@@ -24,14 +25,37 @@ from sqlmodel import create_engine
 from router.store import files, models, ops_models  # noqa: F401  (models, ops_models register the tables)
 from router.store.writelock import sqlite_file
 
+WAL_SWITCH_TIMEOUT = 30.0  # s: as long as a writer waits for the lock (busy_timeout)
+
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any, synchronous: str = "FULL") -> None:
     cur = dbapi_conn.cursor()
-    cur.execute("PRAGMA journal_mode=WAL")
+    _switch_to_wal(cur)
     cur.execute(f"PRAGMA synchronous={synchronous}")  # FULL: a commit survives power loss before we acknowledge
     cur.execute("PRAGMA foreign_keys=ON")
     cur.execute("PRAGMA busy_timeout=30000")
     cur.close()
+
+
+def _switch_to_wal(cur: Any) -> None:
+    """``journal_mode=WAL``, waiting like a writer. SQLite answers the switch "database is locked" at once, without
+    its busy handler, while another connection opens the same new database (4 % of four processes making one
+    database at once): it is tried again until ``WAL_SWITCH_TIMEOUT``."""
+    deadline = time.monotonic() + WAL_SWITCH_TIMEOUT
+    pause = 0.001
+    while True:
+        try:
+            mode = cur.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) and "busy" not in str(exc):
+                raise
+            mode = str(exc)
+        if mode in ("wal", "memory"):  # an in-memory database has no log on disk
+            return
+        if time.monotonic() > deadline:
+            raise sqlite3.OperationalError(f"cannot switch the database to WAL mode: {mode}")
+        time.sleep(pause)
+        pause = min(pause * 2, 0.05)
 
 
 def _sqlite_bookkeeping_pragmas(dbapi_conn: Any, record: Any) -> None:
