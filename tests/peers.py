@@ -377,7 +377,20 @@ class StoreSCP(Process):
         return self
 
     def received(self) -> list[Path]:
-        return sorted(p for p in self.folder.iterdir() if p.is_file())
+        """Every file storescp has written whole: one it still holds open is left for a later look (it writes
+        straight under the final name, so a reader could find half an object)."""
+        found = sorted(p for p in self.folder.iterdir() if p.is_file())
+        still_open = self._open_files()
+        return [p for p in found if os.path.realpath(p) not in still_open]
+
+    def _open_files(self) -> set[str]:
+        fds = Path(f"/proc/{self.proc.pid}/fd") if self.proc is not None else None
+        opened: set[str] = set()
+        with contextlib.suppress(FileNotFoundError):  # no process (any more): nothing is being written
+            for fd in fds.iterdir() if fds is not None else ():
+                with contextlib.suppress(OSError):  # closed meanwhile
+                    opened.add(os.readlink(fd))
+        return opened
 
 
 class RouterProcess(Process):
