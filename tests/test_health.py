@@ -1,5 +1,6 @@
 """``/healthz`` and ``/readyz`` (router/listeners/http/health.py): liveness, and readiness that is false while the
-database does not answer (or is at another schema revision) or data_dir takes no file; no credentials needed.
+database does not answer (or is at another schema revision), data_dir takes no file or the write-ahead journal's
+last checkpoint failed; no credentials needed.
 
 In-process against an SQLite database whose file goes away, and a router process on PostgreSQL whose database stops
 taking connections (interop: the Debian package postgresql, tests/postgres.py) and comes back.
@@ -7,6 +8,7 @@ taking connections (interop: the Debian package postgresql, tests/postgres.py) a
 
 from __future__ import annotations
 
+import errno
 import logging
 import shutil
 import threading
@@ -23,8 +25,9 @@ from starlette.routing import Route
 from starlette.testclient import TestClient
 
 from router.listeners.http.health import Health
-from router.store import schema
+from router.store import files, schema
 from router.store.db import make_engine
+from router.store.journal import Journal
 
 from peers import RouterProcess, running, wait_for
 from postgres import postgres_cluster
@@ -115,6 +118,39 @@ def test_a_check_that_hangs_is_a_failure_in_bounded_time(engine: Engine, tmp_pat
         release.set()
     assert answer.status_code == 503
     assert answer.json()["checks"] == {"database": "no answer in 0.3 s", "storage": "ok"}
+
+
+def test_a_failing_journal_checkpoint_is_not_ready_until_one_succeeds(
+    engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A flush of the data folder's file system that fails (EIO) means what was acknowledged since may not be on
+    the disk: not ready, until a checkpoint succeeds again. A router without a journal has no such check."""
+    journal = Journal(tmp_path / "journal", [tmp_path], capacity=16 * 4096)
+    opened: Journal | None = None
+    inner = Starlette(routes=[Route("/{path:path}", _refused, methods=["GET"])])
+    client = TestClient(Health(inner, engine, tmp_path, journal=lambda: opened))
+    try:
+        assert client.get("/readyz").json()["checks"] == {"database": "ok", "storage": "ok"}
+        opened = journal
+        journal.finished(journal.append([b"an object"]))
+        real = files.syncfs
+
+        def failing(path: Path) -> None:
+            raise OSError(errno.EIO, "Input/output error (simulated)")
+
+        monkeypatch.setattr(files, "syncfs", failing)
+        with pytest.raises(OSError):
+            journal.checkpoint()
+        answer = client.get("/readyz")
+        assert answer.status_code == 503
+        assert answer.json()["checks"] == {"database": "ok", "storage": "ok", "journal": "checkpoint failing (OSError)"}
+        assert (journal.checkpoints, journal.checkpoint_failures) == (0, 1)
+        monkeypatch.setattr(files, "syncfs", real)
+        assert journal.checkpoint()
+        answer = client.get("/readyz")
+        assert (answer.status_code, answer.json()["checks"]["journal"]) == (200, "ok")
+    finally:
+        journal.close()
 
 
 @pytest.mark.interop  # PostgreSQL

@@ -106,6 +106,11 @@ def test_fifty_objects_and_twenty_hl7_messages_move_the_counters_by_exactly_that
     assert value(after, "router_outbox_oldest_job_age_seconds", destination="PACS") == 0
     assert value(after, "router_storage_free_bytes") > 0
     assert value(after, "router_build_info", **build_labels(after)) == 1
+    # the write-ahead journal took the 50 objects; a checkpoint within a second makes them durable, nothing to replay
+    assert value(after, "router_journal_capacity_bytes") == 32 * 1024 * 1024
+    wait_for(lambda: value(site.scrape(), "router_journal_used_bytes") == 0, 10, what="a checkpoint of the journal")
+    assert moved(before, site.scrape(), "router_journal_checkpoints_total") >= 1
+    assert value(after, "router_journal_checkpoint_failures_total") == 0
 
 
 def build_labels(samples: Samples) -> dict[str, str]:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import logging
 import struct
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -39,6 +40,8 @@ from router.store.journal import ABORTED, CannotMake, Journal, JournalBusy, Reco
 from router.store.writelock import sqlite_file
 
 if TYPE_CHECKING:
+    from prometheus_client.metrics_core import Metric
+
     from router.intake.dicom import Ingestor
 
 log = logging.getLogger(__name__)
@@ -191,3 +194,19 @@ def open_journal(ingestor: Ingestor) -> tuple[Journal, Replayed] | None:
         return None
     journal.start(CHECKPOINT_INTERVAL)
     return journal, replayed
+
+
+def metric_families(journal: Journal | None) -> Iterator[Metric]:
+    """The journal's state for ``/metrics`` (docs/operations.md); nothing when this router runs without one."""
+    if journal is None:
+        return
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+    yield GaugeMetricFamily("router_journal_used_bytes", "Bytes of write-ahead journal records not yet made durable "
+                            "by a checkpoint (what a power cut would replay)", value=journal.used)  # fmt: skip
+    yield GaugeMetricFamily("router_journal_capacity_bytes", "Size of the write-ahead journal's ring",
+                            value=journal.capacity)  # fmt: skip
+    yield CounterMetricFamily("router_journal_checkpoints", "Checkpoints of the write-ahead journal",
+                              value=journal.checkpoints)  # fmt: skip
+    yield CounterMetricFamily("router_journal_checkpoint_failures", "Checkpoints that failed (a flush of the data "
+                              "folder's file system returned an error)", value=journal.checkpoint_failures)  # fmt: skip

@@ -91,7 +91,9 @@ class Journal:
         data folder's, the database's)."""
         self.path, self.capacity = path, capacity
         self.sync_paths = list(sync_paths)
-        self.checkpoints = 0  # checkpoints that moved the start (for tests and benches)
+        self.checkpoints = 0  # checkpoints that moved the start
+        self.checkpoint_failures = 0
+        self.failure: OSError | None = None  # the last checkpoint's error; None once one succeeds again
         self._lock = threading.Lock()  # the positions below
         self._checkpointing = threading.Lock()  # one checkpoint at a time (the thread's, or an append's)
         self._wake = threading.Event()
@@ -259,9 +261,15 @@ class Journal:
                 end, seq = self._finished, self._finished_seq
             if seq < self._start_seq:
                 return False
-            for path in self.sync_paths:
-                files.syncfs(path)
-            os.pwrite(self._fd, self._header_bytes(end, seq + 1), 0)
+            try:
+                for path in self.sync_paths:
+                    files.syncfs(path)
+                os.pwrite(self._fd, self._header_bytes(end, seq + 1), 0)
+            except OSError as exc:  # /readyz says so until one succeeds (router.listeners.http.health)
+                self.checkpoint_failures += 1
+                self.failure = exc
+                raise
+            self.failure = None
             with self._lock:
                 self._start, self._start_seq = end, seq + 1
             self._pending = []

@@ -19,6 +19,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from router.config import RouterConfig
+from router.intake import journaled
 from router.intake.dicom import Ingestor
 from router.listeners.http.api import ApiServices
 from router.listeners.http.api import routes as api_routes
@@ -38,14 +39,16 @@ METRICS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 class Scrape(CollectorRegistry):
-    """One scrape of ``/metrics``: the collectors every plugin provides (``router_metrics``), asked now. A collector
-    that raises is logged and left out; the others are still exposed."""
+    """One scrape of ``/metrics``: the write-ahead journal's state, then the collectors every plugin provides
+    (``router_metrics``), asked now. A collector that raises is logged and left out; the others are still exposed."""
 
-    def __init__(self, pm: pluggy.PluginManager) -> None:
+    def __init__(self, pm: pluggy.PluginManager, ingestor: Ingestor) -> None:
         super().__init__()
         self.pm = pm
+        self.ingestor = ingestor
 
     def collect(self) -> Iterator[Metric]:
+        yield from journaled.metric_families(self.ingestor.journal)
         for provided in self.pm.hook.router_metrics():
             for collector in provided:
                 try:
@@ -75,7 +78,7 @@ def make_app(
         return JSONResponse(openapi())
 
     async def metrics(request: Request) -> Response:  # collectors may read the database: off the event loop
-        return Response(await run_in_threadpool(generate_latest, Scrape(pm)), media_type=METRICS_TYPE)
+        return Response(await run_in_threadpool(generate_latest, Scrape(pm, ingestor)), media_type=METRICS_TYPE)
 
     routes: list[BaseRoute] = [
         Route("/metrics", metrics, methods=["GET"]),
@@ -100,5 +103,6 @@ def make_app(
         served = api_routes(api, authenticator)
         routes += [*served, *console_routes(served)]  # the web console at /, a client of the API
     # /healthz, /readyz: before authentication
-    health = Middleware(Health, engine=engine, data_dir=config.data_dir, config=config)
+    health = Middleware(Health, engine=engine, data_dir=config.data_dir, config=config,
+                        journal=lambda: ingestor.journal)  # fmt: skip
     return Starlette(routes=routes, middleware=[health, Middleware(Authentication, authenticator=authenticator)])

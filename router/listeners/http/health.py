@@ -4,8 +4,10 @@
 - ``/readyz`` (readiness): 200 when the database answers (the schema's revision is read: a node whose database was
   upgraded underneath it by a newer router is not ready) and the storage works: this node's ``tmp`` folder takes a
   file (one is written and removed: every received object is written there first) and the configured store
-  answers (an S3 bucket: a HEAD of the bucket, docs/storage.md); else 503 with the check that
-  failed. Each check is bounded by ``CHECK_TIMEOUT``: a database or a storage that hangs is a failure, not a hang.
+  answers (an S3 bucket: a HEAD of the bucket, docs/storage.md), and, when the router keeps a write-ahead journal,
+  its last checkpoint did not fail (a flush of the data folder's file system that returns an error means what was
+  acknowledged since may not be on the disk); else 503 with the check that failed. Each check is bounded by
+  ``CHECK_TIMEOUT``: a database or a storage that hangs is a failure, not a hang.
 
 An ASGI middleware in front of authentication (``router.listeners.http.app`` puts it first), so that no credentials
 are asked for these two paths whatever ``http.auth`` says. The answers name a check and a reason in a few words
@@ -31,6 +33,7 @@ from router import storage
 from router.config import RouterConfig
 from router.storage import Storage
 from router.store import files
+from router.store.journal import Journal
 from router.store.schema import HEAD, VERSION_TABLE
 
 log = logging.getLogger(__name__)
@@ -73,6 +76,13 @@ def check_storage(tmp: Path, store: Storage) -> None:
         raise NotReady(f"{store.kind} store not answering ({type(exc).__name__})") from exc
 
 
+def check_journal(journal: Journal) -> None:
+    """The write-ahead journal's last checkpoint did not fail."""
+    failure = journal.failure
+    if failure is not None:
+        raise NotReady(f"checkpoint failing ({type(failure).__name__})") from failure
+
+
 class Health:
     """Answers ``/healthz`` and ``/readyz``; every other request goes on to ``app``."""
 
@@ -83,8 +93,10 @@ class Health:
         data_dir: Path,
         timeout: float = CHECK_TIMEOUT,
         config: RouterConfig | None = None,
+        journal: Callable[[], Journal | None] | None = None,
     ) -> None:
-        """With ``config``: this node's temp folder and the configured store; without: ``data_dir``'s."""
+        """With ``config``: this node's temp folder and the configured store; without: ``data_dir``'s. ``journal``:
+        the write-ahead journal in use now, if any (opened when the router starts, after this is made)."""
         self.app = app
         tmp = storage.tmp_dir(config) if config is not None else data_dir / "tmp"
         store = storage.of(config) if config is not None else storage.at(data_dir)
@@ -92,6 +104,7 @@ class Health:
             "database": lambda: check_database(engine),
             "storage": lambda: check_storage(tmp, store),
         }
+        self.journal = journal
         self.timeout = timeout
         self._failing: set[str] = set()
 
@@ -109,8 +122,12 @@ class Health:
         await response(scope, receive, send)
 
     async def readiness(self) -> Response:
-        results = await asyncio.gather(*(self._run(name, check) for name, check in self.checks.items()))
-        checks = dict(zip(self.checks, results, strict=True))
+        checks_now = dict(self.checks)
+        journal = self.journal() if self.journal is not None else None
+        if journal is not None:
+            checks_now["journal"] = lambda: check_journal(journal)
+        results = await asyncio.gather(*(self._run(name, check) for name, check in checks_now.items()))
+        checks = dict(zip(checks_now, results, strict=True))
         ready = all(result == "ok" for result in results)
         body = {"status": "ready" if ready else "not ready", "checks": checks}
         return JSONResponse(body, 200 if ready else 503, headers=NO_STORE)
