@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
@@ -26,6 +27,7 @@ from peers import RouterProcess
 TOKEN = "t" * 24
 OFF_LOOPBACK = ("192.0.2.7", 40000)  # TEST-NET-1: never routed, only an address the application is told
 LOOPBACK = ("127.0.0.1", 40000)
+NO_INGEST = SimpleNamespace(journal=None)  # what the application reads of the ingest: no write-ahead journal
 
 
 def get(settings: dict[str, Any], tmp_path: Path, client: tuple[str, int], path: str, **headers: str) -> int:
@@ -35,7 +37,7 @@ def get(settings: dict[str, Any], tmp_path: Path, client: tuple[str, int], path:
     notify(pm, "router_startup", config=config, process="serve", plugin_settings=pm.settings)
     engine = make_engine(config.effective_database_url)
     try:
-        app = make_app(config, None, engine, pm)  # type: ignore[arg-type]  # no STOW here: no ingest needed
+        app = make_app(config, NO_INGEST, engine, pm)  # type: ignore[arg-type]  # no STOW here: no ingest needed
 
         async def request() -> int:
             transport = httpx.ASGITransport(app=app, client=client)
