@@ -174,7 +174,8 @@ class PeerSocket(TlsSocket):
     """The client socket of an association to one peer (``client_context`` makes a subclass per peer): the pinned
     subject checked, a failed handshake recorded and announced. With TLS 1.3 a server that refuses the client's
     certificate says so after the client's handshake has completed: the alert arrives with the first read, which
-    therefore counts as part of the handshake here."""
+    therefore counts as part of the handshake here; so does a reset of the connection at that read (the peer's close
+    can reset it before the alert is read: "the connection was closed during the TLS handshake")."""
 
     router_peer: ClassVar[tuple[str, int]] = ("", 0)
     router_pinned: ClassVar[Subject | None] = None
@@ -202,7 +203,7 @@ class PeerSocket(TlsSocket):
             got = read()
         except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
             raise
-        except ssl.SSLError as exc:  # an alert: the peer refused our certificate
+        except (ssl.SSLError, ConnectionError) as exc:  # an alert, or a reset that came before it
             self._router_first_read = False
             self._failed(describe(exc))
             raise
