@@ -38,7 +38,11 @@ class BlackHole:
                 self.accepted.append(conn)
 
     def close(self) -> None:
-        """Close everything with a reset (no TIME_WAIT left on the port, so storescp can take it at once)."""
+        """Close everything with a reset (no TIME_WAIT left on the port, so storescp can take it at once). The
+        listener is shut down first: that wakes the thread blocked in accept(), which a close alone does not (the
+        port then stays in LISTEN until a connection happens to come)."""
+        with contextlib.suppress(OSError):
+            self.listener.shutdown(socket.SHUT_RDWR)
         self.listener.close()
         self._thread.join(5)
         accepted, self.accepted = self.accepted, []
