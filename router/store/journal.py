@@ -36,7 +36,7 @@ import os
 import struct
 import threading
 import zlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -276,8 +276,9 @@ class Journal:
             self.checkpoints += 1
             return True
 
-    def start(self, interval: float = 1.0, on_error: Callable[[OSError], None] | None = None) -> None:
-        """Checkpoint every ``interval`` seconds while records come (at once when the ring is half full)."""
+    def start(self, interval: float = 1.0) -> None:
+        """Checkpoint every ``interval`` seconds while records come (at once when the ring is half full); a failed
+        one is logged and kept in ``failure`` until one succeeds."""
 
         def run() -> None:
             while not self._stop.is_set():
@@ -287,8 +288,6 @@ class Journal:
                     self.checkpoint()
                 except OSError as exc:  # the next one tries again; appends checkpoint themselves when full
                     log.error("journal checkpoint failed: %s", exc)
-                    if on_error is not None:
-                        on_error(exc)
 
         self._thread = threading.Thread(target=run, name="journal-checkpoint", daemon=True)
         self._thread.start()
