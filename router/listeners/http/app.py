@@ -30,6 +30,7 @@ from router.listeners.http.openapi import openapi
 from router.listeners.http.qido import Qido
 from router.listeners.http.stow import Stow
 from router.listeners.http.wado import Wado
+from router.store.journal import Journal
 
 log = logging.getLogger(__name__)
 
@@ -42,13 +43,13 @@ class Scrape(CollectorRegistry):
     """One scrape of ``/metrics``: the write-ahead journal's state, then the collectors every plugin provides
     (``router_metrics``), asked now. A collector that raises is logged and left out; the others are still exposed."""
 
-    def __init__(self, pm: pluggy.PluginManager, ingestor: Ingestor) -> None:
+    def __init__(self, pm: pluggy.PluginManager, journal: Callable[[], Journal | None]) -> None:
         super().__init__()
         self.pm = pm
-        self.ingestor = ingestor
+        self.journal = journal
 
     def collect(self) -> Iterator[Metric]:
-        yield from journaled.metric_families(self.ingestor.journal)
+        yield from journaled.metric_families(self.journal())
         for provided in self.pm.hook.router_metrics():
             for collector in provided:
                 try:
@@ -74,11 +75,14 @@ def make_app(
     series = f"{study}/series/{{series}}"
     instance = f"{series}/instances/{{instance}}"
 
+    def journal() -> Journal | None:  # opened when the router starts, after the application is made
+        return ingestor.journal
+
     async def openapi_json(request: Request) -> Response:
         return JSONResponse(openapi())
 
     async def metrics(request: Request) -> Response:  # collectors may read the database: off the event loop
-        return Response(await run_in_threadpool(generate_latest, Scrape(pm, ingestor)), media_type=METRICS_TYPE)
+        return Response(await run_in_threadpool(generate_latest, Scrape(pm, journal)), media_type=METRICS_TYPE)
 
     routes: list[BaseRoute] = [
         Route("/metrics", metrics, methods=["GET"]),
@@ -103,6 +107,5 @@ def make_app(
         served = api_routes(api, authenticator)
         routes += [*served, *console_routes(served)]  # the web console at /, a client of the API
     # /healthz, /readyz: before authentication
-    health = Middleware(Health, engine=engine, data_dir=config.data_dir, config=config,
-                        journal=lambda: ingestor.journal)  # fmt: skip
+    health = Middleware(Health, engine=engine, data_dir=config.data_dir, config=config, journal=journal)
     return Starlette(routes=routes, middleware=[health, Middleware(Authentication, authenticator=authenticator)])
