@@ -47,7 +47,7 @@ def _switch_to_wal(cur: Any) -> None:
         try:
             mode = cur.execute("PRAGMA journal_mode=WAL").fetchone()[0]
         except sqlite3.OperationalError as exc:
-            if "locked" not in str(exc) and "busy" not in str(exc):
+            if "locked" not in str(exc):  # SQLITE_BUSY's text: "database is locked"
                 raise
             mode = str(exc)
         if mode in ("wal", "memory"):  # an in-memory database has no log on disk
