@@ -90,11 +90,16 @@ def checkpointed(tmp_path: Path, make_router: Callable[..., Router]) -> tuple[Ro
     return router, tmp_path / "disk"
 
 
+def restart_machine(disk: Path) -> None:
+    """The kernel's boot id from now on is another one (``make_router`` sets the real one back)."""
+    journaled._BOOT_ID = disk / "boot_id"  # type: ignore[misc]
+    journaled._BOOT_ID.write_text("after-the-power-cut\n")
+
+
 def disk_after_power_cut(router: Router, durable: Path, keep_database: bool) -> Path:
     """``durable`` (a ``durable_copy``) with the journal as the synchronous writes left it; with ``keep_database``,
     the database as it is now instead of the checkpoint's. The machine restarts (a new boot id)."""
-    journaled._BOOT_ID = durable / "boot_id"  # type: ignore[misc]
-    journaled._BOOT_ID.write_text("after-the-power-cut\n")
+    restart_machine(durable)
     shutil.copyfile(router.config.data_dir / "journal", durable / "var" / "journal")
     if keep_database:
         (durable / "var" / "router.db").unlink()
@@ -245,8 +250,7 @@ def test_a_record_whose_commit_never_came_is_stored_only_after_a_restart_of_the_
     durable_copy(router, disk)  # the checkpoint covers only finished records: this one stays
     shutil.copyfile(router.config.data_dir / "journal", disk / "var" / "journal")
     if restarted:
-        journaled._BOOT_ID = disk / "boot_id"  # type: ignore[misc]
-        journaled._BOOT_ID.write_text("another boot\n")
+        restart_machine(disk)
     replayed = make_router(disk).ingestor.open_journal()
     assert replayed is not None
     assert (replayed.ingested, replayed.never_committed) == ((1, 0) if restarted else (0, 1))
