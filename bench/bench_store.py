@@ -26,6 +26,7 @@ from pathlib import Path
 from subprocess import DEVNULL, STDOUT, Popen
 
 from dicom_corpus import Corpus, make_ct, make_tiny  # bench/dicom_corpus.py
+from noop_scp import read_count  # bench/noop_scp.py
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "TCP_NODELAY": "1"}  # DCMTK stalls on Nagle without it
@@ -241,12 +242,25 @@ def start_router(workdir: Path, dicom_port: int, forward_dest: int | None = None
     return start_process("router", [*cmd, "serve", "--config", str(config)], ready, workdir, env)
 
 
+def start_floor(workdir: Path, dicom_port: int, forward_dest: int | None = None, sync: bool = False) -> Popen:
+    """bench/noop_scp.py: the router's DIMSE stack receiving and keeping nothing (``sync``: one O_DSYNC write of
+    each object before its answer); receive modes only."""
+    cmd = [sys.executable, str(REPO_ROOT / "bench" / "noop_scp.py"), str(dicom_port), "--count", str(workdir / "count")]
+    cmd += ["--sync", str(workdir / "ring")] if sync else []
+    pythonpath = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
+    ready = partial(echo_ok, "FLOOR", dicom_port)
+    return start_process("floor", cmd, ready, workdir, {**ENV, "PYTHONPATH": pythonpath})
+
+
 # name -> (AE title, start function with start_router's signature)
 TARGETS: dict[str, tuple[str, Callable[[Path, int, int | None], Popen]]] = {
     "storescp": ("STORESCP", start_storescp),
     "orthanc": ("ORTHANC", start_orthanc),
     "router": ("ROUTER", start_router),
+    "floor": ("FLOOR", start_floor),  # --floor: what the router's DIMSE stack allows (bench/noop_scp.py)
+    "floor+sync": ("FLOOR", partial(start_floor, sync=True)),
 }
+RECEIVE_ONLY = {"storescp", "floor", "floor+sync"}
 
 
 def count_files(folder: Path) -> int:
@@ -260,6 +274,8 @@ def received(target: str, workdir: Path) -> int | None:
     if target == "orthanc":
         port = json.loads((workdir / "orthanc.json").read_text())["HttpPort"]
         return (http_get(port, "/statistics") or {}).get("CountInstances")
+    if target.startswith("floor"):
+        return read_count(workdir / "count")
     return None
 
 
@@ -395,10 +411,16 @@ def ratios(results: list[Result]) -> dict[str, float | None]:
     rate = {(r.corpus, r.mode, r.target): r.inst_s for r in results}
     out: dict[str, float | None] = {}
     parallel = sorted({r.mode for r in results if r.mode.startswith("receive") and r.mode != "receive"})
+    floors = sorted({r.target for r in results if r.target.startswith("floor")})
     for corpus in dict.fromkeys(r.corpus for r in results):
-        for mode, other in RATIOS + [(m, t) for m in parallel for t in ("orthanc", "storescp")]:
-            a, b = rate.get((corpus, mode, "router")), rate.get((corpus, mode, other))
-            out[f"{corpus} {mode} router/{other}"] = a / b if a and b else None
+        receives = ["receive", *parallel]
+        pairs = [("router", mode, other) for mode, other in RATIOS]
+        pairs += [("router", m, t) for m in parallel for t in ("orthanc", "storescp")]
+        pairs += [(floor, m, t) for floor in floors for m in receives for t in ("orthanc", "storescp")]  # the ceiling
+        pairs += [("router", m, floor) for floor in floors for m in receives]  # of the router's stack; its share
+        for target, mode, other in pairs:
+            a, b = rate.get((corpus, mode, target)), rate.get((corpus, mode, other))
+            out[f"{corpus} {mode} {target}/{other}"] = a / b if a and b else None
     return out
 
 
@@ -416,6 +438,12 @@ def main() -> int:
         "--parallel", type=int, default=1, help="also receive with N storescu processes at once (default 1: not)"
     )
     ap.add_argument("--skip-orthanc", action="store_true", help="do not benchmark Orthanc")
+    ap.add_argument(
+        "--floor",
+        action="store_true",
+        help="also receive with the router's DIMSE stack alone, keeping nothing (floor) and with one O_DSYNC write "
+        "per object (floor+sync): bench/noop_scp.py",
+    )
     ap.add_argument("--timeout", type=float, default=600, help="per-run bound in s (default 600)")
     ap.add_argument(
         "--rounds", type=int, default=1, help="run everything N times, targets in a rotating order (default 1)"
@@ -429,6 +457,7 @@ def main() -> int:
         versions["Orthanc"] = version([orthanc, "--version"]) if orthanc else "not found"
     print("\n".join(f"{k}: {v}" for k, v in versions.items()))
     targets = ["storescp", "router"] + ([] if args.skip_orthanc else ["orthanc"])
+    targets += ["floor", "floor+sync"] if args.floor else []
     tmp = Path(tempfile.mkdtemp(prefix="bench-store-"))
     results: list[Result] = []
     try:
@@ -444,7 +473,7 @@ def main() -> int:
             plan = [(c, "receive", t) for c in corpora.values() for t in order]
             if args.parallel > 1:
                 plan += [(c, f"receive{args.parallel}", t) for c in corpora.values() for t in order]
-            plan += [(c, "forward", t) for c in corpora.values() for t in order if t != "storescp"]
+            plan += [(c, "forward", t) for c in corpora.values() for t in order if t not in RECEIVE_ONLY]
             for corpus, mode, target in plan:
                 if target == "router" and router_down:
                     continue
