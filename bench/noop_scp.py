@@ -2,8 +2,9 @@
 
 Usage: python bench/noop_scp.py PORT [--aet FLOOR] [--sync FILE] [--count FILE]
 
-pynetdicom with the router's patches (``router._pynetdicom.install()``), each object framed as a Part 10 file
-with the listener's ``p10(event)`` and answered success. With ``--sync FILE`` each object is also written into a
+pynetdicom with the router's patches (``router._pynetdicom.install()``) and its listener's AE (``listener_ae``,
+``tune_server``, the default ``dicom.max_pdu``), each object framed as a Part 10 file with the listener's
+``p10(event)`` and answered success. With ``--sync FILE`` each object is also written into a
 preallocated FILE with one ``O_DSYNC`` write before the answer (wrapping round at 64 MiB): the one synchronous
 write per acknowledgement that a durable receiver cannot do without. With ``--count FILE`` the number of objects
 received so far is kept in FILE (8 bytes, little-endian, through a shared mapping), for the bench's check.
@@ -81,9 +82,10 @@ def main() -> int:
     ap.add_argument("--count", type=Path, help="keep the number of objects received in this file (8 bytes)")
     args = ap.parse_args()
 
-    from pynetdicom import AE, evt
+    from pynetdicom import evt
 
     from router import _pynetdicom
+    from router.config.model import DicomListener
     from router.listeners.dimse.p10 import p10
     from router.scu.association import set_nodelay
 
@@ -100,14 +102,16 @@ def main() -> int:
             counter.add()
         return 0x0000
 
-    ae = AE(ae_title=args.aet)
+    ae = _pynetdicom.listener_ae(args.aet)
     ae.maximum_associations = 16
+    ae.maximum_pdu_size = DicomListener().max_pdu  # as the router's listener: 256 KiB, not pynetdicom's 16 KiB
     for sop_class in SOP_CLASSES:
         ae.add_supported_context(sop_class, SYNTAXES)
     ae.add_supported_context(VERIFICATION, SYNTAXES)
     handlers: list[Any] = [(evt.EVT_CONN_OPEN, set_nodelay), (evt.EVT_C_STORE, on_store)]
     server = ae.start_server(("127.0.0.1", args.port), block=False, evt_handlers=handlers)
     assert server is not None  # block=False
+    _pynetdicom.tune_server(server)
     stopped = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopped.set())
     signal.signal(signal.SIGINT, lambda *_: stopped.set())
