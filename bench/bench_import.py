@@ -18,7 +18,16 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from bench_store import ENV, REPO_ROOT, dcmtk, free_port, spawn, start_router, stop  # the same process handling
+from bench_store import (
+    ENV,
+    REPO_ROOT,
+    dcmtk,
+    free_port,
+    spawn,
+    start_router,
+    stop,
+    wait_exactly,
+)  # the same process handling
 from dicom_corpus import make_ct, make_tiny
 
 LIMITS = {"tiny": (0, 20_000), "ct": (0, 2_000), "timeout": (1, 3_600)}
@@ -86,10 +95,10 @@ def time_storescu(media: Path, count: int, work: Path, timeout: float) -> Run:
         t0 = time.perf_counter()
         proc = spawn(cmd, work / "storescu.log")
         try:
-            proc.wait(timeout)
+            wait_exactly([proc], timeout)
+            elapsed = time.perf_counter() - t0
         finally:
             stop(proc)
-        elapsed = time.perf_counter() - t0
     finally:
         stop(router)
     return Run(media.name, "storescu -> router serve", count, elapsed, "ok" if proc.returncode == 0 else

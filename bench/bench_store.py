@@ -7,6 +7,7 @@ See bench/README.md.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -17,6 +18,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from collections.abc import Callable
@@ -147,6 +149,30 @@ def start_process(
         time.sleep(0.1)
     stop(proc)
     raise StartError(f"{name} not ready after {READY_TIMEOUT:.0f} s")
+
+
+def wait_exactly(procs: list[Popen], timeout: float) -> None:
+    """Wait until every one of ``procs`` has ended, seeing each end at once; after ``timeout`` s kill the process
+    groups still running and raise ``TimeoutExpired``. (``Popen.wait(timeout)`` polls with sleeps growing to 50 ms,
+    which added up to 50 ms to every timed run: a quarter of storescp's 0.2 s for the CT corpus.)"""
+    expired = threading.Event()
+
+    def kill() -> None:
+        expired.set()
+        for proc in procs:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+
+    timer = threading.Timer(timeout, kill)
+    timer.daemon = True
+    timer.start()
+    try:
+        for proc in procs:
+            proc.wait()  # a blocking waitpid: returns as the process ends
+    finally:
+        timer.cancel()
+    if expired.is_set():
+        raise subprocess.TimeoutExpired(procs[0].args, timeout)
 
 
 def log_tail(path: Path) -> str:
@@ -301,7 +327,7 @@ def time_storescu(
     proc = spawn(cmd, log_path)
     try:
         if dest is None:
-            proc.wait(timeout)
+            wait_exactly([proc], timeout)
         else:
             seen, idle_since = -1, t0
             while (n := count_files(dest)) < corpus.count and not proc.poll():
@@ -331,8 +357,7 @@ def time_parallel(corpus: Corpus, aet: str, port: int, logdir: Path, timeout: fl
         for i in range(parallel):
             cmd = [dcmtk("storescu"), "-aet", f"BENCH{i}", "-aec", aet, "127.0.0.1", str(port), *names[i::parallel]]
             procs.append(spawn(cmd, logdir / f"storescu{i}.log"))
-        for proc in procs:
-            proc.wait(max(0.0, timeout - (time.perf_counter() - t0)))
+        wait_exactly(procs, timeout)
         elapsed = time.perf_counter() - t0
         for i, proc in enumerate(procs):
             if proc.returncode:
