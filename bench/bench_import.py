@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -18,16 +17,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from bench_store import (
-    ENV,
-    REPO_ROOT,
-    dcmtk,
-    free_port,
-    spawn,
-    start_router,
-    stop,
-    wait_exactly,
-)  # the same process handling
+# the same process handling as bench_store
+from bench_store import dcmtk, free_port, repo_env, spawn, start_router, stop, wait_exactly
 from dicom_corpus import make_ct, make_tiny
 
 LIMITS = {"tiny": (0, 20_000), "ct": (0, 2_000), "timeout": (1, 3_600)}
@@ -65,10 +56,6 @@ def router_cmd() -> list[str]:
     return [exe] if exe else [sys.executable, "-m", "router"]
 
 
-def router_env() -> dict[str, str]:
-    return {**ENV, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
-
-
 def time_import(media: Path, count: int, work: Path, timeout: float) -> Run:
     """``router import MEDIA/DICOMDIR`` into a fresh data folder, no rules, no server (Python start-up included)."""
     (work / "rules").mkdir(parents=True)
@@ -77,7 +64,7 @@ def time_import(media: Path, count: int, work: Path, timeout: float) -> Run:
     t0 = time.perf_counter()
     done = subprocess.run([*router_cmd(), "--config", str(config), "import", str(media / "DICOMDIR"), "-q",
                            "--report", str(work / "report.json")], capture_output=True, text=True, timeout=timeout,
-                          env=router_env())  # fmt: skip
+                          env=repo_env())  # fmt: skip
     elapsed = time.perf_counter() - t0
     counts = json.loads((work / "report.json").read_text())["counts"] if (work / "report.json").exists() else {}
     check = "ok" if done.returncode == 0 and counts.get("imported") == count else f"{done.returncode} {counts}"

@@ -262,10 +262,13 @@ def start_router(workdir: Path, dicom_port: int, forward_dest: int | None = None
     )
     exe = shutil.which("router")
     cmd = [exe] if exe else [sys.executable, "-m", "router"]
-    pythonpath = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
-    env = {**ENV, "PYTHONPATH": pythonpath}
     ready = partial(echo_ok, "ROUTER", dicom_port)
-    return start_process("router", [*cmd, "serve", "--config", str(config)], ready, workdir, env)
+    return start_process("router", [*cmd, "serve", "--config", str(config)], ready, workdir, repo_env())
+
+
+def repo_env() -> dict[str, str]:
+    """ENV with this checkout first on PYTHONPATH: a child process runs this checkout's router."""
+    return {**ENV, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
 
 
 def start_floor(workdir: Path, dicom_port: int, forward_dest: int | None = None, sync: bool = False) -> Popen:
@@ -273,9 +276,7 @@ def start_floor(workdir: Path, dicom_port: int, forward_dest: int | None = None,
     each object before its answer); receive modes only."""
     cmd = [sys.executable, str(REPO_ROOT / "bench" / "noop_scp.py"), str(dicom_port), "--count", str(workdir / "count")]
     cmd += ["--sync", str(workdir / "ring")] if sync else []
-    pythonpath = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
-    ready = partial(echo_ok, "FLOOR", dicom_port)
-    return start_process("floor", cmd, ready, workdir, {**ENV, "PYTHONPATH": pythonpath})
+    return start_process("floor", cmd, partial(echo_ok, "FLOOR", dicom_port), workdir, repo_env())
 
 
 # name -> (AE title, start function with start_router's signature)
@@ -437,12 +438,12 @@ def ratios(results: list[Result]) -> dict[str, float | None]:
     out: dict[str, float | None] = {}
     parallel = sorted({r.mode for r in results if r.mode.startswith("receive") and r.mode != "receive"})
     floors = sorted({r.target for r in results if r.target.startswith("floor")})
+    receives = ["receive", *parallel]
+    pairs = [("router", mode, other) for mode, other in RATIOS]
+    pairs += [("router", m, t) for m in parallel for t in ("orthanc", "storescp")]
+    pairs += [(floor, m, t) for floor in floors for m in receives for t in ("orthanc", "storescp")]  # the ceiling
+    pairs += [("router", m, floor) for floor in floors for m in receives]  # of the router's stack; its share of it
     for corpus in dict.fromkeys(r.corpus for r in results):
-        receives = ["receive", *parallel]
-        pairs = [("router", mode, other) for mode, other in RATIOS]
-        pairs += [("router", m, t) for m in parallel for t in ("orthanc", "storescp")]
-        pairs += [(floor, m, t) for floor in floors for m in receives for t in ("orthanc", "storescp")]  # the ceiling
-        pairs += [("router", m, floor) for floor in floors for m in receives]  # of the router's stack; its share
         for target, mode, other in pairs:
             a, b = rate.get((corpus, mode, target)), rate.get((corpus, mode, other))
             out[f"{corpus} {mode} {target}/{other}"] = a / b if a and b else None

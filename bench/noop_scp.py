@@ -25,9 +25,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
+ROOT = Path(__file__).resolve().parent.parent  # the checkout whose router this runs (put first on sys.path by main)
 RING = 64 << 20  # bytes the --sync file holds before it wraps round
 BLOCK = 4096
 SYNTAXES = ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"]
@@ -81,6 +79,7 @@ def main() -> int:
     ap.add_argument("--sync", type=Path, help="one O_DSYNC write of each object into this file before the answer")
     ap.add_argument("--count", type=Path, help="keep the number of objects received in this file (8 bytes)")
     args = ap.parse_args()
+    sys.path.insert(0, str(ROOT))
 
     from pynetdicom import evt
 
