@@ -384,10 +384,11 @@ class StoreSCP(Process):
         return [p for p in found if os.path.realpath(p) not in still_open]
 
     def _open_files(self) -> set[str]:
-        fds = Path(f"/proc/{self.proc.pid}/fd") if self.proc is not None else None
         opened: set[str] = set()
-        with contextlib.suppress(FileNotFoundError):  # no process (any more): nothing is being written
-            for fd in fds.iterdir() if fds is not None else ():
+        if self.proc is None:  # not started: nothing is being written
+            return opened
+        with contextlib.suppress(FileNotFoundError):  # the process has ended: nothing is being written
+            for fd in Path(f"/proc/{self.proc.pid}/fd").iterdir():
                 with contextlib.suppress(OSError):  # closed meanwhile
                     opened.add(os.readlink(fd))
         return opened
